@@ -1,0 +1,213 @@
+"""Public functional API: normalize arguments -> ConvPlan -> dispatch -> run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import dispatch
+from .shapes import ConvPlan, check_dtype, make_conv_plan, result_dtype
+
+__all__ = ["conv", "conv1d", "conv2d", "conv3d"]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _as_host_array(value, name: str, *, allow_none: bool = False) -> np.ndarray | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise TypeError(f"{name} must be an array, got None")
+    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+        raise ValueError(
+            f"{name} is a CUDA device array, but numbaconv has no GPU kernels yet; "
+            f"copy it to the host first (e.g. {name}.copy_to_host() or cupy.asnumpy)"
+        )
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists, exotic objects
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
+    check_dtype(arr.dtype, name)
+    return arr
+
+
+def _check_device(device) -> None:
+    if not isinstance(device, str) or device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
+    if device == "cuda":
+        raise ValueError(
+            "device='cuda' is not usable: this version of numbaconv has no GPU "
+            "kernels yet; use device='cpu' or 'auto'"
+        )
+
+
+def _kernel_array(arr: np.ndarray, dtype: np.dtype, shape5) -> np.ndarray:
+    """C-contiguous, native-order, writeable ``dtype`` view or copy, as 5-D.
+
+    Read-only arrays are copied too: numba compiles a separate specialization
+    for read-only buffers, and one signature per dtype keeps compile time down.
+    The caller's array is never written.
+    """
+    a = np.ascontiguousarray(arr, dtype=dtype)
+    if not a.flags.writeable:
+        a = a.copy()
+    return a.reshape(shape5)
+
+
+def _check_out(out, plan: ConvPlan, inputs) -> None:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != plan.output_shape:
+        raise ValueError(f"out has shape {out.shape}, but the result has shape {plan.output_shape}")
+    if out.dtype != plan.dtype:
+        raise ValueError(
+            f"out has dtype {out.dtype}, but the result has dtype {plan.dtype} "
+            "(NumPy promotion of the input, weight and bias dtypes)"
+        )
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    for name, arr in inputs:
+        if arr is not None and np.may_share_memory(out, arr):
+            raise ValueError(f"out overlaps {name}; give a separate output array")
+
+
+def _conv_impl(
+    ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
+):
+    _check_device(device)
+    x = _as_host_array(input, "input")
+    w = _as_host_array(weight, "weight")
+    b = _as_host_array(bias, "bias", allow_none=True)
+    method = dispatch.check_method("conv", method)
+    dtypes = [x.dtype, w.dtype] + ([b.dtype] if b is not None else [])
+    dtype = result_dtype(*dtypes)
+    if b is not None and b.ndim != 1:
+        raise ValueError(f"bias must be 1-D with shape (C_out,), got shape {b.shape}")
+    plan = make_conv_plan(
+        x.shape,
+        w.shape,
+        None if b is None else b.shape,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode=padding_mode,
+        dtype=dtype,
+        ndim=ndim,
+    )
+    if out is not None:
+        _check_out(out, plan, (("input", input), ("weight", weight), ("bias", bias)))
+    row = dispatch.select("conv", plan, method)
+    return _execute(row.runner(), plan, x, w, b, out)
+
+
+def _execute(runner, plan: ConvPlan, x, w, b, out):
+    if out is not None and out.flags.c_contiguous:
+        result = out
+    else:
+        result = np.empty(plan.output_shape, dtype=plan.dtype)
+    if result.size:
+        x5 = _kernel_array(x, plan.dtype, plan.input_shape5)
+        w5 = _kernel_array(w, plan.dtype, plan.weight_shape5)
+        b1 = None if b is None else np.ascontiguousarray(b, dtype=plan.dtype)
+        runner(x5, w5, b1, plan, result.reshape(plan.output_shape5))
+    if out is not None and result is not out:
+        out[...] = result
+        return out
+    return result
+
+
+_DOC = """{ndim_title} convolution (cross-correlation), with PyTorch's semantics.
+
+    Computes ``out[n, o, *p] = bias[o] + sum_{{c, *k}} weight[o, c, *k] *
+    x_pad[n, g*C_in/groups + c, *(p * stride + k * dilation)]`` where ``g`` is
+    the group of output channel ``o`` and ``x_pad`` is the input padded by
+    ``padding`` in ``padding_mode`` (done by index arithmetic, never by a
+    padded copy).
+
+    Parameters
+    ----------
+    input : array_like
+        ``(N, C_in, {sp})`` or unbatched ``(C_in, {sp})``. float32, float64,
+        complex64 or complex128 (other numeric dtypes are promoted with the
+        weight as NumPy does, and must promote to one of those).
+        Non-contiguous, Fortran-ordered, read-only and big-endian arrays are
+        accepted; the input is never modified.
+    weight : array_like
+        ``(C_out, C_in / groups, {ksp})``.
+    bias : array_like, optional
+        ``(C_out,)``.
+    stride : int or tuple of {n} ints, default 1
+    padding : int, tuple, 'same' or 'valid', default 0
+        An int, one int per spatial dim, one ``(lo, hi)`` pair per spatial dim
+        (asymmetric), ``'valid'`` (no padding) or ``'same'`` (output size equals
+        ``ceil(L / stride)``; at stride 1 PyTorch's rule, the odd extra element
+        on the high side; at stride > 1 as JAX's ``SAME``).
+    dilation : int or tuple of {n} ints, default 1
+    groups : int, default 1
+        Must divide ``C_in`` and ``C_out``. ``groups == C_in`` is depthwise.
+    padding_mode : {{'zeros', 'reflect', 'replicate', 'circular'}}, keyword-only
+        As PyTorch's ``nn.Conv{n}d``. 'reflect' needs padding < input size;
+        'circular' needs padding <= input size.
+    method : str, keyword-only, default 'auto'
+        'auto' or a method name ('direct').
+    device : {{'auto', 'cpu', 'cuda'}}, keyword-only
+        Only the CPU is implemented in this version.
+    out : ndarray, optional, keyword-only
+        Where to write the result: exact shape and dtype, writeable, not
+        overlapping any input. Checked before anything is written.
+
+    Returns
+    -------
+    ndarray
+        The result, with the promoted dtype (``out`` when given).
+
+    Shape
+    -----
+    Per spatial dim of size ``L`` with kernel size ``k``:
+    ``L_out = floor((L + lo + hi - dilation * (k - 1) - 1) / stride) + 1``.
+    Input ``(N, C_in, {sp})`` gives ``(N, C_out, {osp})``; unbatched
+    ``(C_in, {sp})`` gives ``(C_out, {osp})``.
+
+    Raises
+    ------
+    TypeError
+        Wrong kind of argument (float stride, None padding, bool/object or
+        integer-only dtypes, ...).
+    ValueError
+        Bad values or shapes; the message names the parameter and the value.
+    """
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           padding_mode="zeros", method="auto", device="auto", out=None):
+    return _conv_impl(1, input, weight, bias, stride, padding, dilation, groups,
+                      padding_mode, method, device, out)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           padding_mode="zeros", method="auto", device="auto", out=None):
+    return _conv_impl(2, input, weight, bias, stride, padding, dilation, groups,
+                      padding_mode, method, device, out)
+
+
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           padding_mode="zeros", method="auto", device="auto", out=None):
+    return _conv_impl(3, input, weight, bias, stride, padding, dilation, groups,
+                      padding_mode, method, device, out)
+
+
+def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+         padding_mode="zeros", method="auto", device="auto", out=None):
+    return _conv_impl(None, input, weight, bias, stride, padding, dilation, groups,
+                      padding_mode, method, device, out)
+
+
+conv1d.__doc__ = _DOC.format(ndim_title="1-D", sp="L", ksp="k", osp="L_out", n=1)
+conv2d.__doc__ = _DOC.format(ndim_title="2-D", sp="H, W", ksp="kH, kW", osp="H_out, W_out", n=2)
+conv3d.__doc__ = _DOC.format(
+    ndim_title="3-D", sp="D, H, W", ksp="kD, kH, kW", osp="D_out, H_out, W_out", n=3
+)
+conv.__doc__ = _DOC.format(
+    ndim_title="N-D (N = weight.ndim - 2, 1 to 3)", sp="*spatial", ksp="*k",
+    osp="*spatial_out", n="N",
+)

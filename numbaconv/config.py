@@ -1,0 +1,67 @@
+"""Settings in one place (tests patch these module attributes).
+
+``workspace_bytes``
+    Upper bound on the extra working memory one call may allocate for its
+    workspaces (layout copies, patch matrices), default 64 MiB. Settable
+    globally (``numbaconv.config.workspace_bytes = ...``), through the
+    ``NUMBACONV_WORKSPACE_BYTES`` environment variable, or with
+    :func:`override` for a block of code.
+``cache_dir``
+    Where numbaconv keeps its own on-disk state (autotune results,
+    calibration). Numba's compiled-kernel cache is separate (``NUMBA_CACHE_DIR``).
+``direct_channels_last_min``
+    The direct path switches from its row kernel (vectorized along the output
+    width) to its channels-last kernel (vectorized along input channels) when a
+    group has at least this many input channels.
+
+Kernels are compiled with ``fastmath={"reassoc", "contract"}`` only (see
+``FASTMATH``): reductions may be reordered and fused, NaN and Inf propagate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+FASTMATH = frozenset({"reassoc", "contract"})
+
+_DEFAULTS = {
+    "workspace_bytes": 64 * 2**20,
+    "direct_channels_last_min": 8,
+}
+
+
+def _default_cache_dir() -> str:
+    env = os.environ.get("NUMBACONV_CACHE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "numbaconv")
+
+
+workspace_bytes: int = int(os.environ.get("NUMBACONV_WORKSPACE_BYTES", _DEFAULTS["workspace_bytes"]))
+direct_channels_last_min: int = _DEFAULTS["direct_channels_last_min"]
+cache_dir: str = _default_cache_dir()
+
+
+def _reset() -> None:
+    """Restore the defaults (used by tests)."""
+    global workspace_bytes, direct_channels_last_min, cache_dir
+    workspace_bytes = _DEFAULTS["workspace_bytes"]
+    direct_channels_last_min = _DEFAULTS["direct_channels_last_min"]
+    cache_dir = _default_cache_dir()
+
+
+@contextlib.contextmanager
+def override(**settings):
+    """Temporarily change settings: ``with config.override(workspace_bytes=2**20): ...``."""
+    g = globals()
+    unknown = [k for k in settings if k not in _DEFAULTS and k != "cache_dir"]
+    if unknown:
+        raise ValueError(f"unknown numbaconv.config setting(s): {', '.join(unknown)}")
+    old = {k: g[k] for k in settings}
+    g.update(settings)
+    try:
+        yield
+    finally:
+        g.update(old)

@@ -1,0 +1,346 @@
+"""Direct convolution on the CPU (``method="direct"``).
+
+Two njit-parallel kernels share one entry point, :func:`run`, and both take the
+canonical 5-D form ``(N, C, D, H, W)``, so one compiled kernel per dtype serves
+1-D, 2-D and 3-D:
+
+* ``_rows_kernel``: each task owns one output row segment of a block of up to
+  ``_ROW_OB`` output channels; the inner loop is an axpy along the output width
+  (vectorized when the stride is 1). Best when a group has few input channels
+  (depthwise, RGB stems, 1-D filters).
+* ``_cl_kernel``: the input is copied once to channels-last ``(N, D, H, W, C)``
+  (bounded by ``config.workspace_bytes``, chunked over the batch); each task
+  owns one output row of a block of 4 output channels and computes 2x4 register
+  tiles (2 output positions x 4 output channels) as dot products over
+  contiguous runs of input channels (the whole ``kw x C`` run when the taps are
+  contiguous). Best when a group has many input channels.
+
+Padding modes, stride, dilation and (lo, hi) padding enter only through
+per-dimension tap tables (``shapes.tap_table``): entry ``[o, k]`` is the input
+index read by output ``o`` at tap ``k``, or -1 for a zero. Every prange
+iteration writes a disjoint set of output elements, so the kernels are
+race-free and deterministic.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .. import config
+from ..shapes import tap_table
+
+# Kept literal here (not imported) because numba's on-disk cache keys on this
+# file's contents; must equal numbaconv.config.FASTMATH.
+_FASTMATH = {"reassoc", "contract"}
+_ROW_OB = 8  # output channels per task in the row kernel
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb):
+    N, C, D, H, W = x.shape
+    O, Cg, KD, KH, KW = w.shape
+    OD, OH, OW = out.shape[2], out.shape[3], out.shape[4]
+    G = C // Cg
+    Og = O // G
+    nob = (Og + ob - 1) // ob
+    nwb = (OW + owb - 1) // owb
+    ntask = N * G * nob * OD * OH * nwb
+    for t in prange(ntask):
+        wb = t % nwb
+        r1 = t // nwb
+        oh = r1 % OH
+        r2 = r1 // OH
+        od = r2 % OD
+        r3 = r2 // OD
+        b = r3 % nob
+        r4 = r3 // nob
+        g = r4 % G
+        n = r4 // G
+        o0 = g * Og + b * ob
+        nb = min(ob, (g + 1) * Og - o0)
+        a = wb * owb
+        e = min(a + owb, OW)
+        m = e - a
+        acc = np.zeros((nb, m), dtype=out.dtype)
+        for cl in range(Cg):
+            c = g * Cg + cl
+            for kd in range(KD):
+                idd = td[od, kd]
+                if idd < 0:
+                    continue
+                for kh in range(KH):
+                    ih = th[oh, kh]
+                    if ih < 0:
+                        continue
+                    xrow = x[n, c, idd, ih]
+                    for kw in range(KW):
+                        off = kw * dw - lo_w
+                        # interior outputs read xrow[ow * sw + off] in range
+                        lo = min(max(a, -(off // sw)), e)
+                        hi = max(min(e, (W - 1 - off) // sw + 1), lo)
+                        cnt = hi - lo
+                        for j in range(nb):
+                            wv = w[o0 + j, cl, kd, kh, kw]
+                            arow = acc[j]
+                            if cnt > 0:
+                                av = arow[lo - a : hi - a]
+                                if sw == 1:
+                                    xv = xrow[lo + off : hi + off]
+                                    for i in range(cnt):
+                                        av[i] += wv * xv[i]
+                                else:
+                                    base = lo * sw + off
+                                    for i in range(cnt):
+                                        av[i] += wv * xrow[base + i * sw]
+                            for ow in range(a, lo):
+                                iw = tw[ow, kw]
+                                if iw >= 0:
+                                    arow[ow - a] += wv * xrow[iw]
+                            for ow in range(hi, e):
+                                iw = tw[ow, kw]
+                                if iw >= 0:
+                                    arow[ow - a] += wv * xrow[iw]
+        for j in range(nb):
+            bv = bias[o0 + j]
+            orow = out[n, o0 + j, od, oh]
+            arow = acc[j]
+            for i in range(m):
+                orow[a + i] = arow[i] + bv
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dot2x4(x0, x1, w0, w1, w2, w3, n, z):
+    a00 = a01 = a02 = a03 = z
+    a10 = a11 = a12 = a13 = z
+    for c in range(n):
+        p = x0[c]
+        q = x1[c]
+        u0 = w0[c]
+        u1 = w1[c]
+        u2 = w2[c]
+        u3 = w3[c]
+        a00 += u0 * p
+        a01 += u1 * p
+        a02 += u2 * p
+        a03 += u3 * p
+        a10 += u0 * q
+        a11 += u1 * q
+        a12 += u2 * q
+        a13 += u3 * q
+    return a00, a01, a02, a03, a10, a11, a12, a13
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dot1x4(x0, w0, w1, w2, w3, n, z):
+    a0 = a1 = a2 = a3 = z
+    for c in range(n):
+        p = x0[c]
+        a0 += w0[c] * p
+        a1 += w1[c] * p
+        a2 += w2[c] * p
+        a3 += w3[c] * p
+    return a0, a1, a2, a3
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, z):
+    # xc: channels-last input viewed as (N, D, H, W*C); wc: (O, KD, KH, KW*Cg);
+    # z: a zero of the output dtype (a literal 0 would promote float32 to float64)
+    N = xc.shape[0]
+    O, KD, KH, KWC = wc.shape
+    OD, OH, OW = out.shape[2], out.shape[3], out.shape[4]
+    KW = tw.shape[1]
+    Cg = KWC // KW
+    G = C // Cg
+    Og = O // G
+    nob = (Og + 3) // 4
+    ntask = N * G * nob * OD * OH
+    for t in prange(ntask):
+        oh = t % OH
+        r2 = t // OH
+        od = r2 % OD
+        r3 = r2 // OD
+        b = r3 % nob
+        r4 = r3 // nob
+        g = r4 % G
+        n = r4 // G
+        o0 = g * Og + b * 4
+        ol = min(o0 + 4, (g + 1) * Og) - 1
+        i1 = min(o0 + 1, ol)
+        i2 = min(o0 + 2, ol)
+        i3 = min(o0 + 3, ol)
+        cb = g * Cg
+        for ow0 in range(0, OW, 2):
+            ow1 = min(ow0 + 1, OW - 1)
+            a00 = a01 = a02 = a03 = z
+            a10 = a11 = a12 = a13 = z
+            for kd in range(KD):
+                idd = td[od, kd]
+                if idd < 0:
+                    continue
+                for kh in range(KH):
+                    ih = th[oh, kh]
+                    if ih < 0:
+                        continue
+                    xr = xc[n, idd, ih]
+                    w0 = wc[o0, kd, kh]
+                    w1 = wc[i1, kd, kh]
+                    w2 = wc[i2, kd, kh]
+                    w3 = wc[i3, kd, kh]
+                    s0 = tw[ow0, 0]
+                    s1 = tw[ow1, 0]
+                    if (
+                        contig
+                        and s0 >= 0
+                        and s1 >= 0
+                        and tw[ow0, KW - 1] == s0 + KW - 1
+                        and tw[ow1, KW - 1] == s1 + KW - 1
+                    ):
+                        # taps contiguous in W and one group: one run of KW*C
+                        p = _dot2x4(xr[s0 * C : s0 * C + KWC], xr[s1 * C : s1 * C + KWC],
+                                    w0, w1, w2, w3, KWC, z)
+                        a00 += p[0]
+                        a01 += p[1]
+                        a02 += p[2]
+                        a03 += p[3]
+                        a10 += p[4]
+                        a11 += p[5]
+                        a12 += p[6]
+                        a13 += p[7]
+                        continue
+                    for kw in range(KW):
+                        iw0 = tw[ow0, kw]
+                        iw1 = tw[ow1, kw]
+                        wo = kw * Cg
+                        v0 = w0[wo : wo + Cg]
+                        v1 = w1[wo : wo + Cg]
+                        v2 = w2[wo : wo + Cg]
+                        v3 = w3[wo : wo + Cg]
+                        if iw0 >= 0 and iw1 >= 0:
+                            r0 = xr[iw0 * C + cb : iw0 * C + cb + Cg]
+                            r1 = xr[iw1 * C + cb : iw1 * C + cb + Cg]
+                            p = _dot2x4(r0, r1, v0, v1, v2, v3, Cg, z)
+                            a00 += p[0]
+                            a01 += p[1]
+                            a02 += p[2]
+                            a03 += p[3]
+                            a10 += p[4]
+                            a11 += p[5]
+                            a12 += p[6]
+                            a13 += p[7]
+                        elif iw0 >= 0:
+                            r0 = xr[iw0 * C + cb : iw0 * C + cb + Cg]
+                            q = _dot1x4(r0, v0, v1, v2, v3, Cg, z)
+                            a00 += q[0]
+                            a01 += q[1]
+                            a02 += q[2]
+                            a03 += q[3]
+                        elif iw1 >= 0:
+                            r1 = xr[iw1 * C + cb : iw1 * C + cb + Cg]
+                            q = _dot1x4(r1, v0, v1, v2, v3, Cg, z)
+                            a10 += q[0]
+                            a11 += q[1]
+                            a12 += q[2]
+                            a13 += q[3]
+            # clamped duplicates (i1..i3 == ol, ow1 == ow0) hold identical values
+            out[n, i3, od, oh, ow0] = a03 + bias[i3]
+            out[n, i2, od, oh, ow0] = a02 + bias[i2]
+            out[n, i1, od, oh, ow0] = a01 + bias[i1]
+            out[n, o0, od, oh, ow0] = a00 + bias[o0]
+            if ow1 != ow0:
+                out[n, i3, od, oh, ow1] = a13 + bias[i3]
+                out[n, i2, od, oh, ow1] = a12 + bias[i2]
+                out[n, i1, od, oh, ow1] = a11 + bias[i1]
+                out[n, o0, od, oh, ow1] = a10 + bias[o0]
+
+
+@njit(parallel=True, cache=True)
+def _to_channels_last(x, xc):
+    # x: (N, C, D, H, W) -> xc: (N, D, H, W, C)
+    N, C, D, H, W = x.shape
+    for t in prange(N * D * H):
+        h = t % H
+        r = t // H
+        d = r % D
+        n = r // D
+        for c in range(C):
+            src = x[n, c, d, h]
+            dst = xc[n, d, h]
+            for i in range(W):
+                dst[i, c] = src[i]
+
+
+def _tables(plan):
+    return tuple(
+        tap_table(
+            plan.out_size[i],
+            plan.kernel[i],
+            plan.stride[i],
+            plan.dilation[i],
+            plan.padding[i][0],
+            plan.in_size[i],
+            plan.padding_mode,
+        )
+        for i in range(3)
+    )
+
+
+def uses_channels_last(plan) -> bool:
+    """Whether :func:`run` takes the channels-last kernel for this plan."""
+    cg = plan.c_in // plan.groups
+    per_sample = plan.c_in * plan.in_size[0] * plan.in_size[1] * plan.in_size[2]
+    return (
+        cg >= config.direct_channels_last_min
+        and per_sample * plan.dtype.itemsize <= config.workspace_bytes
+    )
+
+
+def workspace_bytes(plan) -> int:
+    """Extra memory :func:`run` allocates for this plan (the channels-last copy)."""
+    if not uses_channels_last(plan):
+        return 0
+    per_sample = plan.c_in * plan.in_size[0] * plan.in_size[1] * plan.in_size[2]
+    per_sample *= plan.dtype.itemsize
+    chunk = max(1, min(plan.batch, config.workspace_bytes // per_sample))
+    return chunk * per_sample
+
+
+def run(x5, w5, bias, plan, out5):
+    """Direct convolution of canonical 5-D arrays into ``out5``.
+
+    ``x5`` ``(N, C_in, D, H, W)``, ``w5`` ``(C_out, C_in/groups, KD, KH, KW)``,
+    ``bias`` ``(C_out,)`` or None, ``out5`` ``plan.output_shape5``; all
+    C-contiguous, native byte order, dtype ``plan.dtype``. Returns ``out5``.
+    """
+    if bias is None:
+        bias = np.zeros(plan.c_out, dtype=plan.dtype)
+    td, th, tw = _tables(plan)
+    if uses_channels_last(plan):
+        n, c = plan.batch, plan.c_in
+        d, h, w = plan.in_size
+        cg = c // plan.groups
+        kd, kh, kw = plan.kernel
+        wc = np.ascontiguousarray(w5.transpose(0, 2, 3, 4, 1)).reshape(
+            plan.c_out, kd, kh, kw * cg
+        )
+        contig = plan.groups == 1 and plan.dilation[2] == 1
+        chunk = workspace_bytes(plan) // (c * d * h * w * plan.dtype.itemsize)
+        buf = np.empty((chunk, d, h, w, c), dtype=plan.dtype)
+        for n0 in range(0, n, chunk):
+            m = min(chunk, n - n0)
+            xc = buf[:m]
+            _to_channels_last(x5[n0 : n0 + m], xc)
+            _cl_kernel(xc.reshape(m, d, h, w * c), wc, bias, out5[n0 : n0 + m],
+                       td, th, tw, c, contig, plan.dtype.type(0))
+        return out5
+    og = plan.c_out // plan.groups
+    ob = min(og, _ROW_OB)
+    base = plan.batch * plan.groups * (-(-og // ob)) * plan.out_size[0] * plan.out_size[1]
+    ow = plan.out_size[2]
+    want = 16 * numba.get_num_threads()
+    owb = ow if base >= want else max(256, -(-ow // -(-want // base)))
+    _rows_kernel(x5, w5, bias, out5, td, th, tw, plan.stride[2], plan.dilation[2],
+                 plan.padding[2][0], ob, min(owb, ow))
+    return out5

@@ -1,0 +1,72 @@
+"""The method table: which algorithm runs a plan.
+
+One row per method: its name, its device, ``supports(plan)`` (None when it can
+do the case, else the reason it cannot) and the module whose ``run(x5, w5,
+bias, plan, out5)`` does the work. ``method="auto"`` picks the first supported
+row; a cost model replaces that rule when more than one CPU method exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+
+class UnsupportedMethodError(ValueError):
+    """A forced method cannot do this case (the message says what it lacks)."""
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    name: str
+    op: str
+    device: str
+    module: str
+    supports: Callable[[object], str | None]
+
+    def runner(self):
+        return importlib.import_module(self.module, __package__).run
+
+
+def _always(plan) -> str | None:
+    return None
+
+
+TABLE: tuple[MethodRow, ...] = (
+    MethodRow("direct", "conv", "cpu", ".cpu.direct", _always),
+)
+
+SPECIAL_METHODS = ("auto",)
+
+
+def method_names(op: str) -> tuple[str, ...]:
+    return SPECIAL_METHODS + tuple(r.name for r in TABLE if r.op == op)
+
+
+def check_method(op: str, method) -> str:
+    """Validate a ``method=`` argument (before any work is done)."""
+    names = method_names(op)
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str, one of {', '.join(map(repr, names))}; got {method!r}")
+    if method not in names:
+        raise ValueError(
+            f"unknown method {method!r} for {op}; valid methods are "
+            f"{', '.join(map(repr, names))}"
+        )
+    return method
+
+
+def select(op: str, plan, method: str) -> MethodRow:
+    """The row that runs ``plan``; raises UnsupportedMethodError for a forced misfit."""
+    rows = [r for r in TABLE if r.op == op and r.device == "cpu"]
+    if method == "auto":
+        for row in rows:
+            if row.supports(plan) is None:
+                return row
+        raise UnsupportedMethodError(f"no {op} method supports this case")
+    row = next(r for r in rows if r.name == method)
+    why = row.supports(plan)
+    if why is not None:
+        raise UnsupportedMethodError(f"method={method!r} cannot do this case: {why}")
+    return row

@@ -1,0 +1,441 @@
+"""Shape arithmetic, argument normalization and validation (pure Python).
+
+Every public entry point turns its arguments into a frozen :class:`ConvPlan`
+here, before any kernel runs. The plan is in the canonical form used by every
+kernel: three spatial dimensions ``(D, H, W)``; 1-D and 2-D problems get
+leading singleton dimensions (kernel 1, stride 1, dilation 1, padding 0).
+
+All errors raised here are ``TypeError`` (wrong kind of value) or
+``ValueError`` (right kind, bad value), and their messages name the parameter
+and the bad value.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "PADDING_MODES",
+    "ConvPlan",
+    "conv_output_size",
+    "conv_output_shape",
+    "make_conv_plan",
+    "normalize_padding",
+    "normalize_tuple",
+    "same_padding",
+    "tap_table",
+]
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_MODE_CODES = {name: code for code, name in enumerate(PADDING_MODES)}
+_COMPUTE_DTYPES = tuple(
+    np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128)
+)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def normalize_tuple(value, n: int, name: str, *, minimum: int) -> tuple[int, ...]:
+    """Return ``value`` as a tuple of ``n`` ints, each ``>= minimum``.
+
+    ``value`` is an int (repeated ``n`` times) or a sequence of ``n`` ints.
+    Raises ``TypeError`` for any other kind of value (float, None, str, bool)
+    and ``ValueError`` for a wrong length or a value below ``minimum``.
+    """
+    if _is_int(value):
+        values = (operator.index(value),) * n
+    elif isinstance(value, (tuple, list)):
+        if len(value) != n:
+            raise ValueError(
+                f"{name} must be an int or a tuple of {n} ints (one per spatial "
+                f"dimension), got {value!r} of length {len(value)}"
+            )
+        if not all(_is_int(v) for v in value):
+            raise TypeError(f"{name} must contain ints only, got {value!r}")
+        values = tuple(operator.index(v) for v in value)
+    else:
+        raise TypeError(
+            f"{name} must be an int or a tuple of {n} ints, got {value!r} "
+            f"of type {type(value).__name__}"
+        )
+    for v in values:
+        if v < minimum:
+            bound = "positive" if minimum == 1 else f">= {minimum}"
+            raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return values
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """(lo, hi) padding of ``padding="same"`` for one dimension.
+
+    Stride 1 follows PyTorch: total ``dilation * (kernel - 1)``, the odd extra
+    element on the high side. Stride > 1 follows JAX/TensorFlow ``SAME``:
+    the output has ``ceil(size / stride)`` elements.
+    """
+    span = dilation * (kernel - 1)
+    if stride == 1:
+        total = span
+    else:
+        out = -(-size // stride)
+        total = max((out - 1) * stride + span + 1 - size, 0)
+    lo = total // 2
+    return lo, total - lo
+
+
+def normalize_padding(
+    padding,
+    n: int,
+    in_size: tuple[int, ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    *,
+    transposed: bool = False,
+) -> tuple[tuple[int, int], ...]:
+    """Return the padding as ``n`` ``(lo, hi)`` pairs.
+
+    Accepted forms: an int; a tuple of ``n`` ints; a tuple of ``n`` items each
+    an int or an ``(lo, hi)`` pair; ``"valid"``; ``"same"`` (convolution only).
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * n
+        if padding == "same":
+            if transposed:
+                raise ValueError(
+                    "padding='same' is not defined for transposed convolution "
+                    "(as in PyTorch); give explicit padding or output_size"
+                )
+            return tuple(
+                same_padding(in_size[i], kernel[i], stride[i], dilation[i]) for i in range(n)
+            )
+        raise ValueError(
+            f"padding string must be 'same' or 'valid', got {padding!r}"
+        )
+    if _is_int(padding):
+        p = operator.index(padding)
+        if p < 0:
+            raise ValueError(f"padding must be non-negative, got {padding!r}")
+        return ((p, p),) * n
+    if not isinstance(padding, (tuple, list)):
+        raise TypeError(
+            "padding must be an int, a tuple of ints or (lo, hi) pairs, 'same' or "
+            f"'valid', got {padding!r} of type {type(padding).__name__}"
+        )
+    if len(padding) != n:
+        raise ValueError(
+            f"padding must have one entry per spatial dimension ({n}), got "
+            f"{padding!r} of length {len(padding)}"
+        )
+    pairs = []
+    for item in padding:
+        if _is_int(item):
+            pair = (operator.index(item),) * 2
+        elif (
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and all(_is_int(v) for v in item)
+        ):
+            pair = (operator.index(item[0]), operator.index(item[1]))
+        else:
+            raise TypeError(
+                "padding entries must be ints or (lo, hi) pairs of ints, got "
+                f"{item!r} in padding={padding!r}"
+            )
+        if pair[0] < 0 or pair[1] < 0:
+            raise ValueError(f"padding must be non-negative, got {padding!r}")
+        pairs.append(pair)
+    return tuple(pairs)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, lo: int, hi: int, dilation: int) -> int:
+    """``floor((size + lo + hi - dilation * (kernel - 1) - 1) / stride) + 1``."""
+    return (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """Everything a kernel needs, in the canonical 3-spatial-dim form.
+
+    ``in_size``, ``kernel``, ``out_size``, ``stride``, ``dilation``,
+    ``padding`` (``(lo, hi)`` pairs) and ``output_padding`` always have three
+    entries ``(D, H, W)``; a 1-D or 2-D problem has leading entries of size 1.
+    """
+
+    op: str
+    ndim: int
+    batched: bool
+    batch: int
+    c_in: int
+    c_out: int
+    groups: int
+    in_size: tuple[int, int, int]
+    kernel: tuple[int, int, int]
+    out_size: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    dilation: tuple[int, int, int]
+    padding: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    padding_mode: str
+    dtype: np.dtype
+    has_bias: bool
+    output_padding: tuple[int, int, int] = (0, 0, 0)
+
+    @property
+    def mode_code(self) -> int:
+        return _MODE_CODES[self.padding_mode]
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of the result as the user sees it (batched or not)."""
+        spatial = self.out_size[3 - self.ndim :]
+        lead = (self.batch, self.c_out) if self.batched else (self.c_out,)
+        return lead + spatial
+
+    @property
+    def input_shape5(self) -> tuple[int, int, int, int, int]:
+        return (self.batch, self.c_in) + self.in_size
+
+    @property
+    def output_shape5(self) -> tuple[int, int, int, int, int]:
+        return (self.batch, self.c_out) + self.out_size
+
+    @property
+    def weight_shape5(self) -> tuple[int, int, int, int, int]:
+        if self.op == "conv":
+            return (self.c_out, self.c_in // self.groups) + self.kernel
+        return (self.c_in, self.c_out // self.groups) + self.kernel
+
+    @property
+    def reduction_length(self) -> int:
+        """Number of products summed into one output element (at most)."""
+        # conv: C_in/groups channels times all taps. Transposed: an output
+        # gathers from C_in/groups channels and at most all taps (an upper bound).
+        return self.c_in // self.groups * self.kernel[0] * self.kernel[1] * self.kernel[2]
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds times two, counting every tap (padding included)."""
+        k = self.kernel[0] * self.kernel[1] * self.kernel[2]
+        if self.op == "conv":
+            outs = self.batch * self.c_out * self.out_size[0] * self.out_size[1] * self.out_size[2]
+            return 2 * outs * (self.c_in // self.groups) * k
+        ins = self.batch * self.c_in * self.in_size[0] * self.in_size[1] * self.in_size[2]
+        return 2 * ins * (self.c_out // self.groups) * k
+
+
+def _canon(values: tuple, n: int, fill):
+    return (fill,) * (3 - n) + tuple(values)
+
+
+def check_dtype(dtype, name: str) -> None:
+    """Refuse dtypes that are not numbers (bool, object, strings, ...)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iufc":
+        raise TypeError(
+            f"{name} has dtype {dtype}, which is not supported; numbaconv works on "
+            "float32, float64, complex64 and complex128 arrays "
+            f"(convert with {name}.astype(np.float32) or np.float64)"
+        )
+
+
+def result_dtype(*dtypes) -> np.dtype:
+    """The compute/result dtype: NumPy promotion, which must be float or complex."""
+    dt = np.result_type(*dtypes)
+    if dt in _COMPUTE_DTYPES:
+        return dt
+    names = ", ".join(str(np.dtype(d)) for d in dtypes)
+    hint = "np.float64" if dt.kind in "iu" else "np.float32"
+    raise TypeError(
+        f"the arrays' dtypes ({names}) promote to {dt}, which numbaconv does not "
+        "compute in (it computes in float32, float64, complex64 and complex128); "
+        f"cast the input and weight first, e.g. input.astype({hint}). Integer "
+        "convolution is not done in integer arithmetic"
+    )
+
+
+def make_conv_plan(
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...] | None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    padding_mode: str = "zeros",
+    dtype=np.float64,
+    ndim: int | None = None,
+) -> ConvPlan:
+    """Validate convolution arguments and return the :class:`ConvPlan`.
+
+    ``ndim`` is the number of spatial dimensions the caller expects (``conv2d``
+    passes 2); ``None`` takes it from ``weight_shape``.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    weight_shape = tuple(int(s) for s in weight_shape)
+    wn = len(weight_shape)
+    if ndim is None:
+        if wn not in (3, 4, 5):
+            raise ValueError(
+                "weight must have 3, 4 or 5 dimensions (C_out, C_in/groups, *kernel), "
+                f"got weight.ndim={wn} with shape {weight_shape}"
+            )
+        ndim = wn - 2
+    elif wn != ndim + 2:
+        raise ValueError(
+            f"weight must have {ndim + 2} dimensions (C_out, C_in/groups, *kernel) "
+            f"for a {ndim}-d convolution, got weight.ndim={wn} with shape {weight_shape}"
+        )
+    n = ndim
+    if len(input_shape) == n + 2:
+        batched = True
+        batch, c_in = input_shape[:2]
+    elif len(input_shape) == n + 1:
+        batched = False
+        batch, c_in = 1, input_shape[0]
+    else:
+        raise ValueError(
+            f"input must have {n + 1} (unbatched) or {n + 2} (batched) dimensions "
+            f"for a {n}-d convolution, got input.ndim={len(input_shape)} with shape "
+            f"{input_shape}"
+        )
+    in_sp = input_shape[-n:]
+    k_sp = weight_shape[2:]
+    c_out, c_per_group = weight_shape[:2]
+
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r} of type {type(groups).__name__}")
+    groups = operator.index(groups)
+    if groups <= 0:
+        raise ValueError(f"groups must be positive, got groups={groups}")
+    for name, value in (("input", input_shape), ("weight", weight_shape)):
+        if any(s == 0 for s in (value[1:] if name == "input" and batched else value)):
+            raise ValueError(
+                f"{name} has an empty dimension (shape {value}); only the batch "
+                "dimension may be 0"
+            )
+    if c_in % groups:
+        raise ValueError(
+            f"groups must divide the input channels, but groups={groups} does not "
+            f"divide C_in={c_in}"
+        )
+    if c_out % groups:
+        raise ValueError(
+            f"groups must divide the output channels, but groups={groups} does not "
+            f"divide C_out=weight.shape[0]={c_out}"
+        )
+    if c_per_group * groups != c_in:
+        raise ValueError(
+            f"channel mismatch: input has C_in={c_in} channels but weight.shape[1]"
+            f"={c_per_group} with groups={groups} expects {c_per_group * groups} "
+            f"(input shape {input_shape}, weight shape {weight_shape})"
+        )
+    if bias_shape is not None and tuple(bias_shape) != (c_out,):
+        raise ValueError(
+            f"bias must have shape (C_out,) = ({c_out},), got shape {tuple(bias_shape)}"
+        )
+
+    stride_t = normalize_tuple(stride, n, "stride", minimum=1)
+    dilation_t = normalize_tuple(dilation, n, "dilation", minimum=1)
+    pads = normalize_padding(padding, n, in_sp, k_sp, stride_t, dilation_t)
+
+    if not isinstance(padding_mode, str):
+        raise TypeError(f"padding_mode must be a str, got {padding_mode!r}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(
+            f"padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, "
+            f"got {padding_mode!r}"
+        )
+    check_padding_mode(padding_mode, in_sp, pads)
+
+    out_sp = []
+    for i in range(n):
+        lo, hi = pads[i]
+        span = dilation_t[i] * (k_sp[i] - 1) + 1
+        if in_sp[i] + lo + hi < span:
+            raise ValueError(
+                f"kernel larger than the padded input in spatial dim {i}: input size "
+                f"{in_sp[i]} padded by ({lo}, {hi}) is {in_sp[i] + lo + hi}, but the "
+                f"kernel of size {k_sp[i]} with dilation {dilation_t[i]} spans {span}"
+            )
+        out_sp.append(conv_output_size(in_sp[i], k_sp[i], stride_t[i], lo, hi, dilation_t[i]))
+
+    return ConvPlan(
+        op="conv",
+        ndim=n,
+        batched=batched,
+        batch=batch,
+        c_in=c_in,
+        c_out=c_out,
+        groups=groups,
+        in_size=_canon(in_sp, n, 1),
+        kernel=_canon(k_sp, n, 1),
+        out_size=_canon(out_sp, n, 1),
+        stride=_canon(stride_t, n, 1),
+        dilation=_canon(dilation_t, n, 1),
+        padding=_canon(pads, n, (0, 0)),
+        padding_mode=padding_mode,
+        dtype=np.dtype(dtype),
+        has_bias=bias_shape is not None,
+    )
+
+
+def check_padding_mode(mode: str, in_sp, pads) -> None:
+    """PyTorch's limits on padding for the non-zero modes."""
+    for i, (size, (lo, hi)) in enumerate(zip(in_sp, pads)):
+        if mode == "reflect" and max(lo, hi) >= size:
+            raise ValueError(
+                f"padding_mode='reflect' needs padding smaller than the input size, "
+                f"but spatial dim {i} has size {size} and padding ({lo}, {hi})"
+            )
+        if mode == "circular" and max(lo, hi) > size:
+            raise ValueError(
+                f"padding_mode='circular' needs padding no larger than the input "
+                f"size, but spatial dim {i} has size {size} and padding ({lo}, {hi})"
+            )
+
+
+def conv_output_shape(
+    input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1
+) -> tuple[int, ...]:
+    """Shape of ``conv(input, weight, ...)`` for arrays of these shapes.
+
+    Shape
+    -----
+    Per spatial dim: ``floor((L + lo + hi - dilation * (k - 1) - 1) / stride) + 1``.
+    The result keeps the input's batched/unbatched form, with ``C_out =
+    weight_shape[0]`` channels.
+    """
+    plan = make_conv_plan(input_shape, weight_shape, None, stride, padding, dilation, groups)
+    return plan.output_shape
+
+
+def tap_table(out: int, kernel: int, stride: int, dilation: int, lo: int, size: int, mode: str):
+    """Input index read by each (output position, kernel tap) in one dimension.
+
+    Entry ``[o, k]`` is the input index for padded position
+    ``o * stride + k * dilation - lo``, folded back by the padding mode, or -1
+    where ``mode == "zeros"`` and it falls into the padding. Shape
+    ``(out, kernel)``, dtype int64.
+    """
+    p = (np.arange(out, dtype=np.int64)[:, None] * stride
+         + np.arange(kernel, dtype=np.int64)[None, :] * dilation - lo)
+    inside = (p >= 0) & (p < size)
+    if mode == "zeros":
+        return np.where(inside, p, -1)
+    if mode == "replicate":
+        return np.clip(p, 0, size - 1)
+    if mode == "circular":
+        return np.mod(p, size)
+    # reflect, without repeating the edge; period 2 * (size - 1)
+    if size == 1:
+        return np.zeros_like(p)
+    period = 2 * (size - 1)
+    q = np.mod(p, period)
+    return np.where(q >= size, period - q, q)
