@@ -4,9 +4,9 @@ Two njit-parallel kernels share one entry point, :func:`run`, and both take the
 canonical 5-D form ``(N, C, D, H, W)``, so one compiled kernel per dtype serves
 1-D, 2-D and 3-D:
 
-* ``_rows_kernel``: each task owns one output row segment of a block of up to
-  ``_ROW_OB`` output channels; the inner loop is an axpy along the output width
-  (vectorized when the stride is 1). Best when a group has few input channels
+* ``_rows_kernel``: each task owns a width segment of one output plane for a
+  block of up to ``_ROW_OB`` output channels, row by row; the inner loop is an
+  axpy along the output width (vectorized when the stride is 1). Best when a group has few input channels
   (depthwise, RGB stems, 1-D filters).
 * ``_cl_kernel``: the input is copied once to channels-last ``(N, D, H, W, C)``
   (bounded by ``config.workspace_bytes``, chunked over the batch); each task
@@ -39,6 +39,9 @@ _ROW_OB = 8  # output channels per task in the row kernel
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb):
+    # One task: sample n, group g, a block of up to ob output channels, one
+    # output plane od, a segment [a, e) of the output width; loops over oh.
+    # No array views in the hot loops (each view costs a refcount update).
     N, C, D, H, W = x.shape
     O, Cg, KD, KH, KW = w.shape
     OD, OH, OW = out.shape[2], out.shape[3], out.shape[4]
@@ -46,14 +49,12 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb):
     Og = O // G
     nob = (Og + ob - 1) // ob
     nwb = (OW + owb - 1) // owb
-    ntask = N * G * nob * OD * OH * nwb
+    ntask = N * G * nob * OD * nwb
     for t in prange(ntask):
         wb = t % nwb
         r1 = t // nwb
-        oh = r1 % OH
-        r2 = r1 // OH
-        od = r2 % OD
-        r3 = r2 // OD
+        od = r1 % OD
+        r3 = r1 // OD
         b = r3 % nob
         r4 = r3 // nob
         g = r4 % G
@@ -62,52 +63,50 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb):
         nb = min(ob, (g + 1) * Og - o0)
         a = wb * owb
         e = min(a + owb, OW)
-        m = e - a
-        acc = np.zeros((nb, m), dtype=out.dtype)
-        for cl in range(Cg):
-            c = g * Cg + cl
-            for kd in range(KD):
-                idd = td[od, kd]
-                if idd < 0:
-                    continue
-                for kh in range(KH):
-                    ih = th[oh, kh]
-                    if ih < 0:
+        acc = np.empty((nb, e - a), dtype=out.dtype)
+        for oh in range(OH):
+            acc[:, :] = 0
+            for cl in range(Cg):
+                c = g * Cg + cl
+                for kd in range(KD):
+                    idd = td[od, kd]
+                    if idd < 0:
                         continue
-                    xrow = x[n, c, idd, ih]
-                    for kw in range(KW):
-                        off = kw * dw - lo_w
-                        # interior outputs read xrow[ow * sw + off] in range
-                        lo = min(max(a, -(off // sw)), e)
-                        hi = max(min(e, (W - 1 - off) // sw + 1), lo)
-                        cnt = hi - lo
-                        for j in range(nb):
-                            wv = w[o0 + j, cl, kd, kh, kw]
-                            arow = acc[j]
-                            if cnt > 0:
-                                av = arow[lo - a : hi - a]
+                    for kh in range(KH):
+                        ih = th[oh, kh]
+                        if ih < 0:
+                            continue
+                        for kw in range(KW):
+                            off = kw * dw - lo_w
+                            # interior outputs read x[..., ow * sw + off] in range
+                            lo = min(max(a, -(off // sw)), e)
+                            hi = max(min(e, (W - 1 - off) // sw + 1), lo)
+                            # unsigned offsets: no negative-index wraparound
+                            # test per element, so the loops vectorize
+                            cnt = np.uint64(hi - lo)
+                            ua = np.uint64(lo - a)
+                            ux = np.uint64(lo * sw + off)
+                            us = np.uint64(sw)
+                            for j in range(nb):
+                                wv = w[o0 + j, cl, kd, kh, kw]
                                 if sw == 1:
-                                    xv = xrow[lo + off : hi + off]
                                     for i in range(cnt):
-                                        av[i] += wv * xv[i]
+                                        acc[j, ua + i] += wv * x[n, c, idd, ih, ux + i]
                                 else:
-                                    base = lo * sw + off
                                     for i in range(cnt):
-                                        av[i] += wv * xrow[base + i * sw]
-                            for ow in range(a, lo):
-                                iw = tw[ow, kw]
-                                if iw >= 0:
-                                    arow[ow - a] += wv * xrow[iw]
-                            for ow in range(hi, e):
-                                iw = tw[ow, kw]
-                                if iw >= 0:
-                                    arow[ow - a] += wv * xrow[iw]
-        for j in range(nb):
-            bv = bias[o0 + j]
-            orow = out[n, o0 + j, od, oh]
-            arow = acc[j]
-            for i in range(m):
-                orow[a + i] = arow[i] + bv
+                                        acc[j, ua + i] += wv * x[n, c, idd, ih, ux + i * us]
+                                for ow in range(a, lo):
+                                    iw = tw[ow, kw]
+                                    if iw >= 0:
+                                        acc[j, ow - a] += wv * x[n, c, idd, ih, iw]
+                                for ow in range(hi, e):
+                                    iw = tw[ow, kw]
+                                    if iw >= 0:
+                                        acc[j, ow - a] += wv * x[n, c, idd, ih, iw]
+            for j in range(nb):
+                bv = bias[o0 + j]
+                for ow in range(a, e):
+                    out[n, o0 + j, od, oh, ow] = acc[j, ow - a] + bv
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -337,7 +336,7 @@ def run(x5, w5, bias, plan, out5):
         return out5
     og = plan.c_out // plan.groups
     ob = min(og, _ROW_OB)
-    base = plan.batch * plan.groups * (-(-og // ob)) * plan.out_size[0] * plan.out_size[1]
+    base = plan.batch * plan.groups * (-(-og // ob)) * plan.out_size[0]
     ow = plan.out_size[2]
     want = 16 * numba.get_num_threads()
     owb = ow if base >= want else max(256, -(-ow // -(-want // base)))
