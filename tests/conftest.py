@@ -1,0 +1,78 @@
+"""Shared test helpers: tolerances, the PyTorch second oracle, hypothesis profile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import settings
+
+from numbaconv import config
+
+from .reference import conv_reference
+
+settings.register_profile("numbaconv", deadline=None, max_examples=25, derandomize=True)
+settings.load_profile("numbaconv")
+
+try:  # optional second oracle
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+    F = None
+
+DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+KERNELS = ["rows", "channels_last"]
+
+
+def random_array(rng, shape, dtype):
+    dtype = np.dtype(dtype)
+    a = rng.standard_normal(shape)
+    if dtype.kind == "c":
+        a = a + 1j * rng.standard_normal(shape)
+    return a.astype(dtype)
+
+
+def tolerance(dtype, reduction_length, x, w, bias, **ref_params):
+    """Error bound for a result of ``dtype``: c * eps * sqrt(K) * max(|x| (*) |w| + |b|).
+
+    The scale is the reference convolution of the absolute values, so
+    cancellation in the true result does not shrink the bound below the
+    rounding error of the terms actually summed.
+    """
+    eps = np.finfo(np.dtype(dtype)).eps
+    scale = conv_reference(np.abs(x), np.abs(w), None if bias is None else np.abs(bias), **ref_params)
+    smax = float(np.max(np.abs(scale))) if scale.size else 0.0
+    return 8.0 * eps * np.sqrt(max(reduction_length, 1)) * max(smax, 1e-30)
+
+
+def assert_close(got, ref, tol, what=""):
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    if got.size == 0:
+        return
+    err = float(np.max(np.abs(got.astype(ref.dtype) - ref)))
+    assert err <= tol, f"{what}: max error {err:.3e} > tolerance {tol:.3e}"
+
+
+def torch_conv(x, w, bias, stride, pads, dilation, groups, mode):
+    """PyTorch's answer in float64 (explicit F.pad, then an unpadded conv)."""
+    nd = w.ndim - 2
+    tx = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    tw = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64))
+    tb = None if bias is None else torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float64))
+    flat = []
+    for lo, hi in reversed(pads):
+        flat += [lo, hi]
+    if any(flat):
+        tmode = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}[mode]
+        tx = F.pad(tx, flat, mode=tmode)
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+    return fn(tx, tw, tb, stride=tuple(stride), dilation=tuple(dilation), groups=groups).numpy()
+
+
+@pytest.fixture(params=KERNELS)
+def direct_kernel(request, monkeypatch):
+    """Run the direct path's row kernel or its channels-last kernel."""
+    monkeypatch.setattr(config, "direct_channels_last_min", 10**9 if request.param == "rows" else 1)
+    return request.param

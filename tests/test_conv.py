@@ -1,0 +1,268 @@
+"""conv1d/2d/3d/conv against the NumPy reference and PyTorch (float64)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+from numbaconv import config
+
+from .conftest import DTYPES, assert_close, random_array, tolerance, torch, torch_conv
+from .reference import conv_reference, same_pads
+
+FUNCS = {1: nc.conv1d, 2: nc.conv2d, 3: nc.conv3d}
+
+
+def explicit_pads(padding, nd, sizes, kernel, stride, dilation):
+    """The test's own reading of the padding argument (independent of shapes.py)."""
+    if padding == "valid":
+        return [(0, 0)] * nd
+    if padding == "same":
+        return same_pads(sizes, kernel, stride, dilation)
+    if isinstance(padding, int):
+        return [(padding, padding)] * nd
+    return [tuple(p) if isinstance(p, tuple) else (p, p) for p in padding]
+
+
+def _grid():
+    """A deterministic spread of cases over every parameter (ids name them)."""
+    cases = []
+    rng = np.random.default_rng(1234)
+    spatial = {1: (13,), 2: (7, 9), 3: (5, 6, 7)}
+    kernels = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}
+    for nd in (1, 2, 3):
+        combos = itertools.product(
+            [1, 2, 3],  # stride
+            [1, 2],  # dilation
+            [0, 1, "same", "valid", "asym"],  # padding
+            ["zeros", "reflect", "replicate", "circular"],  # mode
+            [(4, 6, 1), (4, 6, 2), (4, 4, 4), (12, 8, 4)],  # C_in, C_out, groups
+        )
+        combos = list(combos)
+        pick = rng.choice(len(combos), size=40, replace=False)
+        for i in pick:
+            s, d, p, mode, (cin, cout, g) = combos[i]
+            if p == "asym":
+                p = tuple((1, 0) if j % 2 == 0 else (0, 2) for j in range(nd))
+            cases.append(
+                dict(nd=nd, n=2, cin=cin, cout=cout, groups=g, size=spatial[nd],
+                     k=kernels[nd], stride=s, dilation=d, padding=p, mode=mode)
+            )
+    return cases
+
+
+GRID = _grid()
+
+
+def _id(c):
+    return (f"{c['nd']}d-s{c['stride']}-d{c['dilation']}-p{c['padding']}-{c['mode']}"
+            f"-c{c['cin']}x{c['cout']}g{c['groups']}")
+
+
+def _run_case(c, dtype, rng, bias=True, batched=True):
+    nd = c["nd"]
+    x = random_array(rng, (c["n"], c["cin"]) + c["size"], dtype)
+    w = random_array(rng, (c["cout"], c["cin"] // c["groups"]) + c["k"], dtype)
+    b = random_array(rng, (c["cout"],), dtype) if bias else None
+    stride = (c["stride"],) * nd
+    dil = (c["dilation"],) * nd
+    pads = explicit_pads(c["padding"], nd, c["size"], c["k"], stride, dil)
+    ref_params = dict(stride=list(stride), pads=pads, dilation=list(dil), groups=c["groups"], mode=c["mode"])
+    xin = x if batched else x[0]
+    got = FUNCS[nd](xin, w, b, c["stride"], c["padding"], c["dilation"], c["groups"],
+                    padding_mode=c["mode"], method="direct")
+    ref = conv_reference(x, w, b, **ref_params)
+    if not batched:
+        ref = ref[0]
+    K = c["cin"] // c["groups"] * int(np.prod(c["k"]))
+    tol = tolerance(dtype, K, x, w, b, **ref_params)
+    return got, ref, tol, (x, w, b, stride, pads, dil)
+
+
+def _valid(c):
+    """Cases that PyTorch's padding rules allow (reflect < size, circular <= size)."""
+    pads = explicit_pads(c["padding"], c["nd"], c["size"], c["k"], (c["stride"],) * c["nd"], (c["dilation"],) * c["nd"])
+    for n, (lo, hi), k in zip(c["size"], pads, c["k"]):
+        if c["mode"] == "reflect" and max(lo, hi) >= n:
+            return False
+        if c["dilation"] * (k - 1) + 1 > n + lo + hi:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)], ids=_id)
+def test_grid_float64_vs_reference_and_torch(case, direct_kernel):
+    rng = np.random.default_rng(0)
+    got, ref, tol, (x, w, b, stride, pads, dil) = _run_case(case, np.float64, rng)
+    assert got.dtype == np.float64
+    assert_close(got, ref, tol, "vs reference")
+    if torch is not None:
+        tref = torch_conv(x, w, b, stride, pads, dil, case["groups"], case["mode"])
+        assert_close(got, tref, tol, "vs torch")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)][::6], ids=_id)
+def test_grid_dtypes(case, dtype, direct_kernel):
+    rng = np.random.default_rng(1)
+    got, ref, tol, _ = _run_case(case, dtype, rng)
+    assert got.dtype == np.dtype(dtype)
+    assert_close(got, ref, tol)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_unbatched_matches_batched(nd, direct_kernel):
+    c = next(c for c in GRID if c["nd"] == nd and _valid(c))
+    got, ref, tol, _ = _run_case(c, np.float64, np.random.default_rng(2), batched=False)
+    assert got.shape == ref.shape and got.ndim == nd + 1
+    assert_close(got, ref, tol)
+
+
+def test_no_bias(direct_kernel):
+    c = GRID[3]
+    got, ref, tol, _ = _run_case(c, np.float64, np.random.default_rng(3), bias=False)
+    assert_close(got, ref, tol)
+
+
+def test_generic_conv_dispatches_on_weight_ndim():
+    rng = np.random.default_rng(4)
+    for nd in (1, 2, 3):
+        x = rng.standard_normal((2, 3) + (6,) * nd)
+        w = rng.standard_normal((4, 3) + (3,) * nd)
+        np.testing.assert_array_equal(nc.conv(x, w, padding=1), FUNCS[nd](x, w, padding=1))
+
+
+def test_empty_batch_and_size_one_dims(direct_kernel):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((0, 3, 5, 5))
+    w = rng.standard_normal((4, 3, 3, 3))
+    y = nc.conv2d(x, w, padding=1)
+    assert y.shape == (0, 4, 5, 5)
+    # size-1 spatial dims, kernel 1, one channel
+    x = rng.standard_normal((1, 1, 1, 1))
+    w = rng.standard_normal((1, 1, 1, 1))
+    np.testing.assert_allclose(nc.conv2d(x, w), x * w[0, 0, 0, 0])
+    x = rng.standard_normal((2, 3, 1, 7))
+    w = rng.standard_normal((5, 3, 1, 3))
+    ref = conv_reference(x, w, pads=[(0, 0), (1, 1)])
+    assert_close(nc.conv2d(x, w, padding=(0, 1)), ref, 1e-12)
+
+
+def test_depthwise_multiplier_and_large_dilation(direct_kernel):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 20))
+    w = rng.standard_normal((6, 1, 3))  # depth multiplier 2
+    ref = conv_reference(x, w, stride=[2], pads=[(4, 4)], dilation=[4], groups=3)
+    assert_close(nc.conv1d(x, w, stride=2, padding=4, dilation=4, groups=3), ref, 1e-12)
+
+
+def test_mixed_dtypes_promote_as_numpy():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 2, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3))  # float64
+    y = nc.conv1d(x, w)
+    assert y.dtype == np.float64
+    assert_close(y, conv_reference(x, w), 1e-12)
+    wc = (w + 1j).astype(np.complex64)
+    assert nc.conv1d(x, wc).dtype == np.complex64
+    xi = np.arange(12, dtype=np.int16).reshape(1, 2, 6)
+    y = nc.conv1d(xi, w.astype(np.float32))
+    assert y.dtype == np.float32
+    assert_close(y, conv_reference(xi, w.astype(np.float32)), 1e-4)
+
+
+def _layouts(x):
+    """The same values in awkward memory layouts."""
+    yield "fortran", np.asfortranarray(x)
+    yield "noncontig", np.repeat(x, 2, axis=-1)[..., ::2]
+    neg = np.ascontiguousarray(x[..., ::-1])[..., ::-1]
+    yield "negative-stride", neg
+    ro = x.copy()
+    ro.flags.writeable = False
+    yield "read-only", ro
+    yield "big-endian", x.astype(x.dtype.newbyteorder(">"))
+
+
+def test_memory_layouts_and_inputs_untouched(direct_kernel):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 8, 6, 7))
+    w = rng.standard_normal((4, 8, 3, 3))
+    b = rng.standard_normal(4)
+    ref = nc.conv2d(x, w, b, padding=1, padding_mode="reflect")
+    for name, xv in _layouts(x):
+        for wname, wv in _layouts(w):
+            before_x, before_w = xv.copy(), wv.copy()
+            got = nc.conv2d(xv, wv, b, padding=1, padding_mode="reflect")
+            np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13, err_msg=f"{name}/{wname}")
+            np.testing.assert_array_equal(xv, before_x)
+            np.testing.assert_array_equal(wv, before_w)
+
+
+def test_out_argument(direct_kernel):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 8))
+    w = rng.standard_normal((5, 3, 3))
+    ref = nc.conv1d(x, w, padding=1)
+    out = np.full((2, 5, 8), np.nan)
+    res = nc.conv1d(x, w, padding=1, out=out)
+    assert res is out
+    np.testing.assert_array_equal(out, ref)
+    # a non-contiguous out is filled through a temporary
+    big = np.full((2, 5, 16), np.nan)
+    view = big[..., ::2]
+    res = nc.conv1d(x, w, padding=1, out=view)
+    assert res is view
+    np.testing.assert_array_equal(view, ref)
+    assert np.isnan(big[..., 1::2]).all()
+
+
+def test_nan_and_inf_propagate(direct_kernel):
+    x = np.zeros((1, 16, 8, 8))
+    x[0, 3, 4, 4] = np.nan
+    x[0, 5, 1, 1] = np.inf
+    w = np.ones((2, 16, 3, 3))
+    y = nc.conv2d(x, w, padding=1)
+    assert np.isnan(y[0, :, 3:6, 3:6]).all()
+    assert np.isinf(y[0, :, 0, 0]).all()
+    assert np.isfinite(y[0, :, 7, 7]).all()
+
+
+def test_channels_last_workspace_chunks(monkeypatch):
+    """A budget smaller than the batch makes the channels-last kernel chunk it."""
+    from numbaconv.cpu import direct
+
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((5, 16, 6, 6))
+    w = rng.standard_normal((8, 16, 3, 3))
+    ref = conv_reference(x, w, pads=[(1, 1)] * 2)
+    plan = nc.shapes.make_conv_plan(x.shape, w.shape, None, padding=1, dtype=np.float64)
+    per_sample = 16 * 36 * 8
+    monkeypatch.setattr(config, "workspace_bytes", 2 * per_sample)
+    assert direct.uses_channels_last(plan) and direct.workspace_bytes(plan) == 2 * per_sample
+    assert_close(nc.conv2d(x, w, padding=1), ref, 1e-12)
+    # below one sample the row kernel runs instead (no workspace)
+    monkeypatch.setattr(config, "workspace_bytes", per_sample - 1)
+    assert not direct.uses_channels_last(plan) and direct.workspace_bytes(plan) == 0
+    assert_close(nc.conv2d(x, w, padding=1), ref, 1e-12)
+
+
+def test_wide_row_is_split_across_tasks(direct_kernel):
+    """A single long 1-D row is split into width segments (parallel)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 1, 5000))
+    w = rng.standard_normal((2, 1, 31))
+    ref = conv_reference(x, w, pads=[(15, 15)], mode="circular")
+    got = nc.conv1d(x, w, padding=15, padding_mode="circular")
+    assert_close(got, ref, tolerance(np.float64, 31, x, w, None, pads=[(15, 15)], mode="circular"))
+
+
+def test_deterministic(direct_kernel):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 16, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
+    a = nc.conv2d(x, w, padding="same")
+    b = nc.conv2d(x, w, padding="same")
+    np.testing.assert_array_equal(a, b)
