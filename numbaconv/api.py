@@ -178,36 +178,89 @@ _DOC = """{ndim_title} convolution (cross-correlation), with PyTorch's semantics
     """
 
 
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode="zeros", method="auto", device="auto", out=None):
-    return _conv_impl(1, input, weight, bias, stride, padding, dilation, groups,
-                      padding_mode, method, device, out)
+def conv1d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    padding_mode="zeros",
+    method="auto",
+    device="auto",
+    out=None,
+):
+    return _conv_impl(
+        1, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
+    )
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode="zeros", method="auto", device="auto", out=None):
-    return _conv_impl(2, input, weight, bias, stride, padding, dilation, groups,
-                      padding_mode, method, device, out)
+def conv2d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    padding_mode="zeros",
+    method="auto",
+    device="auto",
+    out=None,
+):
+    return _conv_impl(
+        2, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
+    )
 
 
-def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode="zeros", method="auto", device="auto", out=None):
-    return _conv_impl(3, input, weight, bias, stride, padding, dilation, groups,
-                      padding_mode, method, device, out)
+def conv3d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    padding_mode="zeros",
+    method="auto",
+    device="auto",
+    out=None,
+):
+    return _conv_impl(
+        3, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
+    )
 
 
-def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-         padding_mode="zeros", method="auto", device="auto", out=None):
-    return _conv_impl(None, input, weight, bias, stride, padding, dilation, groups,
-                      padding_mode, method, device, out)
+def conv(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    padding_mode="zeros",
+    method="auto",
+    device="auto",
+    out=None,
+):
+    return _conv_impl(
+        None, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
+    )
 
 
 conv1d.__doc__ = _DOC.format(ndim_title="1-D", sp="L", ksp="k", osp="L_out", n=1)
 conv2d.__doc__ = _DOC.format(ndim_title="2-D", sp="H, W", ksp="kH, kW", osp="H_out, W_out", n=2)
-conv3d.__doc__ = _DOC.format(
-    ndim_title="3-D", sp="D, H, W", ksp="kD, kH, kW", osp="D_out, H_out, W_out", n=3
-)
+conv3d.__doc__ = _DOC.format(ndim_title="3-D", sp="D, H, W", ksp="kD, kH, kW", osp="D_out, H_out, W_out", n=3)
 conv.__doc__ = _DOC.format(
-    ndim_title="N-D (N = weight.ndim - 2, 1 to 3)", sp="*spatial", ksp="*k",
-    osp="*spatial_out", n="N",
+    ndim_title="N-D (N = weight.ndim - 2, 1 to 3)",
+    sp="*spatial",
+    ksp="*k",
+    osp="*spatial_out",
+    n="N",
 )

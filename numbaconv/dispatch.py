@@ -9,8 +9,8 @@ row; a cost model replaces that rule when more than one CPU method exists.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 class UnsupportedMethodError(ValueError):
@@ -33,9 +33,7 @@ def _always(plan) -> str | None:
     return None
 
 
-TABLE: tuple[MethodRow, ...] = (
-    MethodRow("direct", "conv", "cpu", ".cpu.direct", _always),
-)
+TABLE: tuple[MethodRow, ...] = (MethodRow("direct", "conv", "cpu", ".cpu.direct", _always),)
 
 SPECIAL_METHODS = ("auto",)
 
@@ -51,8 +49,7 @@ def check_method(op: str, method) -> str:
         raise TypeError(f"method must be a str, one of {', '.join(map(repr, names))}; got {method!r}")
     if method not in names:
         raise ValueError(
-            f"unknown method {method!r} for {op}; valid methods are "
-            f"{', '.join(map(repr, names))}"
+            f"unknown method {method!r} for {op}; valid methods are {', '.join(map(repr, names))}"
         )
     return method
 

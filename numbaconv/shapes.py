@@ -32,9 +32,7 @@ __all__ = [
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _MODE_CODES = {name: code for code, name in enumerate(PADDING_MODES)}
-_COMPUTE_DTYPES = tuple(
-    np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128)
-)
+_COMPUTE_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
 
 
 def _is_int(value) -> bool:
@@ -61,8 +59,7 @@ def normalize_tuple(value, n: int, name: str, *, minimum: int) -> tuple[int, ...
         values = tuple(operator.index(v) for v in value)
     else:
         raise TypeError(
-            f"{name} must be an int or a tuple of {n} ints, got {value!r} "
-            f"of type {type(value).__name__}"
+            f"{name} must be an int or a tuple of {n} ints, got {value!r} of type {type(value).__name__}"
         )
     for v in values:
         if v < minimum:
@@ -112,12 +109,8 @@ def normalize_padding(
                     "padding='same' is not defined for transposed convolution "
                     "(as in PyTorch); give explicit padding or output_size"
                 )
-            return tuple(
-                same_padding(in_size[i], kernel[i], stride[i], dilation[i]) for i in range(n)
-            )
-        raise ValueError(
-            f"padding string must be 'same' or 'valid', got {padding!r}"
-        )
+            return tuple(same_padding(in_size[i], kernel[i], stride[i], dilation[i]) for i in range(n))
+        raise ValueError(f"padding string must be 'same' or 'valid', got {padding!r}")
     if _is_int(padding):
         p = operator.index(padding)
         if p < 0:
@@ -137,16 +130,11 @@ def normalize_padding(
     for item in padding:
         if _is_int(item):
             pair = (operator.index(item),) * 2
-        elif (
-            isinstance(item, (tuple, list))
-            and len(item) == 2
-            and all(_is_int(v) for v in item)
-        ):
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and all(_is_int(v) for v in item):
             pair = (operator.index(item[0]), operator.index(item[1]))
         else:
             raise TypeError(
-                "padding entries must be ints or (lo, hi) pairs of ints, got "
-                f"{item!r} in padding={padding!r}"
+                f"padding entries must be ints or (lo, hi) pairs of ints, got {item!r} in padding={padding!r}"
             )
         if pair[0] < 0 or pair[1] < 0:
             raise ValueError(f"padding must be non-negative, got {padding!r}")
@@ -317,13 +305,11 @@ def make_conv_plan(
     for name, value in (("input", input_shape), ("weight", weight_shape)):
         if any(s == 0 for s in (value[1:] if name == "input" and batched else value)):
             raise ValueError(
-                f"{name} has an empty dimension (shape {value}); only the batch "
-                "dimension may be 0"
+                f"{name} has an empty dimension (shape {value}); only the batch dimension may be 0"
             )
     if c_in % groups:
         raise ValueError(
-            f"groups must divide the input channels, but groups={groups} does not "
-            f"divide C_in={c_in}"
+            f"groups must divide the input channels, but groups={groups} does not divide C_in={c_in}"
         )
     if c_out % groups:
         raise ValueError(
@@ -337,9 +323,7 @@ def make_conv_plan(
             f"(input shape {input_shape}, weight shape {weight_shape})"
         )
     if bias_shape is not None and tuple(bias_shape) != (c_out,):
-        raise ValueError(
-            f"bias must have shape (C_out,) = ({c_out},), got shape {tuple(bias_shape)}"
-        )
+        raise ValueError(f"bias must have shape (C_out,) = ({c_out},), got shape {tuple(bias_shape)}")
 
     stride_t = normalize_tuple(stride, n, "stride", minimum=1)
     dilation_t = normalize_tuple(dilation, n, "dilation", minimum=1)
@@ -349,8 +333,7 @@ def make_conv_plan(
         raise TypeError(f"padding_mode must be a str, got {padding_mode!r}")
     if padding_mode not in PADDING_MODES:
         raise ValueError(
-            f"padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, "
-            f"got {padding_mode!r}"
+            f"padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, got {padding_mode!r}"
         )
     check_padding_mode(padding_mode, in_sp, pads)
 
@@ -424,8 +407,11 @@ def tap_table(out: int, kernel: int, stride: int, dilation: int, lo: int, size: 
     where ``mode == "zeros"`` and it falls into the padding. Shape
     ``(out, kernel)``, dtype int64.
     """
-    p = (np.arange(out, dtype=np.int64)[:, None] * stride
-         + np.arange(kernel, dtype=np.int64)[None, :] * dilation - lo)
+    p = (
+        np.arange(out, dtype=np.int64)[:, None] * stride
+        + np.arange(kernel, dtype=np.int64)[None, :] * dilation
+        - lo
+    )
     inside = (p >= 0) & (p < size)
     if mode == "zeros":
         return np.where(inside, p, -1)

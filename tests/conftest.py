@@ -65,7 +65,9 @@ def torch_conv(x, w, bias, stride, pads, dilation, groups, mode):
     for lo, hi in reversed(pads):
         flat += [lo, hi]
     if any(flat):
-        tmode = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}[mode]
+        tmode = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}[
+            mode
+        ]
         tx = F.pad(tx, flat, mode=tmode)
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
     return fn(tx, tw, tb, stride=tuple(stride), dilation=tuple(dilation), groups=groups).numpy()

@@ -47,9 +47,7 @@ def conv_reference(x, w, bias=None, stride=None, pads=None, dilation=None, group
     Cg = C // groups
     Og = O // groups
     k = w.shape[2:]
-    out_sp = [
-        (xp.shape[2 + i] - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(nd)
-    ]
+    out_sp = [(xp.shape[2 + i] - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in range(nd)]
     out = np.zeros((N, O, *out_sp), dtype=wide)
     for g in range(groups):
         xg = xp[:, g * Cg : (g + 1) * Cg]
@@ -60,7 +58,9 @@ def conv_reference(x, w, bias=None, stride=None, pads=None, dilation=None, group
                 for i in range(nd)
             )
             patch = xg[(slice(None), slice(None)) + sl]  # (N, Cg, *out)
-            out[:, g * Og : (g + 1) * Og] += np.einsum("nc...,oc->no...", patch, wg[(slice(None), slice(None)) + tap])
+            out[:, g * Og : (g + 1) * Og] += np.einsum(
+                "nc...,oc->no...", patch, wg[(slice(None), slice(None)) + tap]
+            )
     if bias is not None:
         out += np.asarray(bias).astype(wide).reshape((1, O) + (1,) * nd)
     return out

@@ -48,8 +48,19 @@ def _grid():
             if p == "asym":
                 p = tuple((1, 0) if j % 2 == 0 else (0, 2) for j in range(nd))
             cases.append(
-                dict(nd=nd, n=2, cin=cin, cout=cout, groups=g, size=spatial[nd],
-                     k=kernels[nd], stride=s, dilation=d, padding=p, mode=mode)
+                dict(
+                    nd=nd,
+                    n=2,
+                    cin=cin,
+                    cout=cout,
+                    groups=g,
+                    size=spatial[nd],
+                    k=kernels[nd],
+                    stride=s,
+                    dilation=d,
+                    padding=p,
+                    mode=mode,
+                )
             )
     return cases
 
@@ -58,8 +69,10 @@ GRID = _grid()
 
 
 def _id(c):
-    return (f"{c['nd']}d-s{c['stride']}-d{c['dilation']}-p{c['padding']}-{c['mode']}"
-            f"-c{c['cin']}x{c['cout']}g{c['groups']}")
+    return (
+        f"{c['nd']}d-s{c['stride']}-d{c['dilation']}-p{c['padding']}-{c['mode']}"
+        f"-c{c['cin']}x{c['cout']}g{c['groups']}"
+    )
 
 
 def _run_case(c, dtype, rng, bias=True, batched=True):
@@ -72,8 +85,17 @@ def _run_case(c, dtype, rng, bias=True, batched=True):
     pads = explicit_pads(c["padding"], nd, c["size"], c["k"], stride, dil)
     ref_params = dict(stride=list(stride), pads=pads, dilation=list(dil), groups=c["groups"], mode=c["mode"])
     xin = x if batched else x[0]
-    got = FUNCS[nd](xin, w, b, c["stride"], c["padding"], c["dilation"], c["groups"],
-                    padding_mode=c["mode"], method="direct")
+    got = FUNCS[nd](
+        xin,
+        w,
+        b,
+        c["stride"],
+        c["padding"],
+        c["dilation"],
+        c["groups"],
+        padding_mode=c["mode"],
+        method="direct",
+    )
     ref = conv_reference(x, w, b, **ref_params)
     if not batched:
         ref = ref[0]
@@ -84,7 +106,9 @@ def _run_case(c, dtype, rng, bias=True, batched=True):
 
 def _valid(c):
     """Cases that PyTorch's padding rules allow (reflect < size, circular <= size)."""
-    pads = explicit_pads(c["padding"], c["nd"], c["size"], c["k"], (c["stride"],) * c["nd"], (c["dilation"],) * c["nd"])
+    pads = explicit_pads(
+        c["padding"], c["nd"], c["size"], c["k"], (c["stride"],) * c["nd"], (c["dilation"],) * c["nd"]
+    )
     for n, (lo, hi), k in zip(c["size"], pads, c["k"]):
         if c["mode"] == "reflect" and max(lo, hi) >= n:
             return False

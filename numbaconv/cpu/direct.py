@@ -198,8 +198,9 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, z):
                         and tw[ow1, KW - 1] == s1 + KW - 1
                     ):
                         # taps contiguous in W and one group: one run of KW*C
-                        p = _dot2x4(xr[s0 * C : s0 * C + KWC], xr[s1 * C : s1 * C + KWC],
-                                    w0, w1, w2, w3, KWC, z)
+                        p = _dot2x4(
+                            xr[s0 * C : s0 * C + KWC], xr[s1 * C : s1 * C + KWC], w0, w1, w2, w3, KWC, z
+                        )
                         a00 += p[0]
                         a01 += p[1]
                         a02 += p[2]
@@ -291,8 +292,7 @@ def uses_channels_last(plan) -> bool:
     cg = plan.c_in // plan.groups
     per_sample = plan.c_in * plan.in_size[0] * plan.in_size[1] * plan.in_size[2]
     return (
-        cg >= config.direct_channels_last_min
-        and per_sample * plan.dtype.itemsize <= config.workspace_bytes
+        cg >= config.direct_channels_last_min and per_sample * plan.dtype.itemsize <= config.workspace_bytes
     )
 
 
@@ -321,9 +321,7 @@ def run(x5, w5, bias, plan, out5):
         d, h, w = plan.in_size
         cg = c // plan.groups
         kd, kh, kw = plan.kernel
-        wc = np.ascontiguousarray(w5.transpose(0, 2, 3, 4, 1)).reshape(
-            plan.c_out, kd, kh, kw * cg
-        )
+        wc = np.ascontiguousarray(w5.transpose(0, 2, 3, 4, 1)).reshape(plan.c_out, kd, kh, kw * cg)
         contig = plan.groups == 1 and plan.dilation[2] == 1
         chunk = workspace_bytes(plan) // (c * d * h * w * plan.dtype.itemsize)
         buf = np.empty((chunk, d, h, w, c), dtype=plan.dtype)
@@ -331,8 +329,18 @@ def run(x5, w5, bias, plan, out5):
             m = min(chunk, n - n0)
             xc = buf[:m]
             _to_channels_last(x5[n0 : n0 + m], xc)
-            _cl_kernel(xc.reshape(m, d, h, w * c), wc, bias, out5[n0 : n0 + m],
-                       td, th, tw, c, contig, plan.dtype.type(0))
+            _cl_kernel(
+                xc.reshape(m, d, h, w * c),
+                wc,
+                bias,
+                out5[n0 : n0 + m],
+                td,
+                th,
+                tw,
+                c,
+                contig,
+                plan.dtype.type(0),
+            )
         return out5
     og = plan.c_out // plan.groups
     ob = min(og, _ROW_OB)
@@ -340,6 +348,7 @@ def run(x5, w5, bias, plan, out5):
     ow = plan.out_size[2]
     want = 16 * numba.get_num_threads()
     owb = ow if base >= want else max(256, -(-ow // -(-want // base)))
-    _rows_kernel(x5, w5, bias, out5, td, th, tw, plan.stride[2], plan.dilation[2],
-                 plan.padding[2][0], ob, min(owb, ow))
+    _rows_kernel(
+        x5, w5, bias, out5, td, th, tw, plan.stride[2], plan.dilation[2], plan.padding[2][0], ob, min(owb, ow)
+    )
     return out5

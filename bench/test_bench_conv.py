@@ -1,0 +1,52 @@
+"""numbaconv's direct path beside PyTorch CPU on the conv workloads, same process.
+
+    pytest bench --benchmark-enable --benchmark-group-by=param:case
+
+Each case has two benchmarks in one group: ``numbaconv-direct`` and ``torch``
+(float32, PyTorch with 2 threads). The ratio of their medians is the figure
+reported; ``numbaconv bench`` prints it directly, interleaving the two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+from numbaconv.workloads import WORKLOADS
+
+CASES = [w for w in WORKLOADS if w[1] == "conv"]
+
+try:
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(2)
+except ImportError:  # pragma: no cover
+    torch = None
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    rng = np.random.default_rng(0)
+    return {
+        name: (rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32))
+        for name, _op, xs, ws, _kw in CASES
+    }
+
+
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+@pytest.mark.parametrize("impl", ["numbaconv-direct", "torch"])
+def test_conv(benchmark, arrays, case, impl):
+    _name, _op, _xs, ws, kw = next(c for c in CASES if c[0] == case)
+    x, w = arrays[case]
+    benchmark.group = case
+    if impl == "torch":
+        if torch is None:
+            pytest.skip("torch not installed")
+        fn = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[len(ws)]
+        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+        benchmark(lambda: fn(tx, tw, **kw))
+    else:
+        nc.conv(x, w, method="direct", **kw)  # compile / load from cache first
+        benchmark(lambda: nc.conv(x, w, method="direct", **kw))

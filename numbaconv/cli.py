@@ -1,0 +1,195 @@
+"""The ``numbaconv`` command: ``info`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+
+def _cuda_status() -> tuple[bool, str]:
+    """Whether CUDA is usable and, if not, why. Never imports numba.cuda eagerly elsewhere."""
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("numba_cuda") is None:
+            return False, "numba-cuda is not installed (pip install numbaconv[cuda])"
+        from numba import cuda
+
+        if not cuda.is_available():
+            return False, "numba-cuda is installed but no usable CUDA driver/GPU was found"
+        return False, "a GPU is present, but this version of numbaconv has no GPU kernels yet"
+    except Exception as exc:  # a broken driver install must not crash `info`
+        return False, f"CUDA check failed: {exc}"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def info() -> dict:
+    import numba
+    import numpy
+    import scipy
+
+    from . import __version__, config
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: run a trivial one
+        from numba import njit, prange
+
+        @njit(parallel=True)
+        def _touch(n):
+            s = 0
+            for i in prange(n):
+                s += i
+            return s
+
+        _touch(4)
+        layer = numba.threading_layer()
+    usable, why = _cuda_status()
+    return {
+        "numbaconv": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
+        "scipy": scipy.__version__,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(),
+        "threading_layer": layer,
+        "cuda_usable": usable,
+        "cuda_reason": why,
+        "numbaconv_cache_dir": config.cache_dir,
+        "numba_cache_dir": numba.config.CACHE_DIR or "(next to the package sources, __pycache__)",
+        "workspace_bytes": config.workspace_bytes,
+    }
+
+
+def _peer_torch():
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    torch.set_num_threads(int(os.environ.get("NUMBACONV_BENCH_THREADS", "2")))
+    return torch, F
+
+
+def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list[dict]:
+    """Time the conv workloads: numbaconv (method auto) beside PyTorch CPU if installed."""
+    import numpy as np
+
+    from . import api
+    from .shapes import make_conv_plan
+    from .workloads import WORKLOADS
+
+    rows = [w for w in WORKLOADS if w[1] == "conv"]
+    if case:
+        rows = [w for w in rows if w[0] == case]
+        if not rows:
+            names = ", ".join(w[0] for w in WORKLOADS if w[1] == "conv")
+            raise SystemExit(f"unknown case {case!r}; conv cases are: {names}")
+    elif quick:
+        rows = [w for w in rows if w[0] in ("resnet_3x3_c64", "depthwise_3x3_c32")]
+    peer = _peer_torch()
+    rng = np.random.default_rng(0)
+    results = []
+    for name, _op, xs, ws, kw in rows:
+        x = rng.standard_normal(xs).astype(np.float32)
+        w = rng.standard_normal(ws).astype(np.float32)
+        plan = make_conv_plan(xs, ws, None, dtype=np.float32, **kw)
+        t0 = time.perf_counter()
+        y = api.conv(x, w, **kw)
+        first = time.perf_counter() - t0
+        times, ratios = [], []
+        tfn = None
+        if peer is not None:
+            torch, F = peer
+            fn = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[len(ws)]
+            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+            tfn = lambda fn=fn, tx=tx, tw=tw, kw=kw: fn(tx, tw, **kw)
+            ref = tfn().numpy()
+            err = float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
+        else:
+            err = None
+        for _ in range(repeat):  # interleave A B A B, median of per-pair ratios
+            t0 = time.perf_counter()
+            api.conv(x, w, **kw)
+            t1 = time.perf_counter()
+            times.append(t1 - t0)
+            if tfn is not None:
+                tfn()
+                ratios.append((time.perf_counter() - t1) / (t1 - t0))
+        med = float(np.median(times))
+        results.append(
+            {
+                "case": name,
+                "output_shape": list(y.shape),
+                "method": "direct",
+                "first_call_s": first,
+                "median_s": med,
+                "gflops": plan.flops / med / 1e9,
+                "torch_ratio": float(np.median(ratios)) if ratios else None,
+                "max_rel_err_vs_torch": err,
+            }
+        )
+    return results
+
+
+def _print_bench(results: list[dict]) -> None:
+    head = (
+        f"{'case':22s} {'output shape':>22s} {'method':>7s} {'first s':>8s} "
+        f"{'median ms':>10s} {'GFLOP/s':>8s} {'torch/nc':>9s}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        ratio = "n/a" if r["torch_ratio"] is None else f"{r['torch_ratio']:.2f}"
+        print(
+            f"{r['case']:22s} {str(tuple(r['output_shape'])):>22s} {r['method']:>7s} "
+            f"{r['first_call_s']:8.2f} {r['median_s'] * 1e3:10.2f} {r['gflops']:8.1f} {ratio:>9s}"
+        )
+    print("torch/nc: PyTorch CPU time / numbaconv time (> 1 means numbaconv is faster)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="numbaconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_info = sub.add_parser("info", help="versions, CPU, threads, CUDA status, cache directory")
+    p_info.add_argument("--json", action="store_true")
+    p_bench = sub.add_parser("bench", help="time numbaconv on the built-in conv workloads")
+    p_bench.add_argument("--quick", action="store_true", help="two small cases only")
+    p_bench.add_argument("--case", help="one workload by name")
+    p_bench.add_argument("--repeat", type=int, default=5)
+    p_bench.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        data = info()
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            for k, v in data.items():
+                print(f"{k:20s} {v}")
+    elif args.command == "bench":
+        results = bench(quick=args.quick, case=args.case, repeat=args.repeat)
+        if args.json:
+            print(json.dumps(results, indent=2))
+        else:
+            _print_bench(results)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

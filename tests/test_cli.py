@@ -1,0 +1,51 @@
+"""The command line and the on-disk kernel cache, in fresh processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+CACHE_PROBE = textwrap.dedent(
+    """
+    import json, time
+    import numpy as np
+    t0 = time.perf_counter()
+    import numbaconv as nc
+    from numbaconv.cpu import direct
+    x = np.ones((1, 16, 8, 8), np.float32); w = np.ones((4, 16, 3, 3), np.float32)
+    y = nc.conv2d(x, w, padding=1)
+    dt = time.perf_counter() - t0
+    k = direct._cl_kernel.stats
+    print(json.dumps({"seconds": dt, "hits": sum(k.cache_hits.values()),
+                      "misses": sum(k.cache_misses.values()), "value": float(y[0, 0, 4, 4])}))
+    """
+)
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, check=True)
+
+
+def test_info_json():
+    data = json.loads(_run("-m", "numbaconv.cli", "info", "--json").stdout)
+    assert data["numba_threads"] >= 1
+    assert data["threading_layer"] in ("omp", "tbb", "workqueue")
+    assert isinstance(data["cuda_usable"], bool) and data["cuda_reason"]
+
+
+def test_bench_quick_json():
+    rows = json.loads(
+        _run("-m", "numbaconv.cli", "bench", "--case", "depthwise_3x3_c32", "--repeat", "1", "--json").stdout
+    )
+    assert [r["case"] for r in rows] == ["depthwise_3x3_c32"]
+    assert rows[0]["output_shape"] == [8, 32, 112, 112] and rows[0]["median_s"] > 0
+
+
+def test_second_process_loads_kernels_from_the_cache():
+    """The first process may compile; the second must load every kernel from disk."""
+    _run("-c", CACHE_PROBE)
+    second = json.loads(_run("-c", CACHE_PROBE).stdout)
+    assert second["value"] == 16 * 9
+    assert second["misses"] == 0 and second["hits"] >= 1, second

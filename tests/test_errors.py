@@ -1,0 +1,192 @@
+"""Every invalid argument gets a ValueError/TypeError naming the parameter and the value."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+
+X = np.zeros((2, 4, 8, 8))
+W = np.zeros((6, 4, 3, 3))
+
+
+def _raises(exc, *parts, fn):
+    with pytest.raises(exc) as info:
+        fn()
+    msg = str(info.value)
+    for part in parts:
+        assert re.search(part, msg), f"{part!r} not in message: {msg}"
+    return msg
+
+
+CASES = [
+    # (id, exception, message parts, call)
+    ("input ndim", ValueError, ["input", "ndim=2"], lambda: nc.conv2d(np.zeros((4, 8)), W)),
+    ("weight ndim", ValueError, ["weight", "ndim=3"], lambda: nc.conv2d(X, np.zeros((6, 4, 3)))),
+    ("conv weight ndim", ValueError, ["weight", "ndim=6"], lambda: nc.conv(X, np.zeros((1,) * 6))),
+    (
+        "channel mismatch",
+        ValueError,
+        ["channel mismatch", "C_in=4", r"weight.shape\[1\]=2"],
+        lambda: nc.conv2d(X, np.zeros((6, 2, 3, 3))),
+    ),
+    (
+        "groups not dividing C_in",
+        ValueError,
+        ["groups=3", "C_in=4"],
+        lambda: nc.conv2d(X, np.zeros((6, 1, 3, 3)), groups=3),
+    ),
+    (
+        "groups not dividing C_out",
+        ValueError,
+        ["groups=2", "C_out=weight.shape.0.=5"],
+        lambda: nc.conv2d(X, np.zeros((5, 2, 3, 3)), groups=2),
+    ),
+    ("groups zero", ValueError, ["groups", "0"], lambda: nc.conv2d(X, W, groups=0)),
+    ("groups negative", ValueError, ["groups", "-1"], lambda: nc.conv2d(X, W, groups=-1)),
+    ("groups float", TypeError, ["groups", "2.0"], lambda: nc.conv2d(X, W, groups=2.0)),
+    ("stride zero", ValueError, ["stride", "0"], lambda: nc.conv2d(X, W, stride=0)),
+    ("stride negative tuple", ValueError, ["stride", r"\(1, -2\)"], lambda: nc.conv2d(X, W, stride=(1, -2))),
+    ("stride float", TypeError, ["stride", "1.5"], lambda: nc.conv2d(X, W, stride=1.5)),
+    ("stride None", TypeError, ["stride", "None"], lambda: nc.conv2d(X, W, stride=None)),
+    ("stride bool", TypeError, ["stride", "True"], lambda: nc.conv2d(X, W, stride=True)),
+    (
+        "stride wrong length",
+        ValueError,
+        ["stride", r"\(1, 1, 1\)", "length 3"],
+        lambda: nc.conv2d(X, W, stride=(1, 1, 1)),
+    ),
+    ("stride tuple of floats", TypeError, ["stride", r"1\.0"], lambda: nc.conv2d(X, W, stride=(1.0, 1))),
+    ("dilation zero", ValueError, ["dilation", "0"], lambda: nc.conv2d(X, W, dilation=0)),
+    ("dilation float", TypeError, ["dilation", "2.0"], lambda: nc.conv2d(X, W, dilation=2.0)),
+    ("padding negative", ValueError, ["padding", "-1"], lambda: nc.conv2d(X, W, padding=-1)),
+    (
+        "padding negative pair",
+        ValueError,
+        ["padding", r"\(0, -1\)"],
+        lambda: nc.conv2d(X, W, padding=((0, -1), 0)),
+    ),
+    (
+        "padding bad string",
+        ValueError,
+        ["padding", "'full'", "same", "valid"],
+        lambda: nc.conv2d(X, W, padding="full"),
+    ),
+    ("padding float", TypeError, ["padding", "1.5"], lambda: nc.conv2d(X, W, padding=1.5)),
+    ("padding None", TypeError, ["padding", "None"], lambda: nc.conv2d(X, W, padding=None)),
+    ("padding wrong length", ValueError, ["padding", "length 3"], lambda: nc.conv2d(X, W, padding=(1, 1, 1))),
+    (
+        "padding bad pair",
+        TypeError,
+        ["padding", r"\(1, 2, 3\)"],
+        lambda: nc.conv2d(X, W, padding=((1, 2, 3), 0)),
+    ),
+    (
+        "kernel larger than padded input",
+        ValueError,
+        ["kernel larger", "size 8", "spans 9"],
+        lambda: nc.conv2d(X, np.zeros((6, 4, 9, 3))),
+    ),
+    (
+        "dilated kernel too large",
+        ValueError,
+        ["kernel larger", "dilation 4"],
+        lambda: nc.conv2d(X, W, dilation=4),
+    ),
+    (
+        "reflect padding too large",
+        ValueError,
+        ["reflect", "size 8", r"padding \(8, 8\)"],
+        lambda: nc.conv2d(X, W, padding=8, padding_mode="reflect"),
+    ),
+    (
+        "circular padding too large",
+        ValueError,
+        ["circular", "size 8", r"\(9, 9\)"],
+        lambda: nc.conv2d(X, W, padding=9, padding_mode="circular"),
+    ),
+    (
+        "unknown padding_mode",
+        ValueError,
+        ["padding_mode", "'mirror'", "'reflect'"],
+        lambda: nc.conv2d(X, W, padding=1, padding_mode="mirror"),
+    ),
+    ("padding_mode not str", TypeError, ["padding_mode", "3"], lambda: nc.conv2d(X, W, padding_mode=3)),
+    ("bias wrong shape", ValueError, ["bias", r"\(6,\)", r"\(5,\)"], lambda: nc.conv2d(X, W, np.zeros(5))),
+    ("bias 2-D", ValueError, ["bias", r"\(6, 1\)"], lambda: nc.conv2d(X, W, np.zeros((6, 1)))),
+    ("bool dtype", TypeError, ["input", "bool", "astype"], lambda: nc.conv2d(X.astype(bool), W)),
+    ("object dtype", TypeError, ["weight", "object"], lambda: nc.conv2d(X, W.astype(object))),
+    (
+        "string dtype",
+        TypeError,
+        ["input", "<U1"],
+        lambda: nc.conv1d(np.array([["a", "b", "c"]]), W[:, :1, 0]),
+    ),
+    (
+        "integer arrays",
+        TypeError,
+        ["int64", "astype"],
+        lambda: nc.conv2d(X.astype(np.int64), W.astype(np.int64)),
+    ),
+    (
+        "float16 arrays",
+        TypeError,
+        ["float16", "astype"],
+        lambda: nc.conv2d(X.astype(np.float16), W.astype(np.float16)),
+    ),
+    (
+        "unknown method",
+        ValueError,
+        ["method", "'winograd'", "'auto'", "'direct'"],
+        lambda: nc.conv2d(X, W, method="winograd"),
+    ),
+    ("method not str", TypeError, ["method", "None"], lambda: nc.conv2d(X, W, method=None)),
+    ("unknown device", ValueError, ["device", "'tpu'"], lambda: nc.conv2d(X, W, device="tpu")),
+    ("cuda unavailable", ValueError, ["device='cuda'"], lambda: nc.conv2d(X, W, device="cuda")),
+    ("input None", TypeError, ["input", "None"], lambda: nc.conv2d(None, W)),
+    (
+        "empty channel dim",
+        ValueError,
+        ["input", "empty"],
+        lambda: nc.conv2d(np.zeros((2, 0, 8, 8)), W[:, :0]),
+    ),
+    ("empty spatial dim", ValueError, ["input", "empty"], lambda: nc.conv2d(np.zeros((2, 4, 0, 8)), W)),
+]
+
+
+@pytest.mark.parametrize("exc, parts, fn", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_invalid_argument(exc, parts, fn):
+    _raises(exc, *parts, fn=fn)
+
+
+def test_out_validation_before_any_write():
+    y = nc.conv2d(X, W)
+    sentinel = np.full(y.shape, 7.0)
+    cases = [
+        (ValueError, ["out", "shape", r"\(2, 6, 5, 6\)"], np.full((2, 6, 5, 6), 7.0)),
+        (ValueError, ["out", "dtype float32", "float64"], np.full(y.shape, 7.0, dtype=np.float32)),
+        (TypeError, ["out", "list"], [[0.0]]),
+    ]
+    for exc, parts, out in cases:
+        _raises(exc, *parts, fn=lambda out=out: nc.conv2d(X, W, out=out))
+    ro = sentinel.copy()
+    ro.flags.writeable = False
+    _raises(ValueError, "out", "read-only", fn=lambda: nc.conv2d(X, W, out=ro))
+    # out overlapping an input: the input must come out unchanged
+    x = np.random.default_rng(0).standard_normal((1, 6, 6, 6))
+    w = np.random.default_rng(1).standard_normal((6, 6, 1, 1))
+    before = x.copy()
+    _raises(ValueError, "out overlaps input", fn=lambda: nc.conv2d(x, w, out=x))
+    np.testing.assert_array_equal(x, before)
+    _raises(
+        ValueError,
+        "out overlaps weight",
+        fn=lambda: nc.conv2d(x[:, :, :1, :1], w, out=w.reshape(1, 6, 6, 1)[..., :1, :]),
+    )
+
+
+def test_unsupported_method_error_is_value_error():
+    assert issubclass(nc.UnsupportedMethodError, ValueError)

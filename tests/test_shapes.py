@@ -1,0 +1,90 @@
+"""Shape arithmetic: worked examples from the classic references, padding forms, ConvPlan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from numbaconv import shapes
+from numbaconv.shapes import conv_output_shape, conv_output_size, make_conv_plan, same_padding
+
+
+@pytest.mark.parametrize(
+    "size, k, s, p, expected",
+    [
+        (4, 3, 1, 0, 2),  # 4x4 input, 3x3 kernel, s=1, p=0 -> 2x2
+        (5, 3, 2, 1, 3),  # 5x5, k=3, s=2, p=1 -> 3x3
+        (6, 3, 2, 1, 3),  # 6x6, k=3, s=2, p=1 -> 3x3
+        (416, 7, 1, 0, 410),
+        (416, 7, 2, 0, 205),
+        (417, 7, 2, 0, 206),
+        (448, 9, 2, 0, 220),
+        (445, 9, 2, 0, 219),
+        (608, 11, 2, 0, 299),
+        (13, 9, 2, 0, 3),
+    ],
+)
+def test_worked_examples(size, k, s, p, expected):
+    assert conv_output_size(size, k, s, p, p, 1) == expected
+    assert conv_output_shape((1, 1, size, size), (1, 1, k, k), stride=s, padding=p) == (
+        1,
+        1,
+        expected,
+        expected,
+    )
+
+
+def test_dilation_and_asymmetric_padding():
+    # effective kernel d*(k-1)+1 = 5; (10 + 1 + 2 - 5) // 1 + 1 = 9
+    assert conv_output_size(10, 3, 1, 1, 2, 2) == 9
+    assert conv_output_shape((2, 3, 10), (4, 3, 3), padding=((1, 2),), dilation=2) == (2, 4, 9)
+
+
+@pytest.mark.parametrize("size", [1, 5, 6, 7, 32])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_same_padding_rule(size, k, stride, dilation):
+    lo, hi = same_padding(size, k, stride, dilation)
+    out = conv_output_size(size, k, stride, lo, hi, dilation)
+    assert out == -(-size // stride)  # ceil(size / stride)
+    assert hi - lo in (0, 1)  # the odd element goes on the high side
+    if stride == 1:
+        assert lo + hi == dilation * (k - 1)  # PyTorch's rule exactly
+
+
+def test_padding_forms():
+    n = 2
+    norm = lambda p: shapes.normalize_padding(p, n, (8, 8), (3, 3), (1, 1), (1, 1))  # noqa: E731
+    assert norm(1) == ((1, 1), (1, 1))
+    assert norm((1, 2)) == ((1, 1), (2, 2))
+    assert norm(((0, 1), 2)) == ((0, 1), (2, 2))
+    assert norm([(0, 1), (2, 3)]) == ((0, 1), (2, 3))
+    assert norm("valid") == ((0, 0), (0, 0))
+    assert norm("same") == ((1, 1), (1, 1))
+    assert norm(np.int64(2)) == ((2, 2), (2, 2))
+
+
+def test_plan_canonical_form():
+    plan = make_conv_plan((3, 10), (4, 3, 3), (4,), stride=2, padding=1, dtype=np.float32)
+    assert plan.ndim == 1 and not plan.batched and plan.batch == 1
+    assert plan.in_size == (1, 1, 10) and plan.kernel == (1, 1, 3) and plan.out_size == (1, 1, 5)
+    assert plan.stride == (1, 1, 2) and plan.dilation == (1, 1, 1)
+    assert plan.padding == ((0, 0), (0, 0), (1, 1))
+    assert plan.output_shape == (4, 5)
+    assert plan.output_shape5 == (1, 4, 1, 1, 5)
+    assert plan.weight_shape5 == (4, 3, 1, 1, 3)
+    assert plan.reduction_length == 9 and plan.flops == 2 * 4 * 5 * 9
+    with pytest.raises(AttributeError):
+        plan.groups = 2  # frozen
+
+
+def test_tap_table_modes():
+    # size 4, kernel 3, padding 2 each side, stride 1: padded positions -2..5
+    t = lambda mode: shapes.tap_table(6, 3, 1, 1, 2, 4, mode)[:, 0]  # noqa: E731
+    assert list(t("zeros")) == [-1, -1, 0, 1, 2, 3]
+    assert list(t("replicate")) == [0, 0, 0, 1, 2, 3]
+    assert list(t("circular")) == [2, 3, 0, 1, 2, 3]
+    assert list(t("reflect")) == [2, 1, 0, 1, 2, 3]
+    last = shapes.tap_table(6, 3, 1, 1, 2, 4, "reflect")[:, 2]  # positions 0..7-2 -> 0..5
+    assert list(last) == [0, 1, 2, 3, 2, 1]
