@@ -63,9 +63,10 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb):
         nb = min(ob, (g + 1) * Og - o0)
         a = wb * owb
         e = min(a + owb, OW)
-        acc = np.empty((nb, e - a), dtype=out.dtype)
+        m = e - a
+        acc = np.empty(nb * m, dtype=out.dtype)  # flat: row j at j * m
         for oh in range(OH):
-            acc[:, :] = 0
+            acc[:] = 0
             for cl in range(Cg):
                 c = g * Cg + cl
                 for kd in range(KD):
@@ -89,24 +90,27 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb):
                             us = np.uint64(sw)
                             for j in range(nb):
                                 wv = w[o0 + j, cl, kd, kh, kw]
+                                uj = np.uint64(j * m) + ua
                                 if sw == 1:
                                     for i in range(cnt):
-                                        acc[j, ua + i] += wv * x[n, c, idd, ih, ux + i]
+                                        acc[uj + i] += wv * x[n, c, idd, ih, ux + i]
                                 else:
                                     for i in range(cnt):
-                                        acc[j, ua + i] += wv * x[n, c, idd, ih, ux + i * us]
+                                        acc[uj + i] += wv * x[n, c, idd, ih, ux + i * us]
                                 for ow in range(a, lo):
                                     iw = tw[ow, kw]
                                     if iw >= 0:
-                                        acc[j, ow - a] += wv * x[n, c, idd, ih, iw]
+                                        acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
                                 for ow in range(hi, e):
                                     iw = tw[ow, kw]
                                     if iw >= 0:
-                                        acc[j, ow - a] += wv * x[n, c, idd, ih, iw]
+                                        acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
             for j in range(nb):
                 bv = bias[o0 + j]
-                for ow in range(a, e):
-                    out[n, o0 + j, od, oh, ow] = acc[j, ow - a] + bv
+                uo = np.uint64(a)
+                um = np.uint64(j * m)
+                for i in range(np.uint64(m)):
+                    out[n, o0 + j, od, oh, uo + i] = acc[um + i] + bv
 
 
 @njit(cache=True, fastmath=_FASTMATH)
