@@ -88,3 +88,20 @@ def test_tap_table_modes():
     assert list(t("reflect")) == [2, 1, 0, 1, 2, 3]
     last = shapes.tap_table(6, 3, 1, 1, 2, 4, "reflect")[:, 2]  # positions 0..7-2 -> 0..5
     assert list(last) == [0, 1, 2, 3, 2, 1]
+
+
+def test_same_padding_undefined_for_transposed():
+    with pytest.raises(ValueError, match="padding='same' is not defined for transposed"):
+        shapes.normalize_padding("same", 1, (8,), (3,), (1,), (1,), transposed=True)
+
+
+def test_config_override_restores():
+    from numbaconv import config
+
+    before = config.workspace_bytes
+    with config.override(workspace_bytes=1234):
+        assert config.workspace_bytes == 1234
+    assert config.workspace_bytes == before
+    with pytest.raises(ValueError, match="unknown numbaconv.config setting"):
+        with config.override(nonsense=1):
+            pass
