@@ -27,23 +27,20 @@ def conv_problem(draw):
     return x, w, dict(stride=stride, groups=groups), rng
 
 
+def _linearity_tol(x, w, kw):
+    """Bound for comparing two float64 results built from |x| and |w| magnitudes."""
+    return 4 * tolerance(
+        np.float64, w[0].size, x, w, None, stride=[kw["stride"]] * (w.ndim - 2), groups=kw["groups"]
+    )
+
+
 @given(conv_problem(), st.floats(-3, 3), st.floats(-3, 3))
 def test_linear_in_input(problem, a, b):
     x, w, kw, rng = problem
     x2 = rng.standard_normal(x.shape)
     lhs = nc.conv(a * x + b * x2, w, **kw)
     rhs = a * nc.conv(x, w, **kw) + b * nc.conv(x2, w, **kw)
-    K = w[0].size
-    tol = 4 * tolerance(
-        np.float64,
-        K,
-        (abs(a) + abs(b)) * (np.abs(x) + np.abs(x2)),
-        w,
-        None,
-        stride=[kw["stride"]] * (w.ndim - 2),
-        groups=kw["groups"],
-    )
-    assert_close(lhs, rhs, tol)
+    assert_close(lhs, rhs, _linearity_tol((abs(a) + abs(b)) * (np.abs(x) + np.abs(x2)), w, kw))
 
 
 @given(conv_problem(), st.floats(-3, 3), st.floats(-3, 3))
@@ -52,17 +49,7 @@ def test_linear_in_weight(problem, a, b):
     w2 = rng.standard_normal(w.shape)
     lhs = nc.conv(x, a * w + b * w2, **kw)
     rhs = a * nc.conv(x, w, **kw) + b * nc.conv(x, w2, **kw)
-    K = w[0].size
-    tol = 4 * tolerance(
-        np.float64,
-        K,
-        x,
-        (abs(a) + abs(b)) * (np.abs(w) + np.abs(w2)),
-        None,
-        stride=[kw["stride"]] * (w.ndim - 2),
-        groups=kw["groups"],
-    )
-    assert_close(lhs, rhs, tol)
+    assert_close(lhs, rhs, _linearity_tol(x, (abs(a) + abs(b)) * (np.abs(w) + np.abs(w2)), kw))
 
 
 @given(conv_problem(), st.data())
