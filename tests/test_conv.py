@@ -290,3 +290,59 @@ def test_deterministic(direct_kernel):
     a = nc.conv2d(x, w, padding="same")
     b = nc.conv2d(x, w, padding="same")
     np.testing.assert_array_equal(a, b)
+
+
+def _row_path_cases():
+    """Cases for the row kernel's specialised paths: depthwise 3x3 (flat plane
+    pass, row pass, edge columns), the nine-tap pass for 3x3 with several
+    channels per group, and taps in triples (k = 3, 5, 7) plus single taps.
+    Combinations that PyTorch's rules reject are left out here (test_errors)."""
+    cases = []
+    for size in [(9, 11), (5, 4)]:
+        for groups, cin, cout in [(4, 4, 4), (3, 3, 6), (1, 3, 2), (2, 4, 2)]:
+            for k in [(3, 3), (1, 3, 3), (3, 5), (2, 7)]:
+                for stride, dilation, padding, mode in [
+                    (1, 1, 1, "zeros"),
+                    (1, 2, "same", "reflect"),
+                    (1, 1, ((2, 0), (0, 2)), "replicate"),
+                    (2, 1, 1, "circular"),
+                    (1, 1, 0, "zeros"),
+                    (1, 2, ((1, 3), (2, 2)), "circular"),
+                ]:
+                    nd = len(k)
+                    full = ((3,) + size) if nd == 3 else size
+                    if nd == 3 and isinstance(padding, tuple):
+                        padding = ((0, 1),) + padding
+                    pads = explicit_pads(padding, nd, full, k, (stride,) * nd, (dilation,) * nd)
+                    ok = all(
+                        not (mode == "reflect" and max(lo, hi) >= n)
+                        and not (mode == "circular" and max(lo, hi) > n)
+                        and dilation * (kk - 1) + 1 <= n + lo + hi
+                        for n, (lo, hi), kk in zip(full, pads, k)
+                    )
+                    if ok:
+                        cases.append((full, groups, cin, cout, k, stride, dilation, padding, pads, mode))
+    return cases
+
+
+@pytest.mark.parametrize("case", _row_path_cases(), ids=str)
+def test_row_kernel_paths_vs_reference_and_torch(case):
+    full, groups, cin, cout, k, stride, dilation, padding, pads, mode = case
+    nd = len(k)
+    rng = np.random.default_rng(13)
+    x = random_array(rng, (2, cin) + full, np.float64)
+    w = random_array(rng, (cout, cin // groups) + k, np.float64)
+    b = random_array(rng, (cout,), np.float64)
+    params = dict(stride=[stride] * nd, pads=pads, dilation=[dilation] * nd, groups=groups, mode=mode)
+    fn = FUNCS[nd]
+    K = cin // groups * int(np.prod(k))
+    ref = conv_reference(x, w, b, **params)
+    with config.override(direct_channels_last_min=10**9):  # always the row kernel
+        got = fn(x, w, b, stride, padding, dilation, groups, padding_mode=mode, method="direct")
+        x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+        got32 = fn(x32, w32, b32, stride, padding, dilation, groups, padding_mode=mode)
+    assert_close(got, ref, tolerance(np.float64, K, x, w, b, **params), "vs reference")
+    if torch is not None:
+        tref = torch_conv(x, w, b, params["stride"], pads, params["dilation"], groups, mode)
+        assert_close(got, tref, tolerance(np.float64, K, x, w, b, **params), "vs torch")
+    assert_close(got32, ref, tolerance(np.float32, K, x, w, b, **params), "float32")

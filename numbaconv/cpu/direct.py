@@ -38,7 +38,7 @@ _ROW_OB = 8  # output channels per task in the row kernel
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb):
+def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb, p0, p1, dh, lo_h):
     # One task: sample n, group g, a block of up to ob output channels, one
     # output plane od, a segment [a, e) of the output width; loops over oh.
     # No array views in the hot loops (each view costs a refcount update).
@@ -65,7 +65,27 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb):
         e = min(a + owb, OW)
         m = e - a
         acc = np.empty(nb * m, dtype=out.dtype)  # flat: row j at j * m
+        flat = p1 > p0 and td[od, 0] >= 0
+        if flat:
+            # depthwise 3x3 at stride 1 with OW == W: rows [p0, p1) in one flat pass
+            _dw3x3_plane(x, w, bias, out, n, g, o0, nb, od, td[od, 0], p0, p1, th, tw, dh, dw, lo_h, lo_w)
         for oh in range(OH):
+            if flat and p0 <= oh < p1:
+                continue
+            if (
+                Cg == 1
+                and KD == 1
+                and KH == 3
+                and KW == 3
+                and td[od, 0] >= 0
+                and th[oh, 0] >= 0
+                and th[oh, 1] >= 0
+                and th[oh, 2] >= 0
+            ):
+                # depthwise 3x3 row with its window inside in D and H: one pass
+                # straight into the output, no accumulator
+                _dw3x3_row(x, w, bias, out, n, g, o0, nb, od, oh, td[od, 0], th, tw, a, e, sw, dw, lo_w)
+                continue
             acc[:] = 0
             for cl in range(Cg):
                 c = g * Cg + cl
@@ -73,17 +93,111 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb):
                     idd = td[od, kd]
                     if idd < 0:
                         continue
+                    if KH == 3 and KW == 3 and th[oh, 0] >= 0 and th[oh, 1] >= 0 and th[oh, 2] >= 0:
+                        # 3x3 window fully inside in H: all nine taps in one pass
+                        ih0 = th[oh, 0]
+                        ih1 = th[oh, 1]
+                        ih2 = th[oh, 2]
+                        off = -lo_w
+                        lo = min(max(a, -(off // sw)), e)
+                        hi = max(min(e, (W - 1 - off - 2 * dw) // sw + 1), lo)
+                        cnt = np.uint64(hi - lo)
+                        ua = np.uint64(lo - a)
+                        ux = np.uint64(lo * sw + off)
+                        ud = np.uint64(dw)
+                        ud2 = np.uint64(2 * dw)
+                        us = np.uint64(sw)
+                        for j in range(nb):
+                            w00 = w[o0 + j, cl, kd, 0, 0]
+                            w01 = w[o0 + j, cl, kd, 0, 1]
+                            w02 = w[o0 + j, cl, kd, 0, 2]
+                            w10 = w[o0 + j, cl, kd, 1, 0]
+                            w11 = w[o0 + j, cl, kd, 1, 1]
+                            w12 = w[o0 + j, cl, kd, 1, 2]
+                            w20 = w[o0 + j, cl, kd, 2, 0]
+                            w21 = w[o0 + j, cl, kd, 2, 1]
+                            w22 = w[o0 + j, cl, kd, 2, 2]
+                            uj = np.uint64(j * m) + ua
+                            for i in range(cnt):
+                                q = ux + i * us
+                                acc[uj + i] += (
+                                    w00 * x[n, c, idd, ih0, q]
+                                    + w01 * x[n, c, idd, ih0, q + ud]
+                                    + w02 * x[n, c, idd, ih0, q + ud2]
+                                    + w10 * x[n, c, idd, ih1, q]
+                                    + w11 * x[n, c, idd, ih1, q + ud]
+                                    + w12 * x[n, c, idd, ih1, q + ud2]
+                                    + w20 * x[n, c, idd, ih2, q]
+                                    + w21 * x[n, c, idd, ih2, q + ud]
+                                    + w22 * x[n, c, idd, ih2, q + ud2]
+                                )
+                            for kh in range(3):
+                                ih = th[oh, kh]
+                                for k in range(3):
+                                    wv = w[o0 + j, cl, kd, kh, k]
+                                    for ow in range(a, lo):
+                                        iw = tw[ow, k]
+                                        if iw >= 0:
+                                            acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
+                                    for ow in range(hi, e):
+                                        iw = tw[ow, k]
+                                        if iw >= 0:
+                                            acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
+                        continue
                     for kh in range(KH):
                         ih = th[oh, kh]
                         if ih < 0:
                             continue
-                        for kw in range(KW):
+                        # taps in triples: one pass over the row per three taps
+                        # (a third of the accumulator traffic), then single taps
+                        kw3 = KW - KW % 3
+                        for kw in range(0, kw3, 3):
                             off = kw * dw - lo_w
-                            # interior outputs read x[..., ow * sw + off] in range
+                            # interior outputs read x[..., ow * sw + off + {0,1,2} * dw] in range
                             lo = min(max(a, -(off // sw)), e)
-                            hi = max(min(e, (W - 1 - off) // sw + 1), lo)
+                            hi = max(min(e, (W - 1 - off - 2 * dw) // sw + 1), lo)
                             # unsigned offsets: no negative-index wraparound
                             # test per element, so the loops vectorize
+                            cnt = np.uint64(hi - lo)
+                            ua = np.uint64(lo - a)
+                            ux = np.uint64(lo * sw + off)
+                            ud = np.uint64(dw)
+                            ud2 = np.uint64(2 * dw)
+                            us = np.uint64(sw)
+                            for j in range(nb):
+                                w0 = w[o0 + j, cl, kd, kh, kw]
+                                w1 = w[o0 + j, cl, kd, kh, kw + 1]
+                                w2 = w[o0 + j, cl, kd, kh, kw + 2]
+                                uj = np.uint64(j * m) + ua
+                                if sw == 1:
+                                    for i in range(cnt):
+                                        acc[uj + i] += (
+                                            w0 * x[n, c, idd, ih, ux + i]
+                                            + w1 * x[n, c, idd, ih, ux + ud + i]
+                                            + w2 * x[n, c, idd, ih, ux + ud2 + i]
+                                        )
+                                else:
+                                    for i in range(cnt):
+                                        q = ux + i * us
+                                        acc[uj + i] += (
+                                            w0 * x[n, c, idd, ih, q]
+                                            + w1 * x[n, c, idd, ih, q + ud]
+                                            + w2 * x[n, c, idd, ih, q + ud2]
+                                        )
+                                for k in range(kw, kw + 3):
+                                    wv = w[o0 + j, cl, kd, kh, k]
+                                    for ow in range(a, lo):
+                                        iw = tw[ow, k]
+                                        if iw >= 0:
+                                            acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
+                                    for ow in range(hi, e):
+                                        iw = tw[ow, k]
+                                        if iw >= 0:
+                                            acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
+                        for kw in range(kw3, KW):
+                            off = kw * dw - lo_w
+                            lo = min(max(a, -(off // sw)), e)
+                            hi = max(min(e, (W - 1 - off) // sw + 1), lo)
                             cnt = np.uint64(hi - lo)
                             ua = np.uint64(lo - a)
                             ux = np.uint64(lo * sw + off)
@@ -111,6 +225,110 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb):
                 um = np.uint64(j * m)
                 for i in range(np.uint64(m)):
                     out[n, o0 + j, od, oh, uo + i] = acc[um + i] + bv
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dw3x3_plane(x, w, bias, out, n, c, o0, nb, od, idd, r0, r1, th, tw, dh, dw, lo_h, lo_w):
+    # Output rows [r0, r1) of a depthwise 3x3 conv at stride 1 with OW == W:
+    # out and x rows have the same pitch, so the plane is one flat loop
+    # out[p] = sum w * x[p + shift(kh, kw)]; columns whose window crosses the
+    # W edge read a neighbouring row there and are recomputed from the tables.
+    # The caller guarantees rows [r0, r1) have all three input rows inside.
+    W = x.shape[4]
+    lo = lo_w
+    hi = W - 2 * dw + lo_w
+    start = np.uint64(r0 * W + lo)
+    cnt = np.uint64((r1 - 1) * W + hi) - start
+    base = start - np.uint64(lo_h * W + lo_w)  # x index of tap (0, 0) at p = start
+    ud = np.uint64(dw)
+    ud2 = np.uint64(2 * dw)
+    uh = np.uint64(dh * W)
+    uh2 = np.uint64(2 * dh * W)
+    for j in range(nb):
+        o = o0 + j
+        bv = bias[o]
+        w00 = w[o, 0, 0, 0, 0]
+        w01 = w[o, 0, 0, 0, 1]
+        w02 = w[o, 0, 0, 0, 2]
+        w10 = w[o, 0, 0, 1, 0]
+        w11 = w[o, 0, 0, 1, 1]
+        w12 = w[o, 0, 0, 1, 2]
+        w20 = w[o, 0, 0, 2, 0]
+        w21 = w[o, 0, 0, 2, 1]
+        w22 = w[o, 0, 0, 2, 2]
+        xp = x[n, c, idd].ravel()
+        op = out[n, o, od].ravel()
+        for i in range(cnt):
+            q = base + i
+            op[start + i] = bv + (
+                (w00 * xp[q] + w01 * xp[q + ud] + w02 * xp[q + ud2])
+                + (w10 * xp[q + uh] + w11 * xp[q + uh + ud] + w12 * xp[q + uh + ud2])
+                + (w20 * xp[q + uh2] + w21 * xp[q + uh2 + ud] + w22 * xp[q + uh2 + ud2])
+            )
+        for oh in range(r0, r1):
+            for ow in range(0, lo):
+                out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, th, tw)
+            for ow in range(hi, W):
+                out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, th, tw)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dw3x3_row(x, w, bias, out, n, c, o0, nb, od, oh, idd, th, tw, a, e, sw, dw, lo_w):
+    # out[n, o0:o0+nb, od, oh, a:e] for one input channel c and a 3x3 window
+    # whose three input rows th[oh, :] are all inside
+    W = x.shape[4]
+    ih0 = th[oh, 0]
+    ih1 = th[oh, 1]
+    ih2 = th[oh, 2]
+    off = -lo_w
+    lo = min(max(a, -(off // sw)), e)
+    hi = max(min(e, (W - 1 - off - 2 * dw) // sw + 1), lo)
+    cnt = np.uint64(hi - lo)
+    ux = np.uint64(lo * sw + off)
+    ud = np.uint64(dw)
+    ud2 = np.uint64(2 * dw)
+    us = np.uint64(sw)
+    ulo = np.uint64(lo)
+    for j in range(nb):
+        o = o0 + j
+        bv = bias[o]
+        w00 = w[o, 0, 0, 0, 0]
+        w01 = w[o, 0, 0, 0, 1]
+        w02 = w[o, 0, 0, 0, 2]
+        w10 = w[o, 0, 0, 1, 0]
+        w11 = w[o, 0, 0, 1, 1]
+        w12 = w[o, 0, 0, 1, 2]
+        w20 = w[o, 0, 0, 2, 0]
+        w21 = w[o, 0, 0, 2, 1]
+        w22 = w[o, 0, 0, 2, 2]
+        for i in range(cnt):
+            q = ux + i * us
+            out[n, o, od, oh, ulo + i] = bv + (
+                w00 * x[n, c, idd, ih0, q]
+                + w01 * x[n, c, idd, ih0, q + ud]
+                + w02 * x[n, c, idd, ih0, q + ud2]
+                + w10 * x[n, c, idd, ih1, q]
+                + w11 * x[n, c, idd, ih1, q + ud]
+                + w12 * x[n, c, idd, ih1, q + ud2]
+                + w20 * x[n, c, idd, ih2, q]
+                + w21 * x[n, c, idd, ih2, q + ud]
+                + w22 * x[n, c, idd, ih2, q + ud2]
+            )
+        for ow in range(a, lo):
+            out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, th, tw)
+        for ow in range(hi, e):
+            out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, th, tw)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dw3x3_edge(x, w, s, n, c, o, idd, oh, ow, th, tw):
+    for kh in range(3):
+        ih = th[oh, kh]
+        for k in range(3):
+            iw = tw[ow, k]
+            if iw >= 0:
+                s += w[o, 0, 0, kh, k] * x[n, c, idd, ih, iw]
+    return s
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -310,6 +528,31 @@ def workspace_bytes(plan) -> int:
     return chunk * per_sample
 
 
+def _plane_rows(plan, owb):
+    """Output rows ``[r0, r1)`` the flat depthwise 3x3 pass can take, or (0, 0).
+
+    Needs one input channel per group, a (1, 3, 3) kernel, stride 1 in H and W,
+    whole output rows per task and ``OW == W`` (equal row pitch of input and
+    output); the rows are those whose three input rows are all inside.
+    """
+    _, h, w = plan.in_size
+    oh, ow = plan.out_size[1], plan.out_size[2]
+    dh, dw = plan.dilation[1], plan.dilation[2]
+    lo_h = plan.padding[1][0]
+    if (
+        plan.c_in != plan.groups
+        or plan.kernel != (1, 3, 3)
+        or plan.stride[1:] != (1, 1)
+        or owb < ow
+        or ow != w
+        or w - 2 * dw <= 0
+    ):
+        return 0, 0
+    r0 = lo_h
+    r1 = min(oh, h + lo_h - 2 * dh)
+    return (r0, r1) if r1 > r0 else (0, 0)
+
+
 def run(x5, w5, bias, plan, out5):
     """Direct convolution of canonical 5-D arrays into ``out5``.
 
@@ -352,7 +595,23 @@ def run(x5, w5, bias, plan, out5):
     ow = plan.out_size[2]
     want = 16 * numba.get_num_threads()
     owb = ow if base >= want else max(256, -(-ow // -(-want // base)))
+    r0, r1 = _plane_rows(plan, owb)
     _rows_kernel(
-        x5, w5, bias, out5, td, th, tw, plan.stride[2], plan.dilation[2], plan.padding[2][0], ob, min(owb, ow)
+        x5,
+        w5,
+        bias,
+        out5,
+        td,
+        th,
+        tw,
+        plan.stride[2],
+        plan.dilation[2],
+        plan.padding[2][0],
+        ob,
+        min(owb, ow),
+        r0,
+        r1,
+        plan.dilation[1],
+        plan.padding[1][0],
     )
     return out5
