@@ -4,7 +4,16 @@ Public names only; see ``docs/`` for the guide.
 """
 
 from . import config, shapes
-from .api import conv, conv1d, conv2d, conv3d
+from .api import (
+    conv,
+    conv1d,
+    conv2d,
+    conv3d,
+    conv_transpose,
+    conv_transpose1d,
+    conv_transpose2d,
+    conv_transpose3d,
+)
 from .dispatch import UnsupportedMethodError
 
 __version__ = "0.1.0"
@@ -16,5 +25,9 @@ __all__ = [
     "conv1d",
     "conv2d",
     "conv3d",
+    "conv_transpose",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
     "shapes",
 ]

@@ -5,9 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from . import dispatch
-from .shapes import ConvPlan, check_dtype, make_conv_plan, result_dtype
+from .shapes import ConvPlan, check_dtype, make_conv_plan, make_conv_transpose_plan, result_dtype
 
-__all__ = ["conv", "conv1d", "conv2d", "conv3d"]
+__all__ = [
+    "conv",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -70,18 +79,31 @@ def _check_out(out, plan: ConvPlan, inputs) -> None:
             raise ValueError(f"out overlaps {name}; give a separate output array")
 
 
-def _conv_impl(
-    ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
-):
+def _prepare(op, input, weight, bias, method, device):
+    """Checks shared by both ops: arrays, dtypes, method, device."""
     _check_device(device)
     x = _as_host_array(input, "input")
     w = _as_host_array(weight, "weight")
     b = _as_host_array(bias, "bias", allow_none=True)
-    method = dispatch.check_method("conv", method)
+    method = dispatch.check_method(op, method)
     dtypes = [x.dtype, w.dtype] + ([b.dtype] if b is not None else [])
     dtype = result_dtype(*dtypes)
     if b is not None and b.ndim != 1:
         raise ValueError(f"bias must be 1-D with shape (C_out,), got shape {b.shape}")
+    return x, w, b, method, dtype
+
+
+def _finish(op, plan, method, input, weight, bias, x, w, b, out):
+    if out is not None:
+        _check_out(out, plan, (("input", input), ("weight", weight), ("bias", bias)))
+    row = dispatch.select(op, plan, method)
+    return _execute(row.runner(), plan, x, w, b, out)
+
+
+def _conv_impl(
+    ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
+):
+    x, w, b, method, dtype = _prepare("conv", input, weight, bias, method, device)
     plan = make_conv_plan(
         x.shape,
         w.shape,
@@ -94,10 +116,41 @@ def _conv_impl(
         dtype=dtype,
         ndim=ndim,
     )
-    if out is not None:
-        _check_out(out, plan, (("input", input), ("weight", weight), ("bias", bias)))
-    row = dispatch.select("conv", plan, method)
-    return _execute(row.runner(), plan, x, w, b, out)
+    return _finish("conv", plan, method, input, weight, bias, x, w, b, out)
+
+
+def _conv_transpose_impl(
+    ndim,
+    input,
+    weight,
+    bias,
+    stride,
+    padding,
+    output_padding,
+    groups,
+    dilation,
+    output_size,
+    padding_mode,
+    method,
+    device,
+    out,
+):
+    x, w, b, method, dtype = _prepare("conv_transpose", input, weight, bias, method, device)
+    plan = make_conv_transpose_plan(
+        x.shape,
+        w.shape,
+        None if b is None else b.shape,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size=output_size,
+        padding_mode=padding_mode,
+        dtype=dtype,
+        ndim=ndim,
+    )
+    return _finish("conv_transpose", plan, method, input, weight, bias, x, w, b, out)
 
 
 def _execute(runner, plan: ConvPlan, x, w, b, out):
@@ -259,6 +312,231 @@ conv2d.__doc__ = _DOC.format(ndim_title="2-D", sp="H, W", ksp="kH, kW", osp="H_o
 conv3d.__doc__ = _DOC.format(ndim_title="3-D", sp="D, H, W", ksp="kD, kH, kW", osp="D_out, H_out, W_out", n=3)
 conv.__doc__ = _DOC.format(
     ndim_title="N-D (N = weight.ndim - 2, 1 to 3)",
+    sp="*spatial",
+    ksp="*k",
+    osp="*spatial_out",
+    n="N",
+)
+
+
+_DOC_T = """{ndim_title} transposed convolution, with PyTorch's semantics.
+
+    The adjoint of :func:`conv{n_suffix}` with the same weight, stride, padding,
+    dilation and groups: every input element ``x[n, c, *i]`` adds
+    ``x[n, c, *i] * weight[c, o - g*C_out/groups, *k]`` into output position
+    ``i * stride + k * dilation - lo`` of each output channel ``o`` of its group
+    ``g`` (positions that fall into the padding are dropped for
+    ``padding_mode='zeros'``), then ``bias`` is added.
+
+    Parameters
+    ----------
+    input : array_like
+        ``(N, C_in, {sp})`` or unbatched ``(C_in, {sp})``. float32, float64,
+        complex64 or complex128 (other numeric dtypes promote with the weight
+        as NumPy does, and must promote to one of those). Any memory layout;
+        never modified.
+    weight : array_like
+        ``(C_in, C_out / groups, {ksp})`` (PyTorch's transposed layout).
+    bias : array_like, optional
+        ``(C_out,)``.
+    stride : int or tuple of {n} ints, default 1
+    padding : int, tuple or 'valid', default 0
+        An int, one int per spatial dim, or one ``(lo, hi)`` pair per spatial
+        dim: removed from the low/high end of each output dim. ``'same'`` is
+        not defined for the transposed op (as in PyTorch).
+    output_padding : int or tuple of {n} ints, default 0
+        Extra size added to the high end of each output dim; each entry must be
+        smaller than either the stride or the dilation of its dim.
+    groups : int, default 1
+        Must divide ``C_in``.
+    dilation : int or tuple of {n} ints, default 1
+    output_size : tuple of ints, keyword-only, optional
+        The wanted spatial output size (leading batch/channel entries are
+        ignored); computes ``output_padding`` (give one or the other). Valid
+        sizes per dim run from the size with ``output_padding=0`` to that plus
+        ``stride - 1``; anything else raises ``ValueError`` with the range.
+    padding_mode : {{'zeros', 'reflect', 'replicate', 'circular'}}, keyword-only
+        'zeros' as PyTorch. The others are defined as the adjoint of conv with
+        that mode: contributions that land in the padding are added onto the
+        output positions the padding copies (PyTorch has no such mode), so
+        ``<conv(y, w), x> == <y, conv_transpose(x, w)>`` for every mode.
+        'reflect' needs padding < output size, 'circular' padding <= output size.
+    method : str, keyword-only, default 'auto'
+        'auto', 'scatter' (scatter-add) or 'gather'.
+    device : {{'auto', 'cpu', 'cuda'}}, keyword-only
+        Only the CPU is implemented in this version.
+    out : ndarray, optional, keyword-only
+        Where to write the result: exact shape and dtype, writeable, not
+        overlapping any input. Checked before anything is written.
+
+    Returns
+    -------
+    ndarray
+        The result, with the promoted dtype (``out`` when given).
+
+    Shape
+    -----
+    Per spatial dim of size ``L`` with kernel size ``k``:
+    ``L_out = (L - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1``.
+    Input ``(N, C_in, {sp})`` gives ``(N, C_out, {osp})`` with ``C_out =
+    weight.shape[1] * groups``; unbatched ``(C_in, {sp})`` gives ``(C_out, {osp})``.
+
+    Raises
+    ------
+    TypeError
+        Wrong kind of argument.
+    ValueError
+        Bad values or shapes (output_padding too large, output_size out of
+        range, channel mismatch, ...); the message names the parameter and the value.
+    """
+
+
+def conv_transpose1d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    *,
+    output_size=None,
+    padding_mode="zeros",
+    method="auto",
+    device="auto",
+    out=None,
+):
+    return _conv_transpose_impl(
+        1,
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size,
+        padding_mode,
+        method,
+        device,
+        out,
+    )
+
+
+def conv_transpose2d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    *,
+    output_size=None,
+    padding_mode="zeros",
+    method="auto",
+    device="auto",
+    out=None,
+):
+    return _conv_transpose_impl(
+        2,
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size,
+        padding_mode,
+        method,
+        device,
+        out,
+    )
+
+
+def conv_transpose3d(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    *,
+    output_size=None,
+    padding_mode="zeros",
+    method="auto",
+    device="auto",
+    out=None,
+):
+    return _conv_transpose_impl(
+        3,
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size,
+        padding_mode,
+        method,
+        device,
+        out,
+    )
+
+
+def conv_transpose(
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    *,
+    output_size=None,
+    padding_mode="zeros",
+    method="auto",
+    device="auto",
+    out=None,
+):
+    return _conv_transpose_impl(
+        None,
+        input,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size,
+        padding_mode,
+        method,
+        device,
+        out,
+    )
+
+
+conv_transpose1d.__doc__ = _DOC_T.format(ndim_title="1-D", n_suffix="1d", sp="L", ksp="k", osp="L_out", n=1)
+conv_transpose2d.__doc__ = _DOC_T.format(
+    ndim_title="2-D", n_suffix="2d", sp="H, W", ksp="kH, kW", osp="H_out, W_out", n=2
+)
+conv_transpose3d.__doc__ = _DOC_T.format(
+    ndim_title="3-D", n_suffix="3d", sp="D, H, W", ksp="kD, kH, kW", osp="D_out, H_out, W_out", n=3
+)
+conv_transpose.__doc__ = _DOC_T.format(
+    ndim_title="N-D (N = weight.ndim - 2, 1 to 3)",
+    n_suffix="",
     sp="*spatial",
     ksp="*k",
     osp="*spatial_out",

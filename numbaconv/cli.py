@@ -87,6 +87,16 @@ def _peer_torch():
     return torch, F
 
 
+def _block_time(fn, calls: int = 3) -> float:
+    """Best of ``calls`` back-to-back calls of ``fn`` (seconds)."""
+    best = float("inf")
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list[dict]:
     """Time the conv workloads: numbaconv (method auto) beside PyTorch CPU if installed."""
     import numpy as np
@@ -124,14 +134,15 @@ def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list
             err = float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
         else:
             err = None
-        for _ in range(repeat):  # interleave A B A B, median of per-pair ratios
-            t0 = time.perf_counter()
-            api.conv(x, w, **kw)
-            t1 = time.perf_counter()
-            times.append(t1 - t0)
+        # Alternate short blocks A A A, B B B, ... and keep each block's best:
+        # strictly alternating single calls measures the other runtime's
+        # OpenMP threads still spinning and its allocator churn (PyTorch's
+        # depthwise conv measured 10 ms that way vs 2 ms in a block).
+        for _ in range(repeat):
+            t = _block_time(lambda x=x, w=w, kw=kw: api.conv(x, w, **kw))
+            times.append(t)
             if tfn is not None:
-                tfn()
-                ratios.append((time.perf_counter() - t1) / (t1 - t0))
+                ratios.append(_block_time(tfn) / t)
         med = float(np.median(times))
         results.append(
             {

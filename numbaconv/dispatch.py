@@ -24,16 +24,27 @@ class MethodRow:
     device: str
     module: str
     supports: Callable[[object], str | None]
+    entry: str = "run"
 
     def runner(self):
-        return importlib.import_module(self.module, __package__).run
+        return getattr(importlib.import_module(self.module, __package__), self.entry)
 
 
 def _always(plan) -> str | None:
     return None
 
 
-TABLE: tuple[MethodRow, ...] = (MethodRow("direct", "conv", "cpu", ".cpu.direct", _always),)
+def _gather_supports(plan) -> str | None:
+    from .cpu.transpose import gather_supports
+
+    return gather_supports(plan)
+
+
+TABLE: tuple[MethodRow, ...] = (
+    MethodRow("direct", "conv", "cpu", ".cpu.direct", _always),
+    MethodRow("scatter", "conv_transpose", "cpu", ".cpu.transpose", _always, "run_scatter"),
+    MethodRow("gather", "conv_transpose", "cpu", ".cpu.transpose", _gather_supports, "run_gather"),
+)
 
 SPECIAL_METHODS = ("auto",)
 
@@ -58,10 +69,18 @@ def select(op: str, plan, method: str) -> MethodRow:
     """The row that runs ``plan``; raises UnsupportedMethodError for a forced misfit."""
     rows = [r for r in TABLE if r.op == op and r.device == "cpu"]
     if method == "auto":
-        for row in rows:
-            if row.supports(plan) is None:
-                return row
-        raise UnsupportedMethodError(f"no {op} method supports this case")
+        ok = [r for r in rows if r.supports(plan) is None]
+        if not ok:
+            raise UnsupportedMethodError(f"no {op} method supports this case")
+        if op == "conv_transpose":
+            # interim rule until the cost model: gather's channels-last dot
+            # products need enough input channels per group to pay off
+            from . import config
+
+            many = plan.c_in // plan.groups >= config.direct_channels_last_min
+            want = "gather" if many else "scatter"
+            return next((r for r in ok if r.name == want), ok[0])
+        return ok[0]
     row = next(r for r in rows if r.name == method)
     why = row.supports(plan)
     if why is not None:

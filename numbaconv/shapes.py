@@ -23,9 +23,14 @@ __all__ = [
     "ConvPlan",
     "conv_output_size",
     "conv_output_shape",
+    "conv_transpose_output_shape",
+    "conv_transpose_output_size",
     "make_conv_plan",
+    "make_conv_transpose_plan",
     "normalize_padding",
     "normalize_tuple",
+    "output_padding_for",
+    "gather_table",
     "same_padding",
     "tap_table",
 ]
@@ -247,6 +252,95 @@ def result_dtype(*dtypes) -> np.dtype:
     )
 
 
+def _parse_arrays(input_shape, weight_shape, bias_shape, groups, ndim, op):
+    """Shared checks of the input/weight/bias shapes and groups.
+
+    Returns ``(n, batched, batch, c_in, c_out, in_sp, k_sp, groups)``. The
+    weight is ``(C_out, C_in/groups, *k)`` for conv and ``(C_in,
+    C_out/groups, *k)`` for the transposed op.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    weight_shape = tuple(int(s) for s in weight_shape)
+    layout = "(C_out, C_in/groups, *kernel)" if op == "conv" else "(C_in, C_out/groups, *kernel)"
+    kind = "convolution" if op == "conv" else "transposed convolution"
+    wn = len(weight_shape)
+    if ndim is None:
+        if wn not in (3, 4, 5):
+            raise ValueError(
+                f"weight must have 3, 4 or 5 dimensions {layout}, got weight.ndim={wn} "
+                f"with shape {weight_shape}"
+            )
+        ndim = wn - 2
+    elif wn != ndim + 2:
+        raise ValueError(
+            f"weight must have {ndim + 2} dimensions {layout} for a {ndim}-d {kind}, "
+            f"got weight.ndim={wn} with shape {weight_shape}"
+        )
+    n = ndim
+    if len(input_shape) == n + 2:
+        batched = True
+        batch, c_in = input_shape[:2]
+    elif len(input_shape) == n + 1:
+        batched = False
+        batch, c_in = 1, input_shape[0]
+    else:
+        raise ValueError(
+            f"input must have {n + 1} (unbatched) or {n + 2} (batched) dimensions "
+            f"for a {n}-d {kind}, got input.ndim={len(input_shape)} with shape "
+            f"{input_shape}"
+        )
+    in_sp = input_shape[-n:]
+    k_sp = weight_shape[2:]
+
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r} of type {type(groups).__name__}")
+    groups = operator.index(groups)
+    if groups <= 0:
+        raise ValueError(f"groups must be positive, got groups={groups}")
+    for name, value in (("input", input_shape), ("weight", weight_shape)):
+        if any(s == 0 for s in (value[1:] if name == "input" and batched else value)):
+            raise ValueError(
+                f"{name} has an empty dimension (shape {value}); only the batch dimension may be 0"
+            )
+    if c_in % groups:
+        raise ValueError(
+            f"groups must divide the input channels, but groups={groups} does not divide C_in={c_in}"
+        )
+    if op == "conv":
+        c_out, c_per_group = weight_shape[:2]
+        if c_out % groups:
+            raise ValueError(
+                f"groups must divide the output channels, but groups={groups} does not "
+                f"divide C_out=weight.shape[0]={c_out}"
+            )
+        if c_per_group * groups != c_in:
+            raise ValueError(
+                f"channel mismatch: input has C_in={c_in} channels but weight.shape[1]"
+                f"={c_per_group} with groups={groups} expects {c_per_group * groups} "
+                f"(input shape {input_shape}, weight shape {weight_shape})"
+            )
+    else:
+        if weight_shape[0] != c_in:
+            raise ValueError(
+                f"channel mismatch: input has C_in={c_in} channels but weight.shape[0]="
+                f"{weight_shape[0]}; the transposed weight is {layout} "
+                f"(input shape {input_shape}, weight shape {weight_shape})"
+            )
+        c_out = weight_shape[1] * groups
+    if bias_shape is not None and tuple(bias_shape) != (c_out,):
+        raise ValueError(f"bias must have shape (C_out,) = ({c_out},), got shape {tuple(bias_shape)}")
+    return n, batched, batch, c_in, c_out, in_sp, k_sp, groups
+
+
+def _check_padding_mode_name(padding_mode) -> None:
+    if not isinstance(padding_mode, str):
+        raise TypeError(f"padding_mode must be a str, got {padding_mode!r}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(
+            f"padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, got {padding_mode!r}"
+        )
+
+
 def make_conv_plan(
     input_shape: tuple[int, ...],
     weight_shape: tuple[int, ...],
@@ -265,76 +359,13 @@ def make_conv_plan(
     ``ndim`` is the number of spatial dimensions the caller expects (``conv2d``
     passes 2); ``None`` takes it from ``weight_shape``.
     """
-    input_shape = tuple(int(s) for s in input_shape)
-    weight_shape = tuple(int(s) for s in weight_shape)
-    wn = len(weight_shape)
-    if ndim is None:
-        if wn not in (3, 4, 5):
-            raise ValueError(
-                "weight must have 3, 4 or 5 dimensions (C_out, C_in/groups, *kernel), "
-                f"got weight.ndim={wn} with shape {weight_shape}"
-            )
-        ndim = wn - 2
-    elif wn != ndim + 2:
-        raise ValueError(
-            f"weight must have {ndim + 2} dimensions (C_out, C_in/groups, *kernel) "
-            f"for a {ndim}-d convolution, got weight.ndim={wn} with shape {weight_shape}"
-        )
-    n = ndim
-    if len(input_shape) == n + 2:
-        batched = True
-        batch, c_in = input_shape[:2]
-    elif len(input_shape) == n + 1:
-        batched = False
-        batch, c_in = 1, input_shape[0]
-    else:
-        raise ValueError(
-            f"input must have {n + 1} (unbatched) or {n + 2} (batched) dimensions "
-            f"for a {n}-d convolution, got input.ndim={len(input_shape)} with shape "
-            f"{input_shape}"
-        )
-    in_sp = input_shape[-n:]
-    k_sp = weight_shape[2:]
-    c_out, c_per_group = weight_shape[:2]
-
-    if not _is_int(groups):
-        raise TypeError(f"groups must be an int, got {groups!r} of type {type(groups).__name__}")
-    groups = operator.index(groups)
-    if groups <= 0:
-        raise ValueError(f"groups must be positive, got groups={groups}")
-    for name, value in (("input", input_shape), ("weight", weight_shape)):
-        if any(s == 0 for s in (value[1:] if name == "input" and batched else value)):
-            raise ValueError(
-                f"{name} has an empty dimension (shape {value}); only the batch dimension may be 0"
-            )
-    if c_in % groups:
-        raise ValueError(
-            f"groups must divide the input channels, but groups={groups} does not divide C_in={c_in}"
-        )
-    if c_out % groups:
-        raise ValueError(
-            f"groups must divide the output channels, but groups={groups} does not "
-            f"divide C_out=weight.shape[0]={c_out}"
-        )
-    if c_per_group * groups != c_in:
-        raise ValueError(
-            f"channel mismatch: input has C_in={c_in} channels but weight.shape[1]"
-            f"={c_per_group} with groups={groups} expects {c_per_group * groups} "
-            f"(input shape {input_shape}, weight shape {weight_shape})"
-        )
-    if bias_shape is not None and tuple(bias_shape) != (c_out,):
-        raise ValueError(f"bias must have shape (C_out,) = ({c_out},), got shape {tuple(bias_shape)}")
-
+    n, batched, batch, c_in, c_out, in_sp, k_sp, groups = _parse_arrays(
+        input_shape, weight_shape, bias_shape, groups, ndim, "conv"
+    )
     stride_t = normalize_tuple(stride, n, "stride", minimum=1)
     dilation_t = normalize_tuple(dilation, n, "dilation", minimum=1)
     pads = normalize_padding(padding, n, in_sp, k_sp, stride_t, dilation_t)
-
-    if not isinstance(padding_mode, str):
-        raise TypeError(f"padding_mode must be a str, got {padding_mode!r}")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(
-            f"padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, got {padding_mode!r}"
-        )
+    _check_padding_mode_name(padding_mode)
     check_padding_mode(padding_mode, in_sp, pads)
 
     out_sp = []
@@ -369,17 +400,157 @@ def make_conv_plan(
     )
 
 
-def check_padding_mode(mode: str, in_sp, pads) -> None:
-    """PyTorch's limits on padding for the non-zero modes."""
+def conv_transpose_output_size(
+    size: int, kernel: int, stride: int, lo: int, hi: int, dilation: int, output_padding: int = 0
+) -> int:
+    """``(size - 1) * stride - lo - hi + dilation * (kernel - 1) + output_padding + 1``."""
+    return (size - 1) * stride - lo - hi + dilation * (kernel - 1) + output_padding + 1
+
+
+def _output_padding_for(in_sp, k_sp, stride_t, pads, dilation_t, output_size) -> tuple[int, ...]:
+    n = len(in_sp)
+    if _is_int(output_size) or not isinstance(output_size, (tuple, list)):
+        raise TypeError(
+            f"output_size must be a tuple of {n} ints (the spatial sizes, optionally "
+            f"preceded by the batch and channel sizes), got {output_size!r}"
+        )
+    if len(output_size) not in (n, n + 1, n + 2):
+        raise ValueError(
+            f"output_size must have {n} entries (one per spatial dimension), or {n + 1} "
+            f"or {n + 2} with the channel and batch sizes in front, got {output_size!r} "
+            f"of length {len(output_size)}"
+        )
+    if not all(_is_int(v) for v in output_size):
+        raise TypeError(f"output_size must contain ints only, got {output_size!r}")
+    want = [operator.index(v) for v in output_size[len(output_size) - n :]]
+    lo_sizes = [
+        conv_transpose_output_size(in_sp[i], k_sp[i], stride_t[i], *pads[i], dilation_t[i]) for i in range(n)
+    ]
+    hi_sizes = [lo_sizes[i] + stride_t[i] - 1 for i in range(n)]
+    if any(not lo_sizes[i] <= want[i] <= hi_sizes[i] for i in range(n)):
+        raise ValueError(
+            f"requested an output size of {want}, but valid sizes range from {lo_sizes} "
+            f"to {hi_sizes} (for an input of {list(in_sp)})"
+        )
+    return tuple(want[i] - lo_sizes[i] for i in range(n))
+
+
+def output_padding_for(
+    input_shape, weight_shape, output_size, stride=1, padding=0, dilation=1
+) -> tuple[int, ...]:
+    """The ``output_padding`` that makes ``conv_transpose`` return ``output_size``.
+
+    ``input_shape`` is the transposed op's input (batched or not) and
+    ``weight_shape`` its weight ``(C_in, C_out/groups, *k)``; ``output_size``
+    gives the spatial sizes (leading batch/channel entries are ignored, as in
+    PyTorch). Valid sizes per dim run from ``(L - 1) * stride - lo - hi +
+    dilation * (k - 1) + 1`` to that plus ``stride - 1``; anything else
+    raises ``ValueError`` stating the range.
+
+    Shape
+    -----
+    Returns one int per spatial dim.
+    """
+    weight_shape = tuple(int(s) for s in weight_shape)
+    n = len(weight_shape) - 2
+    if n not in (1, 2, 3):
+        raise ValueError(f"weight must have 3, 4 or 5 dimensions, got shape {weight_shape}")
+    in_sp = tuple(int(s) for s in input_shape)[-n:]
+    k_sp = weight_shape[2:]
+    stride_t = normalize_tuple(stride, n, "stride", minimum=1)
+    dilation_t = normalize_tuple(dilation, n, "dilation", minimum=1)
+    pads = normalize_padding(padding, n, in_sp, k_sp, stride_t, dilation_t, transposed=True)
+    return _output_padding_for(in_sp, k_sp, stride_t, pads, dilation_t, output_size)
+
+
+def make_conv_transpose_plan(
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...] | None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    *,
+    output_size=None,
+    padding_mode: str = "zeros",
+    dtype=np.float64,
+    ndim: int | None = None,
+) -> ConvPlan:
+    """Validate transposed-convolution arguments and return the :class:`ConvPlan`.
+
+    The argument order is PyTorch's ``conv_transpose{1,2,3}d``; ``output_size``
+    (spatial sizes, or the full shape) replaces ``output_padding``.
+    """
+    n, batched, batch, c_in, c_out, in_sp, k_sp, groups = _parse_arrays(
+        input_shape, weight_shape, bias_shape, groups, ndim, "conv_transpose"
+    )
+    stride_t = normalize_tuple(stride, n, "stride", minimum=1)
+    dilation_t = normalize_tuple(dilation, n, "dilation", minimum=1)
+    pads = normalize_padding(padding, n, in_sp, k_sp, stride_t, dilation_t, transposed=True)
+    opad = normalize_tuple(output_padding, n, "output_padding", minimum=0)
+    if output_size is not None:
+        if any(opad):
+            raise ValueError(
+                f"give output_padding or output_size, not both (got output_padding="
+                f"{output_padding!r} and output_size={output_size!r})"
+            )
+        opad = _output_padding_for(in_sp, k_sp, stride_t, pads, dilation_t, output_size)
+    for i in range(n):
+        if opad[i] >= stride_t[i] and opad[i] >= dilation_t[i]:
+            raise ValueError(
+                f"output_padding must be smaller than either stride or dilation, but "
+                f"output_padding={output_padding!r} has {opad[i]} in spatial dim {i} "
+                f"where stride={stride_t[i]} and dilation={dilation_t[i]}"
+            )
+    _check_padding_mode_name(padding_mode)
+    out_sp = [
+        conv_transpose_output_size(in_sp[i], k_sp[i], stride_t[i], *pads[i], dilation_t[i], opad[i])
+        for i in range(n)
+    ]
+    for i in range(n):
+        if out_sp[i] < 1:
+            raise ValueError(
+                f"padding too large: the output of spatial dim {i} would have size {out_sp[i]} "
+                f"((L - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1 with "
+                f"L={in_sp[i]}, stride={stride_t[i]}, padding={pads[i]}, dilation="
+                f"{dilation_t[i]}, k={k_sp[i]}, output_padding={opad[i]})"
+            )
+    # the adjoint of conv with this mode pads the *output* of the transposed op
+    check_padding_mode(padding_mode, out_sp, pads, what="output of the transposed convolution")
+    return ConvPlan(
+        op="conv_transpose",
+        ndim=n,
+        batched=batched,
+        batch=batch,
+        c_in=c_in,
+        c_out=c_out,
+        groups=groups,
+        in_size=_canon(in_sp, n, 1),
+        kernel=_canon(k_sp, n, 1),
+        out_size=_canon(out_sp, n, 1),
+        stride=_canon(stride_t, n, 1),
+        dilation=_canon(dilation_t, n, 1),
+        padding=_canon(pads, n, (0, 0)),
+        padding_mode=padding_mode,
+        dtype=np.dtype(dtype),
+        has_bias=bias_shape is not None,
+        output_padding=_canon(opad, n, 0),
+    )
+
+
+def check_padding_mode(mode: str, in_sp, pads, what: str = "input") -> None:
+    """PyTorch's limits on padding for the non-zero modes (``in_sp``: the padded array)."""
     for i, (size, (lo, hi)) in enumerate(zip(in_sp, pads)):
         if mode == "reflect" and max(lo, hi) >= size:
             raise ValueError(
-                f"padding_mode='reflect' needs padding smaller than the input size, "
+                f"padding_mode='reflect' needs padding smaller than the {what} size, "
                 f"but spatial dim {i} has size {size} and padding ({lo}, {hi})"
             )
         if mode == "circular" and max(lo, hi) > size:
             raise ValueError(
-                f"padding_mode='circular' needs padding no larger than the input "
+                f"padding_mode='circular' needs padding no larger than the {what} "
                 f"size, but spatial dim {i} has size {size} and padding ({lo}, {hi})"
             )
 
@@ -396,6 +567,39 @@ def conv_output_shape(
     weight_shape[0]`` channels.
     """
     plan = make_conv_plan(input_shape, weight_shape, None, stride, padding, dilation, groups)
+    return plan.output_shape
+
+
+def conv_transpose_output_shape(
+    input_shape,
+    weight_shape,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    *,
+    output_size=None,
+) -> tuple[int, ...]:
+    """Shape of ``conv_transpose(input, weight, ...)`` for arrays of these shapes.
+
+    Shape
+    -----
+    Per spatial dim: ``(L - 1) * stride - lo - hi + dilation * (k - 1) +
+    output_padding + 1``. The result keeps the input's batched/unbatched form,
+    with ``C_out = weight_shape[1] * groups`` channels.
+    """
+    plan = make_conv_transpose_plan(
+        input_shape,
+        weight_shape,
+        None,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size=output_size,
+    )
     return plan.output_shape
 
 
@@ -425,3 +629,17 @@ def tap_table(out: int, kernel: int, stride: int, dilation: int, lo: int, size: 
     period = 2 * (size - 1)
     q = np.mod(p, period)
     return np.where(q >= size, period - q, q)
+
+
+def gather_table(out: int, kernel: int, stride: int, dilation: int, lo: int, size: int):
+    """Input index that output ``o`` of the transposed op gathers at tap ``k``.
+
+    The inverse of ``tap_table(size, kernel, stride, dilation, lo, out,
+    "zeros")``: entry ``[o, k]`` is the input ``i`` with ``i * stride + k *
+    dilation - lo == o``, or -1 when there is none (not divisible, or outside
+    ``[0, size)``). Shape ``(out, kernel)``, dtype int64.
+    """
+    p = np.arange(out, dtype=np.int64)[:, None] + lo - np.arange(kernel, dtype=np.int64)[None, :] * dilation
+    i = p // stride
+    ok = (p >= 0) & (p - i * stride == 0) & (i < size)
+    return np.where(ok, i, -1)

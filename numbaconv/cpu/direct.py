@@ -366,7 +366,7 @@ def _dot1x4(x0, w0, w1, w2, w3, n, z):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, z):
+def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, ps, z):
     # xc: channels-last input viewed as (N, D, H, W*C); wc: (O, KD, KH, KW*Cg);
     # z: a zero of the output dtype (a literal 0 would promote float32 to float64)
     N = xc.shape[0]
@@ -393,57 +393,39 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, z):
         i2 = min(o0 + 2, ol)
         i3 = min(o0 + 3, ol)
         cb = g * Cg
-        for ow0 in range(0, OW, 2):
-            ow1 = min(ow0 + 1, OW - 1)
-            a00 = a01 = a02 = a03 = z
-            a10 = a11 = a12 = a13 = z
-            for kd in range(KD):
-                idd = td[od, kd]
-                if idd < 0:
-                    continue
-                for kh in range(KH):
-                    ih = th[oh, kh]
-                    if ih < 0:
+        # pixel pairs (ow0, ow0 + ps): ps = 1 for conv; the transposed op's
+        # gather passes its stride so both pixels have the same valid taps
+        for ph in range(ps):
+            for ow0 in range(ph, OW, 2 * ps):
+                ow1 = ow0 + ps if ow0 + ps < OW else ow0
+                a00 = a01 = a02 = a03 = z
+                a10 = a11 = a12 = a13 = z
+                for kd in range(KD):
+                    idd = td[od, kd]
+                    if idd < 0:
                         continue
-                    xr = xc[n, idd, ih]
-                    w0 = wc[o0, kd, kh]
-                    w1 = wc[i1, kd, kh]
-                    w2 = wc[i2, kd, kh]
-                    w3 = wc[i3, kd, kh]
-                    s0 = tw[ow0, 0]
-                    s1 = tw[ow1, 0]
-                    if (
-                        contig
-                        and s0 >= 0
-                        and s1 >= 0
-                        and tw[ow0, KW - 1] == s0 + KW - 1
-                        and tw[ow1, KW - 1] == s1 + KW - 1
-                    ):
-                        # taps contiguous in W and one group: one run of KW*C
-                        p = _dot2x4(
-                            xr[s0 * C : s0 * C + KWC], xr[s1 * C : s1 * C + KWC], w0, w1, w2, w3, KWC, z
-                        )
-                        a00 += p[0]
-                        a01 += p[1]
-                        a02 += p[2]
-                        a03 += p[3]
-                        a10 += p[4]
-                        a11 += p[5]
-                        a12 += p[6]
-                        a13 += p[7]
-                        continue
-                    for kw in range(KW):
-                        iw0 = tw[ow0, kw]
-                        iw1 = tw[ow1, kw]
-                        wo = kw * Cg
-                        v0 = w0[wo : wo + Cg]
-                        v1 = w1[wo : wo + Cg]
-                        v2 = w2[wo : wo + Cg]
-                        v3 = w3[wo : wo + Cg]
-                        if iw0 >= 0 and iw1 >= 0:
-                            r0 = xr[iw0 * C + cb : iw0 * C + cb + Cg]
-                            r1 = xr[iw1 * C + cb : iw1 * C + cb + Cg]
-                            p = _dot2x4(r0, r1, v0, v1, v2, v3, Cg, z)
+                    for kh in range(KH):
+                        ih = th[oh, kh]
+                        if ih < 0:
+                            continue
+                        xr = xc[n, idd, ih]
+                        w0 = wc[o0, kd, kh]
+                        w1 = wc[i1, kd, kh]
+                        w2 = wc[i2, kd, kh]
+                        w3 = wc[i3, kd, kh]
+                        s0 = tw[ow0, 0]
+                        s1 = tw[ow1, 0]
+                        if (
+                            contig
+                            and s0 >= 0
+                            and s1 >= 0
+                            and tw[ow0, KW - 1] == s0 + KW - 1
+                            and tw[ow1, KW - 1] == s1 + KW - 1
+                        ):
+                            # taps contiguous in W and one group: one run of KW*C
+                            p = _dot2x4(
+                                xr[s0 * C : s0 * C + KWC], xr[s1 * C : s1 * C + KWC], w0, w1, w2, w3, KWC, z
+                            )
                             a00 += p[0]
                             a01 += p[1]
                             a02 += p[2]
@@ -452,30 +434,51 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, z):
                             a11 += p[5]
                             a12 += p[6]
                             a13 += p[7]
-                        elif iw0 >= 0:
-                            r0 = xr[iw0 * C + cb : iw0 * C + cb + Cg]
-                            q = _dot1x4(r0, v0, v1, v2, v3, Cg, z)
-                            a00 += q[0]
-                            a01 += q[1]
-                            a02 += q[2]
-                            a03 += q[3]
-                        elif iw1 >= 0:
-                            r1 = xr[iw1 * C + cb : iw1 * C + cb + Cg]
-                            q = _dot1x4(r1, v0, v1, v2, v3, Cg, z)
-                            a10 += q[0]
-                            a11 += q[1]
-                            a12 += q[2]
-                            a13 += q[3]
-            # clamped duplicates (i1..i3 == ol, ow1 == ow0) hold identical values
-            out[n, i3, od, oh, ow0] = a03 + bias[i3]
-            out[n, i2, od, oh, ow0] = a02 + bias[i2]
-            out[n, i1, od, oh, ow0] = a01 + bias[i1]
-            out[n, o0, od, oh, ow0] = a00 + bias[o0]
-            if ow1 != ow0:
-                out[n, i3, od, oh, ow1] = a13 + bias[i3]
-                out[n, i2, od, oh, ow1] = a12 + bias[i2]
-                out[n, i1, od, oh, ow1] = a11 + bias[i1]
-                out[n, o0, od, oh, ow1] = a10 + bias[o0]
+                            continue
+                        for kw in range(KW):
+                            iw0 = tw[ow0, kw]
+                            iw1 = tw[ow1, kw]
+                            wo = kw * Cg
+                            v0 = w0[wo : wo + Cg]
+                            v1 = w1[wo : wo + Cg]
+                            v2 = w2[wo : wo + Cg]
+                            v3 = w3[wo : wo + Cg]
+                            if iw0 >= 0 and iw1 >= 0:
+                                r0 = xr[iw0 * C + cb : iw0 * C + cb + Cg]
+                                r1 = xr[iw1 * C + cb : iw1 * C + cb + Cg]
+                                p = _dot2x4(r0, r1, v0, v1, v2, v3, Cg, z)
+                                a00 += p[0]
+                                a01 += p[1]
+                                a02 += p[2]
+                                a03 += p[3]
+                                a10 += p[4]
+                                a11 += p[5]
+                                a12 += p[6]
+                                a13 += p[7]
+                            elif iw0 >= 0:
+                                r0 = xr[iw0 * C + cb : iw0 * C + cb + Cg]
+                                q = _dot1x4(r0, v0, v1, v2, v3, Cg, z)
+                                a00 += q[0]
+                                a01 += q[1]
+                                a02 += q[2]
+                                a03 += q[3]
+                            elif iw1 >= 0:
+                                r1 = xr[iw1 * C + cb : iw1 * C + cb + Cg]
+                                q = _dot1x4(r1, v0, v1, v2, v3, Cg, z)
+                                a10 += q[0]
+                                a11 += q[1]
+                                a12 += q[2]
+                                a13 += q[3]
+                # clamped duplicates (i1..i3 == ol, ow1 == ow0) hold identical values
+                out[n, i3, od, oh, ow0] = a03 + bias[i3]
+                out[n, i2, od, oh, ow0] = a02 + bias[i2]
+                out[n, i1, od, oh, ow0] = a01 + bias[i1]
+                out[n, o0, od, oh, ow0] = a00 + bias[o0]
+                if ow1 != ow0:
+                    out[n, i3, od, oh, ow1] = a13 + bias[i3]
+                    out[n, i2, od, oh, ow1] = a12 + bias[i2]
+                    out[n, i1, od, oh, ow1] = a11 + bias[i1]
+                    out[n, o0, od, oh, ow1] = a10 + bias[o0]
 
 
 @njit(parallel=True, cache=True)
@@ -512,20 +515,61 @@ def _tables(plan):
 def uses_channels_last(plan) -> bool:
     """Whether :func:`run` takes the channels-last kernel for this plan."""
     cg = plan.c_in // plan.groups
-    per_sample = plan.c_in * plan.in_size[0] * plan.in_size[1] * plan.in_size[2]
-    return (
-        cg >= config.direct_channels_last_min and per_sample * plan.dtype.itemsize <= config.workspace_bytes
-    )
+    return cg >= config.direct_channels_last_min and channels_last_fits(plan)
+
+
+def channels_last_fits(plan) -> bool:
+    """Whether the channels-last copy of one sample fits ``config.workspace_bytes``."""
+    return _sample_bytes(plan) <= config.workspace_bytes
+
+
+def _sample_bytes(plan) -> int:
+    return plan.c_in * plan.in_size[0] * plan.in_size[1] * plan.in_size[2] * plan.dtype.itemsize
+
+
+def channels_last_workspace(plan) -> int:
+    """Bytes of the channels-last input copy (one chunk of samples within the budget)."""
+    per_sample = _sample_bytes(plan)
+    return max(1, min(plan.batch, config.workspace_bytes // per_sample)) * per_sample
 
 
 def workspace_bytes(plan) -> int:
     """Extra memory :func:`run` allocates for this plan (the channels-last copy)."""
-    if not uses_channels_last(plan):
-        return 0
-    per_sample = plan.c_in * plan.in_size[0] * plan.in_size[1] * plan.in_size[2]
-    per_sample *= plan.dtype.itemsize
-    chunk = max(1, min(plan.batch, config.workspace_bytes // per_sample))
-    return chunk * per_sample
+    return channels_last_workspace(plan) if uses_channels_last(plan) else 0
+
+
+def run_channels_last(x5, wc, bias, out5, tables, contig, ps):
+    """Run ``_cl_kernel`` over the batch in chunks within ``config.workspace_bytes``.
+
+    ``wc`` is the weight as ``(C_out, KD, KH, KW * C_in/groups)`` (channels
+    innermost), ``tables`` the (D, H, W) tap tables of output position x tap
+    -> input index or -1, ``contig`` whether the W taps of a position are
+    contiguous in the input (one group, dilation 1), ``ps`` the distance of
+    the two pixels of a register tile.
+    """
+    n, c, d, h, w = x5.shape
+    per_sample = c * d * h * w * x5.dtype.itemsize
+    chunk = max(1, min(n, config.workspace_bytes // per_sample))
+    buf = np.empty((chunk, d, h, w, c), dtype=x5.dtype)
+    td, th, tw = tables
+    for n0 in range(0, n, chunk):
+        m = min(chunk, n - n0)
+        xc = buf[:m]
+        _to_channels_last(x5[n0 : n0 + m], xc)
+        _cl_kernel(
+            xc.reshape(m, d, h, w * c),
+            wc,
+            bias,
+            out5[n0 : n0 + m],
+            td,
+            th,
+            tw,
+            c,
+            contig,
+            ps,
+            x5.dtype.type(0),
+        )
+    return out5
 
 
 def _plane_rows(plan, owb):
@@ -564,31 +608,11 @@ def run(x5, w5, bias, plan, out5):
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
     td, th, tw = _tables(plan)
     if uses_channels_last(plan):
-        n, c = plan.batch, plan.c_in
-        d, h, w = plan.in_size
-        cg = c // plan.groups
+        cg = plan.c_in // plan.groups
         kd, kh, kw = plan.kernel
         wc = np.ascontiguousarray(w5.transpose(0, 2, 3, 4, 1)).reshape(plan.c_out, kd, kh, kw * cg)
         contig = plan.groups == 1 and plan.dilation[2] == 1
-        chunk = workspace_bytes(plan) // (c * d * h * w * plan.dtype.itemsize)
-        buf = np.empty((chunk, d, h, w, c), dtype=plan.dtype)
-        for n0 in range(0, n, chunk):
-            m = min(chunk, n - n0)
-            xc = buf[:m]
-            _to_channels_last(x5[n0 : n0 + m], xc)
-            _cl_kernel(
-                xc.reshape(m, d, h, w * c),
-                wc,
-                bias,
-                out5[n0 : n0 + m],
-                td,
-                th,
-                tw,
-                c,
-                contig,
-                plan.dtype.type(0),
-            )
-        return out5
+        return run_channels_last(x5, wc, bias, out5, (td, th, tw), contig, 1)
     og = plan.c_out // plan.groups
     ob = min(og, _ROW_OB)
     base = plan.batch * plan.groups * (-(-og // ob)) * plan.out_size[0]
