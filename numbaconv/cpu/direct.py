@@ -332,36 +332,44 @@ def _dw3x3_edge(x, w, s, n, c, o, idd, oh, ow, th, tw):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _dot2x4(x0, x1, w0, w1, w2, w3, n, z):
+def _dot2x4(xc, n, d, h, s0, s1, wc, o0, o1, o2, o3, kd, kh, wo, cnt, z):
+    # sum_c xc[n, d, h, s + c] * wc[o, kd, kh, wo + c] for s in (s0, s1) and the
+    # four o: indices into the full arrays (no views: each view would cost a
+    # reference-count update), unsigned so the loop vectorizes
     a00 = a01 = a02 = a03 = z
     a10 = a11 = a12 = a13 = z
-    for c in range(n):
-        p = x0[c]
-        q = x1[c]
-        u0 = w0[c]
-        u1 = w1[c]
-        u2 = w2[c]
-        u3 = w3[c]
-        a00 += u0 * p
-        a01 += u1 * p
-        a02 += u2 * p
-        a03 += u3 * p
-        a10 += u0 * q
-        a11 += u1 * q
-        a12 += u2 * q
-        a13 += u3 * q
+    u0 = np.uint64(s0)
+    u1 = np.uint64(s1)
+    uw = np.uint64(wo)
+    for c in range(np.uint64(cnt)):
+        p = xc[n, d, h, u0 + c]
+        q = xc[n, d, h, u1 + c]
+        v0 = wc[o0, kd, kh, uw + c]
+        v1 = wc[o1, kd, kh, uw + c]
+        v2 = wc[o2, kd, kh, uw + c]
+        v3 = wc[o3, kd, kh, uw + c]
+        a00 += v0 * p
+        a01 += v1 * p
+        a02 += v2 * p
+        a03 += v3 * p
+        a10 += v0 * q
+        a11 += v1 * q
+        a12 += v2 * q
+        a13 += v3 * q
     return a00, a01, a02, a03, a10, a11, a12, a13
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _dot1x4(x0, w0, w1, w2, w3, n, z):
+def _dot1x4(xc, n, d, h, s0, wc, o0, o1, o2, o3, kd, kh, wo, cnt, z):
     a0 = a1 = a2 = a3 = z
-    for c in range(n):
-        p = x0[c]
-        a0 += w0[c] * p
-        a1 += w1[c] * p
-        a2 += w2[c] * p
-        a3 += w3[c] * p
+    u0 = np.uint64(s0)
+    uw = np.uint64(wo)
+    for c in range(np.uint64(cnt)):
+        p = xc[n, d, h, u0 + c]
+        a0 += wc[o0, kd, kh, uw + c] * p
+        a1 += wc[o1, kd, kh, uw + c] * p
+        a2 += wc[o2, kd, kh, uw + c] * p
+        a3 += wc[o3, kd, kh, uw + c] * p
     return a0, a1, a2, a3
 
 
@@ -408,11 +416,6 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, ps, z):
                         ih = th[oh, kh]
                         if ih < 0:
                             continue
-                        xr = xc[n, idd, ih]
-                        w0 = wc[o0, kd, kh]
-                        w1 = wc[i1, kd, kh]
-                        w2 = wc[i2, kd, kh]
-                        w3 = wc[i3, kd, kh]
                         s0 = tw[ow0, 0]
                         s1 = tw[ow1, 0]
                         if (
@@ -423,9 +426,7 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, ps, z):
                             and tw[ow1, KW - 1] == s1 + KW - 1
                         ):
                             # taps contiguous in W and one group: one run of KW*C
-                            p = _dot2x4(
-                                xr[s0 * C : s0 * C + KWC], xr[s1 * C : s1 * C + KWC], w0, w1, w2, w3, KWC, z
-                            )
+                            p = _dot2x4(xc, n, idd, ih, s0 * C, s1 * C, wc, o0, i1, i2, i3, kd, kh, 0, KWC, z)
                             a00 += p[0]
                             a01 += p[1]
                             a02 += p[2]
@@ -439,14 +440,25 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, ps, z):
                             iw0 = tw[ow0, kw]
                             iw1 = tw[ow1, kw]
                             wo = kw * Cg
-                            v0 = w0[wo : wo + Cg]
-                            v1 = w1[wo : wo + Cg]
-                            v2 = w2[wo : wo + Cg]
-                            v3 = w3[wo : wo + Cg]
                             if iw0 >= 0 and iw1 >= 0:
-                                r0 = xr[iw0 * C + cb : iw0 * C + cb + Cg]
-                                r1 = xr[iw1 * C + cb : iw1 * C + cb + Cg]
-                                p = _dot2x4(r0, r1, v0, v1, v2, v3, Cg, z)
+                                p = _dot2x4(
+                                    xc,
+                                    n,
+                                    idd,
+                                    ih,
+                                    iw0 * C + cb,
+                                    iw1 * C + cb,
+                                    wc,
+                                    o0,
+                                    i1,
+                                    i2,
+                                    i3,
+                                    kd,
+                                    kh,
+                                    wo,
+                                    Cg,
+                                    z,
+                                )
                                 a00 += p[0]
                                 a01 += p[1]
                                 a02 += p[2]
@@ -456,15 +468,17 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, ps, z):
                                 a12 += p[6]
                                 a13 += p[7]
                             elif iw0 >= 0:
-                                r0 = xr[iw0 * C + cb : iw0 * C + cb + Cg]
-                                q = _dot1x4(r0, v0, v1, v2, v3, Cg, z)
+                                q = _dot1x4(
+                                    xc, n, idd, ih, iw0 * C + cb, wc, o0, i1, i2, i3, kd, kh, wo, Cg, z
+                                )
                                 a00 += q[0]
                                 a01 += q[1]
                                 a02 += q[2]
                                 a03 += q[3]
                             elif iw1 >= 0:
-                                r1 = xr[iw1 * C + cb : iw1 * C + cb + Cg]
-                                q = _dot1x4(r1, v0, v1, v2, v3, Cg, z)
+                                q = _dot1x4(
+                                    xc, n, idd, ih, iw1 * C + cb, wc, o0, i1, i2, i3, kd, kh, wo, Cg, z
+                                )
                                 a10 += q[0]
                                 a11 += q[1]
                                 a12 += q[2]
