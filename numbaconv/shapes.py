@@ -545,13 +545,13 @@ def check_padding_mode(mode: str, in_sp, pads, what: str = "input") -> None:
     for i, (size, (lo, hi)) in enumerate(zip(in_sp, pads)):
         if mode == "reflect" and max(lo, hi) >= size:
             raise ValueError(
-                f"padding_mode='reflect' needs padding smaller than the {what} size, "
+                f"padding_mode='reflect' needs padding smaller than the size of the {what}, "
                 f"but spatial dim {i} has size {size} and padding ({lo}, {hi})"
             )
         if mode == "circular" and max(lo, hi) > size:
             raise ValueError(
-                f"padding_mode='circular' needs padding no larger than the {what} "
-                f"size, but spatial dim {i} has size {size} and padding ({lo}, {hi})"
+                f"padding_mode='circular' needs padding no larger than the size of the "
+                f"{what}, but spatial dim {i} has size {size} and padding ({lo}, {hi})"
             )
 
 

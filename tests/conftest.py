@@ -78,3 +78,25 @@ def direct_kernel(request, monkeypatch):
     """Run the direct path's row kernel or its channels-last kernel."""
     monkeypatch.setattr(config, "direct_channels_last_min", 10**9 if request.param == "rows" else 1)
     return request.param
+
+
+def torch_conv_transpose(x, w, bias, stride, pads, dilation, groups, output_padding):
+    """PyTorch's conv_transpose in float64, with (lo, hi) padding by cropping.
+
+    PyTorch takes one symmetric padding per dim, so the unpadded result is
+    computed, extended by zeros for output_padding, and cropped to
+    ``[lo, lo + L_out)``; the bias is added afterwards.
+    """
+    nd = w.ndim - 2
+    tx = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    tw = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float64))
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
+    full = fn(tx, tw, None, stride=tuple(stride), dilation=tuple(dilation), groups=groups).numpy()
+    full = np.pad(full, [(0, 0), (0, 0)] + [(0, op) for op in output_padding])
+    sl = []
+    for i, (lo, hi) in enumerate(pads):
+        sl.append(slice(lo, full.shape[2 + i] - hi))
+    out = full[(slice(None), slice(None)) + tuple(sl)]
+    if bias is not None:
+        out = out + np.asarray(bias, dtype=np.float64).reshape((1, -1) + (1,) * nd)
+    return out

@@ -64,3 +64,53 @@ def conv_reference(x, w, bias=None, stride=None, pads=None, dilation=None, group
     if bias is not None:
         out += np.asarray(bias).astype(wide).reshape((1, O) + (1,) * nd)
     return out
+
+
+def conv_transpose_reference(
+    x, w, bias=None, stride=None, pads=None, dilation=None, groups=1, output_padding=None
+):
+    """Transposed convolution as a literal scatter loop (PyTorch semantics, zeros padding).
+
+    x: (N, C_in, *sp); w: (C_in, C_out/groups, *k); pads: list of (lo, hi).
+    Every input position ``i`` and tap ``k`` adds ``x[:, c, i] * w[c, :, k]``
+    into output position ``i * stride + k * dilation - lo`` when that lies
+    inside the output.
+    """
+    x = np.asarray(x)
+    w = np.asarray(w)
+    nd = w.ndim - 2
+    stride = stride or [1] * nd
+    dilation = dilation or [1] * nd
+    pads = pads or [(0, 0)] * nd
+    output_padding = output_padding or [0] * nd
+    wide = np.complex128 if (np.iscomplexobj(x) or np.iscomplexobj(w)) else np.float64
+    N, C = x.shape[:2]
+    Cg = C // groups
+    Og = w.shape[1]
+    O = Og * groups
+    k = w.shape[2:]
+    in_sp = x.shape[2:]
+    out_sp = [
+        (in_sp[i] - 1) * stride[i]
+        - pads[i][0]
+        - pads[i][1]
+        + dilation[i] * (k[i] - 1)
+        + output_padding[i]
+        + 1
+        for i in range(nd)
+    ]
+    out = np.zeros((N, O, *out_sp), dtype=wide)
+    xw = x.astype(wide)
+    ww = w.astype(wide)
+    for g in range(groups):
+        cs = slice(g * Cg, (g + 1) * Cg)
+        os_ = slice(g * Og, (g + 1) * Og)
+        for pos in itertools.product(*(range(n) for n in in_sp)):
+            for tap in itertools.product(*(range(kk) for kk in k)):
+                p = [pos[i] * stride[i] + tap[i] * dilation[i] - pads[i][0] for i in range(nd)]
+                if all(0 <= p[i] < out_sp[i] for i in range(nd)):
+                    idx = (slice(None), os_) + tuple(p)
+                    out[idx] += xw[(slice(None), cs) + pos] @ ww[(cs, slice(None)) + tap]
+    if bias is not None:
+        out += np.asarray(bias).astype(wide).reshape((1, O) + (1,) * nd)
+    return out

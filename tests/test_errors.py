@@ -156,8 +156,125 @@ CASES = [
     ("empty spatial dim", ValueError, ["input", "empty"], lambda: nc.conv2d(np.zeros((2, 4, 0, 8)), W)),
 ]
 
+Y = np.zeros((2, 4, 3, 3))  # transposed input
+WT = np.zeros((4, 3, 3, 3))  # transposed weight (C_in, C_out/groups, k)
 
-@pytest.mark.parametrize("exc, parts, fn", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+TRANSPOSE_CASES = [
+    (
+        "negative output_padding",
+        ValueError,
+        ["output_padding", "-1"],
+        lambda: nc.conv_transpose2d(Y, WT, stride=2, output_padding=-1),
+    ),
+    (
+        "output_padding too large",
+        ValueError,
+        ["output_padding must be smaller than either stride or dilation", "stride=2", "dilation=1", "2"],
+        lambda: nc.conv_transpose2d(Y, WT, stride=2, output_padding=2),
+    ),
+    (
+        "output_padding with stride 1",
+        ValueError,
+        ["output_padding", r"\(0, 1\)", "stride=1"],
+        lambda: nc.conv_transpose2d(Y, WT, output_padding=(0, 1)),
+    ),
+    (
+        "output_padding float",
+        TypeError,
+        ["output_padding", "0.5"],
+        lambda: nc.conv_transpose2d(Y, WT, stride=2, output_padding=0.5),
+    ),
+    (
+        "output_size too large",
+        ValueError,
+        [r"requested an output size of \[9, 8\]", r"valid sizes range from \[7, 7\] to \[8, 8\]"],
+        lambda: nc.conv_transpose2d(Y, WT, stride=2, output_size=(9, 8)),
+    ),
+    (
+        "output_size too small",
+        ValueError,
+        [r"requested an output size of \[6, 7\]", r"\[7, 7\] to \[8, 8\]"],
+        lambda: nc.conv_transpose2d(Y, WT, stride=2, output_size=(6, 7)),
+    ),
+    (
+        "output_size wrong length",
+        ValueError,
+        ["output_size", "2 entries", r"\(8,\)"],
+        lambda: nc.conv_transpose2d(Y, WT, stride=2, output_size=(8,)),
+    ),
+    (
+        "output_size not a tuple",
+        TypeError,
+        ["output_size", "8"],
+        lambda: nc.conv_transpose2d(Y, WT, stride=2, output_size=8),
+    ),
+    (
+        "output_size and output_padding",
+        ValueError,
+        ["output_padding or output_size, not both"],
+        lambda: nc.conv_transpose2d(Y, WT, stride=2, output_padding=1, output_size=(8, 8)),
+    ),
+    (
+        "transposed channel mismatch",
+        ValueError,
+        ["channel mismatch", "C_in=4", r"weight.shape\[0\]=5"],
+        lambda: nc.conv_transpose2d(Y, np.zeros((5, 3, 3, 3))),
+    ),
+    (
+        "transposed groups not dividing C_in",
+        ValueError,
+        ["groups=3", "C_in=4"],
+        lambda: nc.conv_transpose2d(Y, WT, groups=3),
+    ),
+    (
+        "transposed padding same",
+        ValueError,
+        ["padding='same'", "transposed"],
+        lambda: nc.conv_transpose2d(Y, WT, padding="same"),
+    ),
+    (
+        "transposed padding too large",
+        ValueError,
+        ["padding too large", "size -1"],
+        lambda: nc.conv_transpose2d(Y, WT, padding=3),
+    ),
+    (
+        "transposed reflect padding",
+        ValueError,
+        ["reflect", "smaller than the size of the output of the transposed convolution", r"\(4, 4\)"],
+        lambda: nc.conv_transpose2d(Y, WT, padding=(0, 4), stride=3, padding_mode="reflect"),
+    ),
+    (
+        "transposed bias shape",
+        ValueError,
+        ["bias", r"\(3,\)", r"\(4,\)"],
+        lambda: nc.conv_transpose2d(Y, WT, np.zeros(4)),
+    ),
+    (
+        "transposed unknown method",
+        ValueError,
+        ["unknown method 'direct'", "'scatter'", "'gather'"],
+        lambda: nc.conv_transpose2d(Y, WT, method="direct"),
+    ),
+    (
+        "transposed weight ndim",
+        ValueError,
+        ["weight", "ndim=3", r"\(C_in, C_out/groups, \*kernel\)"],
+        lambda: nc.conv_transpose2d(Y, np.zeros((4, 3, 3))),
+    ),
+    (
+        "transposed integer dtype",
+        TypeError,
+        ["int64", "astype"],
+        lambda: nc.conv_transpose2d(Y.astype(np.int64), WT.astype(np.int64)),
+    ),
+]
+
+
+ALL_CASES = CASES + TRANSPOSE_CASES
+
+
+@pytest.mark.parametrize("exc, parts, fn", [c[1:] for c in ALL_CASES], ids=[c[0] for c in ALL_CASES])
 def test_invalid_argument(exc, parts, fn):
     _raises(exc, *parts, fn=fn)
 
@@ -190,3 +307,15 @@ def test_out_validation_before_any_write():
 
 def test_unsupported_method_error_is_value_error():
     assert issubclass(nc.UnsupportedMethodError, ValueError)
+
+
+def test_transposed_out_validation_before_any_write():
+    assert nc.conv_transpose2d(Y, WT, stride=2).shape == (2, 3, 7, 7)
+    bad = np.full((2, 3, 7, 8), 7.0)
+    _raises(ValueError, "out", "shape", fn=lambda: nc.conv_transpose2d(Y, WT, stride=2, out=bad))
+    assert (bad == 7.0).all()
+    x = np.random.default_rng(0).standard_normal((1, 2, 4))
+    before = x.copy()
+    w = np.ones((2, 1, 1))
+    _raises(ValueError, "out overlaps input", fn=lambda: nc.conv_transpose1d(x, w, out=x[:, :1]))
+    np.testing.assert_array_equal(x, before)

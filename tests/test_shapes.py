@@ -105,3 +105,32 @@ def test_config_override_restores():
     with pytest.raises(ValueError, match="unknown numbaconv.config setting"):
         with config.override(nonsense=1):
             pass
+
+
+@pytest.mark.parametrize("out,k,s,d,lo,size", [(9, 3, 2, 1, 1, 5), (12, 4, 3, 2, 0, 4), (5, 2, 1, 3, 2, 6)])
+def test_gather_table_inverts_the_scatter_table(out, k, s, d, lo, size):
+    from numbaconv.shapes import gather_table, tap_table
+
+    scatter = tap_table(size, k, s, d, lo, out, "zeros")  # input i, tap k -> output or -1
+    gather = gather_table(out, k, s, d, lo, size)  # output o, tap k -> input or -1
+    for o in range(out):
+        for kk in range(k):
+            hits = [i for i in range(size) if scatter[i, kk] == o]
+            assert gather[o, kk] == (hits[0] if hits else -1)
+
+
+def test_transposed_output_size_formula():
+    from numbaconv.shapes import conv_transpose_output_size, make_conv_transpose_plan
+
+    # (L - 1) * s - lo - hi + d * (k - 1) + output_padding + 1
+    assert conv_transpose_output_size(3, 3, 2, 0, 0, 1) == 7
+    assert conv_transpose_output_size(3, 3, 2, 0, 0, 1, 1) == 8
+    assert conv_transpose_output_size(2, 3, 1, 0, 0, 1) == 4
+    assert conv_transpose_output_size(3, 3, 2, 1, 1, 1) == 5
+    assert conv_transpose_output_size(32, 4, 2, 1, 1, 1) == 64  # dcgan
+    plan = make_conv_transpose_plan((8, 64, 64, 64), (64, 32, 2, 2), (32,), stride=2)
+    assert plan.output_shape == (8, 32, 128, 128)
+    assert plan.weight_shape5 == (64, 32, 1, 2, 2)
+    plan = make_conv_transpose_plan((4, 5), (4, 3, 3), None, 2, ((1, 2),), 1, 1, 2)
+    assert plan.out_size == (1, 1, (5 - 1) * 2 - 3 + 2 * 2 + 1 + 1) and plan.output_padding == (0, 0, 1)
+    assert plan.output_shape == (3, 11)
