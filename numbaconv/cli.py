@@ -97,71 +97,92 @@ def _block_time(fn, calls: int = 3) -> float:
     return best
 
 
+_OPS = ("conv", "conv_transpose")
+
+
 def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list[dict]:
-    """Time the conv workloads: numbaconv (method auto) beside PyTorch CPU if installed."""
+    """Time the conv and conv_transpose workloads: every method and ``auto``,
+    each beside PyTorch CPU (if installed) in the same process."""
     import numpy as np
 
-    from . import api
-    from .shapes import make_conv_plan
+    from . import api, dispatch
+    from .shapes import make_conv_plan, make_conv_transpose_plan
     from .workloads import WORKLOADS
 
-    rows = [w for w in WORKLOADS if w[1] == "conv"]
+    rows = [w for w in WORKLOADS if w[1] in _OPS]
     if case:
         rows = [w for w in rows if w[0] == case]
         if not rows:
-            names = ", ".join(w[0] for w in WORKLOADS if w[1] == "conv")
-            raise SystemExit(f"unknown case {case!r}; conv cases are: {names}")
+            names = ", ".join(w[0] for w in WORKLOADS if w[1] in _OPS)
+            raise SystemExit(f"unknown case {case!r}; the cases are: {names}")
     elif quick:
-        rows = [w for w in rows if w[0] in ("resnet_3x3_c64", "depthwise_3x3_c32")]
+        rows = [w for w in rows if w[0] in ("resnet_3x3_c64", "depthwise_3x3_c32", "unet_up_2x2s2")]
     peer = _peer_torch()
     rng = np.random.default_rng(0)
     results = []
-    for name, _op, xs, ws, kw in rows:
+    for name, op, xs, ws, kw in rows:
         x = rng.standard_normal(xs).astype(np.float32)
         w = rng.standard_normal(ws).astype(np.float32)
-        plan = make_conv_plan(xs, ws, None, dtype=np.float32, **kw)
-        t0 = time.perf_counter()
-        y = api.conv(x, w, **kw)
-        first = time.perf_counter() - t0
-        times, ratios = [], []
+        if op == "conv":
+            plan = make_conv_plan(xs, ws, None, dtype=np.float32, **kw)
+            run = api.conv
+        else:
+            plan = make_conv_transpose_plan(xs, ws, None, dtype=np.float32, **kw)
+            run = api.conv_transpose
         tfn = None
         if peer is not None:
             torch, F = peer
-            fn = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[len(ws)]
+            fns = {
+                "conv": (F.conv1d, F.conv2d, F.conv3d),
+                "conv_transpose": (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d),
+            }
+            fn = fns[op][len(ws) - 3]
             tx, tw = torch.from_numpy(x), torch.from_numpy(w)
             tfn = lambda fn=fn, tx=tx, tw=tw, kw=kw: fn(tx, tw, **kw)
             ref = tfn().numpy()
-            err = float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
-        else:
+        auto_choice = dispatch.select(op, plan, "auto").name
+        methods = [m for m in dispatch.method_names(op) if m != "auto"] + ["auto"]
+        for method in methods:
+            call = lambda run=run, x=x, w=w, kw=kw, method=method: run(x, w, method=method, **kw)
+            t0 = time.perf_counter()
+            try:
+                y = call()
+            except dispatch.UnsupportedMethodError:
+                continue
+            first = time.perf_counter() - t0
             err = None
-        # Alternate short blocks A A A, B B B, ... and keep each block's best:
-        # strictly alternating single calls measures the other runtime's
-        # OpenMP threads still spinning and its allocator churn (PyTorch's
-        # depthwise conv measured 10 ms that way vs 2 ms in a block).
-        for _ in range(repeat):
-            t = _block_time(lambda x=x, w=w, kw=kw: api.conv(x, w, **kw))
-            times.append(t)
             if tfn is not None:
-                ratios.append(_block_time(tfn) / t)
-        med = float(np.median(times))
-        results.append(
-            {
-                "case": name,
-                "output_shape": list(y.shape),
-                "method": "direct",
-                "first_call_s": first,
-                "median_s": med,
-                "gflops": plan.flops / med / 1e9,
-                "torch_ratio": float(np.median(ratios)) if ratios else None,
-                "max_rel_err_vs_torch": err,
-            }
-        )
+                err = float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
+            # Alternate short blocks A A A, B B B, ... and keep each block's best:
+            # strictly alternating single calls measures the other runtime's
+            # OpenMP threads still spinning and its allocator churn (PyTorch's
+            # depthwise conv measured 10 ms that way vs 2 ms in a block).
+            times, ratios = [], []
+            for _ in range(repeat):
+                t = _block_time(call)
+                times.append(t)
+                if tfn is not None:
+                    ratios.append(_block_time(tfn) / t)
+            med = float(np.median(times))
+            results.append(
+                {
+                    "case": name,
+                    "op": op,
+                    "output_shape": list(y.shape),
+                    "method": f"auto:{auto_choice}" if method == "auto" else method,
+                    "first_call_s": first,
+                    "median_s": med,
+                    "gflops": plan.flops / med / 1e9,
+                    "torch_ratio": float(np.median(ratios)) if ratios else None,
+                    "max_rel_err_vs_torch": err,
+                }
+            )
     return results
 
 
 def _print_bench(results: list[dict]) -> None:
     head = (
-        f"{'case':22s} {'output shape':>22s} {'method':>7s} {'first s':>8s} "
+        f"{'case':22s} {'output shape':>22s} {'method':>14s} {'first s':>8s} "
         f"{'median ms':>10s} {'GFLOP/s':>8s} {'torch/nc':>9s}"
     )
     print(head)
@@ -169,7 +190,7 @@ def _print_bench(results: list[dict]) -> None:
     for r in results:
         ratio = "n/a" if r["torch_ratio"] is None else f"{r['torch_ratio']:.2f}"
         print(
-            f"{r['case']:22s} {str(tuple(r['output_shape'])):>22s} {r['method']:>7s} "
+            f"{r['case']:22s} {str(tuple(r['output_shape'])):>22s} {r['method']:>14s} "
             f"{r['first_call_s']:8.2f} {r['median_s'] * 1e3:10.2f} {r['gflops']:8.1f} {ratio:>9s}"
         )
     print("torch/nc: PyTorch CPU time / numbaconv time (> 1 means numbaconv is faster)")
@@ -180,8 +201,10 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="versions, CPU, threads, CUDA status, cache directory")
     p_info.add_argument("--json", action="store_true")
-    p_bench = sub.add_parser("bench", help="time numbaconv on the built-in conv workloads")
-    p_bench.add_argument("--quick", action="store_true", help="two small cases only")
+    p_bench = sub.add_parser(
+        "bench", help="time every method on the built-in conv/conv_transpose workloads beside PyTorch"
+    )
+    p_bench.add_argument("--quick", action="store_true", help="three small cases only")
     p_bench.add_argument("--case", help="one workload by name")
     p_bench.add_argument("--repeat", type=int, default=5)
     p_bench.add_argument("--json", action="store_true")

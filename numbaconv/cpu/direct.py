@@ -332,8 +332,8 @@ def _dw3x3_edge(x, w, s, n, c, o, idd, oh, ow, th, tw):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _dot2x4(xc, n, d, h, s0, s1, wc, o0, o1, o2, o3, kd, kh, wo, cnt, z):
-    # sum_c xc[n, d, h, s + c] * wc[o, kd, kh, wo + c] for s in (s0, s1) and the
+def _dot2x4(xc, n, d, h, s0, s1, wc, ph, o0, o1, o2, o3, kd, kh, wo, cnt, z):
+    # sum_c xc[n, d, h, s + c] * wc[ph, o, kd, kh, wo + c] for s in (s0, s1) and the
     # four o: indices into the full arrays (no views: each view would cost a
     # reference-count update), unsigned so the loop vectorizes
     a00 = a01 = a02 = a03 = z
@@ -344,10 +344,10 @@ def _dot2x4(xc, n, d, h, s0, s1, wc, o0, o1, o2, o3, kd, kh, wo, cnt, z):
     for c in range(np.uint64(cnt)):
         p = xc[n, d, h, u0 + c]
         q = xc[n, d, h, u1 + c]
-        v0 = wc[o0, kd, kh, uw + c]
-        v1 = wc[o1, kd, kh, uw + c]
-        v2 = wc[o2, kd, kh, uw + c]
-        v3 = wc[o3, kd, kh, uw + c]
+        v0 = wc[ph, o0, kd, kh, uw + c]
+        v1 = wc[ph, o1, kd, kh, uw + c]
+        v2 = wc[ph, o2, kd, kh, uw + c]
+        v3 = wc[ph, o3, kd, kh, uw + c]
         a00 += v0 * p
         a01 += v1 * p
         a02 += v2 * p
@@ -360,25 +360,29 @@ def _dot2x4(xc, n, d, h, s0, s1, wc, o0, o1, o2, o3, kd, kh, wo, cnt, z):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _dot1x4(xc, n, d, h, s0, wc, o0, o1, o2, o3, kd, kh, wo, cnt, z):
+def _dot1x4(xc, n, d, h, s0, wc, ph, o0, o1, o2, o3, kd, kh, wo, cnt, z):
     a0 = a1 = a2 = a3 = z
     u0 = np.uint64(s0)
     uw = np.uint64(wo)
     for c in range(np.uint64(cnt)):
         p = xc[n, d, h, u0 + c]
-        a0 += wc[o0, kd, kh, uw + c] * p
-        a1 += wc[o1, kd, kh, uw + c] * p
-        a2 += wc[o2, kd, kh, uw + c] * p
-        a3 += wc[o3, kd, kh, uw + c] * p
+        a0 += wc[ph, o0, kd, kh, uw + c] * p
+        a1 += wc[ph, o1, kd, kh, uw + c] * p
+        a2 += wc[ph, o2, kd, kh, uw + c] * p
+        a3 += wc[ph, o3, kd, kh, uw + c] * p
     return a0, a1, a2, a3
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, ps, z):
-    # xc: channels-last input viewed as (N, D, H, W*C); wc: (O, KD, KH, KW*Cg);
-    # z: a zero of the output dtype (a literal 0 would promote float32 to float64)
+def _cl_kernel(xc, wt, wr, bias, out, td, th, tw, rok, rst, rph, C, ps, z):
+    # xc: channels-last input viewed as (N, D, H, W*C); wt: (1, O, KD, KH, KW*Cg)
+    # the weight per tap; wr: (P, O, KD, KH, R) the weight of a whole run of
+    # R contiguous input elements for output positions with rok[ow] (run
+    # starts at element rst[ow], weight phase rph[ow]); z: a zero of the output
+    # dtype (a literal 0 would promote float32 to float64)
     N = xc.shape[0]
-    O, KD, KH, KWC = wc.shape
+    O, KD, KH, KWC = wt.shape[1], wt.shape[2], wt.shape[3], wt.shape[4]
+    R = wr.shape[4]
     OD, OH, OW = out.shape[2], out.shape[3], out.shape[4]
     KW = tw.shape[1]
     Cg = KWC // KW
@@ -416,17 +420,28 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, ps, z):
                         ih = th[oh, kh]
                         if ih < 0:
                             continue
-                        s0 = tw[ow0, 0]
-                        s1 = tw[ow1, 0]
-                        if (
-                            contig
-                            and s0 >= 0
-                            and s1 >= 0
-                            and tw[ow0, KW - 1] == s0 + KW - 1
-                            and tw[ow1, KW - 1] == s1 + KW - 1
-                        ):
-                            # taps contiguous in W and one group: one run of KW*C
-                            p = _dot2x4(xc, n, idd, ih, s0 * C, s1 * C, wc, o0, i1, i2, i3, kd, kh, 0, KWC, z)
+                        if rok[ow0] and rok[ow1]:
+                            # both positions read one contiguous run (all taps in W,
+                            # one group): a single long dot product per row
+                            p = _dot2x4(
+                                xc,
+                                n,
+                                idd,
+                                ih,
+                                rst[ow0],
+                                rst[ow1],
+                                wr,
+                                rph[ow0],
+                                o0,
+                                i1,
+                                i2,
+                                i3,
+                                kd,
+                                kh,
+                                0,
+                                R,
+                                z,
+                            )
                             a00 += p[0]
                             a01 += p[1]
                             a02 += p[2]
@@ -448,7 +463,8 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, ps, z):
                                     ih,
                                     iw0 * C + cb,
                                     iw1 * C + cb,
-                                    wc,
+                                    wt,
+                                    0,
                                     o0,
                                     i1,
                                     i2,
@@ -469,7 +485,7 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, ps, z):
                                 a13 += p[7]
                             elif iw0 >= 0:
                                 q = _dot1x4(
-                                    xc, n, idd, ih, iw0 * C + cb, wc, o0, i1, i2, i3, kd, kh, wo, Cg, z
+                                    xc, n, idd, ih, iw0 * C + cb, wt, 0, o0, i1, i2, i3, kd, kh, wo, Cg, z
                                 )
                                 a00 += q[0]
                                 a01 += q[1]
@@ -477,7 +493,7 @@ def _cl_kernel(xc, wc, bias, out, td, th, tw, C, contig, ps, z):
                                 a03 += q[3]
                             elif iw1 >= 0:
                                 q = _dot1x4(
-                                    xc, n, idd, ih, iw1 * C + cb, wc, o0, i1, i2, i3, kd, kh, wo, Cg, z
+                                    xc, n, idd, ih, iw1 * C + cb, wt, 0, o0, i1, i2, i3, kd, kh, wo, Cg, z
                                 )
                                 a10 += q[0]
                                 a11 += q[1]
@@ -552,38 +568,59 @@ def workspace_bytes(plan) -> int:
     return channels_last_workspace(plan) if uses_channels_last(plan) else 0
 
 
-def run_channels_last(x5, wc, bias, out5, tables, contig, ps):
+def run_channels_last(x5, wt, bias, out5, tables, runs, ps):
     """Run ``_cl_kernel`` over the batch in chunks within ``config.workspace_bytes``.
 
-    ``wc`` is the weight as ``(C_out, KD, KH, KW * C_in/groups)`` (channels
+    ``wt`` is the weight as ``(C_out, KD, KH, KW * C_in/groups)`` (channels
     innermost), ``tables`` the (D, H, W) tap tables of output position x tap
-    -> input index or -1, ``contig`` whether the W taps of a position are
-    contiguous in the input (one group, dilation 1), ``ps`` the distance of
-    the two pixels of a register tile.
+    -> input index or -1, ``runs`` None or ``(wr, rok, rst, rph)``: the output
+    positions ``rok`` whose W taps read one contiguous run of the channels-last
+    row starting at element ``rst``, with weight ``wr[rph]`` laid out along the
+    run. ``ps`` is the distance of the two pixels of a register tile.
     """
     n, c, d, h, w = x5.shape
     per_sample = c * d * h * w * x5.dtype.itemsize
     chunk = max(1, min(n, config.workspace_bytes // per_sample))
     buf = np.empty((chunk, d, h, w, c), dtype=x5.dtype)
     td, th, tw = tables
+    wt5 = wt[None]
+    if runs is None:
+        ow = out5.shape[4]
+        runs = (wt5, np.zeros(ow, np.bool_), np.zeros(ow, np.int64), np.zeros(ow, np.int64))
+    wr, rok, rst, rph = runs
     for n0 in range(0, n, chunk):
         m = min(chunk, n - n0)
         xc = buf[:m]
         _to_channels_last(x5[n0 : n0 + m], xc)
         _cl_kernel(
             xc.reshape(m, d, h, w * c),
-            wc,
+            wt5,
+            wr,
             bias,
             out5[n0 : n0 + m],
             td,
             th,
             tw,
+            rok,
+            rst,
+            rph,
             c,
-            contig,
             ps,
             x5.dtype.type(0),
         )
     return out5
+
+
+def conv_runs(plan, wt, tw):
+    """``runs`` for :func:`run_channels_last` for conv: the whole ``KW * C`` run
+    where the W taps of a position are contiguous (one group, dilation 1)."""
+    ow = tw.shape[0]
+    kw = tw.shape[1]
+    if plan.groups != 1 or plan.dilation[2] != 1:
+        return None
+    rok = (tw[:, 0] >= 0) & (tw[:, kw - 1] == tw[:, 0] + kw - 1)
+    rst = np.where(rok, tw[:, 0] * plan.c_in, 0).astype(np.int64)
+    return wt[None], rok, rst, np.zeros(ow, np.int64)
 
 
 def _plane_rows(plan, owb):
@@ -625,8 +662,7 @@ def run(x5, w5, bias, plan, out5):
         cg = plan.c_in // plan.groups
         kd, kh, kw = plan.kernel
         wc = np.ascontiguousarray(w5.transpose(0, 2, 3, 4, 1)).reshape(plan.c_out, kd, kh, kw * cg)
-        contig = plan.groups == 1 and plan.dilation[2] == 1
-        return run_channels_last(x5, wc, bias, out5, (td, th, tw), contig, 1)
+        return run_channels_last(x5, wc, bias, out5, (td, th, tw), conv_runs(plan, wc, tw), 1)
     og = plan.c_out // plan.groups
     ob = min(og, _ROW_OB)
     base = plan.batch * plan.groups * (-(-og // ob)) * plan.out_size[0]

@@ -211,6 +211,43 @@ def run_gather(x5, w5, bias, plan, out5):
             gather_table(size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], plan.in_size[i])
             for i in range(3)
         )
-        direct.run_channels_last(x, wc, b, target, tables, False, plan.stride[2])
+        runs = _gather_runs(plan, w5, lo[2], size[2])
+        direct.run_channels_last(x, wc, b, target, tables, runs, plan.stride[2])
 
     return _with_fold(plan, x5, bias, out5, body)
+
+
+def _gather_runs(plan, w5, lo: int, size: int):
+    """Contiguous runs for the gather (one group, dilation 1 in W).
+
+    Output ``ow`` of phase ``r = (ow + lo) % s`` gathers taps ``kw = r, r + s,
+    ...`` from inputs ``iw0, iw0 - 1, ...``: adjacent, so in the channels-last
+    row they form one run of ``J * C`` elements, read against the phase's
+    weight laid out in run order (taps reversed). Only phases with the full
+    ``J = ceil(KW / s)`` taps and runs inside the input use it.
+    """
+    if plan.groups != 1 or plan.dilation[2] != 1:
+        return None
+    s = plan.stride[2]
+    kw = plan.kernel[2]
+    width = plan.in_size[2]
+    c = plan.c_in
+    j = -(-kw // s)
+    ow = np.arange(size, dtype=np.int64)
+    r = (ow + lo) % s
+    taps = -(-(kw - r) // s)  # number of kw < KW with kw % s == r
+    first = (ow + lo - r) // s  # input of tap r; tap r + m*s reads first - m
+    last = first - (j - 1)
+    rok = (taps == j) & (last >= 0) & (first < width)
+    rst = np.where(rok, last * c, 0).astype(np.int64)
+    # wr[r, o, kd, kh, m*C + c] = w[c, o, kd, kh, r + (J-1-m)*s] for full phases
+    wconv = w5.transpose(1, 0, 2, 3, 4)  # (O, C, KD, KH, KW), one group
+    o, _, kd, kh, _ = wconv.shape
+    wr = np.zeros((s, o, kd, kh, j * c), dtype=w5.dtype)
+    for ph in range(min(s, kw)):
+        if -(-(kw - ph) // s) != j:
+            continue
+        for m in range(j):
+            tap = ph + (j - 1 - m) * s
+            wr[ph, :, :, :, m * c : (m + 1) * c] = wconv[:, :, :, :, tap].transpose(0, 2, 3, 1)
+    return wr, rok, rst, r
