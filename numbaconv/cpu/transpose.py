@@ -5,10 +5,12 @@ Both take the canonical 5-D form: input ``(N, C_in, D, H, W)``, weight
 
 * **scatter** (``_scatter_kernel``): every input element adds ``x * w`` into
   the outputs it touches, output position ``i * stride + k * dilation - lo``.
-  Each prange task owns one sample and a block of output channels and walks
-  all the inputs of its group, so no two tasks write the same element (no
-  atomics) and the order of the additions is fixed: results are bitwise
-  identical from run to run.
+  Each prange task owns one output row (sample, block of 8 output channels,
+  od, oh): it finds the input rows that reach it through the gather tables of
+  D and H, and every element of those rows scatters into the row along W,
+  held channels-last (the 8 channels adjacent) in a private accumulator. No
+  two tasks write the same element (no atomics) and the order of the
+  additions is fixed: results are bitwise identical from run to run.
 * **gather**: every output element sums the inputs that reach it, i.e. the
   "zero-inserted input, stride-1 conv" view done by index arithmetic (a gather
   table of output position x tap -> input index or -1, no zero-inserted copy).
@@ -26,7 +28,6 @@ The extended buffer is chunked over the batch within ``config.workspace_bytes``.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -37,58 +38,75 @@ from . import direct
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH.
 _FASTMATH = {"reassoc", "contract"}
-_SCATTER_OB = 8  # output channels per scatter task (at most)
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _scatter_kernel(x, w, bias, out, td, th, sw, dw, lo_w, ob):
-    # td, th: (input index, tap) -> output index or -1; W by arithmetic.
+def _scatter_kernel(x, w8, bias, out, gd, gh, sw, dw, lo_w):
+    # One task: sample n, group g, a block of 8 output channels, one output row
+    # (od, oh). The inputs reaching that row are found through the gather
+    # tables gd/gh (D, H); along W every input element of those rows scatters
+    # x * w into the row, held channels-last in a small accumulator acc[ow, j]
+    # so the 8 channels are one vector. w8: (G, nob, Cg, KD, KH, KW, 8), zero
+    # past the group's last channel.
     N, C, D, H, W = x.shape
-    Og, KD, KH, KW = w.shape[1], w.shape[2], w.shape[3], w.shape[4]
+    G, nob, Cg, KD, KH, KW = w8.shape[0], w8.shape[1], w8.shape[2], w8.shape[3], w8.shape[4], w8.shape[5]
     O = out.shape[1]
-    OW = out.shape[4]
-    G = O // Og
-    Cg = C // G
-    nob = (Og + ob - 1) // ob
-    for t in prange(N * G * nob):
-        b = t % nob
-        r1 = t // nob
-        g = r1 % G
-        n = r1 // G
-        ol = b * ob  # first output channel of the block within the group
-        nb = min(ob, Og - ol)
+    OD, OH, OW = out.shape[2], out.shape[3], out.shape[4]
+    Og = O // G
+    us = np.uint64(sw)
+    for t in prange(N * G * nob * OD * OH):
+        oh = t % OH
+        r1 = t // OH
+        od = r1 % OD
+        r2 = r1 // OD
+        b = r2 % nob
+        r3 = r2 // nob
+        g = r3 % G
+        n = r3 // G
+        nb = min(8, Og - b * 8)
+        acc = np.zeros(OW * 8, dtype=out.dtype)
+        for kd in range(KD):
+            idd = gd[od, kd]
+            if idd < 0:
+                continue
+            for kh in range(KH):
+                ih = gh[oh, kh]
+                if ih < 0:
+                    continue
+                for cl in range(Cg):
+                    c = g * Cg + cl
+                    for kw in range(KW):
+                        off = kw * dw - lo_w
+                        # inputs whose output iw * sw + off lies in [0, OW)
+                        lo = min(max(0, -(off // sw)), W)
+                        hi = max(min(W, (OW - 1 - off) // sw + 1), lo)
+                        v0 = w8[g, b, cl, kd, kh, kw, 0]
+                        v1 = w8[g, b, cl, kd, kh, kw, 1]
+                        v2 = w8[g, b, cl, kd, kh, kw, 2]
+                        v3 = w8[g, b, cl, kd, kh, kw, 3]
+                        v4 = w8[g, b, cl, kd, kh, kw, 4]
+                        v5 = w8[g, b, cl, kd, kh, kw, 5]
+                        v6 = w8[g, b, cl, kd, kh, kw, 6]
+                        v7 = w8[g, b, cl, kd, kh, kw, 7]
+                        ulo = np.uint64(lo)
+                        up = np.uint64(8 * (lo * sw + off))
+                        step = np.uint64(8) * us
+                        for i in range(np.uint64(hi - lo)):
+                            xv = x[n, c, idd, ih, ulo + i]
+                            q = up + i * step
+                            acc[q] += xv * v0
+                            acc[q + 1] += xv * v1
+                            acc[q + 2] += xv * v2
+                            acc[q + 3] += xv * v3
+                            acc[q + 4] += xv * v4
+                            acc[q + 5] += xv * v5
+                            acc[q + 6] += xv * v6
+                            acc[q + 7] += xv * v7
         for j in range(nb):
-            out[n, g * Og + ol + j] = bias[g * Og + ol + j]
-        us = np.uint64(sw)
-        for cl in range(Cg):
-            c = g * Cg + cl
-            for idd in range(D):
-                for kd in range(KD):
-                    pd = td[idd, kd]
-                    if pd < 0:
-                        continue
-                    for ih in range(H):
-                        for kh in range(KH):
-                            ph = th[ih, kh]
-                            if ph < 0:
-                                continue
-                            for kw in range(KW):
-                                off = kw * dw - lo_w
-                                # inputs whose output iw * sw + off lies in [0, OW)
-                                lo = min(max(0, -(off // sw)), W)
-                                hi = max(min(W, (OW - 1 - off) // sw + 1), lo)
-                                cnt = np.uint64(hi - lo)
-                                ulo = np.uint64(lo)
-                                up = np.uint64(lo * sw + off)
-                                for j in range(nb):
-                                    o = g * Og + ol + j
-                                    wv = w[c, ol + j, kd, kh, kw]
-                                    if sw == 1:
-                                        for i in range(cnt):
-                                            out[n, o, pd, ph, up + i] += wv * x[n, c, idd, ih, ulo + i]
-                                    else:
-                                        for i in range(cnt):
-                                            out[n, o, pd, ph, up + i * us] += wv * x[n, c, idd, ih, ulo + i]
+            o = g * Og + b * 8 + j
+            bv = bias[o]
+            for ow in range(OW):
+                out[n, o, od, oh, ow] = acc[ow * 8 + j] + bv
 
 
 @njit(parallel=True, cache=True)
@@ -161,27 +179,24 @@ def _with_fold(plan, x5, bias, out5, body):
     return out5
 
 
-def _scatter_block(plan, batch: int) -> int:
-    og = plan.c_out // plan.groups
-    ob = min(og, _SCATTER_OB)
-    want = 4 * numba.get_num_threads()
-    while ob > 1 and batch * plan.groups * (-(-og // ob)) < want:
-        ob = (ob + 1) // 2
-    return ob
-
-
 def run_scatter(x5, w5, bias, plan, out5):
     """Transposed convolution by scatter-add (canonical 5-D arrays, see module doc)."""
+    g = plan.groups
+    cg = plan.c_in // g
+    og = plan.c_out // g
+    nob = -(-og // 8)
+    kd, kh, kw = plan.kernel
+    # (C_in, Og, k) -> (G, nob, Cg, k, 8), zero-padded to whole blocks of 8
+    w8 = np.zeros((g, cg, nob * 8, kd, kh, kw), dtype=plan.dtype)
+    w8[:, :, :og] = w5.reshape(g, cg, og, kd, kh, kw)
+    w8 = np.ascontiguousarray(w8.reshape(g, cg, nob, 8, kd, kh, kw).transpose(0, 2, 1, 4, 5, 6, 3))
 
     def body(x, b, target, lo, size):
-        td, th = (
-            tap_table(
-                plan.in_size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], size[i], "zeros"
-            )
+        gd, gh = (
+            gather_table(size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], plan.in_size[i])
             for i in range(2)
         )
-        ob = _scatter_block(plan, x.shape[0])
-        _scatter_kernel(x, w5, b, target, td, th, plan.stride[2], plan.dilation[2], lo[2], ob)
+        _scatter_kernel(x, w8, b, target, gd, gh, plan.stride[2], plan.dilation[2], lo[2])
 
     return _with_fold(plan, x5, bias, out5, body)
 
