@@ -39,8 +39,20 @@ def test_bench_quick_json():
     rows = json.loads(
         _run("-m", "numbaconv.cli", "bench", "--case", "depthwise_3x3_c32", "--repeat", "1", "--json").stdout
     )
-    assert [r["case"] for r in rows] == ["depthwise_3x3_c32"]
+    # one row per method, then auto (with the method it chose)
+    assert [r["method"] for r in rows] == ["direct", "auto:direct"]
+    assert all(r["case"] == "depthwise_3x3_c32" for r in rows)
     assert rows[0]["output_shape"] == [8, 32, 112, 112] and rows[0]["median_s"] > 0
+
+
+def test_bench_transposed_case_runs_every_method():
+    rows = json.loads(
+        _run("-m", "numbaconv.cli", "bench", "--case", "unet_up_2x2s2", "--repeat", "1", "--json").stdout
+    )
+    assert [r["method"] for r in rows] == ["scatter", "gather", "auto:gather"]
+    assert all(r["output_shape"] == [8, 32, 128, 128] for r in rows)
+    errs = [r["max_rel_err_vs_torch"] for r in rows]
+    assert all(e is None or e < 1e-5 for e in errs), errs
 
 
 def test_second_process_loads_kernels_from_the_cache():
