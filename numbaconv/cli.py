@@ -99,8 +99,13 @@ def _settle_allocator() -> None:
     del block
 
 
-def _block_time(fn, calls: int = 3) -> float:
-    """Best of ``calls`` back-to-back calls of ``fn`` (seconds)."""
+def _block_time(fn, calls: int = 3, rest: float = 0.1) -> float:
+    """Best of ``calls`` back-to-back calls of ``fn`` (seconds), after ``rest``
+    seconds idle: OpenBLAS's and OpenMP's worker threads spin for tens of ms
+    after a call and would slow the other contender's block (PyTorch's 3x3
+    conv measured 9.5 ms right after numbaconv's GEMM path, 5.1 ms after a
+    0.1 s pause)."""
+    time.sleep(rest)
     best = float("inf")
     for _ in range(calls):
         t0 = time.perf_counter()

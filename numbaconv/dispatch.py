@@ -3,7 +3,7 @@
 One row per method: its name, its device, ``supports(plan)`` (None when it can
 do the case, else the reason it cannot) and the module whose ``run(x5, w5,
 bias, plan, out5)`` does the work. ``method="auto"`` picks the first supported
-row; a cost model replaces that rule when more than one CPU method exists.
+row by an interim rule in :func:`select`; the cost model replaces it.
 """
 
 from __future__ import annotations
@@ -40,10 +40,18 @@ def _gather_supports(plan) -> str | None:
     return gather_supports(plan)
 
 
+def _gemm_supports(plan) -> str | None:
+    from .cpu.gemm import supports
+
+    return supports(plan)
+
+
 TABLE: tuple[MethodRow, ...] = (
     MethodRow("direct", "conv", "cpu", ".cpu.direct", _always),
+    MethodRow("gemm", "conv", "cpu", ".cpu.gemm", _gemm_supports),
     MethodRow("scatter", "conv_transpose", "cpu", ".cpu.transpose", _always, "run_scatter"),
     MethodRow("gather", "conv_transpose", "cpu", ".cpu.transpose", _gather_supports, "run_gather"),
+    MethodRow("gemm", "conv_transpose", "cpu", ".cpu.gemm", _gemm_supports, "run_transpose"),
 )
 
 SPECIAL_METHODS = ("auto",)
@@ -72,6 +80,15 @@ def select(op: str, plan, method: str) -> MethodRow:
         ok = [r for r in rows if r.supports(plan) is None]
         if not ok:
             raise UnsupportedMethodError(f"no {op} method supports this case")
+        if op == "conv":
+            # interim rule until the cost model (measured on the bench
+            # workloads): the GEMM path wins once a group has a few input
+            # channels and the kernel is small (1x1, 3x3, 7x7 stem, 3x3x3);
+            # direct wins for depthwise and for large kernels
+            cg = plan.c_in // plan.groups
+            taps = plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
+            want = "gemm" if cg >= 3 and taps <= 125 else "direct"
+            return next((r for r in ok if r.name == want), ok[0])
         if op == "conv_transpose":
             # interim rule until the cost model: gather's channels-last dot
             # products need enough input channels per group to pay off

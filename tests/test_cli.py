@@ -13,13 +13,15 @@ CACHE_PROBE = textwrap.dedent(
     import numpy as np
     t0 = time.perf_counter()
     import numbaconv as nc
-    from numbaconv.cpu import direct
     x = np.ones((1, 16, 8, 8), np.float32); w = np.ones((4, 16, 3, 3), np.float32)
     y = nc.conv2d(x, w, padding=1)
     dt = time.perf_counter() - t0
-    k = direct._cl_kernel.stats
-    print(json.dumps({"seconds": dt, "hits": sum(k.cache_hits.values()),
-                      "misses": sum(k.cache_misses.values()), "value": float(y[0, 0, 4, 4])}))
+    from numba.core.registry import CPUDispatcher
+    from numbaconv.cpu import direct, gemm, transpose
+    kernels = [f for m in (direct, gemm, transpose) for f in vars(m).values() if isinstance(f, CPUDispatcher)]
+    hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
+    misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
+    print(json.dumps({"seconds": dt, "hits": hits, "misses": misses, "value": float(y[0, 0, 4, 4])}))
     """
 )
 
@@ -40,7 +42,7 @@ def test_bench_quick_json():
         _run("-m", "numbaconv.cli", "bench", "--case", "depthwise_3x3_c32", "--repeat", "1", "--json").stdout
     )
     # one row per method, then auto (with the method it chose)
-    assert [r["method"] for r in rows] == ["direct", "auto:direct"]
+    assert [r["method"] for r in rows] == ["direct", "gemm", "auto:direct"]
     assert all(r["case"] == "depthwise_3x3_c32" for r in rows)
     assert rows[0]["output_shape"] == [8, 32, 112, 112] and rows[0]["median_s"] > 0
 
@@ -49,7 +51,7 @@ def test_bench_transposed_case_runs_every_method():
     rows = json.loads(
         _run("-m", "numbaconv.cli", "bench", "--case", "unet_up_2x2s2", "--repeat", "1", "--json").stdout
     )
-    assert [r["method"] for r in rows] == ["scatter", "gather", "auto:gather"]
+    assert [r["method"] for r in rows] == ["scatter", "gather", "gemm", "auto:gather"]
     assert all(r["output_shape"] == [8, 32, 128, 128] for r in rows)
     errs = [r["max_rel_err_vs_torch"] for r in rows]
     assert all(e is None or e < 1e-5 for e in errs), errs

@@ -153,7 +153,7 @@ def extended_workspace(plan) -> int:
     return max(1, min(plan.batch, config.workspace_bytes // per_sample)) * per_sample
 
 
-def _with_fold(plan, x5, bias, out5, body):
+def with_fold(plan, x5, bias, out5, body):
     """Run ``body(x_chunk, bias, target, lo, size)`` straight into ``out5`` (zeros
     mode) or onto extended buffers folded into ``out5`` chunk by chunk."""
     if bias is None:
@@ -198,7 +198,7 @@ def run_scatter(x5, w5, bias, plan, out5):
         )
         _scatter_kernel(x, w8, b, target, gd, gh, plan.stride[2], plan.dilation[2], lo[2])
 
-    return _with_fold(plan, x5, bias, out5, body)
+    return with_fold(plan, x5, bias, out5, body)
 
 
 def gather_supports(plan) -> str | None:
@@ -229,7 +229,7 @@ def run_gather(x5, w5, bias, plan, out5):
         runs = _gather_runs(plan, w5, lo[2], size[2])
         direct.run_channels_last(x, wc, b, target, tables, runs, plan.stride[2])
 
-    return _with_fold(plan, x5, bias, out5, body)
+    return with_fold(plan, x5, bias, out5, body)
 
 
 def _gather_runs(plan, w5, lo: int, size: int):

@@ -1,0 +1,348 @@
+"""im2col + GEMM (conv) and GEMM + col2im (transposed), ``method="gemm"``.
+
+Canonical 5-D arrays as everywhere: conv input ``(N, C_in, D, H, W)``, weight
+``(C_out, C_in/groups, KD, KH, KW)``; transposed input ``(N, C_in, D, H, W)``,
+weight ``(C_in, C_out/groups, KD, KH, KW)``.
+
+**Conv.** The output rows (``n, od, oh``: ``N * OD * OH`` rows of ``OW``
+positions) are processed in chunks. For each chunk and group, ``_im2col``
+(njit-parallel over patch-matrix rows) lowers the input into a patch matrix
+``cols`` of shape ``(K, rows * OW)`` with ``K = C_in/groups * KD * KH * KW``;
+padding, stride, dilation and the padding modes enter through the tap tables
+(``shapes.tap_table``), so no padded copy is made. One BLAS GEMM ``W_g (Og x K)
+@ cols`` gives the chunk's outputs, which ``_store`` writes into the result
+with the bias. A 1x1, stride-1, unpadded conv needs no lowering: it is one
+batched GEMM straight into the output.
+
+**Transposed.** For a chunk of input rows, ``_gather_rows`` copies the group's
+input into a ``(C_in/groups, rows * W)`` matrix, one GEMM with the transposed
+weight ``(Og * KD * KH * KW, C_in/groups)`` gives every (output channel, tap)
+contribution of each input position, and ``_col2im`` adds them into the output
+at ``i * stride + k * dilation - lo``. ``_col2im`` is parallel over output
+channels (a task owns ``out[:, o]``), so it needs no atomics and sums in a
+fixed order. Non-zero padding modes go through the transposed op's extended
+output and fold (:mod:`numbaconv.cpu.transpose`).
+
+**Memory.** The patch matrix and GEMM result for a chunk are sized so that
+they fit ``config.workspace_bytes``; the buffers are allocated once per call
+and reused for every chunk and group. If one output row (conv) or input row
+(transposed) does not fit, :func:`supports` says so: a forced
+``method="gemm"`` raises ``UnsupportedMethodError`` and ``auto`` takes another
+method.
+
+**BLAS.** The GEMM is NumPy's ``matmul`` with ``out=`` (OpenBLAS, all threads)
+called between the njit-parallel lowering kernels. Measured here against
+``np.dot`` inside an njit function (SciPy's OpenBLAS through
+``cython_blas``) on resnet_3x3_c256 and resnet_1x1_c256: see the comment at
+:func:`_matmul`.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from numba import njit
+
+from .. import config
+from ..shapes import tap_table
+
+
+@njit(nogil=True, cache=True)
+def _im2col(x, cols, r0, r1, c0, td, th, tw, sw, dw, lo_w, k0, k1):
+    # cols[k, (r - r0) * OW + ow] = x[n, c0 + cl, td[od, kd], th[oh, kh], tw[ow, kw]]
+    # (0 where a table says -1) for output rows r = (n, od, oh) in [r0, r1),
+    # k = ((cl * KD + kd) * KH + kh) * KW + kw. The interior of a row reads
+    # x[..., ow * sw + kw * dw - lo_w] directly (unsigned offsets: a vectorized
+    # copy at stride 1); only the edges go through the W table.
+    OD, KD = td.shape
+    OH, KH = th.shape
+    OW, KW = tw.shape
+    W = x.shape[4]
+    us = np.uint64(sw)
+    for k in range(k0, k1):
+        kw = k % KW
+        t1 = k // KW
+        kh = t1 % KH
+        t2 = t1 // KH
+        kd = t2 % KD
+        c = c0 + t2 // KD
+        off = kw * dw - lo_w
+        lo = min(max(0, -(off // sw)), OW)
+        hi = max(min(OW, (W - 1 - off) // sw + 1), lo)
+        ux = np.uint64(lo * sw + off)
+        for r in range(r0, r1):
+            oh = r % OH
+            od = (r // OH) % OD
+            n = r // (OH * OD)
+            idd = td[od, kd]
+            ih = th[oh, kh]
+            base = (r - r0) * OW
+            if idd < 0 or ih < 0:
+                for ow in range(OW):
+                    cols[k, base + ow] = 0
+                continue
+            ub = np.uint64(base + lo)
+            for i in range(np.uint64(hi - lo)):
+                cols[k, ub + i] = x[n, c, idd, ih, ux + i * us]
+            for ow in range(lo):
+                iw = tw[ow, kw]
+                cols[k, base + ow] = x[n, c, idd, ih, iw] if iw >= 0 else 0
+            for ow in range(hi, OW):
+                iw = tw[ow, kw]
+                cols[k, base + ow] = x[n, c, idd, ih, iw] if iw >= 0 else 0
+
+
+@njit(nogil=True, cache=True)
+def _store(res, out, bias, r0, r1, o0, t0, t1):
+    # out[n, o0 + o, od, oh, :] = res[o, (r - r0) * OW + :] + bias[o0 + o]
+    # for tasks t = (r - r0) * Og + o in [t0, t1)
+    Og = res.shape[0]
+    OD, OH, OW = out.shape[2], out.shape[3], out.shape[4]
+    for t in range(t0, t1):
+        o = t % Og
+        r = r0 + t // Og
+        oh = r % OH
+        od = (r // OH) % OD
+        n = r // (OH * OD)
+        bv = bias[o0 + o]
+        base = (r - r0) * OW
+        for ow in range(OW):
+            out[n, o0 + o, od, oh, ow] = res[o, base + ow] + bv
+
+
+@njit(nogil=True, cache=True)
+def _gather_rows(x, xm, r0, r1, c0, t0, t1):
+    # xm[cl, (r - r0) * W + iw] = x[n, c0 + cl, id, ih, iw] for input rows r = (n, id, ih),
+    # tasks t = (r - r0) * Cg + cl in [t0, t1)
+    D, H, W = x.shape[2], x.shape[3], x.shape[4]
+    Cg = xm.shape[0]
+    for t in range(t0, t1):
+        cl = t % Cg
+        r = r0 + t // Cg
+        ih = r % H
+        idd = (r // H) % D
+        n = r // (H * D)
+        base = (r - r0) * W
+        for iw in range(W):
+            xm[cl, base + iw] = x[n, c0 + cl, idd, ih, iw]
+
+
+@njit(nogil=True, cache=True)
+def _col2im(cols, out, r0, r1, o0, KD, KH, KW, D, H, W, td, th, sw, dw, lo_w, oa, ob):
+    # out[n, o0 + o, td[id, kd], th[ih, kh], iw * sw + kw * dw - lo_w] +=
+    #     cols[(o * KD + kd) * KH + kh) * KW + kw, (r - r0) * W + iw]
+    # for input rows r = (n, id, ih) in [r0, r1) and output channels o in
+    # [oa, ob): a thread owns whole output channels, so no two write one element
+    OW = out.shape[4]
+    for o in range(oa, ob):
+        for r in range(r0, r1):
+            ih = r % H
+            idd = (r // H) % D
+            n = r // (H * D)
+            base = (r - r0) * W
+            for kd in range(KD):
+                pd = td[idd, kd]
+                if pd < 0:
+                    continue
+                for kh in range(KH):
+                    ph = th[ih, kh]
+                    if ph < 0:
+                        continue
+                    for kw in range(KW):
+                        k = ((o * KD + kd) * KH + kh) * KW + kw
+                        off = kw * dw - lo_w
+                        # inputs whose output iw * sw + off lies in [0, OW)
+                        lo = min(max(0, -(off // sw)), W)
+                        hi = max(min(W, (OW - 1 - off) // sw + 1), lo)
+                        for iw in range(lo, hi):
+                            out[n, o0 + o, pd, ph, iw * sw + off] += cols[k, base + iw]
+
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+
+def _split(kernel, total: int, *args) -> None:
+    """Run ``kernel(*args, start, stop)`` over ``[0, total)`` split across
+    ``numba.get_num_threads()`` Python threads (the kernels release the GIL).
+
+    Not a prange: numba's OpenMP workers spin for milliseconds after a
+    parallel region and starve the BLAS threads of the GEMM that follows
+    (a 6 ms GEMM took 10.6 ms right after a tiny prange kernel here).
+    """
+    nt = max(1, min(numba.get_num_threads(), total))
+    if nt == 1:
+        kernel(*args, 0, total)
+        return
+    pool = _POOL.get(nt)
+    if pool is None:
+        pool = _POOL[nt] = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="numbaconv")
+    step = -(-total // nt)
+    futures = [pool.submit(kernel, *args, a, min(a + step, total)) for a in range(0, total, step)]
+    for f in futures:
+        f.result()
+
+
+def _matmul(a, b, out):
+    # NumPy's matmul (OpenBLAS, multi-threaded) with a preallocated ``out``.
+    # Measured on resnet_3x3_c256 / resnet_1x1_c256 (float32, 2 threads):
+    # within noise of np.dot called inside an njit function (same OpenBLAS
+    # kernels through SciPy), and it needs no compiled signature per dtype.
+    np.matmul(a, b, out=out)
+
+
+def _is_pointwise(plan) -> bool:
+    return (
+        plan.kernel == (1, 1, 1)
+        and plan.stride == (1, 1, 1)
+        and all(p == (0, 0) for p in plan.padding)
+        and plan.padding_mode == "zeros"
+    )
+
+
+def _row_bytes(plan) -> int:
+    """Workspace bytes per chunk row: patch matrix plus GEMM result (or input copy)."""
+    cg = plan.c_in // plan.groups
+    og = plan.c_out // plan.groups
+    taps = plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
+    if plan.op == "conv":
+        return (cg * taps + og) * plan.out_size[2] * plan.dtype.itemsize
+    return (cg + og * taps) * plan.in_size[2] * plan.dtype.itemsize
+
+
+def _total_rows(plan) -> int:
+    size = plan.out_size if plan.op == "conv" else plan.in_size
+    return plan.batch * size[0] * size[1]
+
+
+def chunk_rows(plan) -> int:
+    """Rows per chunk within ``config.workspace_bytes`` (0: not even one fits)."""
+    return min(_total_rows(plan), config.workspace_bytes // _row_bytes(plan))
+
+
+def supports(plan) -> str | None:
+    """None when ``method="gemm"`` can run the plan, else why not."""
+    if plan.op == "conv" and _is_pointwise(plan):
+        return None
+    if _total_rows(plan) and chunk_rows(plan) < 1:
+        what = "output row" if plan.op == "conv" else "input row"
+        return (
+            f"the patch matrix of one {what} needs {_row_bytes(plan)} bytes, more than "
+            f"config.workspace_bytes={config.workspace_bytes}"
+        )
+    return None
+
+
+def workspace_bytes(plan) -> int:
+    """Extra memory :func:`run` allocates for this plan (0 for a pointwise conv)."""
+    if plan.op == "conv" and _is_pointwise(plan):
+        return 0
+    return max(chunk_rows(plan), 0) * _row_bytes(plan)
+
+
+def _tables(plan, lo, size):
+    return tuple(
+        tap_table(
+            size[i],
+            plan.kernel[i],
+            plan.stride[i],
+            plan.dilation[i],
+            lo[i],
+            plan.in_size[i],
+            plan.padding_mode,
+        )
+        for i in range(3)
+    )
+
+
+def run(x5, w5, bias, plan, out5):
+    """Convolution by im2col + GEMM (canonical 5-D arrays, see the module doc)."""
+    if bias is None:
+        bias = np.zeros(plan.c_out, dtype=plan.dtype)
+    g = plan.groups
+    cg = plan.c_in // g
+    og = plan.c_out // g
+    if _is_pointwise(plan):
+        # plain batched GEMM: out[n, g] (Og, P) = W_g (Og, Cg) @ x[n, g] (Cg, P)
+        p = plan.in_size[0] * plan.in_size[1] * plan.in_size[2]
+        wg = w5.reshape(g, og, cg)
+        _matmul(wg, x5.reshape(plan.batch, g, cg, p), out5.reshape(plan.batch, g, og, p))
+        out5 += bias.reshape(1, plan.c_out, 1, 1, 1)
+        return out5
+    rows = chunk_rows(plan)
+    if rows < 1:
+        raise ValueError(supports(plan))
+    k = cg * plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
+    ow = plan.out_size[2]
+    cols_buf = np.empty(k * rows * ow, dtype=plan.dtype)
+    res_buf = np.empty(og * rows * ow, dtype=plan.dtype)
+    wmat = [np.ascontiguousarray(w5[i * og : (i + 1) * og].reshape(og, k)) for i in range(g)]
+    td, th, tw = _tables(plan, tuple(p[0] for p in plan.padding), plan.out_size)
+    total = _total_rows(plan)
+    for r0 in range(0, total, rows):
+        r1 = min(r0 + rows, total)
+        m = (r1 - r0) * ow
+        cols = cols_buf[: k * m].reshape(k, m)
+        res = res_buf[: og * m].reshape(og, m)
+        for i in range(g):
+            _split(
+                _im2col,
+                k,
+                x5,
+                cols,
+                r0,
+                r1,
+                i * cg,
+                td,
+                th,
+                tw,
+                plan.stride[2],
+                plan.dilation[2],
+                plan.padding[2][0],
+            )
+            _matmul(wmat[i], cols, res)
+            _split(_store, og * (r1 - r0), res, out5, bias, r0, r1, i * og)
+    return out5
+
+
+def run_transpose(x5, w5, bias, plan, out5):
+    """Transposed convolution by GEMM + col2im (canonical 5-D arrays, see the module doc)."""
+    from .transpose import with_fold
+
+    g = plan.groups
+    cg = plan.c_in // g
+    og = plan.c_out // g
+    kd, kh, kw = plan.kernel
+    taps = kd * kh * kw
+    d, h, w = plan.in_size
+    # per group: (Cg, Og * taps) -> transposed (Og * taps, Cg), contiguous
+    wmat = [np.ascontiguousarray(w5[i * cg : (i + 1) * cg].reshape(cg, og * taps).T) for i in range(g)]
+    rows = chunk_rows(plan)
+    if rows < 1 and _total_rows(plan):
+        raise ValueError(supports(plan))
+    rows = max(rows, 1)
+    xm_buf = np.empty(cg * rows * w, dtype=plan.dtype)
+    cols_buf = np.empty(og * taps * rows * w, dtype=plan.dtype)
+
+    def body(x, b, target, lo, size):
+        target[...] = b.reshape(1, -1, 1, 1, 1)
+        td, th = (
+            tap_table(
+                plan.in_size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], size[i], "zeros"
+            )
+            for i in range(2)
+        )
+        total = x.shape[0] * d * h
+        for r0 in range(0, total, rows):
+            r1 = min(r0 + rows, total)
+            m = (r1 - r0) * w
+            xm = xm_buf[: cg * m].reshape(cg, m)
+            cols = cols_buf[: og * taps * m].reshape(og * taps, m)
+            for i in range(g):
+                _split(_gather_rows, cg * (r1 - r0), x, xm, r0, r1, i * cg)
+                _matmul(wmat[i], xm, cols)
+                geo = (kd, kh, kw, d, h, w, td, th, plan.stride[2], plan.dilation[2], lo[2])
+                _split(_col2im, og, cols, target, r0, r1, i * og, *geo)
+
+    return with_fold(plan, x5, bias, out5, body)
