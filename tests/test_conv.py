@@ -75,7 +75,7 @@ def _id(c):
     )
 
 
-def _run_case(c, dtype, rng, bias=True, batched=True):
+def _run_case(c, dtype, rng, bias=True, batched=True, method="direct"):
     nd = c["nd"]
     x = random_array(rng, (c["n"], c["cin"]) + c["size"], dtype)
     w = random_array(rng, (c["cout"], c["cin"] // c["groups"]) + c["k"], dtype)
@@ -94,7 +94,7 @@ def _run_case(c, dtype, rng, bias=True, batched=True):
         c["dilation"],
         c["groups"],
         padding_mode=c["mode"],
-        method="direct",
+        method=method,
     )
     ref = conv_reference(x, w, b, **ref_params)
     if not batched:

@@ -17,7 +17,7 @@ from .conftest import DTYPES, assert_close, random_array, torch, torch_conv_tran
 from .reference import conv_transpose_reference
 
 FUNCS = {1: nc.conv_transpose1d, 2: nc.conv_transpose2d, 3: nc.conv_transpose3d}
-METHODS = ["scatter", "gather"]
+METHODS = ["scatter", "gather", "gemm"]
 
 
 def _pairs(padding, nd):

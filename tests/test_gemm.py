@@ -1,0 +1,162 @@
+"""method="gemm": im2col + GEMM (conv) and GEMM + col2im (transposed), chunked
+within config.workspace_bytes."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+from numbaconv import config, shapes
+from numbaconv.cpu import gemm
+
+from .conftest import DTYPES, assert_close, random_array, tolerance, torch, torch_conv
+from .reference import conv_reference, conv_transpose_reference
+from .test_conv import GRID, _id, _run_case, _valid
+
+
+@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)], ids=_id)
+def test_conv_grid_vs_reference_and_torch(case):
+    got, ref, tol, (x, w, b, stride, pads, dil) = _run_case(
+        case, np.float64, np.random.default_rng(0), method="gemm"
+    )
+    assert_close(got, ref, tol, "vs reference")
+    if torch is not None:
+        assert_close(
+            got, torch_conv(x, w, b, stride, pads, dil, case["groups"], case["mode"]), tol, "vs torch"
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)][::6], ids=_id)
+def test_conv_grid_dtypes(case, dtype):
+    got, ref, tol, _ = _run_case(case, dtype, np.random.default_rng(1), method="gemm")
+    assert got.dtype == np.dtype(dtype)
+    assert_close(got, ref, tol)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_conv_unbatched_no_bias(nd):
+    c = next(c for c in GRID if c["nd"] == nd and _valid(c))
+    got, ref, tol, _ = _run_case(c, np.float64, np.random.default_rng(2), batched=False, method="gemm")
+    assert_close(got, ref, tol)
+    got, ref, tol, _ = _run_case(c, np.float64, np.random.default_rng(2), bias=False, method="gemm")
+    assert_close(got, ref, tol)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_pointwise_conv_is_a_plain_gemm(groups):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 8, 5, 7))
+    w = rng.standard_normal((12, 8 // groups, 1, 1))
+    b = rng.standard_normal(12)
+    plan = shapes.make_conv_plan(x.shape, w.shape, b.shape, groups=groups)
+    assert gemm.workspace_bytes(plan) == 0  # no lowering at all
+    ref = conv_reference(x, w, b, groups=groups)
+    assert_close(nc.conv2d(x, w, b, groups=groups, method="gemm"), ref, 1e-12)
+
+
+def _chunk_cases():
+    rng = np.random.default_rng(4)
+    conv = (rng.standard_normal((3, 6, 7, 9)), rng.standard_normal((4, 3, 3, 2)))
+    tconv = (rng.standard_normal((3, 6, 4, 5)), rng.standard_normal((6, 2, 3, 2)))
+    kw = dict(stride=(2, 1), padding=((1, 2), 1), dilation=(1, 2), groups=2)
+    cplan = shapes.make_conv_plan(conv[0].shape, conv[1].shape, None, padding_mode="reflect", **kw)
+    tplan = shapes.make_conv_transpose_plan(tconv[0].shape, tconv[1].shape, None, **kw)
+    return [
+        ("conv", cplan, lambda: nc.conv2d(*conv, padding_mode="reflect", method="gemm", **kw)),
+        ("conv_transpose", tplan, lambda: nc.conv_transpose2d(*tconv, method="gemm", **kw)),
+        (
+            "conv_transpose-circular",
+            tplan,
+            lambda: nc.conv_transpose2d(*tconv, padding_mode="circular", method="gemm", **kw),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("name, plan, call", _chunk_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_many_small_chunks_equal_one_chunk(name, plan, call, monkeypatch):
+    one = call()
+    assert gemm.chunk_rows(plan) == gemm._total_rows(plan)  # the default budget: one chunk
+    for rows in (1, 2, 3, 5):
+        monkeypatch.setattr(config, "workspace_bytes", rows * gemm._row_bytes(plan))
+        assert gemm.chunk_rows(plan) == rows < gemm._total_rows(plan)
+        np.testing.assert_allclose(
+            call(), one, rtol=1e-12, atol=1e-12, err_msg=f"{name}, {rows} rows per chunk"
+        )
+
+
+def test_budget_below_one_row_is_refused_and_auto_falls_back(monkeypatch):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 6, 6))
+    w = rng.standard_normal((4, 8, 3, 3))
+    ref = conv_reference(x, w, pads=[(1, 1)] * 2)
+    plan = shapes.make_conv_plan(x.shape, w.shape, None, padding=1)
+    monkeypatch.setattr(config, "workspace_bytes", gemm._row_bytes(plan) - 1)
+    assert gemm.chunk_rows(plan) == 0 and "workspace_bytes" in gemm.supports(plan)
+    with pytest.raises(nc.UnsupportedMethodError, match="patch matrix of one output row"):
+        nc.conv2d(x, w, padding=1, method="gemm")
+    assert_close(nc.conv2d(x, w, padding=1), ref, 1e-12)  # auto takes direct
+    monkeypatch.setattr(config, "workspace_bytes", gemm._row_bytes(plan))
+    assert gemm.chunk_rows(plan) == 1
+    assert_close(nc.conv2d(x, w, padding=1, method="gemm"), ref, 1e-12)
+
+
+def test_patch_matrix_of_gibibytes_runs_within_the_budget():
+    """The full patch matrix here would be 3.1 GiB; the call stays within
+    config.workspace_bytes of extra memory (tracemalloc sees NumPy's buffers)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 32, 1024, 1024), dtype=np.float32)
+    w = rng.standard_normal((16, 32, 5, 5), dtype=np.float32)
+    plan = shapes.make_conv_plan(x.shape, w.shape, None, padding=2, dtype=np.float32)
+    full = plan.c_in * 25 * 1024 * 1024 * 4
+    assert full > 3 * 2**30
+    nc.conv2d(x[:, :, :16, :16], w, padding=2, method="gemm")  # load the kernels first
+    tracemalloc.start()
+    try:
+        y = nc.conv2d(x, w, padding=2, method="gemm")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    extra = peak - y.nbytes
+    assert extra <= config.workspace_bytes + 2**20, (extra, config.workspace_bytes)
+    assert gemm.workspace_bytes(plan) <= config.workspace_bytes
+    # spot-check a few output rows against the reference
+    rows = slice(500, 504)
+    ref = conv_reference(x[:, :, 498:506].astype(np.float64), w, pads=[(0, 0), (2, 2)])
+    tol = tolerance(np.float32, 800, x[:, :, 498:506], w, None, pads=[(0, 0), (2, 2)])
+    assert_close(y[:, :, rows], ref, tol)
+
+
+def test_transposed_gemm_within_the_budget():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 16, 64, 64), dtype=np.float32)
+    w = rng.standard_normal((16, 8, 4, 4), dtype=np.float32)
+    kw = dict(stride=2, padding=1)
+    nc.conv_transpose2d(x[:, :, :4, :4], w, method="gemm", **kw)
+    with config.override(workspace_bytes=2**20):
+        plan = shapes.make_conv_transpose_plan(x.shape, w.shape, None, dtype=np.float32, **kw)
+        assert 0 < gemm.workspace_bytes(plan) <= 2**20
+        tracemalloc.start()
+        try:
+            y = nc.conv_transpose2d(x, w, method="gemm", **kw)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak - y.nbytes <= 2**20 + 2**18
+    ref = conv_transpose_reference(x[:1, :, :6, :6], w, stride=[2, 2], pads=[(1, 1)] * 2)
+    # the top-left corner only depends on the first input rows/columns
+    tol = 64 * np.finfo(np.float32).eps * float(np.abs(ref).max())
+    assert_close(y[:1, :, :9, :9], ref[:, :, :9, :9], tol)
+
+
+def test_complex_and_float32_gemm():
+    rng = np.random.default_rng(8)
+    for dtype in (np.complex64, np.float32):
+        x = random_array(rng, (2, 4, 6, 5), dtype)
+        w = random_array(rng, (4, 3, 3, 3), dtype)
+        ref = conv_transpose_reference(x, w, stride=[2, 2])
+        tol = 16 * np.finfo(dtype).eps * np.sqrt(36) * float(np.abs(ref).max() + 1)
+        assert_close(nc.conv_transpose2d(x, w, stride=2, method="gemm"), ref, tol)
