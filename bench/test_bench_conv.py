@@ -1,8 +1,8 @@
-"""numbaconv's direct path beside PyTorch CPU on the conv workloads, same process.
+"""numbaconv's direct and gemm paths beside PyTorch CPU on the conv workloads, same process.
 
     pytest bench --benchmark-enable --benchmark-group-by=param:case
 
-Each case has two benchmarks in one group: ``numbaconv-direct`` and ``torch``
+Each case has three benchmarks in one group: ``numbaconv-direct``, ``numbaconv-gemm`` and ``torch``
 (float32, PyTorch with 2 threads). The ratio of their medians is the figure
 reported; ``numbaconv bench`` prints it directly, interleaving the two.
 """
@@ -36,7 +36,7 @@ def arrays():
 
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
-@pytest.mark.parametrize("impl", ["numbaconv-direct", "torch"])
+@pytest.mark.parametrize("impl", ["numbaconv-direct", "numbaconv-gemm", "torch"])
 def test_conv(benchmark, arrays, case, impl):
     _name, _op, _xs, ws, kw = next(c for c in CASES if c[0] == case)
     x, w = arrays[case]
@@ -48,5 +48,6 @@ def test_conv(benchmark, arrays, case, impl):
         tx, tw = torch.from_numpy(x), torch.from_numpy(w)
         benchmark(lambda: fn(tx, tw, **kw))
     else:
-        nc.conv(x, w, method="direct", **kw)  # compile / load from cache first
-        benchmark(lambda: nc.conv(x, w, method="direct", **kw))
+        method = impl.split("-")[1]
+        nc.conv(x, w, method=method, **kw)  # compile / load from cache first
+        benchmark(lambda: nc.conv(x, w, method=method, **kw))

@@ -1,9 +1,9 @@
-"""numbaconv's transposed paths (scatter, gather) beside PyTorch CPU, same process.
+"""numbaconv's transposed paths (scatter, gather, gemm) beside PyTorch CPU, same process.
 
     pytest bench/test_bench_transpose.py --benchmark-enable --benchmark-group-by=param:case
 
-Each transposed workload of ``numbaconv.workloads`` has three benchmarks in one
-group: ``scatter``, ``gather`` and ``torch`` (float32, PyTorch with 2 threads).
+Each transposed workload of ``numbaconv.workloads`` has four benchmarks in one
+group: ``scatter``, ``gather``, ``gemm`` and ``torch`` (float32, PyTorch with 2 threads).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def arrays():
 
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
-@pytest.mark.parametrize("impl", ["scatter", "gather", "torch"])
+@pytest.mark.parametrize("impl", ["scatter", "gather", "gemm", "torch"])
 def test_conv_transpose(benchmark, arrays, case, impl):
     _name, _op, _xs, ws, kw = next(c for c in CASES if c[0] == case)
     x, w = arrays[case]

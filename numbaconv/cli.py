@@ -99,6 +99,30 @@ def _settle_allocator() -> None:
     del block
 
 
+def gemm_peak_gflops(n: int = 2048, calls: int = 5) -> float:
+    """This machine's float32 GEMM rate (NumPy's BLAS, all threads), GFLOP/s."""
+    import numpy as np
+
+    a = np.ones((n, n), np.float32)
+    b = np.ones((n, n), np.float32)
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)
+    return 2 * n**3 / _block_time(lambda: np.matmul(a, b, out=c), calls, rest=0.0) / 1e9
+
+
+def _peak_extra_bytes(fn, result_bytes: int) -> int:
+    """Peak memory NumPy allocates during ``fn()`` beyond its result (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return max(0, peak - result_bytes)
+
+
 def _block_time(fn, calls: int = 3, rest: float = 0.1) -> float:
     """Best of ``calls`` back-to-back calls of ``fn`` (seconds), after ``rest``
     seconds idle: OpenBLAS's and OpenMP's worker threads spin for tens of ms
@@ -136,6 +160,7 @@ def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list
         rows = [w for w in rows if w[0] in ("resnet_3x3_c64", "depthwise_3x3_c32", "unet_up_2x2s2")]
     peer = _peer_torch()
     _settle_allocator()
+    peak = gemm_peak_gflops()
     rng = np.random.default_rng(0)
     results = []
     for name, op, xs, ws, kw in rows:
@@ -182,6 +207,7 @@ def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list
                 if tfn is not None:
                     ratios.append(_block_time(tfn) / t)
             med = float(np.median(times))
+            extra = _peak_extra_bytes(call, y.nbytes)
             results.append(
                 {
                     "case": name,
@@ -191,6 +217,9 @@ def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list
                     "first_call_s": first,
                     "median_s": med,
                     "gflops": plan.flops / med / 1e9,
+                    "fraction_of_gemm_peak": plan.flops / med / 1e9 / peak,
+                    "gemm_peak_gflops": peak,
+                    "peak_extra_bytes": extra,
                     "torch_ratio": float(np.median(ratios)) if ratios else None,
                     "max_rel_err_vs_torch": err,
                 }
@@ -201,7 +230,7 @@ def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list
 def _print_bench(results: list[dict]) -> None:
     head = (
         f"{'case':22s} {'output shape':>22s} {'method':>14s} {'first s':>8s} "
-        f"{'median ms':>10s} {'GFLOP/s':>8s} {'torch/nc':>9s}"
+        f"{'median ms':>10s} {'GFLOP/s':>8s} {'peak':>5s} {'extra MiB':>9s} {'torch/nc':>9s}"
     )
     print(head)
     print("-" * len(head))
@@ -209,7 +238,14 @@ def _print_bench(results: list[dict]) -> None:
         ratio = "n/a" if r["torch_ratio"] is None else f"{r['torch_ratio']:.2f}"
         print(
             f"{r['case']:22s} {str(tuple(r['output_shape'])):>22s} {r['method']:>14s} "
-            f"{r['first_call_s']:8.2f} {r['median_s'] * 1e3:10.2f} {r['gflops']:8.1f} {ratio:>9s}"
+            f"{r['first_call_s']:8.2f} {r['median_s'] * 1e3:10.2f} {r['gflops']:8.1f} "
+            f"{r['fraction_of_gemm_peak']:5.2f} {r['peak_extra_bytes'] / 2**20:9.1f} {ratio:>9s}"
+        )
+    if results:
+        print(
+            "peak: fraction of this machine's float32 GEMM rate "
+            f"({results[0]['gemm_peak_gflops']:.0f} GFLOP/s); "
+            "extra MiB: peak memory beyond the result (tracemalloc)"
         )
     print("torch/nc: PyTorch CPU time / numbaconv time (> 1 means numbaconv is faster)")
 
