@@ -643,3 +643,48 @@ def gather_table(out: int, kernel: int, stride: int, dilation: int, lo: int, siz
     i = p // stride
     ok = (p >= 0) & (p - i * stride == 0) & (i < size)
     return np.where(ok, i, -1)
+
+
+# Compact tap maps. A (positions x taps) table costs positions * taps entries:
+# 537 MB for a 65536-sample signal and a 1025-tap filter. The kernels take
+# instead a 1-D map ``f`` and a geometry ``geo = (a, b, c, taps, positions)``
+# with ``table[o, k] == f[o * a + k * b + c]`` (see ``expand``).
+
+
+def conv_tap_map(size: int, out: int, kernel: int, stride: int, dilation: int, lo: int, hi: int, mode: str):
+    """``(f, geo)`` for ``tap_table(out, kernel, stride, dilation, lo, size, mode)``.
+
+    ``f[q]`` is the input index of padded position ``q`` (``q - lo`` folded by
+    the mode, or -1 in zero padding), for ``q`` in ``[0, lo + size + hi)``.
+    """
+    f = tap_table(lo + size + hi, 1, 1, 1, lo, size, mode)[:, 0].copy()
+    return f, np.array([stride, dilation, 0, kernel, out], dtype=np.int64)
+
+
+def gather_tap_map(out: int, kernel: int, stride: int, dilation: int, lo: int, size: int):
+    """``(f, geo)`` for ``gather_table(out, kernel, stride, dilation, lo, size)``.
+
+    Output ``o`` at tap ``k`` reads ``f[o - k * dilation + lo + dilation * (kernel - 1)]``,
+    the input ``i`` with ``i * stride == o + lo - k * dilation``, or -1.
+    """
+    span = dilation * (kernel - 1)
+    v = np.arange(out + lo + span, dtype=np.int64) - span
+    i = v // stride
+    f = np.where((v >= 0) & (v - i * stride == 0) & (i < size), i, -1)
+    return f, np.array([1, -dilation, lo + span, kernel, out], dtype=np.int64)
+
+
+def scatter_tap_map(size: int, out: int, kernel: int, stride: int, dilation: int, lo: int):
+    """``(f, geo)`` for ``tap_table(size, kernel, stride, dilation, lo, out, "zeros")``:
+    input ``i`` at tap ``k`` adds into output ``f[i * stride + k * dilation]`` (or nowhere, -1)."""
+    extent = (size - 1) * stride + dilation * (kernel - 1) + 1
+    f = tap_table(extent, 1, 1, 1, lo, out, "zeros")[:, 0].copy()
+    return f, np.array([stride, dilation, 0, kernel, size], dtype=np.int64)
+
+
+def expand(f, geo):
+    """The full (positions x taps) table of a tap map (for tests and small cases)."""
+    a, b, c, taps, positions = (int(v) for v in geo)
+    o = np.arange(positions, dtype=np.int64)[:, None]
+    k = np.arange(taps, dtype=np.int64)[None, :]
+    return f[o * a + k * b + c]

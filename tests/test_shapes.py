@@ -134,3 +134,36 @@ def test_transposed_output_size_formula():
     plan = make_conv_transpose_plan((4, 5), (4, 3, 3), None, 2, ((1, 2),), 1, 1, 2)
     assert plan.out_size == (1, 1, (5 - 1) * 2 - 3 + 2 * 2 + 1 + 1) and plan.output_padding == (0, 0, 1)
     assert plan.output_shape == (3, 11)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_compact_tap_maps_equal_the_tables(seed):
+    from numbaconv.shapes import (
+        PADDING_MODES,
+        conv_tap_map,
+        expand,
+        gather_table,
+        gather_tap_map,
+        scatter_tap_map,
+        tap_table,
+    )
+
+    rng = np.random.default_rng(seed)
+    size, k, s, d = (int(v) for v in rng.integers(1, 6, 4))
+    lo, hi = (int(v) for v in rng.integers(0, 4, 2))
+    mode = PADDING_MODES[seed % 4]
+    if mode == "reflect":
+        lo, hi = min(lo, size - 1), min(hi, size - 1)
+    if mode == "circular":
+        lo, hi = min(lo, size), min(hi, size)
+    span = d * (k - 1) + 1
+    if size + lo + hi >= span:
+        out = (size + lo + hi - span) // s + 1
+        f, geo = conv_tap_map(size, out, k, s, d, lo, hi, mode)
+        np.testing.assert_array_equal(expand(f, geo), tap_table(out, k, s, d, lo, size, mode))
+    tout = (size - 1) * s - lo - hi + span + int(rng.integers(0, s))
+    if tout >= 1:
+        f, geo = gather_tap_map(tout, k, s, d, lo, size)
+        np.testing.assert_array_equal(expand(f, geo), gather_table(tout, k, s, d, lo, size))
+        f, geo = scatter_tap_map(size, tout, k, s, d, lo)
+        np.testing.assert_array_equal(expand(f, geo), tap_table(size, k, s, d, lo, tout, "zeros"))

@@ -16,7 +16,8 @@ canonical 5-D form ``(N, C, D, H, W)``, so one compiled kernel per dtype serves
   contiguous). Best when a group has many input channels.
 
 Padding modes, stride, dilation and (lo, hi) padding enter only through
-per-dimension tap tables (``shapes.tap_table``): entry ``[o, k]`` is the input
+per-dimension tap maps (``shapes.conv_tap_map``, the compact form of
+``shapes.tap_table``): entry ``[o, k]`` is the input
 index read by output ``o`` at tap ``k``, or -1 for a zero. Every prange
 iteration writes a disjoint set of output elements, so the kernels are
 race-free and deterministic.
@@ -29,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
-from ..shapes import tap_table
+from ..shapes import conv_tap_map
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH.
@@ -37,8 +38,14 @@ _FASTMATH = {"reassoc", "contract"}
 _ROW_OB = 8  # output channels per task in the row kernel
 
 
+@njit(inline="always")
+def _tap(f, g, o, k):
+    # entry [o, k] of a compact tap map (shapes.conv_tap_map / gather_tap_map)
+    return f[o * g[0] + k * g[1] + g[2]]
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb, p0, p1, dh, lo_h):
+def _rows_kernel(x, w, bias, out, fd, gd, fh, gh, fw, gw, sw, dw, lo_w, ob, owb, p0, p1, dh, lo_h):
     # One task: sample n, group g, a block of up to ob output channels, one
     # output plane od, a segment [a, e) of the output width; loops over oh.
     # No array views in the hot loops (each view costs a refcount update).
@@ -65,10 +72,31 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb, p0, p1, dh,
         e = min(a + owb, OW)
         m = e - a
         acc = np.empty(nb * m, dtype=out.dtype)  # flat: row j at j * m
-        flat = p1 > p0 and td[od, 0] >= 0
+        flat = p1 > p0 and _tap(fd, gd, od, 0) >= 0
         if flat:
             # depthwise 3x3 at stride 1 with OW == W: rows [p0, p1) in one flat pass
-            _dw3x3_plane(x, w, bias, out, n, g, o0, nb, od, td[od, 0], p0, p1, th, tw, dh, dw, lo_h, lo_w)
+            _dw3x3_plane(
+                x,
+                w,
+                bias,
+                out,
+                n,
+                g,
+                o0,
+                nb,
+                od,
+                _tap(fd, gd, od, 0),
+                p0,
+                p1,
+                fh,
+                gh,
+                fw,
+                gw,
+                dh,
+                dw,
+                lo_h,
+                lo_w,
+            )
         for oh in range(OH):
             if flat and p0 <= oh < p1:
                 continue
@@ -77,27 +105,54 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb, p0, p1, dh,
                 and KD == 1
                 and KH == 3
                 and KW == 3
-                and td[od, 0] >= 0
-                and th[oh, 0] >= 0
-                and th[oh, 1] >= 0
-                and th[oh, 2] >= 0
+                and _tap(fd, gd, od, 0) >= 0
+                and _tap(fh, gh, oh, 0) >= 0
+                and _tap(fh, gh, oh, 1) >= 0
+                and _tap(fh, gh, oh, 2) >= 0
             ):
                 # depthwise 3x3 row with its window inside in D and H: one pass
                 # straight into the output, no accumulator
-                _dw3x3_row(x, w, bias, out, n, g, o0, nb, od, oh, td[od, 0], th, tw, a, e, sw, dw, lo_w)
+                _dw3x3_row(
+                    x,
+                    w,
+                    bias,
+                    out,
+                    n,
+                    g,
+                    o0,
+                    nb,
+                    od,
+                    oh,
+                    _tap(fd, gd, od, 0),
+                    fh,
+                    gh,
+                    fw,
+                    gw,
+                    a,
+                    e,
+                    sw,
+                    dw,
+                    lo_w,
+                )
                 continue
             acc[:] = 0
             for cl in range(Cg):
                 c = g * Cg + cl
                 for kd in range(KD):
-                    idd = td[od, kd]
+                    idd = _tap(fd, gd, od, kd)
                     if idd < 0:
                         continue
-                    if KH == 3 and KW == 3 and th[oh, 0] >= 0 and th[oh, 1] >= 0 and th[oh, 2] >= 0:
+                    if (
+                        KH == 3
+                        and KW == 3
+                        and _tap(fh, gh, oh, 0) >= 0
+                        and _tap(fh, gh, oh, 1) >= 0
+                        and _tap(fh, gh, oh, 2) >= 0
+                    ):
                         # 3x3 window fully inside in H: all nine taps in one pass
-                        ih0 = th[oh, 0]
-                        ih1 = th[oh, 1]
-                        ih2 = th[oh, 2]
+                        ih0 = _tap(fh, gh, oh, 0)
+                        ih1 = _tap(fh, gh, oh, 1)
+                        ih2 = _tap(fh, gh, oh, 2)
                         off = -lo_w
                         lo = min(max(a, -(off // sw)), e)
                         hi = max(min(e, (W - 1 - off - 2 * dw) // sw + 1), lo)
@@ -132,20 +187,20 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb, p0, p1, dh,
                                     + w22 * x[n, c, idd, ih2, q + ud2]
                                 )
                             for kh in range(3):
-                                ih = th[oh, kh]
+                                ih = _tap(fh, gh, oh, kh)
                                 for k in range(3):
                                     wv = w[o0 + j, cl, kd, kh, k]
                                     for ow in range(a, lo):
-                                        iw = tw[ow, k]
+                                        iw = _tap(fw, gw, ow, k)
                                         if iw >= 0:
                                             acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
                                     for ow in range(hi, e):
-                                        iw = tw[ow, k]
+                                        iw = _tap(fw, gw, ow, k)
                                         if iw >= 0:
                                             acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
                         continue
                     for kh in range(KH):
-                        ih = th[oh, kh]
+                        ih = _tap(fh, gh, oh, kh)
                         if ih < 0:
                             continue
                         # taps in triples: one pass over the row per three taps
@@ -187,11 +242,11 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb, p0, p1, dh,
                                 for k in range(kw, kw + 3):
                                     wv = w[o0 + j, cl, kd, kh, k]
                                     for ow in range(a, lo):
-                                        iw = tw[ow, k]
+                                        iw = _tap(fw, gw, ow, k)
                                         if iw >= 0:
                                             acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
                                     for ow in range(hi, e):
-                                        iw = tw[ow, k]
+                                        iw = _tap(fw, gw, ow, k)
                                         if iw >= 0:
                                             acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
                         for kw in range(kw3, KW):
@@ -212,11 +267,11 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb, p0, p1, dh,
                                     for i in range(cnt):
                                         acc[uj + i] += wv * x[n, c, idd, ih, ux + i * us]
                                 for ow in range(a, lo):
-                                    iw = tw[ow, kw]
+                                    iw = _tap(fw, gw, ow, kw)
                                     if iw >= 0:
                                         acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
                                 for ow in range(hi, e):
-                                    iw = tw[ow, kw]
+                                    iw = _tap(fw, gw, ow, kw)
                                     if iw >= 0:
                                         acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
             for j in range(nb):
@@ -228,7 +283,7 @@ def _rows_kernel(x, w, bias, out, td, th, tw, sw, dw, lo_w, ob, owb, p0, p1, dh,
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _dw3x3_plane(x, w, bias, out, n, c, o0, nb, od, idd, r0, r1, th, tw, dh, dw, lo_h, lo_w):
+def _dw3x3_plane(x, w, bias, out, n, c, o0, nb, od, idd, r0, r1, fh, gh, fw, gw, dh, dw, lo_h, lo_w):
     # Output rows [r0, r1) of a depthwise 3x3 conv at stride 1 with OW == W:
     # out and x rows have the same pitch, so the plane is one flat loop
     # out[p] = sum w * x[p + shift(kh, kw)]; columns whose window crosses the
@@ -267,19 +322,19 @@ def _dw3x3_plane(x, w, bias, out, n, c, o0, nb, od, idd, r0, r1, th, tw, dh, dw,
             )
         for oh in range(r0, r1):
             for ow in range(0, lo):
-                out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, th, tw)
+                out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, fh, gh, fw, gw)
             for ow in range(hi, W):
-                out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, th, tw)
+                out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, fh, gh, fw, gw)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _dw3x3_row(x, w, bias, out, n, c, o0, nb, od, oh, idd, th, tw, a, e, sw, dw, lo_w):
+def _dw3x3_row(x, w, bias, out, n, c, o0, nb, od, oh, idd, fh, gh, fw, gw, a, e, sw, dw, lo_w):
     # out[n, o0:o0+nb, od, oh, a:e] for one input channel c and a 3x3 window
-    # whose three input rows th[oh, :] are all inside
+    # whose three input rows _tap(fh, gh, oh, :) are all inside
     W = x.shape[4]
-    ih0 = th[oh, 0]
-    ih1 = th[oh, 1]
-    ih2 = th[oh, 2]
+    ih0 = _tap(fh, gh, oh, 0)
+    ih1 = _tap(fh, gh, oh, 1)
+    ih2 = _tap(fh, gh, oh, 2)
     off = -lo_w
     lo = min(max(a, -(off // sw)), e)
     hi = max(min(e, (W - 1 - off - 2 * dw) // sw + 1), lo)
@@ -315,17 +370,17 @@ def _dw3x3_row(x, w, bias, out, n, c, o0, nb, od, oh, idd, th, tw, a, e, sw, dw,
                 + w22 * x[n, c, idd, ih2, q + ud2]
             )
         for ow in range(a, lo):
-            out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, th, tw)
+            out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, fh, gh, fw, gw)
         for ow in range(hi, e):
-            out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, th, tw)
+            out[n, o, od, oh, ow] = _dw3x3_edge(x, w, bv, n, c, o, idd, oh, ow, fh, gh, fw, gw)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _dw3x3_edge(x, w, s, n, c, o, idd, oh, ow, th, tw):
+def _dw3x3_edge(x, w, s, n, c, o, idd, oh, ow, fh, gh, fw, gw):
     for kh in range(3):
-        ih = th[oh, kh]
+        ih = _tap(fh, gh, oh, kh)
         for k in range(3):
-            iw = tw[ow, k]
+            iw = _tap(fw, gw, ow, k)
             if iw >= 0:
                 s += w[o, 0, 0, kh, k] * x[n, c, idd, ih, iw]
     return s
@@ -374,7 +429,7 @@ def _dot1x4(xc, n, d, h, s0, wc, ph, o0, o1, o2, o3, kd, kh, wo, cnt, z):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _cl_kernel(xc, wt, wr, bias, out, td, th, tw, rok, rst, rph, C, ps, z):
+def _cl_kernel(xc, wt, wr, bias, out, fd, gd, fh, gh, fw, gw, rok, rst, rph, C, ps, z):
     # xc: channels-last input viewed as (N, D, H, W*C); wt: (1, O, KD, KH, KW*Cg)
     # the weight per tap; wr: (P, O, KD, KH, R) the weight of a whole run of
     # R contiguous input elements for output positions with rok[ow] (run
@@ -384,7 +439,7 @@ def _cl_kernel(xc, wt, wr, bias, out, td, th, tw, rok, rst, rph, C, ps, z):
     O, KD, KH, KWC = wt.shape[1], wt.shape[2], wt.shape[3], wt.shape[4]
     R = wr.shape[4]
     OD, OH, OW = out.shape[2], out.shape[3], out.shape[4]
-    KW = tw.shape[1]
+    KW = gw[3]
     Cg = KWC // KW
     G = C // Cg
     Og = O // G
@@ -413,11 +468,11 @@ def _cl_kernel(xc, wt, wr, bias, out, td, th, tw, rok, rst, rph, C, ps, z):
                 a00 = a01 = a02 = a03 = z
                 a10 = a11 = a12 = a13 = z
                 for kd in range(KD):
-                    idd = td[od, kd]
+                    idd = _tap(fd, gd, od, kd)
                     if idd < 0:
                         continue
                     for kh in range(KH):
-                        ih = th[oh, kh]
+                        ih = _tap(fh, gh, oh, kh)
                         if ih < 0:
                             continue
                         if rok[ow0] and rok[ow1]:
@@ -452,8 +507,8 @@ def _cl_kernel(xc, wt, wr, bias, out, td, th, tw, rok, rst, rph, C, ps, z):
                             a13 += p[7]
                             continue
                         for kw in range(KW):
-                            iw0 = tw[ow0, kw]
-                            iw1 = tw[ow1, kw]
+                            iw0 = _tap(fw, gw, ow0, kw)
+                            iw1 = _tap(fw, gw, ow1, kw)
                             wo = kw * Cg
                             if iw0 >= 0 and iw1 >= 0:
                                 p = _dot2x4(
@@ -528,18 +583,21 @@ def _to_channels_last(x, xc):
 
 
 def _tables(plan):
-    return tuple(
-        tap_table(
+    """The conv's tap maps ``(fd, gd, fh, gh, fw, gw)`` (``shapes.conv_tap_map``)."""
+    maps = []
+    for i in range(3):
+        lo, hi = plan.padding[i]
+        maps += conv_tap_map(
+            plan.in_size[i],
             plan.out_size[i],
             plan.kernel[i],
             plan.stride[i],
             plan.dilation[i],
-            plan.padding[i][0],
-            plan.in_size[i],
+            lo,
+            hi,
             plan.padding_mode,
         )
-        for i in range(3)
-    )
+    return tuple(maps)
 
 
 def uses_channels_last(plan) -> bool:
@@ -572,8 +630,8 @@ def run_channels_last(x5, wt, bias, out5, tables, runs, ps):
     """Run ``_cl_kernel`` over the batch in chunks within ``config.workspace_bytes``.
 
     ``wt`` is the weight as ``(C_out, KD, KH, KW * C_in/groups)`` (channels
-    innermost), ``tables`` the (D, H, W) tap tables of output position x tap
-    -> input index or -1, ``runs`` None or ``(wr, rok, rst, rph)``: the output
+    innermost), ``tables`` the (D, H, W) tap maps ``(fd, gd, fh, gh, fw, gw)``
+    (output position x tap -> input index or -1, see ``shapes.conv_tap_map``), ``runs`` None or ``(wr, rok, rst, rph)``: the output
     positions ``rok`` whose W taps read one contiguous run of the channels-last
     row starting at element ``rst``, with weight ``wr[rph]`` laid out along the
     run. ``ps`` is the distance of the two pixels of a register tile.
@@ -582,7 +640,7 @@ def run_channels_last(x5, wt, bias, out5, tables, runs, ps):
     per_sample = c * d * h * w * x5.dtype.itemsize
     chunk = max(1, min(n, config.workspace_bytes // per_sample))
     buf = np.empty((chunk, d, h, w, c), dtype=x5.dtype)
-    td, th, tw = tables
+    fd, gd, fh, gh, fw, gw = tables
     wt5 = wt[None]
     if runs is None:
         ow = out5.shape[4]
@@ -598,9 +656,12 @@ def run_channels_last(x5, wt, bias, out5, tables, runs, ps):
             wr,
             bias,
             out5[n0 : n0 + m],
-            td,
-            th,
-            tw,
+            fd,
+            gd,
+            fh,
+            gh,
+            fw,
+            gw,
             rok,
             rst,
             rph,
@@ -611,15 +672,16 @@ def run_channels_last(x5, wt, bias, out5, tables, runs, ps):
     return out5
 
 
-def conv_runs(plan, wt, tw):
+def conv_runs(plan, wt, fw, gw):
     """``runs`` for :func:`run_channels_last` for conv: the whole ``KW * C`` run
     where the W taps of a position are contiguous (one group, dilation 1)."""
-    ow = tw.shape[0]
-    kw = tw.shape[1]
+    s, d, c, kw, ow = (int(v) for v in gw)
     if plan.groups != 1 or plan.dilation[2] != 1:
         return None
-    rok = (tw[:, 0] >= 0) & (tw[:, kw - 1] == tw[:, 0] + kw - 1)
-    rst = np.where(rok, tw[:, 0] * plan.c_in, 0).astype(np.int64)
+    pos = np.arange(ow, dtype=np.int64) * s + c
+    first = fw[pos]
+    rok = (first >= 0) & (fw[pos + (kw - 1) * d] == first + kw - 1)
+    rst = np.where(rok, first * plan.c_in, 0).astype(np.int64)
     return wt[None], rok, rst, np.zeros(ow, np.int64)
 
 
@@ -657,12 +719,13 @@ def run(x5, w5, bias, plan, out5):
     """
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
-    td, th, tw = _tables(plan)
+    maps = _tables(plan)
+    fw, gw = maps[4], maps[5]
     if uses_channels_last(plan):
         cg = plan.c_in // plan.groups
         kd, kh, kw = plan.kernel
         wc = np.ascontiguousarray(w5.transpose(0, 2, 3, 4, 1)).reshape(plan.c_out, kd, kh, kw * cg)
-        return run_channels_last(x5, wc, bias, out5, (td, th, tw), conv_runs(plan, wc, tw), 1)
+        return run_channels_last(x5, wc, bias, out5, maps, conv_runs(plan, wc, fw, gw), 1)
     og = plan.c_out // plan.groups
     ob = min(og, _ROW_OB)
     base = plan.batch * plan.groups * (-(-og // ob)) * plan.out_size[0]
@@ -675,9 +738,7 @@ def run(x5, w5, bias, plan, out5):
         w5,
         bias,
         out5,
-        td,
-        th,
-        tw,
+        *maps,
         plan.stride[2],
         plan.dilation[2],
         plan.padding[2][0],

@@ -9,7 +9,7 @@ positions) are processed in chunks. For each chunk and group, ``_im2col``
 (njit-parallel over patch-matrix rows) lowers the input into a patch matrix
 ``cols`` of shape ``(K, rows * OW)`` with ``K = C_in/groups * KD * KH * KW``;
 padding, stride, dilation and the padding modes enter through the tap tables
-(``shapes.tap_table``), so no padded copy is made. One BLAS GEMM ``W_g (Og x K)
+(``shapes.conv_tap_map``), so no padded copy is made. One BLAS GEMM ``W_g (Og x K)
 @ cols`` gives the chunk's outputs, which ``_store`` writes into the result
 with the bias. A 1x1, stride-1, unpadded conv needs no lowering: it is one
 batched GEMM straight into the output.
@@ -46,19 +46,27 @@ import numpy as np
 from numba import njit
 
 from .. import config
-from ..shapes import tap_table
+from ..shapes import scatter_tap_map
+from .direct import _tables as direct_tables
+
+
+@njit(inline="always")
+def _tap(f, g, o, k):
+    # entry [o, k] of a compact tap map (shapes.conv_tap_map and friends); kept
+    # here, not imported, because numba's cache keys on this file's contents
+    return f[o * g[0] + k * g[1] + g[2]]
 
 
 @njit(nogil=True, cache=True)
-def _im2col(x, cols, r0, r1, c0, td, th, tw, sw, dw, lo_w, k0, k1):
-    # cols[k, (r - r0) * OW + ow] = x[n, c0 + cl, td[od, kd], th[oh, kh], tw[ow, kw]]
+def _im2col(x, cols, r0, r1, c0, fd, gd, fh, gh, fw, gw, sw, dw, lo_w, k0, k1):
+    # cols[k, (r - r0) * OW + ow] = x[n, c0 + cl, _tap(fd, gd, od, kd), _tap(fh, gh, oh, kh), _tap(fw, gw, ow, kw)]
     # (0 where a table says -1) for output rows r = (n, od, oh) in [r0, r1),
     # k = ((cl * KD + kd) * KH + kh) * KW + kw. The interior of a row reads
     # x[..., ow * sw + kw * dw - lo_w] directly (unsigned offsets: a vectorized
     # copy at stride 1); only the edges go through the W table.
-    OD, KD = td.shape
-    OH, KH = th.shape
-    OW, KW = tw.shape
+    OD, KD = gd[4], gd[3]
+    OH, KH = gh[4], gh[3]
+    OW, KW = gw[4], gw[3]
     W = x.shape[4]
     us = np.uint64(sw)
     for k in range(k0, k1):
@@ -76,8 +84,8 @@ def _im2col(x, cols, r0, r1, c0, td, th, tw, sw, dw, lo_w, k0, k1):
             oh = r % OH
             od = (r // OH) % OD
             n = r // (OH * OD)
-            idd = td[od, kd]
-            ih = th[oh, kh]
+            idd = _tap(fd, gd, od, kd)
+            ih = _tap(fh, gh, oh, kh)
             base = (r - r0) * OW
             if idd < 0 or ih < 0:
                 for ow in range(OW):
@@ -87,10 +95,10 @@ def _im2col(x, cols, r0, r1, c0, td, th, tw, sw, dw, lo_w, k0, k1):
             for i in range(np.uint64(hi - lo)):
                 cols[k, ub + i] = x[n, c, idd, ih, ux + i * us]
             for ow in range(lo):
-                iw = tw[ow, kw]
+                iw = _tap(fw, gw, ow, kw)
                 cols[k, base + ow] = x[n, c, idd, ih, iw] if iw >= 0 else 0
             for ow in range(hi, OW):
-                iw = tw[ow, kw]
+                iw = _tap(fw, gw, ow, kw)
                 cols[k, base + ow] = x[n, c, idd, ih, iw] if iw >= 0 else 0
 
 
@@ -130,8 +138,8 @@ def _gather_rows(x, xm, r0, r1, c0, t0, t1):
 
 
 @njit(nogil=True, cache=True)
-def _col2im(cols, out, r0, r1, o0, KD, KH, KW, D, H, W, td, th, sw, dw, lo_w, oa, ob):
-    # out[n, o0 + o, td[id, kd], th[ih, kh], iw * sw + kw * dw - lo_w] +=
+def _col2im(cols, out, r0, r1, o0, KD, KH, KW, D, H, W, fd, gd, fh, gh, sw, dw, lo_w, oa, ob):
+    # out[n, o0 + o, _tap(fd, gd, id, kd), _tap(fh, gh, ih, kh), iw * sw + kw * dw - lo_w] +=
     #     cols[(o * KD + kd) * KH + kh) * KW + kw, (r - r0) * W + iw]
     # for input rows r = (n, id, ih) in [r0, r1) and output channels o in
     # [oa, ob): a thread owns whole output channels, so no two write one element
@@ -143,11 +151,11 @@ def _col2im(cols, out, r0, r1, o0, KD, KH, KW, D, H, W, td, th, sw, dw, lo_w, oa
             n = r // (H * D)
             base = (r - r0) * W
             for kd in range(KD):
-                pd = td[idd, kd]
+                pd = _tap(fd, gd, idd, kd)
                 if pd < 0:
                     continue
                 for kh in range(KH):
-                    ph = th[ih, kh]
+                    ph = _tap(fh, gh, ih, kh)
                     if ph < 0:
                         continue
                     for kw in range(KW):
@@ -241,21 +249,6 @@ def workspace_bytes(plan) -> int:
     return max(chunk_rows(plan), 0) * _row_bytes(plan)
 
 
-def _tables(plan, lo, size):
-    return tuple(
-        tap_table(
-            size[i],
-            plan.kernel[i],
-            plan.stride[i],
-            plan.dilation[i],
-            lo[i],
-            plan.in_size[i],
-            plan.padding_mode,
-        )
-        for i in range(3)
-    )
-
-
 def run(x5, w5, bias, plan, out5):
     """Convolution by im2col + GEMM (canonical 5-D arrays, see the module doc)."""
     if bias is None:
@@ -278,7 +271,7 @@ def run(x5, w5, bias, plan, out5):
     cols_buf = np.empty(k * rows * ow, dtype=plan.dtype)
     res_buf = np.empty(og * rows * ow, dtype=plan.dtype)
     wmat = [np.ascontiguousarray(w5[i * og : (i + 1) * og].reshape(og, k)) for i in range(g)]
-    td, th, tw = _tables(plan, tuple(p[0] for p in plan.padding), plan.out_size)
+    maps = direct_tables(plan)
     total = _total_rows(plan)
     for r0 in range(0, total, rows):
         r1 = min(r0 + rows, total)
@@ -294,9 +287,7 @@ def run(x5, w5, bias, plan, out5):
                 r0,
                 r1,
                 i * cg,
-                td,
-                th,
-                tw,
+                *maps,
                 plan.stride[2],
                 plan.dilation[2],
                 plan.padding[2][0],
@@ -327,10 +318,8 @@ def run_transpose(x5, w5, bias, plan, out5):
 
     def body(x, b, target, lo, size):
         target[...] = b.reshape(1, -1, 1, 1, 1)
-        td, th = (
-            tap_table(
-                plan.in_size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], size[i], "zeros"
-            )
+        (fd, gd), (fh, gh) = (
+            scatter_tap_map(plan.in_size[i], size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i])
             for i in range(2)
         )
         total = x.shape[0] * d * h
@@ -342,7 +331,7 @@ def run_transpose(x5, w5, bias, plan, out5):
             for i in range(g):
                 _split(_gather_rows, cg * (r1 - r0), x, xm, r0, r1, i * cg)
                 _matmul(wmat[i], xm, cols)
-                geo = (kd, kh, kw, d, h, w, td, th, plan.stride[2], plan.dilation[2], lo[2])
+                geo = (kd, kh, kw, d, h, w, fd, gd, fh, gh, plan.stride[2], plan.dilation[2], lo[2])
                 _split(_col2im, og, cols, target, r0, r1, i * og, *geo)
 
     return with_fold(plan, x5, bias, out5, body)

@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
-from ..shapes import gather_table, tap_table
+from ..shapes import gather_tap_map, tap_table
 from . import direct
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
@@ -40,8 +40,15 @@ from . import direct
 _FASTMATH = {"reassoc", "contract"}
 
 
+@njit(inline="always")
+def _tap(f, g, o, k):
+    # entry [o, k] of a compact tap map (shapes.gather_tap_map); kept here,
+    # not imported, because numba's cache keys on this file's contents
+    return f[o * g[0] + k * g[1] + g[2]]
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _scatter_kernel(x, w8, bias, out, gd, gh, sw, dw, lo_w):
+def _scatter_kernel(x, w8, bias, out, fd, gd, fh, gh, sw, dw, lo_w):
     # One task: sample n, group g, a block of 8 output channels, one output row
     # (od, oh). The inputs reaching that row are found through the gather
     # tables gd/gh (D, H); along W every input element of those rows scatters
@@ -66,11 +73,11 @@ def _scatter_kernel(x, w8, bias, out, gd, gh, sw, dw, lo_w):
         nb = min(8, Og - b * 8)
         acc = np.zeros(OW * 8, dtype=out.dtype)
         for kd in range(KD):
-            idd = gd[od, kd]
+            idd = _tap(fd, gd, od, kd)
             if idd < 0:
                 continue
             for kh in range(KH):
-                ih = gh[oh, kh]
+                ih = _tap(fh, gh, oh, kh)
                 if ih < 0:
                     continue
                 for cl in range(Cg):
@@ -192,11 +199,11 @@ def run_scatter(x5, w5, bias, plan, out5):
     w8 = np.ascontiguousarray(w8.reshape(g, cg, nob, 8, kd, kh, kw).transpose(0, 2, 1, 4, 5, 6, 3))
 
     def body(x, b, target, lo, size):
-        gd, gh = (
-            gather_table(size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], plan.in_size[i])
+        (fd, gd), (fh, gh) = (
+            gather_tap_map(size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], plan.in_size[i])
             for i in range(2)
         )
-        _scatter_kernel(x, w8, b, target, gd, gh, plan.stride[2], plan.dilation[2], lo[2])
+        _scatter_kernel(x, w8, b, target, fd, gd, fh, gh, plan.stride[2], plan.dilation[2], lo[2])
 
     return with_fold(plan, x5, bias, out5, body)
 
@@ -222,9 +229,14 @@ def run_gather(x5, w5, bias, plan, out5):
     wc = wc.reshape(plan.c_out, kd, kh, kw * cg)
 
     def body(x, b, target, lo, size):
-        tables = tuple(
-            gather_table(size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], plan.in_size[i])
-            for i in range(3)
+        tables = sum(
+            (
+                gather_tap_map(
+                    size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], plan.in_size[i]
+                )
+                for i in range(3)
+            ),
+            (),
         )
         runs = _gather_runs(plan, w5, lo[2], size[2])
         direct.run_channels_last(x, wc, b, target, tables, runs, plan.stride[2])
