@@ -46,9 +46,16 @@ def _gemm_supports(plan) -> str | None:
     return supports(plan)
 
 
+def _fft_supports(plan) -> str | None:
+    from .cpu.fft import supports
+
+    return supports(plan)
+
+
 TABLE: tuple[MethodRow, ...] = (
     MethodRow("direct", "conv", "cpu", ".cpu.direct", _always),
     MethodRow("gemm", "conv", "cpu", ".cpu.gemm", _gemm_supports),
+    MethodRow("fft", "conv", "cpu", ".cpu.fft", _fft_supports),
     MethodRow("scatter", "conv_transpose", "cpu", ".cpu.transpose", _always, "run_scatter"),
     MethodRow("gather", "conv_transpose", "cpu", ".cpu.transpose", _gather_supports, "run_gather"),
     MethodRow("gemm", "conv_transpose", "cpu", ".cpu.gemm", _gemm_supports, "run_transpose"),
@@ -82,12 +89,15 @@ def select(op: str, plan, method: str) -> MethodRow:
             raise UnsupportedMethodError(f"no {op} method supports this case")
         if op == "conv":
             # interim rule until the cost model (measured on the bench
-            # workloads): the GEMM path wins once a group has a few input
-            # channels and the kernel is small (1x1, 3x3, 7x7 stem, 3x3x3);
-            # direct wins for depthwise and for large kernels
+            # workloads): FFT for large kernels (31x31: 15 ms vs 150 direct;
+            # 1025 taps: 5 vs 9 ms); the GEMM path once a group has a few
+            # input channels (1x1, 3x3, 7x7 stem, 3x3x3); direct for depthwise
             cg = plan.c_in // plan.groups
             taps = plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
-            want = "gemm" if cg >= 3 and taps <= 125 else "direct"
+            if taps > 125:
+                want = "fft"
+            else:
+                want = "gemm" if cg >= 3 else "direct"
             return next((r for r in ok if r.name == want), ok[0])
         if op == "conv_transpose":
             # interim rule until the cost model: gather's channels-last dot

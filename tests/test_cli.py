@@ -42,7 +42,7 @@ def test_bench_quick_json():
         _run("-m", "numbaconv.cli", "bench", "--case", "depthwise_3x3_c32", "--repeat", "1", "--json").stdout
     )
     # one row per method, then auto (with the method it chose)
-    assert [r["method"] for r in rows] == ["direct", "gemm", "auto:direct"]
+    assert [r["method"] for r in rows] == ["direct", "gemm", "fft", "auto:direct"]
     assert all(r["case"] == "depthwise_3x3_c32" for r in rows)
     assert rows[0]["output_shape"] == [8, 32, 112, 112] and rows[0]["median_s"] > 0
 

@@ -1,0 +1,151 @@
+"""method="fft" for conv: against the reference and PyTorch, tiles (overlap-save),
+memory within the budget, and fft == direct as a property."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import numbaconv as nc
+from numbaconv import config, shapes
+from numbaconv.cpu import fft
+
+from .conftest import DTYPES, assert_close, random_array, torch, torch_conv
+from .reference import conv_reference
+from .test_conv import FUNCS, GRID, _id, _valid, explicit_pads
+
+
+def fft_tolerance(dtype, x, w, b, padded_size) -> float:
+    """FFT rounding is relative to the norms of the inputs, not to each output:
+    c * eps * log2(M) * ||x|| * ||w|| (+ |b|), M the number of FFT points."""
+    eps = np.finfo(np.dtype(dtype)).eps
+    norm = float(np.linalg.norm(np.ravel(x)) * np.linalg.norm(np.ravel(w)))
+    bias = 0.0 if b is None else float(np.max(np.abs(b)))
+    return 16 * eps * (np.log2(max(padded_size, 2)) + 1) * (norm + bias)
+
+
+def _case(c, dtype, rng):
+    nd = c["nd"]
+    x = random_array(rng, (2, c["cin"]) + c["size"], dtype)
+    w = random_array(rng, (c["cout"], c["cin"] // c["groups"]) + c["k"], dtype)
+    b = random_array(rng, (c["cout"],), dtype)
+    stride, dil = (c["stride"],) * nd, (c["dilation"],) * nd
+    pads = explicit_pads(c["padding"], nd, c["size"], c["k"], stride, dil)
+    args = (x, w, b, c["stride"], c["padding"], c["dilation"], c["groups"])
+    got = FUNCS[nd](*args, padding_mode=c["mode"], method="fft")
+    ref = conv_reference(x, w, b, list(stride), pads, list(dil), c["groups"], c["mode"])
+    size = int(np.prod([n + lo + hi for n, (lo, hi) in zip(c["size"], pads)]))
+    return got, ref, fft_tolerance(dtype, x, w, b, 4 * size), (x, w, b, stride, pads, dil)
+
+
+@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)], ids=_id)
+def test_grid_vs_reference_and_torch(case):
+    got, ref, tol, (x, w, b, stride, pads, dil) = _case(case, np.float64, np.random.default_rng(0))
+    assert got.dtype == np.float64
+    assert_close(got, ref, tol, "vs reference")
+    if torch is not None:
+        assert_close(
+            got, torch_conv(x, w, b, stride, pads, dil, case["groups"], case["mode"]), tol, "vs torch"
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)][::6], ids=_id)
+def test_grid_dtypes(case, dtype):
+    got, ref, tol, _ = _case(case, dtype, np.random.default_rng(1))
+    assert got.dtype == np.dtype(dtype)
+    assert_close(got, ref, tol)
+
+
+@pytest.mark.parametrize("mode", shapes.PADDING_MODES)
+def test_many_tiles_equal_one_tile(mode, monkeypatch):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 40, 50))
+    w = rng.standard_normal((6, 2, 5, 4))
+    b = rng.standard_normal(6)
+    kw = dict(stride=(2, 3), padding=((3, 1), 2), dilation=(2, 1), groups=2, padding_mode=mode)
+    plan = shapes.make_conv_plan(x.shape, w.shape, b.shape, **kw)
+    need = [fft._valid_len(plan, i) for i in range(3)]
+    whole = [need[i] + fft._span(plan, i) - 1 for i in range(3)]
+    with monkeypatch.context() as m:  # one tile covering everything
+        m.setattr(fft, "_tile_plan", lambda p: (need, whole))
+        one = nc.conv2d(x, w, b, method="fft", **kw)
+    np.testing.assert_allclose(nc.conv2d(x, w, b, method="fft", **kw), one, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(config, "workspace_bytes", 200_000)
+    tiles, lens = fft._tile_plan(plan)
+    count = int(np.prod([-(-need[i] // tiles[i]) for i in range(3)]))
+    assert count >= 4, (tiles, need)
+    assert fft.tile_bytes(plan, lens) <= 200_000
+    np.testing.assert_allclose(nc.conv2d(x, w, b, method="fft", **kw), one, rtol=1e-12, atol=1e-12)
+    ref = conv_reference(x, w, b, [2, 3], [(3, 1), (2, 2)], [2, 1], 2, mode)
+    assert_close(one, ref, fft_tolerance(np.float64, x, w, b, 4 * 46 * 54))
+
+
+def test_budget_below_one_tile_is_refused(monkeypatch):
+    x = np.ones((1, 2, 30, 30))
+    w = np.ones((2, 2, 9, 9))
+    monkeypatch.setattr(config, "workspace_bytes", 1000)
+    with pytest.raises(nc.UnsupportedMethodError, match="smallest FFT tile"):
+        nc.conv2d(x, w, method="fft")
+    np.testing.assert_allclose(nc.conv2d(x, w), 162.0)  # auto takes another method
+
+
+def test_long_signal_stays_within_the_budget():
+    """A 4M-sample signal with a 1001-tap filter: the FFT length comes from the
+    kernel size and the budget, not the signal; extra memory within the budget."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 1, 4_000_000)).astype(np.float32)
+    w = rng.standard_normal((1, 1, 1001)).astype(np.float32)
+    nc.conv1d(x[..., :5000], w, method="fft")
+    with config.override(workspace_bytes=8 * 2**20):
+        plan = shapes.make_conv_plan(x.shape, w.shape, None, dtype=np.float32)
+        tiles, lens = fft._tile_plan(plan)
+        assert lens[2] < 4_000_000 // 4
+        tracemalloc.start()
+        try:
+            y = nc.conv1d(x, w, method="fft")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak - y.nbytes <= 8 * 2**20 + 2**20
+    seg = slice(2_000_000, 2_000_050)
+    ref = conv_reference(x[..., 2_000_000 : 2_000_050 + 1000].astype(np.float64), w)
+    assert_close(y[..., seg], ref, fft_tolerance(np.float32, x[..., :20000], w, None, 2 * lens[2]))
+
+
+@given(
+    nd=st.integers(1, 3),
+    size=st.integers(4, 9),
+    k=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    pad=st.integers(0, 3),
+    groups=st.sampled_from([1, 2]),
+    mode=st.sampled_from(shapes.PADDING_MODES),
+    seed=st.integers(0, 2**16),
+)
+def test_fft_equals_direct(nd, size, k, stride, dilation, pad, groups, mode, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 2 * groups) + (size,) * nd)
+    w = rng.standard_normal((2 * groups, 2) + (k,) * nd)
+    try:
+        shapes.make_conv_plan(x.shape, w.shape, None, stride, pad, dilation, groups, padding_mode=mode)
+    except ValueError:
+        assume(False)  # combinations PyTorch's rules reject (tested in test_errors)
+    a = nc.conv(x, w, None, stride, pad, dilation, groups, padding_mode=mode, method="fft")
+    d = nc.conv(x, w, None, stride, pad, dilation, groups, padding_mode=mode, method="direct")
+    assert_close(a, d, fft_tolerance(np.float64, x, w, None, 4 * (size + 2 * pad) ** nd))
+
+
+def test_complex_weights_are_not_conjugated():
+    rng = np.random.default_rng(4)
+    x = random_array(rng, (1, 2, 11), np.complex128)
+    w = random_array(rng, (3, 2, 4), np.complex128)
+    ref = conv_reference(x, w, pads=[(1, 2)])
+    assert_close(
+        nc.conv1d(x, w, padding=((1, 2),), method="fft"), ref, fft_tolerance(np.complex128, x, w, None, 64)
+    )
