@@ -59,6 +59,7 @@ TABLE: tuple[MethodRow, ...] = (
     MethodRow("scatter", "conv_transpose", "cpu", ".cpu.transpose", _always, "run_scatter"),
     MethodRow("gather", "conv_transpose", "cpu", ".cpu.transpose", _gather_supports, "run_gather"),
     MethodRow("gemm", "conv_transpose", "cpu", ".cpu.gemm", _gemm_supports, "run_transpose"),
+    MethodRow("fft", "conv_transpose", "cpu", ".cpu.fft", _fft_supports, "run_transpose"),
 )
 
 SPECIAL_METHODS = ("auto",)

@@ -149,3 +149,24 @@ def test_complex_weights_are_not_conjugated():
     assert_close(
         nc.conv1d(x, w, padding=((1, 2),), method="fft"), ref, fft_tolerance(np.complex128, x, w, None, 64)
     )
+
+
+def test_transposed_fft_within_the_budget_and_matches_scatter():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 16, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 4, 4)).astype(np.float32)
+    kw = dict(stride=2, padding=1)
+    ref = nc.conv_transpose2d(x, w, method="scatter", **kw)
+    nc.conv_transpose2d(x[:, :, :4, :4], w, method="fft", **kw)
+    budget = 2**20
+    with config.override(workspace_bytes=budget):
+        plan = shapes.make_conv_transpose_plan(x.shape, w.shape, None, dtype=np.float32, **kw)
+        assert fft.supports(plan) is None and fft.workspace_bytes(plan) <= budget
+        tracemalloc.start()
+        try:
+            y = nc.conv_transpose2d(x, w, method="fft", **kw)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak - y.nbytes <= budget + 2**18
+    assert_close(y, ref, fft_tolerance(np.float32, x, w, None, 4 * 80 * 80))

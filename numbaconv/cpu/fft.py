@@ -24,6 +24,7 @@ complex128; complex inputs use full complex transforms.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numba
@@ -117,8 +118,10 @@ def _tile_plan(plan):
 
 
 def tile_bytes(plan, lens) -> int:
-    """Bytes of one tile's buffers: padded input tile, its spectrum, the kernel
-    spectrum, the product and the inverse transform."""
+    """Bytes of one tile's buffers: the input tile and its spectrum, the kernel
+    spectra, the product, the inverse transform, and the intermediates of the
+    transforms (SciPy's multi-axis transforms and the inverse's copy of its
+    input each hold about one more spectrum)."""
     real = plan.dtype.kind == "f"
     item = plan.dtype.itemsize
     citem = 2 * item if real else item
@@ -129,9 +132,9 @@ def tile_bytes(plan, lens) -> int:
     n, c, o = plan.batch, plan.c_in, plan.c_out
     return (
         n * c * space * item
-        + n * c * freq * citem
-        + o * cg * freq * citem
-        + n * o * freq * citem
+        + 2 * n * c * freq * citem
+        + 2 * o * cg * freq * citem
+        + 2 * n * o * freq * citem
         + n * o * space * item
     )
 
@@ -139,7 +142,7 @@ def tile_bytes(plan, lens) -> int:
 def supports(plan) -> str | None:
     """None when ``method="fft"`` can run the plan, else why not."""
     if plan.op != "conv":
-        return "the transposed op has no FFT path yet"
+        plan = _conv_view(plan, _transpose_target(plan))
     tiles, lens = _tile_plan(plan)
     need = tile_bytes(plan, lens)
     if need > config.workspace_bytes:
@@ -151,7 +154,9 @@ def supports(plan) -> str | None:
 
 
 def workspace_bytes(plan) -> int:
-    """Extra memory :func:`run` allocates (one tile's buffers plus the padded input)."""
+    """Extra memory :func:`run` allocates (one tile's buffers)."""
+    if plan.op != "conv":
+        plan = _conv_view(plan, _transpose_target(plan))
     _, lens = _tile_plan(plan)
     return tile_bytes(plan, lens)
 
@@ -192,6 +197,66 @@ def _gather_tile(x, tile, fd, fh, fw):
 
 def run(x5, w5, bias, plan, out5):
     """Convolution by FFT, overlap-save in tiles (canonical 5-D arrays)."""
+    return _correlate(x5, w5, bias, plan, out5, lambda i, start, length: _window_map(plan, i, start, length))
+
+
+def _conv_view(plan, size):
+    """The stride-1 correlation the transposed op is computed as (see :func:`run_transpose`)."""
+    return dataclasses.replace(
+        plan,
+        op="conv",
+        stride=(1, 1, 1),
+        out_size=tuple(size),
+        padding=((0, 0),) * 3,
+        padding_mode="zeros",
+        output_padding=(0, 0, 0),
+    )
+
+
+def _transpose_target(plan):
+    if plan.padding_mode == "zeros":
+        return plan.out_size
+    return tuple((plan.in_size[i] - 1) * plan.stride[i] + _span(plan, i) for i in range(3))
+
+
+def run_transpose(x5, w5, bias, plan, out5):
+    """Transposed convolution by FFT (canonical 5-D arrays).
+
+    ``out[q] = sum_k w[k] * u[q + lo - k * dilation]`` where ``u`` is the input
+    with ``stride - 1`` zeros inserted between samples: a stride-1 correlation
+    of ``u`` (shifted by ``lo - span + 1``) with the flipped kernel. The
+    zero-inserted input is never stored: each tile is gathered through an
+    index map that is -1 off the stride grid. Non-zero padding modes compute
+    the extended output and fold it (:mod:`numbaconv.cpu.transpose`).
+    """
+    from .transpose import with_fold
+
+    g = plan.groups
+    cg = plan.c_in // g
+    og = plan.c_out // g
+    kd, kh, kw = plan.kernel
+    # (C_in, Og, k) -> (C_out, Cg, k), flipped
+    wconv = w5.reshape(g, cg, og, kd, kh, kw).transpose(0, 2, 1, 3, 4, 5).reshape(plan.c_out, cg, kd, kh, kw)
+    wconv = np.ascontiguousarray(wconv[:, :, ::-1, ::-1, ::-1])
+    spans = [_span(plan, i) for i in range(3)]
+
+    def body(x, b, target, lo, size):
+        cplan = dataclasses.replace(_conv_view(plan, size), batch=x.shape[0])
+
+        def window(i, start, length):
+            m = np.arange(start, start + length, dtype=np.int64) - spans[i] + 1 + lo[i]
+            s = plan.stride[i]
+            q = m // s
+            return np.where((m >= 0) & (m - q * s == 0) & (q < plan.in_size[i]), q, -1)
+
+        _correlate(x, wconv, b, cplan, target, window)
+
+    return with_fold(plan, x5, bias, out5, body)
+
+
+def _correlate(x5, w5, bias, plan, out5, window):
+    """Correlation of the padded input (read through ``window(dim, start,
+    length)``) with ``w5``, overlap-save in tiles, strided outputs into ``out5``."""
     real = plan.dtype.kind == "f"
     workers = numba.get_num_threads()
     fwd = sfft.rfftn if real else sfft.fftn
@@ -224,7 +289,7 @@ def run(x5, w5, bias, plan, out5):
         (n, plan.c_in) + tuple(min(lens[i], tiles[i] + spans[i] - 1) for i in range(3)), plan.dtype
     )
     for t0 in itertools.product(*ranges):
-        maps = [_window_map(plan, i, t0[i], tile.shape[2 + i]) for i in range(3)]
+        maps = [window(i, t0[i], tile.shape[2 + i]) for i in range(3)]
         _gather_tile(x5, tile, maps[0], maps[1], maps[2])
         xspec = fwd(tile, s=lens, axes=axes, workers=workers)
         _contract(np.ascontiguousarray(xspec.reshape(n, plan.c_in, -1)), kspec, yspec, plan.groups)
