@@ -1,0 +1,324 @@
+"""SciPy-compatible convolution: ``convolve``, ``correlate``, ``fftconvolve``,
+``oaconvolve`` and ``choose_conv_method`` with ``scipy.signal``'s parameters,
+modes, output dtypes and errors, on numbaconv's kernels (multi-threaded).
+
+Beyond SciPy: ``axes=`` for every function and method (SciPy has it for the
+FFT functions only), and the axes not convolved are batched: each of them must
+have equal sizes in both inputs or size 1 in one of them (broadcast), as in
+``scipy.signal.fftconvolve``.
+
+Limits: at most three axes are convolved per call (pass ``axes=`` for
+higher-dimensional arrays; the other axes are batched). Integer inputs are
+computed exactly (in float64 while every partial sum stays below 2**53, which
+the code checks, else by SciPy's own integer path) and wrap around in the
+input dtype as SciPy's direct method does; they never go through the FFT in
+``convolve``/``correlate``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import api
+
+__all__ = ["choose_conv_method", "convolve", "correlate", "fftconvolve", "oaconvolve"]
+
+_MODES = ("full", "valid", "same")
+_METHODS = ("auto", "direct", "fft")
+_EXACT = 2**53
+
+
+def _check_mode(mode) -> None:
+    if mode not in _MODES:
+        raise ValueError(f"Acceptable mode flags are 'valid', 'same', or 'full', not mode={mode}")
+
+
+def _check_method(method) -> None:
+    if method not in _METHODS:
+        raise ValueError("Acceptable method flags are 'auto', 'direct', or 'fft'.")
+
+
+def _as_arrays(in1, in2):
+    a = np.asarray(in1)
+    b = np.asarray(in2)
+    if a.ndim != b.ndim:
+        raise ValueError("volume and kernel should have the same dimensionality")
+    for arr in (a, b):
+        # as SciPy: bool works in 1-D (np.convolve), not in N-D
+        if arr.dtype.kind not in "iufc" and not (arr.dtype.kind == "b" and arr.ndim <= 1):
+            raise ValueError("Unsupported type")
+    return a, b
+
+
+def _norm_axes(axes, ndim):
+    if axes is None:
+        axes = list(range(ndim))
+    elif np.isscalar(axes):
+        axes = [axes]
+    axes = [int(ax) for ax in axes]
+    for ax in axes:
+        if ax < -ndim or ax >= ndim:
+            raise ValueError("axes exceeds dimensionality of input")
+    axes = [ax % ndim for ax in axes]
+    if len(set(axes)) != len(axes):
+        raise ValueError("all axes must be unique")
+    return sorted(axes)
+
+
+def _pads(n: int, k: int, mode: str) -> tuple[int, int]:
+    """(lo, hi) padding of the correlation with the flipped kernel giving SciPy's mode."""
+    if mode == "full":
+        return k - 1, k - 1
+    if mode == "same":
+        return k // 2, (k - 1) // 2
+    return 0, 0
+
+
+def _swap_needed(mode, s1, s2, axes) -> bool:
+    """SciPy swaps the inputs for 'valid' when the second is the larger one."""
+    if mode != "valid":
+        return False
+    ok1 = all(s1[i] >= s2[i] for i in axes)
+    ok2 = all(s2[i] >= s1[i] for i in axes)
+    if not (ok1 or ok2):
+        raise ValueError("For 'valid' mode, one must be at least as large as the other in every dimension")
+    return not ok1
+
+
+def _convolve_core(a, b, mode, axes, method, flip_conj=False):
+    """SciPy's convolve (or correlate with ``flip_conj``) over ``axes`` with numbaconv kernels.
+
+    Returns the result in the compute dtype (float/complex); the caller casts.
+    """
+    ndim = a.ndim
+    if flip_conj:
+        b = np.conj(b[tuple(slice(None, None, -1) if i in axes else slice(None) for i in range(ndim))])
+    if _swap_needed(mode, a.shape, b.shape, axes):
+        a, b = b, a
+    if len(axes) > 3:
+        raise ValueError(
+            f"numbaconv.signal convolves over at most 3 axes, got {len(axes)}; pass axes= "
+            "(the other axes are batched)"
+        )
+    batch_axes = [i for i in range(ndim) if i not in axes]
+    bshape = []
+    for i in batch_axes:
+        if a.shape[i] != b.shape[i] and 1 not in (a.shape[i], b.shape[i]):
+            raise ValueError(f"incompatible shapes for in1 and in2: {a.shape} and {b.shape}")
+        bshape.append(max(a.shape[i], b.shape[i]))
+    out_sp = []
+    pads = []
+    for i in axes:
+        n, k = a.shape[i], b.shape[i]
+        lo, hi = _pads(n, k, mode)
+        pads.append((lo, hi))
+        out_sp.append(n + lo + hi - k + 1)
+    order = batch_axes + axes
+    a_t = np.transpose(a, order)
+    b_t = np.transpose(b, order)
+    nb = int(np.prod(bshape)) if bshape else 1
+    sp_a = a_t.shape[len(batch_axes) :]
+    sp_b = b_t.shape[len(batch_axes) :]
+    # flip the kernel: numbaconv's conv is a correlation
+    b_t = b_t[(Ellipsis,) + (slice(None, None, -1),) * len(axes)]
+    kernel_batched = any(b.shape[i] != 1 for i in batch_axes)
+    if kernel_batched:
+        # a kernel per batch element: depthwise conv (groups = batch)
+        a5 = np.broadcast_to(a_t, tuple(bshape) + sp_a).reshape((1, nb) + sp_a)
+        b5 = np.broadcast_to(b_t, tuple(bshape) + sp_b).reshape((nb, 1) + sp_b)
+        groups = nb
+    else:
+        a5 = np.broadcast_to(a_t, tuple(bshape) + sp_a).reshape((nb, 1) + sp_a)
+        b5 = b_t.reshape((1, 1) + sp_b)
+        groups = 1
+    if min(a5.size, b5.size) == 0:
+        y = np.zeros((nb,) + tuple(out_sp), dtype=np.result_type(a5, b5))
+    else:
+        y = api.conv(a5, b5, None, 1, tuple(pads), 1, groups, method=method)
+    y = y.reshape(tuple(bshape) + tuple(out_sp))
+    return np.transpose(y, np.argsort(order))
+
+
+def _compute_dtype(dt):
+    if dt.kind in "iub":
+        return np.dtype(np.float64)
+    if dt == np.float16:
+        return np.dtype(np.float32)
+    return dt
+
+
+def _int_exact(a, b, axes) -> bool:
+    """Whether float64 sums of these integer products stay exact (< 2**53)."""
+    amax = float(np.max(np.abs(a.astype(np.float64)))) if a.size else 0.0
+    bsum = float(np.sum(np.abs(b.astype(np.float64)), axis=tuple(axes)).max()) if b.size else 0.0
+    asum = float(np.sum(np.abs(a.astype(np.float64)), axis=tuple(axes)).max()) if a.size else 0.0
+    bmax = float(np.max(np.abs(b.astype(np.float64)))) if b.size else 0.0
+    return min(amax * bsum, asum * bmax) < _EXACT
+
+
+def _finish(y, result_type):
+    if result_type.kind == "b":
+        return y != 0
+    if result_type.kind in "iu":
+        return np.rint(y).astype(np.int64).astype(result_type)
+    return y.astype(result_type, copy=False)
+
+
+def _direct_or_fft(a, b, mode, axes, method, flip_conj):
+    import scipy.signal as ss
+
+    result_type = np.result_type(a, b)
+    if a.ndim == 0:
+        return (a * (np.conj(b) if flip_conj else b)).astype(result_type)
+    if result_type.kind in "iub":
+        if not _int_exact(a, b, axes):  # SciPy's exact integer path
+            fn = ss.correlate if flip_conj else ss.convolve
+            return fn(a, b, mode=mode, method="direct")
+        method = "direct"
+    cdt = _compute_dtype(result_type)
+    inner = _choose(a, b, mode, axes) if method == "auto" else method
+    y = _convolve_core(a.astype(cdt, copy=False), b.astype(cdt, copy=False), mode, axes, inner, flip_conj)
+    return _finish(y, result_type)
+
+
+def _taps(b, axes) -> int:
+    return int(np.prod([b.shape[i] for i in axes])) if axes else 1
+
+
+def _choose(a, b, mode, axes) -> str:
+    """'fft' or 'direct' from operation counts (in the spirit of SciPy's
+    ``_fftconv_faster``), with constants measured on the development machine."""
+    if np.result_type(a, b).kind in "iub":
+        return "direct"
+    small, big = sorted((_taps(a, axes), _taps(b, axes)))
+    if small <= 25:
+        return "direct"
+    out = 1
+    for i in axes:
+        n, k = a.shape[i], b.shape[i]
+        lo, hi = _pads(n, k, mode)
+        out *= max(n, k) + lo + hi - min(n, k) + 1 if mode != "same" else n
+    direct_ops = out * small
+    full = big + small
+    fft_ops = 30 * full * max(1.0, np.log2(full))
+    return "fft" if fft_ops < direct_ops else "direct"
+
+
+def convolve(in1, in2, mode="full", method="auto", axes=None):
+    """Convolve two N-dimensional arrays, as ``scipy.signal.convolve``.
+
+    Parameters
+    ----------
+    in1, in2 : array_like
+        Same number of dimensions. Integer inputs give exact integer results
+        (wrapping in their dtype, as SciPy's direct method does).
+    mode : {'full', 'valid', 'same'}
+        'full': every overlap; 'valid': no zero padding (one input must be at
+        least as large as the other in every convolved axis; the inputs are
+        swapped when the second is the larger); 'same': the size of ``in1``,
+        centered on the 'full' output.
+    method : {'auto', 'direct', 'fft'}
+        'auto' follows :func:`choose_conv_method`.
+    axes : int or sequence of ints, optional
+        The axes to convolve (default all, at most 3); the other axes are
+        batched (equal sizes, or size 1 in one input).
+
+    Returns
+    -------
+    ndarray
+        ``np.result_type(in1, in2)``.
+
+    Shape
+    -----
+    Per convolved axis with sizes ``n`` and ``k``: 'full' ``n + k - 1``,
+    'same' ``n``, 'valid' ``max(n, k) - min(n, k) + 1``; batched axes broadcast.
+    """
+    a, b = _as_arrays(in1, in2)
+    _check_mode(mode)
+    _check_method(method)
+    ax = _norm_axes(axes, a.ndim)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("in1 and in2 must not be empty")
+    return _direct_or_fft(a, b, mode, ax, method, False)
+
+
+def correlate(in1, in2, mode="full", method="auto", axes=None):
+    """Cross-correlate two N-dimensional arrays, as ``scipy.signal.correlate``:
+    ``z[k] = sum_l in1[l] * conj(in2[l - k + N - 1])``.
+
+    Parameters, modes, dtypes and errors as :func:`convolve`.
+
+    Shape
+    -----
+    As :func:`convolve`.
+    """
+    a, b = _as_arrays(in1, in2)
+    _check_mode(mode)
+    _check_method(method)
+    ax = _norm_axes(axes, a.ndim)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("in1 and in2 must not be empty")
+    return _direct_or_fft(a, b, mode, ax, method, True)
+
+
+def _fft_family(in1, in2, mode, axes):
+    a, b = _as_arrays(in1, in2)
+    if mode not in _MODES:
+        raise ValueError("acceptable mode flags are 'valid', 'same', or 'full'")
+    if a.ndim == 0:
+        return a * b
+    if a.size == 0 or b.size == 0:
+        return np.array([])
+    ax = _norm_axes(axes, a.ndim)
+    result_type = np.result_type(a, b)
+    cdt = _compute_dtype(result_type)
+    return _convolve_core(a.astype(cdt, copy=False), b.astype(cdt, copy=False), mode, ax, "fft")
+
+
+def fftconvolve(in1, in2, mode="full", axes=None):
+    """Convolve by FFT, as ``scipy.signal.fftconvolve`` (integer inputs give
+    float64, as in SciPy).
+
+    Shape
+    -----
+    As :func:`convolve`.
+    """
+    return _fft_family(in1, in2, mode, axes)
+
+
+def oaconvolve(in1, in2, mode="full", axes=None):
+    """Convolve by overlap-add/save FFT blocks, as ``scipy.signal.oaconvolve``.
+    numbaconv's FFT path always blocks by the kernel size and the memory budget,
+    so this is :func:`fftconvolve`.
+
+    Shape
+    -----
+    As :func:`convolve`.
+    """
+    return _fft_family(in1, in2, mode, axes)
+
+
+def choose_conv_method(in1, in2, mode="full", measure=False):
+    """'direct' or 'fft' for :func:`convolve`/:func:`correlate`, as
+    ``scipy.signal.choose_conv_method``. With ``measure=True`` both are timed
+    on these arrays and ``(method, {'direct': s, 'fft': s})`` is returned.
+
+    Shape
+    -----
+    Returns a str (or a tuple with ``measure=True``).
+    """
+    a, b = _as_arrays(in1, in2)
+    _check_mode(mode)
+    ax = list(range(a.ndim))
+    if measure:
+        times = {}
+        for m in ("fft", "direct"):
+            t0 = time.perf_counter()
+            convolve(a, b, mode=mode, method=m)
+            times[m] = time.perf_counter() - t0
+        return min(times, key=times.get), times
+    if a.ndim == 0 or a.size == 0 or b.size == 0:
+        return "direct"
+    return _choose(a, b, mode, ax)
