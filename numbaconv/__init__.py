@@ -3,7 +3,7 @@
 Public names only; see ``docs/`` for the guide.
 """
 
-from . import config, shapes
+from . import config, shapes, signal
 from .api import (
     conv,
     conv1d,
@@ -30,4 +30,5 @@ __all__ = [
     "conv_transpose2d",
     "conv_transpose3d",
     "shapes",
+    "signal",
 ]

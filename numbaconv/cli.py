@@ -138,16 +138,62 @@ def _block_time(fn, calls: int = 3, rest: float = 0.1) -> float:
     return best
 
 
-_OPS = ("conv", "conv_transpose")
+_OPS = ("conv", "conv_transpose", "signal")
 
 
-def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list[dict]:
-    """Time the conv and conv_transpose workloads: every method and ``auto``,
-    each beside PyTorch CPU (if installed) in the same process."""
+def _setup(op, xs, ws, kw, rng, torch_peer):
+    """Arrays, FLOP count, the calls to time per method, the auto choice and the peer."""
     import numpy as np
 
     from . import api, dispatch
+    from . import signal as nsignal
     from .shapes import make_conv_plan, make_conv_transpose_plan
+
+    if op == "signal":  # scipy.signal.convolve semantics, float64
+        import scipy.signal as ss
+
+        x = rng.standard_normal(xs)
+        w = rng.standard_normal(ws)
+        mode = kw.get("mode", "full")
+        out = ss.convolve(np.ones([1] * len(xs)), np.ones([1] * len(ws)), mode)  # warm SciPy up
+        del out
+        taps = int(np.prod(ws))
+        outs = int(np.prod([a + b - 1 if mode == "full" else a for a, b in zip(xs, ws)]))
+        calls = {m: (lambda m=m: nsignal.convolve(x, w, method=m, **kw)) for m in ("direct", "fft")}
+        calls["auto"] = lambda: nsignal.convolve(x, w, **kw)
+        auto = nsignal.choose_conv_method(x, w, mode)
+        return 2 * outs * taps, calls, auto, "scipy", (lambda: ss.convolve(x, w, **kw))
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    if op == "conv":
+        plan = make_conv_plan(xs, ws, None, dtype=np.float32, **kw)
+        run = api.conv
+    else:
+        plan = make_conv_transpose_plan(xs, ws, None, dtype=np.float32, **kw)
+        run = api.conv_transpose
+    calls = {m: (lambda m=m: run(x, w, method=m, **kw)) for m in dispatch.method_names(op) if m != "auto"}
+    calls["auto"] = lambda: run(x, w, **kw)
+    auto = dispatch.select(op, plan, "auto").name
+    peer = None
+    if torch_peer is not None:
+        torch, F = torch_peer
+        fns = {
+            "conv": (F.conv1d, F.conv2d, F.conv3d),
+            "conv_transpose": (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d),
+        }
+        fn = fns[op][len(ws) - 3]
+        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+        peer = lambda: fn(tx, tw, **kw).numpy()  # noqa: E731
+    return plan.flops, calls, auto, "torch", peer
+
+
+def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list[dict]:
+    """Time the workloads: every method and ``auto`` beside the peer (PyTorch
+    CPU for conv ops if installed, scipy.signal.convolve for signal ops), in
+    the same process."""
+    import numpy as np
+
+    from . import dispatch
     from .workloads import WORKLOADS
 
     rows = [w for w in WORKLOADS if w[1] in _OPS]
@@ -158,35 +204,15 @@ def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list
             raise SystemExit(f"unknown case {case!r}; the cases are: {names}")
     elif quick:
         rows = [w for w in rows if w[0] in ("resnet_3x3_c64", "depthwise_3x3_c32", "unet_up_2x2s2")]
-    peer = _peer_torch()
+    torch_peer = _peer_torch()
     _settle_allocator()
     peak = gemm_peak_gflops()
     rng = np.random.default_rng(0)
     results = []
     for name, op, xs, ws, kw in rows:
-        x = rng.standard_normal(xs).astype(np.float32)
-        w = rng.standard_normal(ws).astype(np.float32)
-        if op == "conv":
-            plan = make_conv_plan(xs, ws, None, dtype=np.float32, **kw)
-            run = api.conv
-        else:
-            plan = make_conv_transpose_plan(xs, ws, None, dtype=np.float32, **kw)
-            run = api.conv_transpose
-        tfn = None
-        if peer is not None:
-            torch, F = peer
-            fns = {
-                "conv": (F.conv1d, F.conv2d, F.conv3d),
-                "conv_transpose": (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d),
-            }
-            fn = fns[op][len(ws) - 3]
-            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-            tfn = lambda fn=fn, tx=tx, tw=tw, kw=kw: fn(tx, tw, **kw)
-            ref = tfn().numpy()
-        auto_choice = dispatch.select(op, plan, "auto").name
-        methods = [m for m in dispatch.method_names(op) if m != "auto"] + ["auto"]
-        for method in methods:
-            call = lambda run=run, x=x, w=w, kw=kw, method=method: run(x, w, method=method, **kw)
+        flops, calls, auto_choice, peer_name, peer = _setup(op, xs, ws, kw, rng, torch_peer)
+        ref = None if peer is None else np.asarray(peer())
+        for method, call in calls.items():
             t0 = time.perf_counter()
             try:
                 y = call()
@@ -194,7 +220,7 @@ def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list
                 continue
             first = time.perf_counter() - t0
             err = None
-            if tfn is not None:
+            if ref is not None:
                 err = float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
             # Alternate short blocks A A A, B B B, ... and keep each block's best:
             # strictly alternating single calls measures the other runtime's
@@ -204,8 +230,8 @@ def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list
             for _ in range(repeat):
                 t = _block_time(call)
                 times.append(t)
-                if tfn is not None:
-                    ratios.append(_block_time(tfn) / t)
+                if peer is not None:
+                    ratios.append(_block_time(peer) / t)
             med = float(np.median(times))
             extra = _peak_extra_bytes(call, y.nbytes)
             results.append(
@@ -216,12 +242,13 @@ def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list
                     "method": f"auto:{auto_choice}" if method == "auto" else method,
                     "first_call_s": first,
                     "median_s": med,
-                    "gflops": plan.flops / med / 1e9,
-                    "fraction_of_gemm_peak": plan.flops / med / 1e9 / peak,
+                    "gflops": flops / med / 1e9,
+                    "fraction_of_gemm_peak": flops / med / 1e9 / peak,
                     "gemm_peak_gflops": peak,
                     "peak_extra_bytes": extra,
-                    "torch_ratio": float(np.median(ratios)) if ratios else None,
-                    "max_rel_err_vs_torch": err,
+                    "peer": peer_name if peer is not None else None,
+                    "peer_ratio": float(np.median(ratios)) if ratios else None,
+                    "max_rel_err_vs_peer": err,
                 }
             )
     return results
@@ -230,16 +257,16 @@ def bench(quick: bool = False, case: str | None = None, repeat: int = 5) -> list
 def _print_bench(results: list[dict]) -> None:
     head = (
         f"{'case':22s} {'output shape':>22s} {'method':>14s} {'first s':>8s} "
-        f"{'median ms':>10s} {'GFLOP/s':>8s} {'peak':>5s} {'extra MiB':>9s} {'torch/nc':>9s}"
+        f"{'median ms':>10s} {'GFLOP/s':>8s} {'peak':>5s} {'extra MiB':>9s} {'peer/nc':>13s}"
     )
     print(head)
     print("-" * len(head))
     for r in results:
-        ratio = "n/a" if r["torch_ratio"] is None else f"{r['torch_ratio']:.2f}"
+        ratio = "n/a" if r["peer_ratio"] is None else f"{r['peer']} {r['peer_ratio']:.2f}"
         print(
             f"{r['case']:22s} {str(tuple(r['output_shape'])):>22s} {r['method']:>14s} "
             f"{r['first_call_s']:8.2f} {r['median_s'] * 1e3:10.2f} {r['gflops']:8.1f} "
-            f"{r['fraction_of_gemm_peak']:5.2f} {r['peak_extra_bytes'] / 2**20:9.1f} {ratio:>9s}"
+            f"{r['fraction_of_gemm_peak']:5.2f} {r['peak_extra_bytes'] / 2**20:9.1f} {ratio:>13s}"
         )
     if results:
         print(
@@ -247,7 +274,10 @@ def _print_bench(results: list[dict]) -> None:
             f"({results[0]['gemm_peak_gflops']:.0f} GFLOP/s); "
             "extra MiB: peak memory beyond the result (tracemalloc)"
         )
-    print("torch/nc: PyTorch CPU time / numbaconv time (> 1 means numbaconv is faster)")
+    print(
+        "peer/nc: the peer's time / numbaconv's time (> 1 means numbaconv is faster); peers: "
+        "PyTorch CPU (conv ops), scipy.signal.convolve method='auto' (signal ops)"
+    )
 
 
 def main(argv=None) -> int:

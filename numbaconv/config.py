@@ -9,6 +9,10 @@
 ``cache_dir``
     Where numbaconv keeps its own on-disk state (autotune results,
     calibration). Numba's compiled-kernel cache is separate (``NUMBA_CACHE_DIR``).
+``fft_kernel_cache_bytes``
+    The FFT path keeps the kernel spectra of recent calls (keyed by the
+    weight's bytes) up to this many bytes, default 32 MiB, env
+    ``NUMBACONV_FFT_KERNEL_CACHE_BYTES``; 0 turns it off.
 ``direct_channels_last_min``
     The direct path switches from its row kernel (vectorized along the output
     width) to its channels-last kernel (vectorized along input channels) when a
@@ -28,6 +32,7 @@ FASTMATH = frozenset({"reassoc", "contract"})
 _DEFAULTS = {
     "workspace_bytes": 64 * 2**20,
     "direct_channels_last_min": 8,
+    "fft_kernel_cache_bytes": 32 * 2**20,
 }
 
 
@@ -41,14 +46,18 @@ def _default_cache_dir() -> str:
 
 workspace_bytes: int = int(os.environ.get("NUMBACONV_WORKSPACE_BYTES", _DEFAULTS["workspace_bytes"]))
 direct_channels_last_min: int = _DEFAULTS["direct_channels_last_min"]
+fft_kernel_cache_bytes: int = int(
+    os.environ.get("NUMBACONV_FFT_KERNEL_CACHE_BYTES", _DEFAULTS["fft_kernel_cache_bytes"])
+)
 cache_dir: str = _default_cache_dir()
 
 
 def _reset() -> None:
     """Restore the defaults (used by tests)."""
-    global workspace_bytes, direct_channels_last_min, cache_dir
+    global workspace_bytes, direct_channels_last_min, fft_kernel_cache_bytes, cache_dir
     workspace_bytes = _DEFAULTS["workspace_bytes"]
     direct_channels_last_min = _DEFAULTS["direct_channels_last_min"]
+    fft_kernel_cache_bytes = _DEFAULTS["fft_kernel_cache_bytes"]
     cache_dir = _default_cache_dir()
 
 

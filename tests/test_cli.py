@@ -53,7 +53,7 @@ def test_bench_transposed_case_runs_every_method():
     )
     assert [r["method"] for r in rows] == ["scatter", "gather", "gemm", "fft", "auto:gather"]
     assert all(r["output_shape"] == [8, 32, 128, 128] for r in rows)
-    errs = [r["max_rel_err_vs_torch"] for r in rows]
+    errs = [r["max_rel_err_vs_peer"] for r in rows]
     assert all(e is None or e < 1e-5 for e in errs), errs
 
 
@@ -63,3 +63,12 @@ def test_second_process_loads_kernels_from_the_cache():
     second = json.loads(_run("-c", CACHE_PROBE).stdout)
     assert second["value"] == 16 * 9
     assert second["misses"] == 0 and second["hits"] >= 1, second
+
+
+def test_bench_signal_case_against_scipy():
+    rows = json.loads(
+        _run("-m", "numbaconv.cli", "bench", "--case", "signal2d_5x5_same", "--repeat", "1", "--json").stdout
+    )
+    assert [r["method"] for r in rows][:2] == ["direct", "fft"] and rows[-1]["method"].startswith("auto:")
+    assert all(r["peer"] == "scipy" and r["peer_ratio"] > 0 for r in rows)
+    assert all(r["max_rel_err_vs_peer"] < 1e-10 for r in rows)

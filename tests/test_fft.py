@@ -170,3 +170,23 @@ def test_transposed_fft_within_the_budget_and_matches_scatter():
             tracemalloc.stop()
     assert peak - y.nbytes <= budget + 2**18
     assert_close(y, ref, fft_tolerance(np.float32, x, w, None, 4 * 80 * 80))
+
+
+def test_kernel_spectrum_cache_follows_the_weights(monkeypatch):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 2, 40, 40))
+    w = rng.standard_normal((3, 2, 9, 9))
+    fft._SPECTRA.clear()
+    a = nc.conv2d(x, w, padding=4, method="fft")
+    assert len(fft._SPECTRA) == 1
+    np.testing.assert_array_equal(nc.conv2d(x, w, padding=4, method="fft"), a)  # a hit: same bits
+    assert len(fft._SPECTRA) == 1
+    w[0, 0, 4, 4] += 1.0  # the weights change in place: a new key, a new spectrum
+    b = nc.conv2d(x, w, padding=4, method="fft")
+    assert len(fft._SPECTRA) == 2
+    ref = conv_reference(x, w, pads=[(4, 4)] * 2)
+    assert_close(b, ref, fft_tolerance(np.float64, x, w, None, 4 * 48 * 48))
+    monkeypatch.setattr(config, "fft_kernel_cache_bytes", 0)  # off
+    fft._SPECTRA.clear()
+    nc.conv2d(x, w, padding=4, method="fft")
+    assert len(fft._SPECTRA) == 0

@@ -25,7 +25,10 @@ complex128; complex inputs use full complex transforms.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import threading
+from collections import OrderedDict
 
 import numba
 import numpy as np
@@ -259,17 +262,32 @@ def run_transpose(x5, w5, bias, plan, out5):
     return with_fold(plan, x5, bias, out5, body)
 
 
-def _correlate(x5, w5, bias, plan, out5, window):
-    """Correlation of the padded input (read through ``window(dim, start,
-    length)``) with ``w5``, overlap-save in tiles, strided outputs into ``out5``."""
+_SPECTRA: OrderedDict = OrderedDict()  # kernel spectra of recent calls (LRU)
+_SPECTRA_LOCK = threading.Lock()
+
+
+def _kernel_spectrum(w5, plan, lens, workers):
+    """The spectrum ``(C_out, Cg, F)`` of the dilated, flipped kernel at ``lens``.
+
+    Transforming the kernel is often the largest single cost of a call (one
+    spectrum per output x input channel), so the spectra of recent calls are
+    kept, keyed by the weight's bytes, up to ``config.fft_kernel_cache_bytes``
+    in all (0 turns this off). A repeated call with equal weights skips it.
+    """
     real = plan.dtype.kind == "f"
-    workers = numba.get_num_threads()
-    fwd = sfft.rfftn if real else sfft.fftn
-    inv = sfft.irfftn if real else sfft.ifftn
-    tiles, lens = _tile_plan(plan)
+    key = None
+    limit = config.fft_kernel_cache_bytes
+    if limit > 0:
+        digest = hashlib.blake2b(np.ascontiguousarray(w5).view(np.uint8), digest_size=16).hexdigest()
+        key = (digest, w5.shape, w5.dtype.str, tuple(lens), plan.dilation)
+        with _SPECTRA_LOCK:
+            hit = _SPECTRA.get(key)
+            if hit is not None:
+                _SPECTRA.move_to_end(key)
+                return hit
     spans = [_span(plan, i) for i in range(3)]
+    o, cg = w5.shape[0], w5.shape[1]
     # the dilated kernel, flipped: correlation = convolution with the flip
-    o, cg = plan.c_out, plan.c_in // plan.groups
     wd = np.zeros((o, cg) + tuple(spans), dtype=plan.dtype)
     wd[:, :, :: plan.dilation[0], :: plan.dilation[1], :: plan.dilation[2]] = w5
     wd = wd[:, :, ::-1, ::-1, ::-1]
@@ -287,6 +305,27 @@ def _correlate(x5, w5, bias, plan, out5, window):
             kspec = np.moveaxis(moved, -1, ax)
     fshape = kspec.shape[2:]
     kspec = np.ascontiguousarray(kspec.reshape(o, cg, -1))
+    kspec.flags.writeable = False
+    result = (kspec, fshape)
+    if key is not None and kspec.nbytes <= limit:
+        with _SPECTRA_LOCK:
+            _SPECTRA[key] = result
+            while sum(v[0].nbytes for v in _SPECTRA.values()) > limit:
+                _SPECTRA.popitem(last=False)
+    return result
+
+
+def _correlate(x5, w5, bias, plan, out5, window):
+    """Correlation of the padded input (read through ``window(dim, start,
+    length)``) with ``w5``, overlap-save in tiles, strided outputs into ``out5``."""
+    real = plan.dtype.kind == "f"
+    workers = numba.get_num_threads()
+    fwd = sfft.rfftn if real else sfft.fftn
+    inv = sfft.irfftn if real else sfft.ifftn
+    tiles, lens = _tile_plan(plan)
+    spans = [_span(plan, i) for i in range(3)]
+    o = plan.c_out
+    kspec, fshape = _kernel_spectrum(w5, plan, lens, workers)
     need = [_valid_len(plan, i) for i in range(3)]
     # transform only the axes longer than 1 (the last one always: rfft's axis)
     axes = tuple(ax for ax in (2, 3) if lens[ax - 2] > 1) + (4,)
