@@ -341,6 +341,47 @@ def _check_padding_mode_name(padding_mode) -> None:
         )
 
 
+def _plan(
+    op,
+    n,
+    batched,
+    batch,
+    c_in,
+    c_out,
+    groups,
+    in_sp,
+    k_sp,
+    out_sp,
+    stride_t,
+    dilation_t,
+    pads,
+    padding_mode,
+    dtype,
+    bias_shape,
+    opad,
+) -> ConvPlan:
+    """The :class:`ConvPlan` of validated arguments, in the canonical 3-D form."""
+    return ConvPlan(
+        op=op,
+        ndim=n,
+        batched=batched,
+        batch=batch,
+        c_in=c_in,
+        c_out=c_out,
+        groups=groups,
+        in_size=_canon(in_sp, n, 1),
+        kernel=_canon(k_sp, n, 1),
+        out_size=_canon(out_sp, n, 1),
+        stride=_canon(stride_t, n, 1),
+        dilation=_canon(dilation_t, n, 1),
+        padding=_canon(pads, n, (0, 0)),
+        padding_mode=padding_mode,
+        dtype=np.dtype(dtype),
+        has_bias=bias_shape is not None,
+        output_padding=_canon(opad, n, 0),
+    )
+
+
 def make_conv_plan(
     input_shape: tuple[int, ...],
     weight_shape: tuple[int, ...],
@@ -380,23 +421,24 @@ def make_conv_plan(
             )
         out_sp.append(conv_output_size(in_sp[i], k_sp[i], stride_t[i], lo, hi, dilation_t[i]))
 
-    return ConvPlan(
-        op="conv",
-        ndim=n,
-        batched=batched,
-        batch=batch,
-        c_in=c_in,
-        c_out=c_out,
-        groups=groups,
-        in_size=_canon(in_sp, n, 1),
-        kernel=_canon(k_sp, n, 1),
-        out_size=_canon(out_sp, n, 1),
-        stride=_canon(stride_t, n, 1),
-        dilation=_canon(dilation_t, n, 1),
-        padding=_canon(pads, n, (0, 0)),
-        padding_mode=padding_mode,
-        dtype=np.dtype(dtype),
-        has_bias=bias_shape is not None,
+    return _plan(
+        "conv",
+        n,
+        batched,
+        batch,
+        c_in,
+        c_out,
+        groups,
+        in_sp,
+        k_sp,
+        out_sp,
+        stride_t,
+        dilation_t,
+        pads,
+        padding_mode,
+        dtype,
+        bias_shape,
+        (0,) * n,
     )
 
 
@@ -519,24 +561,24 @@ def make_conv_transpose_plan(
             )
     # the adjoint of conv with this mode pads the *output* of the transposed op
     check_padding_mode(padding_mode, out_sp, pads, what="output of the transposed convolution")
-    return ConvPlan(
-        op="conv_transpose",
-        ndim=n,
-        batched=batched,
-        batch=batch,
-        c_in=c_in,
-        c_out=c_out,
-        groups=groups,
-        in_size=_canon(in_sp, n, 1),
-        kernel=_canon(k_sp, n, 1),
-        out_size=_canon(out_sp, n, 1),
-        stride=_canon(stride_t, n, 1),
-        dilation=_canon(dilation_t, n, 1),
-        padding=_canon(pads, n, (0, 0)),
-        padding_mode=padding_mode,
-        dtype=np.dtype(dtype),
-        has_bias=bias_shape is not None,
-        output_padding=_canon(opad, n, 0),
+    return _plan(
+        "conv_transpose",
+        n,
+        batched,
+        batch,
+        c_in,
+        c_out,
+        groups,
+        in_sp,
+        k_sp,
+        out_sp,
+        stride_t,
+        dilation_t,
+        pads,
+        padding_mode,
+        dtype,
+        bias_shape,
+        opad,
     )
 
 

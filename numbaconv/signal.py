@@ -206,6 +206,16 @@ def _choose(a, b, mode, axes) -> str:
     return "fft" if fft_ops < direct_ops else "direct"
 
 
+def _entry(in1, in2, mode, method, axes, flip_conj):
+    a, b = _as_arrays(in1, in2)
+    _check_mode(mode)
+    _check_method(method)
+    ax = _norm_axes(axes, a.ndim)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("in1 and in2 must not be empty")
+    return _direct_or_fft(a, b, mode, ax, method, flip_conj)
+
+
 def convolve(in1, in2, mode="full", method="auto", axes=None):
     """Convolve two N-dimensional arrays, as ``scipy.signal.convolve``.
 
@@ -235,13 +245,7 @@ def convolve(in1, in2, mode="full", method="auto", axes=None):
     Per convolved axis with sizes ``n`` and ``k``: 'full' ``n + k - 1``,
     'same' ``n``, 'valid' ``max(n, k) - min(n, k) + 1``; batched axes broadcast.
     """
-    a, b = _as_arrays(in1, in2)
-    _check_mode(mode)
-    _check_method(method)
-    ax = _norm_axes(axes, a.ndim)
-    if a.size == 0 or b.size == 0:
-        raise ValueError("in1 and in2 must not be empty")
-    return _direct_or_fft(a, b, mode, ax, method, False)
+    return _entry(in1, in2, mode, method, axes, False)
 
 
 def correlate(in1, in2, mode="full", method="auto", axes=None):
@@ -254,13 +258,7 @@ def correlate(in1, in2, mode="full", method="auto", axes=None):
     -----
     As :func:`convolve`.
     """
-    a, b = _as_arrays(in1, in2)
-    _check_mode(mode)
-    _check_method(method)
-    ax = _norm_axes(axes, a.ndim)
-    if a.size == 0 or b.size == 0:
-        raise ValueError("in1 and in2 must not be empty")
-    return _direct_or_fft(a, b, mode, ax, method, True)
+    return _entry(in1, in2, mode, method, axes, True)
 
 
 def _fft_family(in1, in2, mode, axes):
