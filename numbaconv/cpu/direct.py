@@ -205,8 +205,65 @@ def _rows_kernel(x, w, bias, out, fd, gd, fh, gh, fw, gw, sw, dw, lo_w, ob, owb,
                             continue
                         # taps in triples: one pass over the row per three taps
                         # (a third of the accumulator traffic), then single taps
-                        kw3 = KW - KW % 3
-                        for kw in range(0, kw3, 3):
+                        # long filters: taps in groups of eight, one pass each
+                        kw8 = KW - KW % 8
+                        for kw in range(0, kw8, 8):
+                            off = kw * dw - lo_w
+                            lo = min(max(a, -(off // sw)), e)
+                            hi = max(min(e, (W - 1 - off - 7 * dw) // sw + 1), lo)
+                            cnt = np.uint64(hi - lo)
+                            ua = np.uint64(lo - a)
+                            ux = np.uint64(lo * sw + off)
+                            d1 = np.uint64(dw)
+                            d2 = np.uint64(2 * dw)
+                            d3 = np.uint64(3 * dw)
+                            d4 = np.uint64(4 * dw)
+                            d5 = np.uint64(5 * dw)
+                            d6 = np.uint64(6 * dw)
+                            d7 = np.uint64(7 * dw)
+                            us = np.uint64(sw)
+                            for j in range(nb):
+                                v0 = w[o0 + j, cl, kd, kh, kw]
+                                v1 = w[o0 + j, cl, kd, kh, kw + 1]
+                                v2 = w[o0 + j, cl, kd, kh, kw + 2]
+                                v3 = w[o0 + j, cl, kd, kh, kw + 3]
+                                v4 = w[o0 + j, cl, kd, kh, kw + 4]
+                                v5 = w[o0 + j, cl, kd, kh, kw + 5]
+                                v6 = w[o0 + j, cl, kd, kh, kw + 6]
+                                v7 = w[o0 + j, cl, kd, kh, kw + 7]
+                                uj = np.uint64(j * m) + ua
+                                if sw == 1:
+                                    for i in range(cnt):
+                                        q = ux + i
+                                        acc[uj + i] += (
+                                            (v0 * x[n, c, idd, ih, q] + v1 * x[n, c, idd, ih, q + d1])
+                                            + (v2 * x[n, c, idd, ih, q + d2] + v3 * x[n, c, idd, ih, q + d3])
+                                        ) + (
+                                            (v4 * x[n, c, idd, ih, q + d4] + v5 * x[n, c, idd, ih, q + d5])
+                                            + (v6 * x[n, c, idd, ih, q + d6] + v7 * x[n, c, idd, ih, q + d7])
+                                        )
+                                else:
+                                    for i in range(cnt):
+                                        q = ux + i * us
+                                        acc[uj + i] += (
+                                            (v0 * x[n, c, idd, ih, q] + v1 * x[n, c, idd, ih, q + d1])
+                                            + (v2 * x[n, c, idd, ih, q + d2] + v3 * x[n, c, idd, ih, q + d3])
+                                        ) + (
+                                            (v4 * x[n, c, idd, ih, q + d4] + v5 * x[n, c, idd, ih, q + d5])
+                                            + (v6 * x[n, c, idd, ih, q + d6] + v7 * x[n, c, idd, ih, q + d7])
+                                        )
+                                for k in range(kw, kw + 8):
+                                    wv = w[o0 + j, cl, kd, kh, k]
+                                    for ow in range(a, lo):
+                                        iw = _tap(fw, gw, ow, k)
+                                        if iw >= 0:
+                                            acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
+                                    for ow in range(hi, e):
+                                        iw = _tap(fw, gw, ow, k)
+                                        if iw >= 0:
+                                            acc[j * m + ow - a] += wv * x[n, c, idd, ih, iw]
+                        kw3 = KW - (KW - kw8) % 3
+                        for kw in range(kw8, kw3, 3):
                             off = kw * dw - lo_w
                             # interior outputs read x[..., ow * sw + off + {0,1,2} * dw] in range
                             lo = min(max(a, -(off // sw)), e)
