@@ -155,8 +155,6 @@ def _setup(op, xs, ws, kw, rng, torch_peer):
         x = rng.standard_normal(xs)
         w = rng.standard_normal(ws)
         mode = kw.get("mode", "full")
-        out = ss.convolve(np.ones([1] * len(xs)), np.ones([1] * len(ws)), mode)  # warm SciPy up
-        del out
         taps = int(np.prod(ws))
         outs = int(np.prod([a + b - 1 if mode == "full" else a for a, b in zip(xs, ws)]))
         calls = {m: (lambda m=m: nsignal.convolve(x, w, method=m, **kw)) for m in ("direct", "fft")}

@@ -85,33 +85,33 @@ def select(op: str, plan, method: str) -> MethodRow:
     """The row that runs ``plan``; raises UnsupportedMethodError for a forced misfit."""
     rows = [r for r in TABLE if r.op == op and r.device == "cpu"]
     if method == "auto":
-        ok = [r for r in rows if r.supports(plan) is None]
-        if not ok:
-            raise UnsupportedMethodError(f"no {op} method supports this case")
-        if op == "conv":
-            # interim rule until the cost model (measured on the bench
-            # workloads): FFT for large kernels (31x31: 15 ms vs 150 direct;
-            # 1025 taps: 5 vs 9 ms); the GEMM path once a group has a few
-            # input channels (1x1, 3x3, 7x7 stem, 3x3x3); direct for depthwise
-            cg = plan.c_in // plan.groups
-            taps = plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
-            if taps > 125:
-                want = "fft"
-            else:
-                want = "gemm" if cg >= 3 else "direct"
-            return next((r for r in ok if r.name == want), ok[0])
-        if op == "conv_transpose":
-            # interim rule until the cost model: with enough input channels
-            # per group the GEMM path is fastest (unet 13-15 ms vs gather
-            # 15-16, dcgan 22 vs 22-24), otherwise the scatter kernel
-            from . import config
-
-            many = plan.c_in // plan.groups >= config.direct_channels_last_min
-            want = "gemm" if many else "scatter"
-            return next((r for r in ok if r.name == want), ok[0])
-        return ok[0]
+        want = _auto_choice(op, plan)
+        # ask only the preferred row first: supports() can cost milliseconds
+        # (the FFT path plans its tiles), and this runs on every call
+        for row in sorted(rows, key=lambda r: r.name != want):
+            if row.supports(plan) is None:
+                return row
+        raise UnsupportedMethodError(f"no {op} method supports this case")
     row = next(r for r in rows if r.name == method)
     why = row.supports(plan)
     if why is not None:
         raise UnsupportedMethodError(f"method={method!r} cannot do this case: {why}")
     return row
+
+
+def _auto_choice(op: str, plan) -> str:
+    """The interim rule of ``method="auto"`` until the cost model."""
+    from . import config
+
+    cg = plan.c_in // plan.groups
+    if op == "conv":
+        # measured on the bench workloads: FFT for large kernels (31x31: 15 ms
+        # vs 150 direct; 1025 taps: 5 vs 9 ms); the GEMM path once a group has
+        # a few input channels (1x1, 3x3, 7x7 stem, 3x3x3); direct for depthwise
+        taps = plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
+        if taps > 125:
+            return "fft"
+        return "gemm" if cg >= 3 else "direct"
+    # transposed: with enough input channels per group the GEMM path is fastest
+    # (unet 13-15 ms vs gather 15-16, dcgan 22 vs 22-24), else the scatter kernel
+    return "gemm" if cg >= config.direct_channels_last_min else "scatter"

@@ -672,10 +672,16 @@ def _sample_bytes(plan) -> int:
     return plan.c_in * plan.in_size[0] * plan.in_size[1] * plan.in_size[2] * plan.dtype.itemsize
 
 
+def batch_chunk(batch: int, per_sample: int) -> int:
+    """Samples per chunk so a per-sample buffer fits ``config.workspace_bytes``
+    (at least one: a single sample may exceed the budget)."""
+    return max(1, min(batch, config.workspace_bytes // per_sample))
+
+
 def channels_last_workspace(plan) -> int:
     """Bytes of the channels-last input copy (one chunk of samples within the budget)."""
     per_sample = _sample_bytes(plan)
-    return max(1, min(plan.batch, config.workspace_bytes // per_sample)) * per_sample
+    return batch_chunk(plan.batch, per_sample) * per_sample
 
 
 def workspace_bytes(plan) -> int:
@@ -695,7 +701,7 @@ def run_channels_last(x5, wt, bias, out5, tables, runs, ps):
     """
     n, c, d, h, w = x5.shape
     per_sample = c * d * h * w * x5.dtype.itemsize
-    chunk = max(1, min(n, config.workspace_bytes // per_sample))
+    chunk = batch_chunk(n, per_sample)
     buf = np.empty((chunk, d, h, w, c), dtype=x5.dtype)
     fd, gd, fh, gh, fw, gw = tables
     wt5 = wt[None]

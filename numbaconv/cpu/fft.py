@@ -25,6 +25,7 @@ complex128; complex inputs use full complex transforms.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import threading
@@ -37,6 +38,7 @@ from numba import njit, prange
 
 from .. import config
 from ..shapes import tap_table
+from .transpose import extended_size, folds, with_fold
 
 try:  # rocket-fft makes scipy.fft callable inside njit; measured 1.1-2.3x faster here
     import rocket_fft  # noqa: F401
@@ -143,8 +145,14 @@ def _cost(plan, tiles, lens) -> float:
 
 
 def _tile_plan(plan):
+    """Cached :func:`_plan_tiles` (asked by ``supports``, ``workspace_bytes`` and ``run``)."""
+    return _plan_tiles(plan, config.workspace_bytes)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_tiles(plan, budget):
     """Tile sizes ``T`` (stride-1 outputs per tile) and FFT lengths ``L`` per dim:
-    the cheapest tiling by :func:`_cost` whose buffers fit ``config.workspace_bytes``
+    the cheapest tiling by :func:`_cost` whose buffers fit ``budget`` bytes
     (or, if none fits, the smallest)."""
     need = [_valid_len(plan, i) for i in range(3)]
     spans = [_span(plan, i) for i in range(3)]
@@ -157,13 +165,13 @@ def _tile_plan(plan):
         size = tile_bytes(plan, lens)
         if smallest is None or size < smallest[0]:
             smallest = (size, tiles, lens)
-        if size > config.workspace_bytes:
+        if size > budget:
             continue
         cost = _cost(plan, tiles, lens)
         if best is None or cost < best[0]:
             best = (cost, tiles, lens)
     chosen = best or smallest
-    return chosen[1], chosen[2]
+    return tuple(chosen[1]), tuple(chosen[2])
 
 
 def tile_bytes(plan, lens) -> int:
@@ -264,9 +272,9 @@ def _conv_view(plan, size):
 
 
 def _transpose_target(plan):
-    if plan.padding_mode == "zeros":
-        return plan.out_size
-    return tuple((plan.in_size[i] - 1) * plan.stride[i] + _span(plan, i) for i in range(3))
+    """The size the transposed op's correlation fills: the output, or the
+    extended output that non-zero padding modes fold."""
+    return extended_size(plan) if folds(plan) else plan.out_size
 
 
 def run_transpose(x5, w5, bias, plan, out5):
@@ -279,8 +287,6 @@ def run_transpose(x5, w5, bias, plan, out5):
     index map that is -1 off the stride grid. Non-zero padding modes compute
     the extended output and fold it (:mod:`numbaconv.cpu.transpose`).
     """
-    from .transpose import with_fold
-
     g = plan.groups
     cg = plan.c_in // g
     og = plan.c_out // g

@@ -48,6 +48,7 @@ from numba import njit
 from .. import config
 from ..shapes import scatter_tap_map
 from .direct import _tables as direct_tables
+from .transpose import with_fold
 
 
 @njit(inline="always")
@@ -299,8 +300,6 @@ def run(x5, w5, bias, plan, out5):
 
 def run_transpose(x5, w5, bias, plan, out5):
     """Transposed convolution by GEMM + col2im (canonical 5-D arrays, see the module doc)."""
-    from .transpose import with_fold
-
     g = plan.groups
     cg = plan.c_in // g
     og = plan.c_out // g

@@ -138,12 +138,12 @@ def _fold_kernel(ext, bias, out, fd, fh, fw):
                         out[n, o, pd, ph, pw] += ext[n, o, qd, qh, qw]
 
 
-def _extended_size(plan, i: int) -> int:
-    return (plan.in_size[i] - 1) * plan.stride[i] + plan.dilation[i] * (plan.kernel[i] - 1) + 1
-
-
-def _ext_plan_size(plan):
-    return tuple(_extended_size(plan, i) for i in range(3))
+def extended_size(plan) -> tuple[int, int, int]:
+    """Every position the transposed op reaches before padding is removed:
+    ``(L - 1) * stride + dilation * (k - 1) + 1`` per dim."""
+    return tuple(
+        (plan.in_size[i] - 1) * plan.stride[i] + plan.dilation[i] * (plan.kernel[i] - 1) + 1 for i in range(3)
+    )
 
 
 def folds(plan) -> bool:
@@ -155,9 +155,9 @@ def extended_workspace(plan) -> int:
     """Bytes of the extended-output buffer the non-zero padding modes use (0 for zeros)."""
     if not folds(plan):
         return 0
-    ed, eh, ew = _ext_plan_size(plan)
+    ed, eh, ew = extended_size(plan)
     per_sample = plan.c_out * ed * eh * ew * plan.dtype.itemsize
-    return max(1, min(plan.batch, config.workspace_bytes // per_sample)) * per_sample
+    return direct.batch_chunk(plan.batch, per_sample) * per_sample
 
 
 def with_fold(plan, x5, bias, out5, body):
@@ -169,9 +169,9 @@ def with_fold(plan, x5, bias, out5, body):
         lo = tuple(p[0] for p in plan.padding)
         body(x5, bias, out5, lo, plan.out_size)
         return out5
-    ext_size = _ext_plan_size(plan)
+    ext_size = extended_size(plan)
     per_sample = plan.c_out * int(np.prod(ext_size)) * plan.dtype.itemsize
-    chunk = max(1, min(plan.batch, config.workspace_bytes // per_sample))
+    chunk = direct.batch_chunk(plan.batch, per_sample)
     buf = np.empty((chunk, plan.c_out) + ext_size, dtype=plan.dtype)
     zeros = np.zeros(plan.c_out, dtype=plan.dtype)
     fd, fh, fw = (
