@@ -658,9 +658,14 @@ def tap_table(out: int, kernel: int, stride: int, dilation: int, lo: int, size: 
         + np.arange(kernel, dtype=np.int64)[None, :] * dilation
         - lo
     )
-    inside = (p >= 0) & (p < size)
+    return fold_index(p, size, mode)
+
+
+def fold_index(p, size: int, mode: str):
+    """Input index of (unpadded) positions ``p`` (any shape), folded back into
+    ``[0, size)`` by the padding mode, or -1 outside it for ``"zeros"``."""
     if mode == "zeros":
-        return np.where(inside, p, -1)
+        return np.where((p >= 0) & (p < size), p, -1)
     if mode == "replicate":
         return np.clip(p, 0, size - 1)
     if mode == "circular":

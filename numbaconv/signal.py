@@ -202,7 +202,7 @@ def _choose(a, b, mode, axes) -> str:
         out *= max(n, k) + lo + hi - min(n, k) + 1 if mode != "same" else n
     direct_ops = out * small
     full = big + small
-    fft_ops = 30 * full * max(1.0, np.log2(full))
+    fft_ops = 10 * full * max(1.0, np.log2(full))
     return "fft" if fft_ops < direct_ops else "direct"
 
 

@@ -190,3 +190,45 @@ def test_kernel_spectrum_cache_follows_the_weights(monkeypatch):
     fft._SPECTRA.clear()
     nc.conv2d(x, w, padding=4, method="fft")
     assert len(fft._SPECTRA) == 0
+
+
+def test_fast_lengths():
+    for n in list(range(1, 300)) + [1025, 2049, 9224, 66560, 70001]:
+        m = fft._fast_len(n)
+        assert m >= n
+        if n > 16:
+            odd = m >> ((m & -m).bit_length() - 1)  # m without its factors 2
+            assert odd in fft._ODD and m // odd >= 16, (n, m)
+            assert m < 2 * n  # never far above
+        else:
+            assert m == sfft_next_fast_len(n)
+
+
+def sfft_next_fast_len(n):
+    import scipy.fft
+
+    return scipy.fft.next_fast_len(n, real=True)
+
+
+@pytest.mark.parametrize("per", [1, 2, 3])
+@pytest.mark.parametrize("nd", [1, 2])
+def test_batches_of_tiles_equal_one_batch(per, nd, monkeypatch):
+    """Tiles transformed a few per batch (and 1-D signals grouped per call
+    with a ragged last group) give the same values as all tiles at once."""
+    rng = np.random.default_rng(7)
+    size = (301,) if nd == 1 else (37, 41)
+    x = rng.standard_normal((3, 3) + size)
+    w = rng.standard_normal((5, 3) + ((33,) if nd == 1 else (7, 6)))
+    b = rng.standard_normal(5)
+    kw = dict(stride=2, padding=3, padding_mode="reflect")
+    f = nc.conv1d if nd == 1 else nc.conv2d
+    plan = shapes.make_conv_plan(x.shape, w.shape, b.shape, **kw)
+    need = [fft._valid_len(plan, i) for i in range(3)]
+    small = [min(need[i], 8) for i in range(3)]
+    lens = [fft._fast_len(small[i] + fft._span(plan, i) - 1) for i in range(3)]
+    monkeypatch.setattr(fft, "_tile_plan", lambda p: (tuple(small), tuple(lens)))
+    whole = f(x, w, b, method="fft", **kw)
+    monkeypatch.setattr(fft, "_tiles_per_batch", lambda p, lens, total: per)
+    np.testing.assert_allclose(f(x, w, b, method="fft", **kw), whole, rtol=1e-12, atol=1e-12)
+    ref = f(x, w, b, method="direct", **kw)
+    assert_close(whole, ref, fft_tolerance(np.float64, x, w, b, 4 * int(np.prod(lens))))
