@@ -14,12 +14,16 @@ from .api import (
     conv_transpose2d,
     conv_transpose3d,
 )
-from .dispatch import UnsupportedMethodError
+from .dispatch import Choice, UnsupportedMethodError, choose_method
+from .explain import Explanation, explain
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Choice",
+    "Explanation",
     "UnsupportedMethodError",
+    "choose_method",
     "config",
     "conv",
     "conv1d",
@@ -29,6 +33,7 @@ __all__ = [
     "conv_transpose1d",
     "conv_transpose2d",
     "conv_transpose3d",
+    "explain",
     "shapes",
     "signal",
 ]

@@ -96,6 +96,14 @@ def _prepare(op, input, weight, bias, method, device):
 def _finish(op, plan, method, input, weight, bias, x, w, b, out):
     if out is not None:
         _check_out(out, plan, (("input", input), ("weight", weight), ("bias", bias)))
+    if method == "measure":
+        from . import autotune
+
+        result, _ = autotune.measure(op, plan, lambda row: _execute(row.runner(), plan, x, w, b, None))
+        if out is not None:
+            out[...] = result
+            return out
+        return result
     row = dispatch.select(op, plan, method)
     return _execute(row.runner(), plan, x, w, b, out)
 
@@ -202,7 +210,10 @@ _DOC = """{ndim_title} convolution (cross-correlation), with PyTorch's semantics
         As PyTorch's ``nn.Conv{n}d``. 'reflect' needs padding < input size;
         'circular' needs padding <= input size.
     method : str, keyword-only, default 'auto'
-        'auto' or a method name ('direct').
+        'auto' (the cost model's choice), 'measure' (time the candidates on
+        these arrays once, remember the winner on disk), or a method:
+        'direct', 'gemm' (im2col + GEMM) or 'fft'. See
+        :func:`numbaconv.explain`.
     device : {{'auto', 'cpu', 'cuda'}}, keyword-only
         Only the CPU is implemented in this version.
     out : ndarray, optional, keyword-only
@@ -362,7 +373,9 @@ _DOC_T = """{ndim_title} transposed convolution, with PyTorch's semantics.
         ``<conv(y, w), x> == <y, conv_transpose(x, w)>`` for every mode.
         'reflect' needs padding < output size, 'circular' padding <= output size.
     method : str, keyword-only, default 'auto'
-        'auto', 'scatter' (scatter-add) or 'gather'.
+        'auto' (the cost model's choice), 'measure' (time the candidates on
+        these arrays once, remember the winner on disk), or a method:
+        'scatter' (scatter-add), 'gather', 'gemm' (GEMM + col2im) or 'fft'.
     device : {{'auto', 'cpu', 'cuda'}}, keyword-only
         Only the CPU is implemented in this version.
     out : ndarray, optional, keyword-only

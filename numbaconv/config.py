@@ -8,11 +8,21 @@
     :func:`override` for a block of code.
 ``cache_dir``
     Where numbaconv keeps its own on-disk state (autotune results,
-    calibration). Numba's compiled-kernel cache is separate (``NUMBA_CACHE_DIR``).
+    calibration): ``NUMBACONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/numbaconv``,
+    else ``~/.cache/numbaconv``. Numba's compiled-kernel cache is separate
+    (``NUMBA_CACHE_DIR``).
 ``fft_kernel_cache_bytes``
     The FFT path keeps the kernel spectra of recent calls (keyed by the
     weight's bytes) up to this many bytes, default 32 MiB, env
     ``NUMBACONV_FFT_KERNEL_CACHE_BYTES``; 0 turns it off.
+``measure_cache``
+    ``method="measure"`` remembers each case's winner in
+    ``<cache_dir>/autotune.json`` (default True; env
+    ``NUMBACONV_MEASURE_CACHE=0`` turns it off: winners are then kept for
+    the process only).
+``measure_time_s``
+    Time ``method="measure"`` may spend timing candidates for one new case,
+    default 2 s (the first candidate always runs).
 ``direct_channels_last_min``
     The direct path switches from its row kernel (vectorized along the output
     width) to its channels-last kernel (vectorized along input channels) when a
@@ -33,7 +43,12 @@ _DEFAULTS = {
     "workspace_bytes": 64 * 2**20,
     "direct_channels_last_min": 8,
     "fft_kernel_cache_bytes": 32 * 2**20,
+    "measure_cache": True,
+    "measure_time_s": 2.0,
 }
+
+
+_FALSE = ("0", "false", "no", "off")
 
 
 def _default_cache_dir() -> str:
@@ -50,12 +65,17 @@ fft_kernel_cache_bytes: int = int(
     os.environ.get("NUMBACONV_FFT_KERNEL_CACHE_BYTES", _DEFAULTS["fft_kernel_cache_bytes"])
 )
 cache_dir: str = _default_cache_dir()
+measure_cache: bool = os.environ.get("NUMBACONV_MEASURE_CACHE", "1").strip().lower() not in _FALSE
+measure_time_s: float = float(os.environ.get("NUMBACONV_MEASURE_TIME_S", _DEFAULTS["measure_time_s"]))
 
 
 def _reset() -> None:
     """Restore the defaults (used by tests)."""
     global workspace_bytes, direct_channels_last_min, fft_kernel_cache_bytes, cache_dir
+    global measure_cache, measure_time_s
     workspace_bytes = _DEFAULTS["workspace_bytes"]
+    measure_cache = _DEFAULTS["measure_cache"]
+    measure_time_s = _DEFAULTS["measure_time_s"]
     direct_channels_last_min = _DEFAULTS["direct_channels_last_min"]
     fft_kernel_cache_bytes = _DEFAULTS["fft_kernel_cache_bytes"]
     cache_dir = _default_cache_dir()

@@ -1,16 +1,19 @@
-"""The method table: which algorithm runs a plan.
+"""The method table and the choice of a method (what ``method="auto"`` means).
 
-One row per method: its name, its device, ``supports(plan)`` (None when it can
-do the case, else the reason it cannot) and the module whose ``run(x5, w5,
-bias, plan, out5)`` does the work. ``method="auto"`` picks the first supported
-row by an interim rule in :func:`select`; the cost model replaces it.
+One row per method: its name, op, device, ``supports(plan)`` (None when it
+can do the case, else the reason it cannot), ``cost(plan)`` (estimated
+seconds, :mod:`numbaconv.costs`) and the module function that runs it
+(``run(x5, w5, bias, plan, out5)``). ``method="auto"`` takes the supported
+row with the lowest estimate; ``method="measure"`` times the candidates on
+the real arrays and remembers the winner (:mod:`numbaconv.autotune`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class UnsupportedMethodError(ValueError):
@@ -28,6 +31,12 @@ class MethodRow:
 
     def runner(self):
         return getattr(importlib.import_module(self.module, __package__), self.entry)
+
+    def cost(self, plan) -> float:
+        """Estimated seconds of one call on ``plan`` (the cost model)."""
+        from .costs import estimate
+
+        return estimate(self.op, self.name, plan)
 
 
 def _always(plan) -> str | None:
@@ -62,11 +71,16 @@ TABLE: tuple[MethodRow, ...] = (
     MethodRow("fft", "conv_transpose", "cpu", ".cpu.fft", _fft_supports, "run_transpose"),
 )
 
-SPECIAL_METHODS = ("auto",)
+SPECIAL_METHODS = ("auto", "measure")
+OPS = ("conv", "conv_transpose")
 
 
 def method_names(op: str) -> tuple[str, ...]:
     return SPECIAL_METHODS + tuple(r.name for r in TABLE if r.op == op)
+
+
+def rows_for(op: str, device: str = "cpu") -> list[MethodRow]:
+    return [r for r in TABLE if r.op == op and r.device == device]
 
 
 def check_method(op: str, method) -> str:
@@ -81,37 +95,148 @@ def check_method(op: str, method) -> str:
     return method
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The method a call uses and why.
+
+    ``estimates`` maps every supported method to its estimated seconds;
+    ``unsupported`` maps the others to the reason they cannot run the case;
+    ``measured`` (``method="measure"`` and ``explain(measure=True)`` only)
+    maps the timed methods to their measured seconds.
+    """
+
+    method: str
+    device: str
+    reason: str
+    estimates: dict[str, float]
+    unsupported: dict[str, str] = field(default_factory=dict)
+    measured: dict[str, float] = field(default_factory=dict)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms"
+
+
+def _settings_key():
+    from . import config, costs
+
+    return (config.workspace_bytes, config.direct_channels_last_min, id(costs.constants()))
+
+
+def estimate_all(op: str, plan, device: str = "cpu") -> tuple[dict[str, float], dict[str, str]]:
+    """(estimates of the supported methods, reasons of the unsupported ones)."""
+    return _estimate_all(op, plan, device, _settings_key())
+
+
+@functools.lru_cache(maxsize=1024)
+def _estimate_all(op, plan, device, settings):
+    estimates, unsupported = {}, {}
+    for row in rows_for(op, device):
+        why = row.supports(plan)
+        if why is None:
+            estimates[row.name] = row.cost(plan)
+        else:
+            unsupported[row.name] = why
+    return estimates, unsupported
+
+
+def choose(op: str, plan, method: str = "auto", device: str = "cpu") -> Choice:
+    """The :class:`Choice` for ``plan`` with ``method`` "auto" or a method name
+    (a forced method that cannot do the case raises UnsupportedMethodError)."""
+    estimates, unsupported = estimate_all(op, plan, device)
+    if method in ("auto", "measure"):
+        if not estimates:
+            raise UnsupportedMethodError(
+                f"no {op} method supports this case: "
+                + "; ".join(f"{k}: {v}" for k, v in unsupported.items())
+            )
+        ranked = sorted(estimates, key=estimates.get)
+        best = ranked[0]
+        reason = f"{best} has the lowest estimated time ({_ms(estimates[best])})"
+        if len(ranked) > 1:
+            nxt = ranked[1]
+            reason += f"; next is {nxt} ({_ms(estimates[nxt])}, {estimates[nxt] / estimates[best]:.1f}x)"
+        if unsupported:
+            reason += f"; {', '.join(unsupported)} cannot run this case"
+        return Choice(best, device, reason, dict(estimates), dict(unsupported))
+    if method in unsupported:
+        raise UnsupportedMethodError(f"method={method!r} cannot do this case: {unsupported[method]}")
+    return Choice(method, device, f"method={method!r} was asked for", dict(estimates), dict(unsupported))
+
+
+def row(op: str, name: str, device: str = "cpu") -> MethodRow:
+    return next(r for r in rows_for(op, device) if r.name == name)
+
+
 def select(op: str, plan, method: str) -> MethodRow:
-    """The row that runs ``plan``; raises UnsupportedMethodError for a forced misfit."""
-    rows = [r for r in TABLE if r.op == op and r.device == "cpu"]
+    """The row that runs ``plan`` ("auto" or a method name); raises
+    UnsupportedMethodError for a forced misfit."""
     if method == "auto":
-        want = _auto_choice(op, plan)
-        # ask only the preferred row first: supports() can cost milliseconds
-        # (the FFT path plans its tiles), and this runs on every call
-        for row in sorted(rows, key=lambda r: r.name != want):
-            if row.supports(plan) is None:
-                return row
-        raise UnsupportedMethodError(f"no {op} method supports this case")
-    row = next(r for r in rows if r.name == method)
-    why = row.supports(plan)
+        return row(op, choose(op, plan, method).method)
+    r = row(op, method)
+    why = r.supports(plan)  # a forced method: only its own check, no estimates
     if why is not None:
         raise UnsupportedMethodError(f"method={method!r} cannot do this case: {why}")
-    return row
+    return r
 
 
-def _auto_choice(op: str, plan) -> str:
-    """The interim rule of ``method="auto"`` until the cost model."""
-    from . import config
+def choose_method(op: str, input, weight, bias=None, *, method: str = "auto", **params) -> Choice:
+    """The method numbaconv would use for ``op`` on these arrays, and why.
 
-    cg = plan.c_in // plan.groups
-    if op == "conv":
-        # measured on the bench workloads: FFT for large kernels (31x31: 15 ms
-        # vs 150 direct; 1025 taps: 5 vs 9 ms); the GEMM path once a group has
-        # a few input channels (1x1, 3x3, 7x7 stem, 3x3x3); direct for depthwise
-        taps = plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
-        if taps > 125:
-            return "fft"
-        return "gemm" if cg >= 3 else "direct"
-    # transposed: with enough input channels per group the GEMM path is fastest
-    # (unet 13-15 ms vs gather 15-16, dcgan 22 vs 22-24), else the scatter kernel
-    return "gemm" if cg >= config.direct_channels_last_min else "scatter"
+    Parameters
+    ----------
+    op : {'conv', 'conv_transpose'}
+    input, weight : array_like or shape tuple
+        Arrays (only their shapes and dtypes are used) or shapes (float32 is
+        then assumed unless ``dtype=`` is given).
+    bias : array_like, shape tuple or None
+    method : str, default 'auto'
+        'auto' (the cost model), 'measure' (the cost model's view of which
+        candidates would be timed; see :func:`numbaconv.explain` with
+        ``measure=True`` to time them) or a method name (checked).
+    **params
+        The op's keyword arguments (stride, padding, dilation, groups,
+        padding_mode, output_padding, output_size) and ``dtype``.
+
+    Returns
+    -------
+    Choice
+        ``.method``, ``.device``, ``.reason`` (one sentence), ``.estimates``
+        (seconds per supported method), ``.unsupported`` (reasons).
+
+    Shape
+    -----
+    As the op: ``input`` ``(N, C_in, *spatial)`` or unbatched; ``weight``
+    ``(C_out, C_in / groups, *kernel)`` for conv, ``(C_in, C_out / groups,
+    *kernel)`` for conv_transpose.
+    """
+    plan = make_plan(op, input, weight, bias, **params)
+    check_method(op, method)
+    return choose(op, plan, method)
+
+
+def make_plan(op: str, input, weight, bias=None, *, dtype=None, **params):
+    """The ConvPlan of ``op`` for arrays or shapes (see :func:`choose_method`)."""
+    import numpy as np
+
+    from .shapes import make_conv_plan, make_conv_transpose_plan, result_dtype
+
+    if op not in OPS:
+        raise ValueError(f"op must be one of {', '.join(map(repr, OPS))}, got {op!r}")
+
+    def shape_dtype(value, name):
+        if value is None:
+            return None, None
+        if isinstance(value, tuple | list) and all(isinstance(v, int | np.integer) for v in value):
+            return tuple(int(v) for v in value), None
+        arr = value if hasattr(value, "shape") and hasattr(value, "dtype") else np.asarray(value)
+        return tuple(arr.shape), np.dtype(arr.dtype)
+
+    xs, xd = shape_dtype(input, "input")
+    ws, wd = shape_dtype(weight, "weight")
+    bs, bd = shape_dtype(bias, "bias")
+    if dtype is None:
+        found = [d for d in (xd, wd, bd) if d is not None]
+        dtype = result_dtype(*found) if found else np.dtype(np.float32)
+    make = make_conv_plan if op == "conv" else make_conv_transpose_plan
+    return make(xs, ws, bs, dtype=np.dtype(dtype), **params)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 from hypothesis import settings
@@ -9,6 +12,13 @@ from hypothesis import settings
 from numbaconv import config
 
 from .reference import conv_reference
+
+# numbaconv's own on-disk state (autotune winners, a calibration) goes to a
+# private directory for the whole run, subprocesses included: the user's
+# cache must neither steer nor receive the tests' results
+_CACHE = tempfile.mkdtemp(prefix="numbaconv-tests-")
+os.environ["NUMBACONV_CACHE_DIR"] = _CACHE
+config.cache_dir = _CACHE
 
 settings.register_profile("numbaconv", deadline=None, max_examples=25, derandomize=True)
 settings.load_profile("numbaconv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -41,10 +42,14 @@ def test_bench_quick_json():
     rows = json.loads(
         _run("-m", "numbaconv.cli", "bench", "--case", "depthwise_3x3_c32", "--repeat", "1", "--json").stdout
     )
-    # one row per method, then auto (with the method it chose)
+    # one row per method, then auto (with the method it chose and its regret)
     assert [r["method"] for r in rows] == ["direct", "gemm", "fft", "auto:direct"]
     assert all(r["case"] == "depthwise_3x3_c32" for r in rows)
     assert rows[0]["output_shape"] == [8, 32, 112, 112] and rows[0]["median_s"] > 0
+    auto = rows[-1]
+    assert auto["choice"] == "direct" and auto["fastest_forced"] in ("direct", "gemm", "fft")
+    assert 0.2 < auto["regret"] < 50  # a ratio of two measured times
+    assert all(r["max_rel_err"] < 1e-5 and r["reference"] for r in rows)
 
 
 def test_bench_transposed_case_runs_every_method():
@@ -53,8 +58,8 @@ def test_bench_transposed_case_runs_every_method():
     )
     assert [r["method"] for r in rows] == ["scatter", "gather", "gemm", "fft", "auto:gemm"]
     assert all(r["output_shape"] == [8, 32, 128, 128] for r in rows)
-    errs = [r["max_rel_err_vs_peer"] for r in rows]
-    assert all(e is None or e < 1e-5 for e in errs), errs
+    errs = [r["max_rel_err"] for r in rows]
+    assert all(e < 1e-5 for e in errs), errs
 
 
 def test_second_process_loads_kernels_from_the_cache():
@@ -71,4 +76,71 @@ def test_bench_signal_case_against_scipy():
     )
     assert [r["method"] for r in rows][:2] == ["direct", "fft"] and rows[-1]["method"].startswith("auto:")
     assert all(r["peer"] == "scipy" and r["peer_ratio"] > 0 for r in rows)
-    assert all(r["max_rel_err_vs_peer"] < 1e-10 for r in rows)
+    assert all(r["max_rel_err"] < 1e-10 and r["reference"] == "scipy" for r in rows)
+
+
+def test_bench_one_case_from_the_command_line_csv_and_plot(tmp_path):
+    csv_path, png = tmp_path / "b.csv", tmp_path / "b.png"
+    args = ["-m", "numbaconv.cli", "bench", "--op", "conv", "--input", "1,3,20,20", "--weight", "4,3,3,3"]
+    args += ["--padding", "1", "--padding-mode", "reflect", "--repeat", "1", "--json", "--csv", str(csv_path)]
+    try:
+        import matplotlib  # noqa: F401
+
+        have_mpl = True
+    except ImportError:
+        have_mpl = False
+    proc = subprocess.run(
+        [sys.executable, *args, "--plot", str(png)], capture_output=True, text=True, timeout=600
+    )
+    if not have_mpl:  # a clear message, not a traceback
+        assert proc.returncode != 0 and "--plot needs matplotlib" in proc.stderr
+        cmd = [sys.executable, *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    rows = json.loads(proc.stdout)
+    assert [r["method"] for r in rows][:3] == ["direct", "gemm", "fft"]
+    assert all(r["case"] == "custom" and r["output_shape"] == [1, 4, 20, 20] for r in rows)
+    # reflect padding: PyTorch's functional conv cannot take it, so no peer;
+    # the reference is numbaconv's direct method in float64
+    assert all(r["peer"] is None and r["reference"] == "numbaconv-direct-float64" for r in rows)
+    assert all(r["max_rel_err"] < 1e-5 for r in rows)
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("case,op,output_shape,method") and len(lines) == len(rows) + 1
+    assert "[" in proc.stderr and "1/1 custom" in proc.stderr  # the progress bar
+
+
+def test_explain_json():
+    out = _run(
+        "-m", "numbaconv.cli", "explain", "conv", "--input", "1,8,256,256", "--weight", "8,8,31,31",
+        "--padding", "15", "--json",
+    ).stdout  # fmt: skip
+    data = json.loads(out)
+    assert data["method"] == "fft" and data["reason"].startswith("fft has the lowest estimated time")
+    assert set(data["estimated_s"]) == {"direct", "gemm", "fft"} and data["measured_s"] == {}
+
+
+def test_explain_measure_text():
+    out = _run(
+        "-m", "numbaconv.cli", "explain", "conv_transpose", "--input", "1,4,8,8", "--weight", "4,2,3,3",
+        "--stride", "2", "--bias", "--measure",
+    ).stdout  # fmt: skip
+    assert "decision:" in out and "measured fastest:" in out
+    for name in ("scatter", "gather", "gemm", "fft"):
+        assert name in out
+
+
+def test_calibrate_quick_writes_the_calibration(tmp_path):
+    env = dict(os.environ, NUMBACONV_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "numbaconv.cli", "calibrate", "--quick", "--json"],
+        capture_output=True, text=True, timeout=900, check=True, env=env,
+    )  # fmt: skip
+    result = json.loads(proc.stdout)
+    stored = json.loads((tmp_path / "calibration.json").read_text())
+    assert stored["constants"] == result["constants"]
+    methods = {"conv": ("direct", "gemm", "fft"), "conv_transpose": ("scatter", "gather", "gemm", "fft")}
+    assert set(result["constants"]) == {f"{op}/{m}" for op, ms in methods.items() for m in ms}
+    assert all(v >= 0 for c in result["constants"].values() for v in c.values())
+    assert all(q["samples"] >= 2 and q["rel_rms"] >= 0 for q in result["fit"].values())

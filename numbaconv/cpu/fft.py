@@ -96,10 +96,11 @@ SIGNAL_S = 2.3e-6  # per transform call (per tile, sample and channel)
 POINT_S = 3.4e-11  # per point gathered, zeroed or written out
 
 
-def _cost(plan, tiles, lens) -> float:
-    """Estimated seconds of a call with this tiling in steady state (the kernel
-    spectra cached): transforms of every tile, sample and channel, the channel
-    contraction, per-transform overheads and the gathers."""
+def _counts(plan, tiles, lens) -> dict[str, float]:
+    """Operation counts of a call with this tiling: point x log2(points) of
+    every transform, complex multiply-adds of the contraction, transform
+    calls, and points gathered, zeroed or written out (float32 units:
+    float64 and complex inputs scale by the item size)."""
     need = [_valid_len(plan, i) for i in range(3)]
     count = 1
     for i in range(3):
@@ -109,12 +110,33 @@ def _cost(plan, tiles, lens) -> float:
     scale = plan.dtype.itemsize / 4  # float64 and complex transforms cost ~2x, ~4x
     signals = count * plan.batch * (plan.c_in + plan.c_out)
     cmacs = count * plan.batch * plan.c_out * (plan.c_in // plan.groups) * f
+    return {
+        "fft_point_logs": signals * m * max(1.0, float(np.log2(m))) * scale,
+        "cmacs": cmacs * scale,
+        "transforms": float(signals),
+        "points": signals * m * scale,
+    }
+
+
+def _cost(plan, tiles, lens) -> float:
+    """Estimated seconds of a call with this tiling in steady state (the kernel
+    spectra cached): transforms of every tile, sample and channel, the channel
+    contraction, per-transform overheads and the gathers."""
+    c = _counts(plan, tiles, lens)
     return (
-        signals * m * max(1.0, np.log2(m)) * FFT_POINT_LOG_S * scale
-        + cmacs * CMAC_S * scale
-        + signals * SIGNAL_S
-        + signals * m * POINT_S * scale
+        c["fft_point_logs"] * FFT_POINT_LOG_S
+        + c["cmacs"] * CMAC_S
+        + c["transforms"] * SIGNAL_S
+        + c["points"] * POINT_S
     )
+
+
+def cost_features(plan) -> dict[str, float]:
+    """:func:`_counts` of the tiling a call of this plan uses (for the dispatcher)."""
+    if plan.op != "conv":
+        plan = _conv_view(plan, _transpose_target(plan))
+    tiles, lens = _tile_plan(plan)
+    return _counts(plan, tiles, lens)
 
 
 def kernel_cost(plan, lens) -> float:

@@ -1,0 +1,155 @@
+"""``numbaconv.explain``: which method a call would use, why, and every
+candidate's estimated (and, on request, measured) time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .dispatch import Choice, choose, make_plan, rows_for
+
+
+@dataclass
+class Explanation:
+    """The decision for one case (``str()`` gives a readable table).
+
+    ``choice`` is the :class:`~numbaconv.dispatch.Choice` of ``method="auto"``;
+    ``measured`` maps each supported method to its measured seconds (best of
+    three calls) when ``measure=True`` was asked, else it is empty.
+    """
+
+    op: str
+    plan: object
+    choice: Choice
+    measured: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        p = self.plan
+        return {
+            "op": self.op,
+            "input_shape": list((p.batch, p.c_in) + p.in_size[3 - p.ndim :]),
+            "weight_shape": list(p.weight_shape5[:2] + p.kernel[3 - p.ndim :]),
+            "output_shape": list(p.output_shape),
+            "dtype": str(p.dtype),
+            "stride": list(p.stride[3 - p.ndim :]),
+            "padding": [list(v) for v in p.padding[3 - p.ndim :]],
+            "dilation": list(p.dilation[3 - p.ndim :]),
+            "groups": p.groups,
+            "padding_mode": p.padding_mode,
+            "method": self.choice.method,
+            "device": self.choice.device,
+            "reason": self.choice.reason,
+            "estimated_s": self.choice.estimates,
+            "unsupported": self.choice.unsupported,
+            "measured_s": self.measured,
+        }
+
+    def __str__(self) -> str:
+        d = self.as_dict()
+        lines = [
+            f"{self.op}: input {tuple(d['input_shape'])} weight {tuple(d['weight_shape'])} {d['dtype']} "
+            f"-> {tuple(d['output_shape'])}",
+            f"  stride {tuple(d['stride'])}, padding {tuple(map(tuple, d['padding']))}, dilation "
+            f"{tuple(d['dilation'])}, groups {d['groups']}, padding_mode {d['padding_mode']!r}",
+            f"decision: {self.choice.method} ({self.choice.device}): {self.choice.reason}",
+            "",
+            f"  {'method':10s} {'estimated ms':>13s} {'measured ms':>12s}",
+        ]
+        names = [r.name for r in rows_for(self.op)]
+        ranked = sorted(self.choice.estimates, key=self.choice.estimates.get)
+        for name in ranked + [n for n in names if n not in ranked]:
+            if name in self.choice.estimates:
+                est = f"{self.choice.estimates[name] * 1e3:13.3f}"
+                meas = f"{self.measured[name] * 1e3:12.3f}" if name in self.measured else f"{'-':>12s}"
+                mark = "  <- chosen" if name == self.choice.method else ""
+                lines.append(f"  {name:10s} {est} {meas}{mark}")
+            else:
+                lines.append(f"  {name:10s} {'unsupported':>13s}   {self.choice.unsupported[name]}")
+        if self.measured:
+            fastest = min(self.measured, key=self.measured.get)
+            regret = self.measured[self.choice.method] / self.measured[fastest]
+            lines.append(f"measured fastest: {fastest}; the decision's time / the fastest: {regret:.2f}")
+        return "\n".join(lines)
+
+
+def explain(op: str, input, weight, bias=None, *, measure: bool = False, **params) -> Explanation:
+    """How numbaconv would run ``op`` for these shapes, and why.
+
+    Parameters
+    ----------
+    op : {'conv', 'conv_transpose'}
+    input, weight : shape tuple or array_like
+        Shapes (the dtype is then ``dtype=``, default float32) or arrays
+        (their shapes and dtype).
+    bias : shape tuple, array_like or None
+    measure : bool, default False
+        Also time every supported method on random arrays of these shapes
+        (each compiled first, then the best of three calls after a pause).
+    **params
+        The op's keyword arguments: stride, padding, dilation, groups,
+        padding_mode, and for conv_transpose output_padding and output_size;
+        ``dtype``.
+
+    Returns
+    -------
+    Explanation
+        ``.choice`` (method, device, reason, estimates, unsupported) and
+        ``.measured``; ``str(explanation)`` is a table, ``.as_dict()`` plain data.
+
+    Shape
+    -----
+    conv: input ``(N, C_in, *spatial)`` (or unbatched), weight ``(C_out, C_in
+    / groups, *kernel)``; conv_transpose: weight ``(C_in, C_out / groups,
+    *kernel)``. The output shape is in the table.
+
+    Examples
+    --------
+    >>> import numbaconv as nc
+    >>> e = nc.explain("conv", (1, 8, 256, 256), (8, 8, 31, 31), padding=15)
+    >>> e.choice.method
+    'fft'
+    """
+    plan = make_plan(op, input, weight, bias, **params)
+    choice = choose(op, plan, "auto")
+    measured = _measure_all(op, plan) if measure else {}
+    return Explanation(op, plan, choice, measured)
+
+
+def _measure_all(op: str, plan) -> dict[str, float]:
+    from . import api
+    from .costs import _block_best
+
+    rng = np.random.default_rng(0)
+    real = np.dtype(plan.dtype).kind == "f"
+
+    def rand(shape):
+        a = rng.standard_normal(shape)
+        if not real:
+            a = a + 1j * rng.standard_normal(shape)
+        return a.astype(plan.dtype)
+
+    lead = (plan.batch, plan.c_in) if plan.batched else (plan.c_in,)
+    x = rand(lead + plan.in_size[3 - plan.ndim :])
+    w = rand(plan.weight_shape5[:2] + plan.kernel[3 - plan.ndim :])
+    b = rand((plan.c_out,)) if plan.has_bias else None
+    kw = dict(
+        stride=plan.stride[3 - plan.ndim :],
+        padding=plan.padding[3 - plan.ndim :],
+        dilation=plan.dilation[3 - plan.ndim :],
+        groups=plan.groups,
+        padding_mode=plan.padding_mode,
+    )
+    if op == "conv":
+        fn = api.conv
+    else:
+        fn = api.conv_transpose
+        kw["output_padding"] = plan.output_padding[3 - plan.ndim :]
+    out = {}
+    for r in rows_for(op):
+        if r.supports(plan) is not None:
+            continue
+        call = lambda r=r: fn(x, w, b, method=r.name, **kw)  # noqa: E731
+        call()
+        out[r.name] = _block_best(call)
+    return out

@@ -1,0 +1,285 @@
+"""The dispatcher: the method table, supports() vs what each method accepts,
+the cost model's choices, method="measure" and its on-disk cache, the
+calibration file, explain()."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+from numbaconv import autotune, config, costs, dispatch, shapes
+
+from .reference import conv_reference
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "cache_dir", str(tmp_path))
+    autotune.forget()
+    costs.forget_loaded()
+    yield tmp_path
+    autotune.forget()
+    costs.forget_loaded()
+
+
+def test_every_method_has_a_row_features_and_constants():
+    for op in dispatch.OPS:
+        names = [r.name for r in dispatch.rows_for(op)]
+        assert len(names) == len(set(names)) >= 3
+        assert dispatch.method_names(op) == ("auto", "measure", *names)
+        for r in dispatch.rows_for(op):
+            assert callable(r.runner()), r
+            assert (op, r.name) in costs.FEATURES
+            assert set(costs.SHIPPED[f"{op}/{r.name}"]) == set(costs.FEATURES[op, r.name])
+    assert {f"{op}/{m}" for op, m in costs.FEATURES} == set(costs.SHIPPED)
+    assert {(r.op, r.name) for r in dispatch.TABLE} == set(costs.FEATURES)
+
+
+CASES = [
+    ("conv", (2, 4, 12, 12), (6, 4, 3, 3), dict(padding=1)),
+    ("conv", (1, 6, 10, 9), (6, 2, 5, 4), dict(stride=2, padding=(2, 1), groups=3)),
+    ("conv", (2, 3, 40), (4, 3, 9), dict(padding="same", padding_mode="reflect")),
+    ("conv", (1, 2, 6, 7, 5), (2, 2, 3, 3, 2), dict(dilation=(1, 2, 1))),
+    ("conv", (2, 8, 9, 9), (4, 8, 1, 1), dict()),
+    ("conv_transpose", (2, 4, 7, 7), (4, 3, 4, 4), dict(stride=2, padding=1)),
+    ("conv_transpose", (1, 6, 11), (6, 1, 5), dict(stride=3, groups=2, output_padding=1)),
+    ("conv_transpose", (1, 2, 5, 4, 6), (2, 2, 2, 3, 2), dict(stride=(2, 1, 2), padding_mode="circular")),
+]
+
+
+@pytest.mark.parametrize("budget", [64 * 2**20, 3000, 300])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{len(c[1]) - 2}d-{c[1][1]}")
+def test_supports_agrees_with_what_each_method_does(case, budget, monkeypatch):
+    """A forced method runs (and gives the reference's answer) iff its
+    supports() says it can; otherwise it raises UnsupportedMethodError with
+    that reason. Small budgets make the workspace-bound methods refuse."""
+    op, xs, ws, kw = case
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    monkeypatch.setattr(config, "workspace_bytes", budget)
+    plan = dispatch.make_plan(op, x, w, **kw)
+    fn = nc.conv if op == "conv" else nc.conv_transpose
+    ref = fn(x, w, method="direct" if op == "conv" else "scatter", **kw)
+    if op == "conv":
+        pads = plan.padding[3 - plan.ndim :]
+        r = conv_reference(
+            x, w, None, list(plan.stride[3 - plan.ndim :]), list(pads), list(plan.dilation[3 - plan.ndim :]),
+            plan.groups, plan.padding_mode,
+        )  # fmt: skip
+        np.testing.assert_allclose(ref, r, rtol=1e-10, atol=1e-10)
+    ran = 0
+    for row in dispatch.rows_for(op):
+        why = row.supports(plan)
+        if why is None:
+            np.testing.assert_allclose(fn(x, w, method=row.name, **kw), ref, rtol=1e-9, atol=1e-9)
+            ran += 1
+        else:
+            with pytest.raises(nc.UnsupportedMethodError, match="cannot do this case") as info:
+                fn(x, w, method=row.name, **kw)
+            assert why in str(info.value)
+    assert ran >= 1  # direct / scatter always run
+    choice = dispatch.choose(op, plan)
+    assert set(choice.estimates) | set(choice.unsupported) == {r.name for r in dispatch.rows_for(op)}
+    np.testing.assert_allclose(fn(x, w, **kw), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_unknown_and_unsupported_methods_say_why(monkeypatch):
+    x, w = np.ones((1, 2, 8, 8)), np.ones((2, 2, 3, 3))
+    valid = "'auto', 'measure', 'direct', 'gemm', 'fft'"
+    with pytest.raises(ValueError, match=f"unknown method 'winograd'.*{valid}"):
+        nc.conv2d(x, w, method="winograd")
+    with pytest.raises(ValueError, match="valid methods are 'auto', 'measure', 'scatter'"):
+        nc.conv_transpose2d(x, w, method="direct")
+    monkeypatch.setattr(config, "workspace_bytes", 100)
+    unsupported = nc.UnsupportedMethodError
+    with pytest.raises(unsupported, match=r"method='gemm' cannot do this case: the patch matrix"):
+        nc.conv2d(x, w, method="gemm")
+    with pytest.raises(unsupported, match=r"method='fft' cannot do this case: the smallest FFT"):
+        nc.choose_method("conv", x, w, method="fft")
+
+
+@pytest.mark.parametrize(
+    "op, xs, ws, kw, want",
+    [
+        ("conv", (1, 8, 256, 256), (8, 8, 31, 31), dict(padding=15), {"fft"}),
+        ("conv", (4, 1, 65536), (1, 1, 1025), dict(padding="same"), {"fft"}),
+        ("conv", (1, 1, 512, 512), (1, 1, 65, 65), dict(padding=32), {"fft"}),
+        ("conv", (8, 256, 56, 56), (64, 256, 1, 1), dict(), {"gemm"}),
+        ("conv", (8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), {"direct", "gemm"}),
+        ("conv", (8, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), {"direct", "gemm"}),
+        ("conv", (8, 32, 112, 112), (32, 1, 3, 3), dict(padding=1, groups=32), {"direct"}),
+        ("conv", (1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), {"gemm", "direct"}),
+        ("conv_transpose", (8, 64, 64, 64), (64, 32, 2, 2), dict(stride=2), {"gemm", "gather"}),
+        ("conv_transpose", (2, 4, 64, 64), (4, 4, 3, 3), dict(padding=1), {"gather", "scatter"}),
+    ],
+)
+def test_cost_model_choices(op, xs, ws, kw, want):
+    choice = nc.choose_method(op, xs, ws, **kw)
+    assert choice.method in want, choice
+    assert choice.device == "cpu"
+    assert choice.reason.startswith(f"{choice.method} has the lowest estimated time")
+    assert all(v > 0 for v in choice.estimates.values())
+    assert choice.estimates[choice.method] == min(choice.estimates.values())
+
+
+def test_choose_method_takes_arrays_and_shapes():
+    x = np.ones((2, 4, 16, 16), np.float64)
+    w = np.ones((4, 4, 3, 3), np.float64)
+    a = nc.choose_method("conv", x, w, padding=1)
+    b = nc.choose_method("conv", x.shape, w.shape, padding=1, dtype=np.float64)
+    assert a == b
+    f32 = nc.choose_method("conv", x.shape, w.shape, padding=1)  # shapes: float32 assumed
+    assert f32.estimates["direct"] < a.estimates["direct"]
+    with pytest.raises(ValueError, match="op must be one of 'conv', 'conv_transpose'"):
+        nc.choose_method("deconv", x, w)
+
+
+def test_fit_recovers_known_constants():
+    rng = np.random.default_rng(1)
+    true = {"call": 2e-4, "flops": 1e-11, "outputs": 3e-9}
+    samples = []
+    for _ in range(30):
+        f = {"call": 1.0, "flops": float(rng.uniform(1e6, 1e10)), "outputs": float(rng.uniform(1e3, 1e7))}
+        samples.append((f, sum(true[k] * v for k, v in f.items())))
+    got = costs.fit(samples)
+    for k in true:
+        assert got[k] == pytest.approx(true[k], rel=1e-6)
+
+
+def test_calibration_file_is_used_for_this_machine_only(cache_dir):
+    plan = dispatch.make_plan("conv", (2, 8, 32, 32), (8, 8, 3, 3), padding=1)
+    shipped = costs.estimate("conv", "direct", plan)
+    consts = {k: dict(v) for k, v in costs.SHIPPED.items()}
+    consts["conv/direct"] = {k: 10 * v for k, v in consts["conv/direct"].items()}
+    costs.save_calibration({"fingerprint": costs.fingerprint(), "constants": consts, "fit": {}})
+    assert costs.estimate("conv", "direct", plan) == pytest.approx(10 * shipped)
+    other = dict(costs.fingerprint(), cpu="some other CPU")
+    costs.save_calibration({"fingerprint": other, "constants": consts, "fit": {}})
+    assert costs.estimate("conv", "direct", plan) == pytest.approx(shipped)
+    with open(costs.calibration_path(), "w") as fh:
+        fh.write("{not json")
+    costs.forget_loaded()
+    with pytest.warns(RuntimeWarning, match="unreadable calibration file"):
+        assert costs.estimate("conv", "direct", plan) == pytest.approx(shipped)
+
+
+def _count_runs(monkeypatch):
+    """Record the method of every row measure() asks for (one per candidate run)."""
+    runs = []
+    real_row = dispatch.row
+
+    def row(op, name, device="cpu"):
+        runs.append(name)
+        return real_row(op, name, device)
+
+    monkeypatch.setattr(dispatch, "row", row)
+    return runs
+
+
+def test_measure_times_candidates_and_remembers_the_winner(cache_dir, monkeypatch):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 6, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((6, 6, 5, 5)).astype(np.float32)
+    ref = nc.conv2d(x, w, padding=2, method="direct")
+    runs = _count_runs(monkeypatch)
+    y = nc.conv2d(x, w, padding=2, method="measure")
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
+    timed = list(runs)
+    assert len(set(timed)) >= 2  # several candidates were run
+    data = json.loads((cache_dir / "autotune.json").read_text())
+    plan = dispatch.make_plan("conv", x, w, padding=2)
+    key = autotune.cache_key("conv", plan)
+    entry = data["entries"][key]
+    assert entry["method"] in timed and set(entry["seconds"]) <= set(timed)
+    assert entry["method"] == min(entry["seconds"], key=entry["seconds"].get)
+    # a new process (memory forgotten) reads the file and runs the winner only
+    autotune.forget()
+    runs.clear()
+    out = np.empty_like(ref)
+    assert nc.conv2d(x, w, padding=2, method="measure", out=out) is out
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+    assert runs == [entry["method"]]
+    # the key covers the parameters: another padding is a new measurement
+    runs.clear()
+    nc.conv2d(x, w, padding=1, method="measure")
+    assert len(runs) >= 2
+
+
+def test_measure_cache_can_be_turned_off(cache_dir, monkeypatch):
+    monkeypatch.setattr(config, "measure_cache", False)
+    x, w = np.ones((1, 2, 9, 9)), np.ones((2, 2, 3, 3))
+    np.testing.assert_allclose(nc.conv2d(x, w, method="measure"), 18.0)
+    assert not (cache_dir / "autotune.json").exists()
+
+
+def test_corrupt_cache_file_is_ignored_with_a_warning(cache_dir):
+    (cache_dir / "autotune.json").write_bytes(b"\x00\xffgarbage{")
+    x, w = np.ones((1, 2, 9, 9)), np.ones((2, 2, 3, 3))
+    with pytest.warns(RuntimeWarning, match="unreadable autotune cache"):
+        y = nc.conv2d(x, w, method="measure")
+    np.testing.assert_allclose(y, 18.0)
+    data = json.loads((cache_dir / "autotune.json").read_text())  # rewritten whole
+    assert len(data["entries"]) == 1
+    (cache_dir / "autotune.json").write_text(json.dumps({"entries": {"k": {"method": 3}}, "format": 1}))
+    autotune.forget()
+    assert autotune.lookup("k") is None  # malformed entries are skipped
+
+
+def _writer(args):
+    path, start = args
+    os.environ["NUMBACONV_CACHE_DIR"] = path
+    from numbaconv import autotune as at
+    from numbaconv import config as cfg
+
+    cfg.cache_dir = path
+    for i in range(start, start + 25):
+        at.store(f"key-{i}", "direct", {"direct": float(i)})
+    return True
+
+
+def test_concurrent_writers_keep_every_entry(cache_dir):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        assert all(pool.map(_writer, [(str(cache_dir), 100 * k) for k in range(4)]))
+    threads = [threading.Thread(target=_writer, args=((str(cache_dir), 1000 + 100 * k),)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    data = json.loads((cache_dir / "autotune.json").read_text())
+    assert len(data["entries"]) == 8 * 25
+    autotune.forget()
+    assert autotune.lookup("key-324") == "direct"
+
+
+def test_explain_shows_every_candidate():
+    e = nc.explain("conv", (1, 8, 256, 256), (8, 8, 31, 31), padding=15)
+    assert e.choice.method == "fft"
+    text = str(e)
+    for name in ("direct", "gemm", "fft"):
+        assert name in text
+    assert "decision: fft (cpu)" in text and "<- chosen" in text
+    d = e.as_dict()
+    assert d["output_shape"] == [1, 8, 256, 256] and set(d["estimated_s"]) == {"direct", "gemm", "fft"}
+
+
+def test_explain_measures_on_request(monkeypatch):
+    monkeypatch.setattr(config, "workspace_bytes", 2000)
+    e = nc.explain("conv_transpose", (1, 4, 9, 9), (4, 2, 3, 3), stride=2, measure=True, dtype=np.float64)
+    assert set(e.measured) == set(e.choice.estimates)  # every supported method was timed
+    assert e.choice.unsupported  # the small budget rules some out, with a reason
+    text = str(e)
+    assert "unsupported" in text and "measured fastest" in text
+
+
+def test_plans_from_shapes_match_the_api():
+    plan = dispatch.make_plan("conv_transpose", (2, 4, 7), (4, 3, 5), stride=2, output_padding=1)
+    assert plan == shapes.make_conv_transpose_plan(
+        (2, 4, 7), (4, 3, 5), None, stride=2, output_padding=1, dtype=np.float32
+    )
