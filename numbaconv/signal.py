@@ -87,6 +87,41 @@ def _swap_needed(mode, s1, s2, axes) -> bool:
     return not ok1
 
 
+def _layout(a_shape, b_shape, mode, axes):
+    """How SciPy's problem maps onto numbaconv's conv: ``(swap, batch_axes,
+    batch shape, kernel_batched, spatial output, (lo, hi) pads)``; the 5-D
+    shapes follow (see :func:`_conv_shapes`)."""
+    swap = _swap_needed(mode, a_shape, b_shape, axes)
+    if swap:
+        a_shape, b_shape = b_shape, a_shape
+    if len(axes) > 3:
+        raise ValueError(
+            f"numbaconv.signal convolves over at most 3 axes, got {len(axes)}; pass axes= "
+            "(the other axes are batched)"
+        )
+    batch_axes = [i for i in range(len(a_shape)) if i not in axes]
+    bshape = []
+    for i in batch_axes:
+        if a_shape[i] != b_shape[i] and 1 not in (a_shape[i], b_shape[i]):
+            raise ValueError(f"incompatible shapes for in1 and in2: {tuple(a_shape)} and {tuple(b_shape)}")
+        bshape.append(max(a_shape[i], b_shape[i]))
+    pads = [_pads(a_shape[i], b_shape[i], mode) for i in axes]
+    out_sp = [a_shape[i] + lo + hi - b_shape[i] + 1 for i, (lo, hi) in zip(axes, pads)]
+    kernel_batched = any(b_shape[i] != 1 for i in batch_axes)
+    return swap, batch_axes, bshape, kernel_batched, out_sp, pads
+
+
+def _conv_shapes(a_shape, b_shape, axes, bshape, kernel_batched):
+    """(input, weight, groups) of the conv: a kernel per batch element is a
+    depthwise conv (groups = batch), one kernel for all a plain one."""
+    nb = int(np.prod(bshape)) if bshape else 1
+    sp_a = tuple(a_shape[i] for i in axes)
+    sp_b = tuple(b_shape[i] for i in axes)
+    if kernel_batched:
+        return (1, nb) + sp_a, (nb, 1) + sp_b, nb
+    return (nb, 1) + sp_a, (1, 1) + sp_b, 1
+
+
 def _convolve_core(a, b, mode, axes, method, flip_conj=False):
     """SciPy's convolve (or correlate with ``flip_conj``) over ``axes`` with numbaconv kernels.
 
@@ -95,44 +130,24 @@ def _convolve_core(a, b, mode, axes, method, flip_conj=False):
     ndim = a.ndim
     if flip_conj:
         b = np.conj(b[tuple(slice(None, None, -1) if i in axes else slice(None) for i in range(ndim))])
-    if _swap_needed(mode, a.shape, b.shape, axes):
+    swap, batch_axes, bshape, kernel_batched, out_sp, pads = _layout(a.shape, b.shape, mode, axes)
+    if swap:
         a, b = b, a
-    if len(axes) > 3:
-        raise ValueError(
-            f"numbaconv.signal convolves over at most 3 axes, got {len(axes)}; pass axes= "
-            "(the other axes are batched)"
-        )
-    batch_axes = [i for i in range(ndim) if i not in axes]
-    bshape = []
-    for i in batch_axes:
-        if a.shape[i] != b.shape[i] and 1 not in (a.shape[i], b.shape[i]):
-            raise ValueError(f"incompatible shapes for in1 and in2: {a.shape} and {b.shape}")
-        bshape.append(max(a.shape[i], b.shape[i]))
-    out_sp = []
-    pads = []
-    for i in axes:
-        n, k = a.shape[i], b.shape[i]
-        lo, hi = _pads(n, k, mode)
-        pads.append((lo, hi))
-        out_sp.append(n + lo + hi - k + 1)
     order = batch_axes + axes
     a_t = np.transpose(a, order)
     b_t = np.transpose(b, order)
-    nb = int(np.prod(bshape)) if bshape else 1
+    xs, ws, groups = _conv_shapes(a.shape, b.shape, axes, bshape, kernel_batched)
     sp_a = a_t.shape[len(batch_axes) :]
     sp_b = b_t.shape[len(batch_axes) :]
     # flip the kernel: numbaconv's conv is a correlation
     b_t = b_t[(Ellipsis,) + (slice(None, None, -1),) * len(axes)]
-    kernel_batched = any(b.shape[i] != 1 for i in batch_axes)
     if kernel_batched:
-        # a kernel per batch element: depthwise conv (groups = batch)
-        a5 = np.broadcast_to(a_t, tuple(bshape) + sp_a).reshape((1, nb) + sp_a)
-        b5 = np.broadcast_to(b_t, tuple(bshape) + sp_b).reshape((nb, 1) + sp_b)
-        groups = nb
+        a5 = np.broadcast_to(a_t, tuple(bshape) + sp_a).reshape(xs)
+        b5 = np.broadcast_to(b_t, tuple(bshape) + sp_b).reshape(ws)
     else:
-        a5 = np.broadcast_to(a_t, tuple(bshape) + sp_a).reshape((nb, 1) + sp_a)
-        b5 = b_t.reshape((1, 1) + sp_b)
-        groups = 1
+        a5 = np.broadcast_to(a_t, tuple(bshape) + sp_a).reshape(xs)
+        b5 = b_t.reshape(ws)
+    nb = xs[0] * xs[1]
     if min(a5.size, b5.size) == 0:
         y = np.zeros((nb,) + tuple(out_sp), dtype=np.result_type(a5, b5))
     else:
@@ -183,27 +198,24 @@ def _direct_or_fft(a, b, mode, axes, method, flip_conj):
     return _finish(y, result_type)
 
 
-def _taps(b, axes) -> int:
-    return int(np.prod([b.shape[i] for i in axes])) if axes else 1
-
-
 def _choose(a, b, mode, axes) -> str:
-    """'fft' or 'direct' from operation counts (in the spirit of SciPy's
-    ``_fftconv_faster``), with constants measured on the development machine."""
-    if np.result_type(a, b).kind in "iub":
+    """'fft' or 'direct' by the dispatcher's cost model (:mod:`numbaconv.costs`)
+    for the conv this problem becomes; integer inputs take the exact direct path."""
+    from . import costs, dispatch
+    from .shapes import make_conv_plan
+
+    result_type = np.result_type(a, b)
+    if result_type.kind in "iub":
         return "direct"
-    small, big = sorted((_taps(a, axes), _taps(b, axes)))
-    if small <= 25:
+    swap, _, bshape, kernel_batched, _, pads = _layout(a.shape, b.shape, mode, axes)
+    if swap:
+        a, b = b, a
+    xs, ws, groups = _conv_shapes(a.shape, b.shape, axes, bshape, kernel_batched)
+    plan = make_conv_plan(xs, ws, None, 1, tuple(pads), 1, groups, dtype=_compute_dtype(result_type))
+    if dispatch.row("conv", "fft").supports(plan) is not None:
         return "direct"
-    out = 1
-    for i in axes:
-        n, k = a.shape[i], b.shape[i]
-        lo, hi = _pads(n, k, mode)
-        out *= max(n, k) + lo + hi - min(n, k) + 1 if mode != "same" else n
-    direct_ops = out * small
-    full = big + small
-    fft_ops = 10 * full * max(1.0, np.log2(full))
-    return "fft" if fft_ops < direct_ops else "direct"
+    fft = costs.estimate("conv", "fft", plan)
+    return "fft" if fft < costs.estimate("conv", "direct", plan) else "direct"
 
 
 def _entry(in1, in2, mode, method, axes, flip_conj):
