@@ -338,7 +338,7 @@ def bench(
         forced = {m: r for m, r in case_rows.items() if m != "auto"}
         if "auto" in case_rows and forced:
             best = min(forced, key=lambda m: forced[m]["median_s"])
-            pairs = [_block_time(calls["auto"]) / _block_time(calls[best]) for _ in range(max(repeat, 3))]
+            pairs = [_block_time(calls["auto"]) / _block_time(calls[best]) for _ in range(2 * max(repeat, 3))]
             case_rows["auto"]["regret"] = float(np.median(pairs))
             case_rows["auto"]["fastest_forced"] = best
         results.extend(case_rows.values())
