@@ -3,7 +3,7 @@
 Public names only; see ``docs/`` for the guide.
 """
 
-from . import config, shapes, signal
+from . import config, cuda, shapes, signal
 from .api import (
     conv,
     conv1d,
@@ -33,6 +33,7 @@ __all__ = [
     "conv_transpose1d",
     "conv_transpose2d",
     "conv_transpose3d",
+    "cuda",
     "explain",
     "shapes",
     "signal",

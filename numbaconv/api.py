@@ -26,11 +26,6 @@ def _as_host_array(value, name: str, *, allow_none: bool = False) -> np.ndarray 
         if allow_none:
             return None
         raise TypeError(f"{name} must be an array, got None")
-    if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
-        raise ValueError(
-            f"{name} is a CUDA device array, but numbaconv has no GPU kernels yet; "
-            f"copy it to the host first (e.g. {name}.copy_to_host() or cupy.asnumpy)"
-        )
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists, exotic objects
@@ -42,11 +37,44 @@ def _as_host_array(value, name: str, *, allow_none: bool = False) -> np.ndarray 
 def _check_device(device) -> None:
     if not isinstance(device, str) or device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
-    if device == "cuda":
+
+
+def _device_array(value, name: str):
+    """A Numba device array view of a device array (zero-copy for any
+    ``__cuda_array_interface__`` object), checked."""
+    from numba import cuda
+
+    arr = value if type(value).__name__ in ("DeviceNDArray", "FakeCUDAArray") else cuda.as_cuda_array(value)
+    check_dtype(arr.dtype, name)
+    if not arr.is_c_contiguous():
         raise ValueError(
-            "device='cuda' is not usable: this version of numbaconv has no GPU "
-            "kernels yet; use device='cpu' or 'auto'"
+            f"{name} is a non-contiguous device array; numbaconv's GPU kernels take C-contiguous "
+            f"arrays (make one first, e.g. cupy.ascontiguousarray({name}))"
         )
+    return arr
+
+
+def _route(input, weight, bias, device) -> tuple[str, bool]:
+    """(target device, whether the arrays are on the device already)."""
+    from . import cuda as gpu  # light: numba.cuda is only imported for device arrays
+
+    given = (("input", input), ("weight", weight), ("bias", bias))
+    on_dev = [n for n, v in given if v is not None and gpu.is_device_array(v)]
+    host = [n for n, v in given if v is not None and n not in on_dev]
+    if on_dev and device == "cpu":
+        raise ValueError(
+            f"{on_dev[0]} is a CUDA device array but device='cpu'; copy it to the host first "
+            f"({on_dev[0]}.copy_to_host() or cupy.asnumpy({on_dev[0]})) or pass device='auto'"
+        )
+    if on_dev and host:
+        raise ValueError(
+            f"{on_dev[0]} is a CUDA device array but {host[0]} is a host array; pass input, weight and "
+            f"bias on one device (numba.cuda.to_device({host[0]})), or host arrays with device='cuda'"
+        )
+    target = "cuda" if (device == "cuda" or on_dev) else "cpu"
+    if target == "cuda":
+        gpu.require()
+    return target, bool(on_dev)
 
 
 def _kernel_array(arr: np.ndarray, dtype: np.dtype, shape5) -> np.ndarray:
@@ -80,20 +108,39 @@ def _check_out(out, plan: ConvPlan, inputs) -> None:
 
 
 def _prepare(op, input, weight, bias, method, device):
-    """Checks shared by both ops: arrays, dtypes, method, device."""
+    """Checks shared by both ops: arrays, dtypes, method, device. Returns the
+    arrays (host, or device ones), the method, the result dtype and
+    ``(target device, arrays on the device)``."""
     _check_device(device)
-    x = _as_host_array(input, "input")
-    w = _as_host_array(weight, "weight")
-    b = _as_host_array(bias, "bias", allow_none=True)
     method = dispatch.check_method(op, method)
-    dtypes = [x.dtype, w.dtype] + ([b.dtype] if b is not None else [])
-    dtype = result_dtype(*dtypes)
+    target, resident = _route(input, weight, bias, device)
+    if resident:
+        if input is None or weight is None:
+            raise TypeError(f"{'input' if input is None else 'weight'} must be an array, got None")
+        x = _device_array(input, "input")
+        w = _device_array(weight, "weight")
+        b = None if bias is None else _device_array(bias, "bias")
+        dtypes = {np.dtype(a.dtype) for a in (x, w, b) if a is not None}
+        if len(dtypes) != 1:
+            raise ValueError(
+                "on the GPU, input, weight and bias must share one dtype (no conversion is done on "
+                f"the device); got {', '.join(sorted(str(d) for d in dtypes))}"
+            )
+        dtype = result_dtype(*dtypes)
+    else:
+        x = _as_host_array(input, "input")
+        w = _as_host_array(weight, "weight")
+        b = _as_host_array(bias, "bias", allow_none=True)
+        dtypes = [x.dtype, w.dtype] + ([b.dtype] if b is not None else [])
+        dtype = result_dtype(*dtypes)
     if b is not None and b.ndim != 1:
         raise ValueError(f"bias must be 1-D with shape (C_out,), got shape {b.shape}")
-    return x, w, b, method, dtype
+    return x, w, b, method, dtype, (target, resident)
 
 
-def _finish(op, plan, method, input, weight, bias, x, w, b, out):
+def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", False)):
+    if where[0] == "cuda":
+        return _finish_cuda(op, plan, method, x, w, b, out, resident=where[1])
     if out is not None:
         _check_out(out, plan, (("input", input), ("weight", weight), ("bias", bias)))
     if method == "measure":
@@ -111,7 +158,7 @@ def _finish(op, plan, method, input, weight, bias, x, w, b, out):
 def _conv_impl(
     ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
 ):
-    x, w, b, method, dtype = _prepare("conv", input, weight, bias, method, device)
+    x, w, b, method, dtype, where = _prepare("conv", input, weight, bias, method, device)
     plan = make_conv_plan(
         x.shape,
         w.shape,
@@ -124,7 +171,7 @@ def _conv_impl(
         dtype=dtype,
         ndim=ndim,
     )
-    return _finish("conv", plan, method, input, weight, bias, x, w, b, out)
+    return _finish("conv", plan, method, input, weight, bias, x, w, b, out, where)
 
 
 def _conv_transpose_impl(
@@ -143,7 +190,7 @@ def _conv_transpose_impl(
     device,
     out,
 ):
-    x, w, b, method, dtype = _prepare("conv_transpose", input, weight, bias, method, device)
+    x, w, b, method, dtype, where = _prepare("conv_transpose", input, weight, bias, method, device)
     plan = make_conv_transpose_plan(
         x.shape,
         w.shape,
@@ -158,7 +205,65 @@ def _conv_transpose_impl(
         dtype=dtype,
         ndim=ndim,
     )
-    return _finish("conv_transpose", plan, method, input, weight, bias, x, w, b, out)
+    return _finish("conv_transpose", plan, method, input, weight, bias, x, w, b, out, where)
+
+
+def _finish_cuda(op, plan, method, x, w, b, out, resident: bool):
+    """Run on the GPU: device arrays stay there (the result is a Numba device
+    array); host arrays (``device='cuda'``) are copied in and the result out."""
+    from numba import cuda
+
+    if resident:
+        x5 = x.reshape(plan.input_shape5)
+        w5 = w.reshape(plan.weight_shape5)
+        b1 = b
+    else:
+        x5 = cuda.to_device(_kernel_array(x, plan.dtype, plan.input_shape5))
+        w5 = cuda.to_device(_kernel_array(w, plan.dtype, plan.weight_shape5))
+        b1 = None if b is None else cuda.to_device(np.ascontiguousarray(b, dtype=plan.dtype))
+    target = None
+    if out is not None:
+        if resident:
+            from . import cuda as gpu
+
+            if not gpu.is_device_array(out):
+                raise TypeError("out must be a device array when the inputs are on the GPU")
+            o = _device_array(out, "out")
+            if tuple(o.shape) != plan.output_shape:
+                raise ValueError(
+                    f"out has shape {tuple(o.shape)}, but the result has shape {plan.output_shape}"
+                )
+            if np.dtype(o.dtype) != plan.dtype:
+                raise ValueError(f"out has dtype {o.dtype}, but the result has dtype {plan.dtype}")
+            target = o.reshape(plan.output_shape5)
+        else:
+            _check_out(out, plan, (("input", x), ("weight", w), ("bias", b)))
+    if target is None:
+        target = cuda.device_array(plan.output_shape5, dtype=plan.dtype)
+
+    def execute(row, dst=target):
+        if dst.size:
+            row.runner()(x5, w5, b1, plan, dst)
+        cuda.synchronize()
+        return dst
+
+    if method == "measure":
+        from . import autotune
+
+        best, _ = autotune.measure(
+            op, plan, lambda row: execute(row, cuda.device_array(plan.output_shape5, plan.dtype)), "cuda"
+        )
+        if best is not target:
+            target.copy_to_device(best)
+    else:
+        execute(dispatch.select(op, plan, method, "cuda"))
+    if resident:
+        return out if out is not None else target.reshape(plan.output_shape)
+    host = target.copy_to_host().reshape(plan.output_shape)
+    if out is not None:
+        out[...] = host
+        return out
+    return host
 
 
 def _execute(runner, plan: ConvPlan, x, w, b, out):
@@ -215,7 +320,13 @@ _DOC = """{ndim_title} convolution (cross-correlation), with PyTorch's semantics
         'direct', 'gemm' (im2col + GEMM) or 'fft'. See
         :func:`numbaconv.explain`.
     device : {{'auto', 'cpu', 'cuda'}}, keyword-only
-        Only the CPU is implemented in this version.
+        'auto': on the GPU when the arrays are device arrays (Numba device
+        arrays or any ``__cuda_array_interface__`` object: CuPy arrays,
+        PyTorch CUDA tensors via ``.detach()``; zero-copy, all of one dtype,
+        C-contiguous), the result then a Numba device array (wrap it with
+        ``cupy.asarray(y)`` or ``torch.as_tensor(y, device="cuda")``); else
+        the CPU. 'cuda': host arrays are copied to the GPU and the result
+        back. Mixing host and device arrays is an error. See docs/gpu.md.
     out : ndarray, optional, keyword-only
         Where to write the result: exact shape and dtype, writeable, not
         overlapping any input. Checked before anything is written.
@@ -377,7 +488,13 @@ _DOC_T = """{ndim_title} transposed convolution, with PyTorch's semantics.
         these arrays once, remember the winner on disk), or a method:
         'scatter' (scatter-add), 'gather', 'gemm' (GEMM + col2im) or 'fft'.
     device : {{'auto', 'cpu', 'cuda'}}, keyword-only
-        Only the CPU is implemented in this version.
+        'auto': on the GPU when the arrays are device arrays (Numba device
+        arrays or any ``__cuda_array_interface__`` object: CuPy arrays,
+        PyTorch CUDA tensors via ``.detach()``; zero-copy, all of one dtype,
+        C-contiguous), the result then a Numba device array (wrap it with
+        ``cupy.asarray(y)`` or ``torch.as_tensor(y, device="cuda")``); else
+        the CPU. 'cuda': host arrays are copied to the GPU and the result
+        back. Mixing host and device arrays is an error. See docs/gpu.md.
     out : ndarray, optional, keyword-only
         Where to write the result: exact shape and dtype, writeable, not
         overlapping any input. Checked before anything is written.

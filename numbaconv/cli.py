@@ -11,19 +11,11 @@ import time
 
 
 def _cuda_status() -> tuple[bool, str]:
-    """Whether CUDA is usable and, if not, why. Never imports numba.cuda eagerly elsewhere."""
-    try:
-        import importlib.util
+    """Whether the GPU methods can run here and, if not, why (imports
+    numba.cuda only when numba-cuda is installed)."""
+    from .cuda import status
 
-        if importlib.util.find_spec("numba_cuda") is None:
-            return False, "numba-cuda is not installed (pip install numbaconv[cuda])"
-        from numba import cuda
-
-        if not cuda.is_available():
-            return False, "numba-cuda is installed but no usable CUDA driver/GPU was found"
-        return False, "a GPU is present, but this version of numbaconv has no GPU kernels yet"
-    except Exception as exc:  # a broken driver install must not crash `info`
-        return False, f"CUDA check failed: {exc}"
+    return status()
 
 
 def _cpu_name() -> str:
@@ -516,6 +508,9 @@ def main(argv=None) -> int:
         "--dtype", default="float32", choices=("float32", "float64", "complex64", "complex128")
     )
     p_explain.add_argument("--measure", action="store_true", help="also time every supported method")
+    p_explain.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="whose methods (default cpu)"
+    )
     p_explain.add_argument("--json", action="store_true")
     p_cal = sub.add_parser(
         "calibrate", help="refit the cost model's constants on this machine (stored in the cache directory)"
@@ -559,6 +554,7 @@ def main(argv=None) -> int:
             args.weight,
             (args.weight[0] if args.op == "conv" else args.weight[1] * args.groups,) if args.bias else None,
             measure=args.measure,
+            device=args.device,
             dtype=args.dtype,
             **_case_params(args),
         )

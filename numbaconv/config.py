@@ -23,6 +23,12 @@
 ``measure_time_s``
     Time ``method="measure"`` may spend timing candidates for one new case,
     default 2 s (the first candidate always runs).
+``cuda_threads``, ``cuda_max_blocks``, ``cuda_block_2d``, ``cuda_chunk``, ``cuda_tile``
+    GPU launch geometry: threads per block of the 1-D grid-stride kernels
+    (256) and their most blocks (4096); the (W, H) block of the direct and
+    gather kernels ((16, 8)); weight values staged in shared memory per chunk
+    (256); the GEMM kernel's tile (16). Tests shrink them to cover several
+    blocks and ragged edges with tiny shapes.
 ``direct_channels_last_min``
     The direct path switches from its row kernel (vectorized along the output
     width) to its channels-last kernel (vectorized along input channels) when a
@@ -45,6 +51,11 @@ _DEFAULTS = {
     "fft_kernel_cache_bytes": 32 * 2**20,
     "measure_cache": True,
     "measure_time_s": 2.0,
+    "cuda_threads": 256,
+    "cuda_max_blocks": 4096,
+    "cuda_block_2d": (16, 8),
+    "cuda_chunk": 256,
+    "cuda_tile": 16,
 }
 
 
@@ -67,15 +78,25 @@ fft_kernel_cache_bytes: int = int(
 cache_dir: str = _default_cache_dir()
 measure_cache: bool = os.environ.get("NUMBACONV_MEASURE_CACHE", "1").strip().lower() not in _FALSE
 measure_time_s: float = float(os.environ.get("NUMBACONV_MEASURE_TIME_S", _DEFAULTS["measure_time_s"]))
+cuda_threads: int = _DEFAULTS["cuda_threads"]
+cuda_max_blocks: int = _DEFAULTS["cuda_max_blocks"]
+cuda_block_2d: tuple[int, int] = _DEFAULTS["cuda_block_2d"]
+cuda_chunk: int = _DEFAULTS["cuda_chunk"]
+cuda_tile: int = _DEFAULTS["cuda_tile"]
 
 
 def _reset() -> None:
     """Restore the defaults (used by tests)."""
     global workspace_bytes, direct_channels_last_min, fft_kernel_cache_bytes, cache_dir
-    global measure_cache, measure_time_s
+    global measure_cache, measure_time_s, cuda_threads, cuda_max_blocks, cuda_block_2d, cuda_chunk, cuda_tile
     workspace_bytes = _DEFAULTS["workspace_bytes"]
     measure_cache = _DEFAULTS["measure_cache"]
     measure_time_s = _DEFAULTS["measure_time_s"]
+    cuda_threads = _DEFAULTS["cuda_threads"]
+    cuda_max_blocks = _DEFAULTS["cuda_max_blocks"]
+    cuda_block_2d = _DEFAULTS["cuda_block_2d"]
+    cuda_chunk = _DEFAULTS["cuda_chunk"]
+    cuda_tile = _DEFAULTS["cuda_tile"]
     direct_channels_last_min = _DEFAULTS["direct_channels_last_min"]
     fft_kernel_cache_bytes = _DEFAULTS["fft_kernel_cache_bytes"]
     cache_dir = _default_cache_dir()

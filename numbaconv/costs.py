@@ -105,6 +105,46 @@ SHIPPED: dict[str, dict[str, float]] = {
     },
 }
 
+# GPU rows: a roofline per method (seconds per FLOP, per byte moved, per
+# call), NOT fitted: no GPU was lent to the development machines. The rates
+# are rough figures for an H100 running these simple kernels (FP32 ~60
+# TFLOP/s peak, HBM ~3 TB/s; a naive direct kernel reaches a few percent of
+# the peak, the 16x16 shared-memory GEMM ~10%, atomics cost ~3x a plain
+# store); bench/gpu_bench.py measures them where a GPU exists.
+GPU_FEATURES = ("call", "flops", "bytes")
+SHIPPED_GPU: dict[str, dict[str, float]] = {
+    "conv/direct": {"call": 2e-5, "flops": 1 / 2e12, "bytes": 1 / 1e12},
+    "conv/gemm": {"call": 6e-5, "flops": 1 / 6e12, "bytes": 1 / 1e12},
+    "conv/fft": {"call": 2e-4, "flops": 1 / 2e13, "bytes": 1 / 5e11},
+    "conv_transpose/scatter": {"call": 3e-5, "flops": 1 / 7e11, "bytes": 1 / 1e12},
+    "conv_transpose/gather": {"call": 3e-5, "flops": 1 / 2e12, "bytes": 1 / 1e12},
+    "conv_transpose/gemm": {"call": 6e-5, "flops": 1 / 6e12, "bytes": 1 / 1e12},
+    "conv_transpose/fft": {"call": 2e-4, "flops": 1 / 2e13, "bytes": 1 / 5e11},
+}
+
+
+def gpu_features(op: str, method: str, plan) -> dict[str, float]:
+    """FLOPs and bytes moved by one GPU call (the FFT path: transform work)."""
+    item = plan.dtype.itemsize
+    ins = plan.batch * plan.c_in * _prod(plan.in_size)
+    outs = plan.batch * plan.c_out * _prod(plan.out_size)
+    wts = plan.c_out * (plan.c_in // plan.groups) * _prod(plan.kernel)
+    moved = (ins + outs + wts) * item
+    flops = float(plan.flops)
+    if method == "gemm":  # the patch matrix is written and read once more
+        moved += 2 * plan.batch * _prod(plan.out_size) * plan.c_in * _prod(plan.kernel) * item
+    if method == "fft":
+        lens = [plan.in_size[i] + sum(plan.padding[i]) for i in range(3)]
+        m = _prod(lens)
+        signals = plan.batch * (plan.c_in + plan.c_out) + wts // max(1, _prod(plan.kernel))
+        flops = (
+            5.0 * signals * m * max(1.0, float(np.log2(max(m, 2))))
+            + 8.0 * plan.batch * plan.c_out * (plan.c_in // plan.groups) * m
+        )
+        moved += 4 * signals * m * item
+    return {"call": 1.0, "flops": flops, "bytes": float(moved)}
+
+
 _THIN = 16  # a GEMM with a dimension below this runs far below the BLAS peak
 
 
@@ -224,8 +264,11 @@ def forget_loaded() -> None:
         _LOADED.clear()
 
 
-def estimate(op: str, method: str, plan) -> float:
-    """Estimated seconds of one call of ``method`` on ``plan``."""
+def estimate(op: str, method: str, plan, device: str = "cpu") -> float:
+    """Estimated seconds of one call of ``method`` on ``plan`` (on ``device``)."""
+    if device == "cuda":
+        g = SHIPPED_GPU[f"{op}/{method}"]
+        return float(sum(g[k] * v for k, v in gpu_features(op, method, plan).items()))
     consts = constants()[f"{op}/{method}"]
     return float(sum(consts.get(k, 0.0) * v for k, v in features(op, method, plan).items()))
 

@@ -36,7 +36,7 @@ class MethodRow:
         """Estimated seconds of one call on ``plan`` (the cost model)."""
         from .costs import estimate
 
-        return estimate(self.op, self.name, plan)
+        return estimate(self.op, self.name, plan, self.device)
 
 
 def _always(plan) -> str | None:
@@ -61,6 +61,18 @@ def _fft_supports(plan) -> str | None:
     return supports(plan)
 
 
+def _cuda_supports(module: str, fn: str = "supports"):
+    def check(plan) -> str | None:
+        from . import cuda as gpu
+
+        usable, why = gpu.status()
+        if not usable:
+            return why
+        return getattr(importlib.import_module(f".cuda.{module}", __package__), fn)(plan)
+
+    return check
+
+
 TABLE: tuple[MethodRow, ...] = (
     MethodRow("direct", "conv", "cpu", ".cpu.direct", _always),
     MethodRow("gemm", "conv", "cpu", ".cpu.gemm", _gemm_supports),
@@ -69,14 +81,36 @@ TABLE: tuple[MethodRow, ...] = (
     MethodRow("gather", "conv_transpose", "cpu", ".cpu.transpose", _gather_supports, "run_gather"),
     MethodRow("gemm", "conv_transpose", "cpu", ".cpu.gemm", _gemm_supports, "run_transpose"),
     MethodRow("fft", "conv_transpose", "cpu", ".cpu.fft", _fft_supports, "run_transpose"),
+    MethodRow("direct", "conv", "cuda", ".cuda.direct", _cuda_supports("direct")),
+    MethodRow("gemm", "conv", "cuda", ".cuda.gemm", _cuda_supports("gemm")),
+    MethodRow("fft", "conv", "cuda", ".cuda.fft", _cuda_supports("fft")),
+    MethodRow(
+        "scatter",
+        "conv_transpose",
+        "cuda",
+        ".cuda.transpose",
+        _cuda_supports("transpose", "scatter_supports"),
+        "run_scatter",
+    ),
+    MethodRow(
+        "gather",
+        "conv_transpose",
+        "cuda",
+        ".cuda.transpose",
+        _cuda_supports("transpose", "gather_supports"),
+        "run_gather",
+    ),
+    MethodRow("gemm", "conv_transpose", "cuda", ".cuda.gemm", _cuda_supports("gemm"), "run_transpose"),
+    MethodRow("fft", "conv_transpose", "cuda", ".cuda.fft", _cuda_supports("fft"), "run_transpose"),
 )
+DEVICES = ("cpu", "cuda")
 
 SPECIAL_METHODS = ("auto", "measure")
 OPS = ("conv", "conv_transpose")
 
 
 def method_names(op: str) -> tuple[str, ...]:
-    return SPECIAL_METHODS + tuple(r.name for r in TABLE if r.op == op)
+    return SPECIAL_METHODS + tuple(dict.fromkeys(r.name for r in TABLE if r.op == op))
 
 
 def rows_for(op: str, device: str = "cpu") -> list[MethodRow]:
@@ -160,7 +194,11 @@ def choose(op: str, plan, method: str = "auto", device: str = "cpu") -> Choice:
             reason += f"; {', '.join(unsupported)} cannot run this case"
         return Choice(best, device, reason, dict(estimates), dict(unsupported))
     if method in unsupported:
-        raise UnsupportedMethodError(f"method={method!r} cannot do this case: {unsupported[method]}")
+        raise UnsupportedMethodError(
+            f"method={method!r} cannot do this case on {device}: {unsupported[method]}"
+            if device != "cpu"
+            else f"method={method!r} cannot do this case: {unsupported[method]}"
+        )
     return Choice(method, device, f"method={method!r} was asked for", dict(estimates), dict(unsupported))
 
 
@@ -168,19 +206,22 @@ def row(op: str, name: str, device: str = "cpu") -> MethodRow:
     return next(r for r in rows_for(op, device) if r.name == name)
 
 
-def select(op: str, plan, method: str) -> MethodRow:
+def select(op: str, plan, method: str, device: str = "cpu") -> MethodRow:
     """The row that runs ``plan`` ("auto" or a method name); raises
     UnsupportedMethodError for a forced misfit."""
     if method == "auto":
-        return row(op, choose(op, plan, method).method)
-    r = row(op, method)
+        return row(op, choose(op, plan, method, device).method, device)
+    r = row(op, method, device)
     why = r.supports(plan)  # a forced method: only its own check, no estimates
     if why is not None:
-        raise UnsupportedMethodError(f"method={method!r} cannot do this case: {why}")
+        where = "" if device == "cpu" else f" on {device}"
+        raise UnsupportedMethodError(f"method={method!r} cannot do this case{where}: {why}")
     return r
 
 
-def choose_method(op: str, input, weight, bias=None, *, method: str = "auto", **params) -> Choice:
+def choose_method(
+    op: str, input, weight, bias=None, *, method: str = "auto", device: str = "cpu", **params
+) -> Choice:
     """The method numbaconv would use for ``op`` on these arrays, and why.
 
     Parameters
@@ -194,6 +235,9 @@ def choose_method(op: str, input, weight, bias=None, *, method: str = "auto", **
         'auto' (the cost model), 'measure' (the cost model's view of which
         candidates would be timed; see :func:`numbaconv.explain` with
         ``measure=True`` to time them) or a method name (checked).
+    device : {'cpu', 'cuda'}, default 'cpu'
+        Whose method table to consult (the GPU rows say why they cannot run
+        where CUDA is not usable).
     **params
         The op's keyword arguments (stride, padding, dilation, groups,
         padding_mode, output_padding, output_size) and ``dtype``.
@@ -212,7 +256,9 @@ def choose_method(op: str, input, weight, bias=None, *, method: str = "auto", **
     """
     plan = make_plan(op, input, weight, bias, **params)
     check_method(op, method)
-    return choose(op, plan, method)
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
+    return choose(op, plan, method, device)
 
 
 def make_plan(op: str, input, weight, bias=None, *, dtype=None, **params):

@@ -56,7 +56,7 @@ class Explanation:
             "",
             f"  {'method':10s} {'estimated ms':>13s} {'measured ms':>12s}",
         ]
-        names = [r.name for r in rows_for(self.op)]
+        names = [r.name for r in rows_for(self.op, self.choice.device)]
         ranked = sorted(self.choice.estimates, key=self.choice.estimates.get)
         for name in ranked + [n for n in names if n not in ranked]:
             if name in self.choice.estimates:
@@ -66,14 +66,16 @@ class Explanation:
                 lines.append(f"  {name:10s} {est} {meas}{mark}")
             else:
                 lines.append(f"  {name:10s} {'unsupported':>13s}   {self.choice.unsupported[name]}")
-        if self.measured:
+        if self.measured and self.choice.method in self.measured:
             fastest = min(self.measured, key=self.measured.get)
             regret = self.measured[self.choice.method] / self.measured[fastest]
             lines.append(f"measured fastest: {fastest}; the decision's time / the fastest: {regret:.2f}")
         return "\n".join(lines)
 
 
-def explain(op: str, input, weight, bias=None, *, measure: bool = False, **params) -> Explanation:
+def explain(
+    op: str, input, weight, bias=None, *, measure: bool = False, device: str = "cpu", **params
+) -> Explanation:
     """How numbaconv would run ``op`` for these shapes, and why.
 
     Parameters
@@ -86,6 +88,9 @@ def explain(op: str, input, weight, bias=None, *, measure: bool = False, **param
     measure : bool, default False
         Also time every supported method on random arrays of these shapes
         (each compiled first, then the best of three calls after a pause).
+    device : {'cpu', 'cuda'}, default 'cpu'
+        Whose methods to consider (on a machine without a usable GPU every
+        GPU method is listed as unsupported, with the reason).
     **params
         The op's keyword arguments: stride, padding, dilation, groups,
         padding_mode, and for conv_transpose output_padding and output_size;
@@ -110,13 +115,21 @@ def explain(op: str, input, weight, bias=None, *, measure: bool = False, **param
     >>> e.choice.method
     'fft'
     """
+    from .dispatch import DEVICES, UnsupportedMethodError, estimate_all
+
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
     plan = make_plan(op, input, weight, bias, **params)
-    choice = choose(op, plan, "auto")
-    measured = _measure_all(op, plan) if measure else {}
+    try:
+        choice = choose(op, plan, "auto", device)
+    except UnsupportedMethodError as exc:  # nothing can run it here: say why for each
+        _, unsupported = estimate_all(op, plan, device)
+        choice = Choice("none", device, str(exc), {}, unsupported)
+    measured = _measure_all(op, plan, device) if measure and choice.estimates else {}
     return Explanation(op, plan, choice, measured)
 
 
-def _measure_all(op: str, plan) -> dict[str, float]:
+def _measure_all(op: str, plan, device: str = "cpu") -> dict[str, float]:
     from . import api
     from .costs import _block_best
 
@@ -146,10 +159,10 @@ def _measure_all(op: str, plan) -> dict[str, float]:
         fn = api.conv_transpose
         kw["output_padding"] = plan.output_padding[3 - plan.ndim :]
     out = {}
-    for r in rows_for(op):
+    for r in rows_for(op, device):
         if r.supports(plan) is not None:
             continue
-        call = lambda r=r: fn(x, w, b, method=r.name, **kw)  # noqa: E731
+        call = lambda r=r: fn(x, w, b, method=r.name, device=device, **kw)  # noqa: E731
         call()
         out[r.name] = _block_best(call)
     return out

@@ -20,6 +20,9 @@ _CACHE = tempfile.mkdtemp(prefix="numbaconv-tests-")
 os.environ["NUMBACONV_CACHE_DIR"] = _CACHE
 config.cache_dir = _CACHE
 
+# the simulator tests run in their own process (tests/test_cuda.py)
+collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda_sim"]
+
 settings.register_profile("numbaconv", deadline=None, max_examples=25, derandomize=True)
 settings.load_profile("numbaconv")
 

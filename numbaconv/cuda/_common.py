@@ -1,0 +1,179 @@
+"""Shared GPU pieces: launch geometry, tap maps on the device, the fold of the
+transposed op's non-zero padding modes, dtype checks."""
+
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+from numba import cuda
+
+from .. import config
+from ..shapes import conv_tap_map, gather_tap_map, scatter_tap_map, tap_table
+
+MAX_GRID_Y = 65535
+
+
+def blocks_1d(total: int) -> tuple[int, int]:
+    """(blocks, threads) of a 1-D grid-stride launch over ``total`` items."""
+    threads = int(config.cuda_threads)
+    return max(1, min(-(-total // threads), int(config.cuda_max_blocks))), threads
+
+
+def to_device(a):
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def conv_maps(plan):
+    """The conv's compact tap maps on the device: ``(fd, fh, fw, geo)`` with
+    input index ``f[o * geo[3i] + k * geo[3i+1] + geo[3i+2]]`` (or -1)."""
+    fs, geo = [], []
+    for i in range(3):
+        lo, hi = plan.padding[i]
+        f, g = conv_tap_map(
+            plan.in_size[i], plan.out_size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo, hi,
+            plan.padding_mode,
+        )  # fmt: skip
+        fs.append(to_device(f))
+        geo += [int(g[0]), int(g[1]), int(g[2])]
+    return fs[0], fs[1], fs[2], to_device(np.array(geo, dtype=np.int64))
+
+
+def gather_maps(plan, lo, size):
+    """The transposed op's gather maps (output position x tap -> input or -1)
+    for a target of ``size`` with padding ``lo`` removed, on the device."""
+    fs, geo = [], []
+    for i in range(3):
+        f, g = gather_tap_map(
+            size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], plan.in_size[i]
+        )
+        fs.append(to_device(f))
+        geo += [int(g[0]), int(g[1]), int(g[2])]
+    return fs[0], fs[1], fs[2], to_device(np.array(geo, dtype=np.int64))
+
+
+def scatter_maps(plan, lo, size):
+    """Input position x tap -> output position (or -1) of the transposed op."""
+    fs, geo = [], []
+    for i in range(3):
+        f, g = scatter_tap_map(
+            plan.in_size[i], size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i]
+        )
+        fs.append(to_device(f))
+        geo += [int(g[0]), int(g[1]), int(g[2])]
+    return fs[0], fs[1], fs[2], to_device(np.array(geo, dtype=np.int64))
+
+
+def zeros(shape, dtype):
+    out = cuda.device_array(shape, dtype=dtype)
+    _fill(out.reshape(out.size), np.dtype(dtype).type(0))
+    return out
+
+
+def _fill(flat, value):
+    blocks, threads = blocks_1d(flat.size)
+    _fill_kernel[blocks, threads](flat, value)
+
+
+@cuda.jit
+def _fill_kernel(flat, value):
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < flat.size:
+        flat[i] = value
+        i += step
+
+
+def bias_or_zeros(bias, plan):
+    if bias is not None:
+        return bias
+    return zeros((plan.c_out,), plan.dtype)
+
+
+# ----------------------------------------------------------------------------
+# non-zero padding modes of the transposed op: extended output, then a fold.
+# The fold is a gather (a thread per output element sums the extended
+# positions that fold onto it: CSR lists per dim), so it is deterministic.
+
+
+def extended_size(plan) -> tuple[int, int, int]:
+    from ..cpu.transpose import extended_size as ext
+
+    return ext(plan)
+
+
+def _fold_lists(ext: int, lo: int, out: int, mode: str):
+    """CSR (indptr, positions): the extended positions folding onto each output."""
+    f = tap_table(ext, 1, 1, 1, lo, out, mode)[:, 0]
+    order = np.argsort(f, kind="stable")
+    f_sorted = f[order]
+    keep = f_sorted >= 0
+    order, f_sorted = order[keep], f_sorted[keep]
+    indptr = np.searchsorted(f_sorted, np.arange(out + 1))
+    return indptr.astype(np.int64), order.astype(np.int64)
+
+
+@cuda.jit
+def _fold_kernel(ext, bias, out, pd, qd, ph, qh, pw, qw):
+    # out[n, o, a, b, c] = bias[o] + sum of ext[n, o, e0, e1, e2] over the
+    # extended positions e folding onto (a, b, c)
+    N, O, OD, OH, OW = out.shape
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    total = N * O * OD * OH * OW
+    while i < total:
+        c = i % OW
+        r = i // OW
+        b = r % OH
+        r //= OH
+        a = r % OD
+        r //= OD
+        o = r % O
+        n = r // O
+        acc = bias[o]
+        for u in range(pd[a], pd[a + 1]):
+            for v in range(ph[b], ph[b + 1]):
+                for t in range(pw[c], pw[c + 1]):
+                    acc += ext[n, o, qd[u], qh[v], qw[t]]
+        out[n, o, a, b, c] = acc
+        i += step
+
+
+def with_fold(plan, x5, bias, out5, body):
+    """``body(x, bias, target, lo, size)`` straight into ``out5`` (zeros mode)
+    or onto an extended device buffer folded into ``out5`` (other modes),
+    chunked over the batch within ``config.workspace_bytes``."""
+    b = bias_or_zeros(bias, plan)
+    if plan.padding_mode == "zeros":
+        body(x5, b, out5, tuple(p[0] for p in plan.padding), plan.out_size)
+        return out5
+    ext_size = extended_size(plan)
+    per_sample = plan.c_out * int(np.prod(ext_size)) * plan.dtype.itemsize
+    chunk = max(1, min(plan.batch, config.workspace_bytes // max(per_sample, 1)))
+    lists = [
+        _fold_lists(ext_size[i], plan.padding[i][0], plan.out_size[i], plan.padding_mode) for i in range(3)
+    ]
+    dev = [to_device(a) for pair in lists for a in pair]
+    zero_b = zeros((plan.c_out,), plan.dtype)
+    ext = cuda.device_array((chunk, plan.c_out) + ext_size, dtype=plan.dtype)
+    for n0 in range(0, plan.batch, chunk):
+        m = min(chunk, plan.batch - n0)
+        target = ext[:m]
+        body(x5[n0 : n0 + m], zero_b, target, (0, 0, 0), ext_size)
+        dst = out5[n0 : n0 + m]
+        blocks, threads = blocks_1d(dst.size)
+        _fold_kernel[blocks, threads](target, b, dst, *dev)
+    return out5
+
+
+def fold_workspace(plan) -> int:
+    if plan.padding_mode == "zeros":
+        return 0
+    per_sample = plan.c_out * int(np.prod(extended_size(plan))) * plan.dtype.itemsize
+    return max(1, min(plan.batch, config.workspace_bytes // max(per_sample, 1))) * per_sample
+
+
+@functools.cache
+def numba_type(dtype_str: str):
+    return numba.from_dtype(np.dtype(dtype_str))

@@ -1,0 +1,160 @@
+"""Every GPU kernel against the CPU paths (themselves checked against the
+NumPy reference and PyTorch), device routing and its errors, the GPU rows of
+the dispatcher. Tiny shapes: the simulator runs one OS thread per CUDA thread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import cuda
+
+import numbaconv as nc
+from numbaconv import config, dispatch
+
+from ..conftest import assert_close, random_array, tolerance
+from ..reference import conv_reference
+
+CONV = [
+    # (input, weight, params)
+    ((1, 2, 9), (3, 2, 3), dict(stride=2, padding=((2, 1),), dilation=2)),
+    ((2, 4, 5, 7), (6, 2, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)),
+    ((1, 2, 5, 6), (2, 2, 3, 3), dict(padding="same", padding_mode="reflect")),
+    ((1, 3, 4, 5), (3, 1, 2, 3), dict(padding=1, groups=3, padding_mode="circular")),
+    ((1, 2, 3, 4, 5), (2, 2, 2, 3, 2), dict(stride=(1, 2, 1), padding=1, padding_mode="replicate")),
+]
+
+
+def _pads(plan):
+    return [tuple(p) for p in plan.padding[3 - plan.ndim :]]
+
+
+@pytest.mark.parametrize("method", ["direct", "gemm"])
+@pytest.mark.parametrize("case", CONV, ids=lambda c: f"{len(c[0]) - 2}d-{c[2].get('padding_mode', 'zeros')}")
+def test_conv_methods(case, method):
+    xs, ws, kw = case
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    y = nc.conv(x, w, b, method=method, device="cuda", **kw)
+    assert isinstance(y, np.ndarray)  # host in, host out
+    plan = dispatch.make_plan("conv", x, w, b, **kw)
+    nd = plan.ndim
+    ref = conv_reference(
+        x, w, b, list(plan.stride[3 - nd :]), _pads(plan), list(plan.dilation[3 - nd :]), plan.groups,
+        plan.padding_mode,
+    )  # fmt: skip
+    tol = tolerance(np.float64, plan.reduction_length, x, w, b, stride=list(plan.stride[3 - nd :]),
+                    pads=_pads(plan), dilation=list(plan.dilation[3 - nd :]), groups=plan.groups,
+                    mode=plan.padding_mode)  # fmt: skip
+    assert_close(y, ref, tol, method)
+
+
+TRANSPOSED = [
+    ((1, 2, 5), (2, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    (
+        (2, 4, 4, 5),
+        (4, 3, 3, 2),
+        dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2, dilation=(1, 2)),
+    ),
+    ((1, 2, 4, 4), (2, 2, 3, 3), dict(stride=2, padding=1, padding_mode="circular")),
+    ((1, 2, 3, 3, 2), (2, 1, 2, 2, 3), dict(stride=(2, 1, 2), padding=(0, 1, 1), padding_mode="reflect")),
+]
+
+
+@pytest.mark.parametrize("method", ["scatter", "gather", "gemm"])
+@pytest.mark.parametrize(
+    "case", TRANSPOSED, ids=lambda c: f"{len(c[0]) - 2}d-{c[2].get('padding_mode', 'zeros')}"
+)
+def test_transposed_methods(case, method):
+    xs, ws, kw = case
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    b = rng.standard_normal(ws[1] * kw.get("groups", 1))
+    ref = nc.conv_transpose(x, w, b, method="scatter", **kw)  # the CPU path, checked elsewhere
+    y = nc.conv_transpose(x, w, b, method=method, device="cuda", **kw)
+    scale = float(np.max(np.abs(ref))) + 1.0
+    assert_close(y, ref, 1e-12 * scale * np.prod(ws[1:]), method)
+
+
+@pytest.mark.parametrize(
+    "op, method, dtype",
+    [
+        ("conv", "direct", np.float32),
+        ("conv", "gemm", np.complex64),
+        ("conv", "direct", np.complex128),
+        ("conv_transpose", "gather", np.complex64),
+        ("conv_transpose", "scatter", np.float32),
+        ("conv_transpose", "gemm", np.float32),
+    ],
+)
+def test_dtypes(op, method, dtype):
+    rng = np.random.default_rng(2)
+    x = random_array(rng, (1, 2, 5, 6), dtype)
+    w = random_array(rng, (2, 2, 3, 2), dtype)
+    fn = nc.conv if op == "conv" else nc.conv_transpose
+    kw = dict(stride=2, padding=1)
+    y = fn(x, w, method=method, device="cuda", **kw)
+    ref = fn(x.astype(np.complex128 if np.dtype(dtype).kind == "c" else np.float64), w, **kw)
+    assert y.dtype == np.dtype(dtype)
+    eps = np.finfo(np.dtype(dtype)).eps
+    assert_close(y, ref, 16 * eps * float(np.max(np.abs(ref)) + 1) * 12, f"{method} {np.dtype(dtype)}")
+
+
+def test_scatter_refuses_complex_and_fft_says_why():
+    x = np.ones((1, 2, 4, 4), np.complex64)
+    with pytest.raises(nc.UnsupportedMethodError, match="on cuda: cuda.atomic.add has no complex type"):
+        nc.conv_transpose2d(x, np.ones((2, 2, 2, 2), np.complex64), method="scatter", device="cuda")
+    with pytest.raises(nc.UnsupportedMethodError, match="the CUDA simulator has no cuFFT"):
+        nc.conv2d(x.real.copy(), x[:, :, :2, :2].real.copy(), method="fft", device="cuda")
+
+
+def test_device_arrays_stay_on_the_device():
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    ref = nc.conv2d(x, w, b, padding=1)
+    xd, wd, bd = cuda.to_device(x), cuda.to_device(w), cuda.to_device(b)
+    y = nc.conv2d(xd, wd, bd, padding=1)  # device="auto": data on the GPU
+    assert nc.cuda.is_device_array(y) and not isinstance(y, np.ndarray)
+    np.testing.assert_allclose(y.copy_to_host(), ref, rtol=1e-12, atol=1e-12)
+    out = cuda.device_array((1, 3, 5, 5))
+    assert nc.conv2d(xd, wd, bd, padding=1, out=out) is out
+    np.testing.assert_allclose(out.copy_to_host(), ref, rtol=1e-12, atol=1e-12)
+    host_out = np.empty((1, 3, 5, 5))
+    assert nc.conv2d(x, w, b, padding=1, device="cuda", out=host_out) is host_out
+    np.testing.assert_allclose(host_out, ref, rtol=1e-12, atol=1e-12)
+    wt = w  # as a transposed weight: (C_in=3, C_out=2, 3, 3)
+    yt = nc.conv_transpose2d(cuda.to_device(ref), cuda.to_device(wt), stride=2)
+    assert nc.cuda.is_device_array(yt)
+    want = nc.conv_transpose2d(ref, wt, stride=2)
+    np.testing.assert_allclose(yt.copy_to_host(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_routing_errors_say_why():
+    x, w = np.ones((1, 2, 4, 4)), np.ones((2, 2, 3, 3))
+    xd, wd = cuda.to_device(x), cuda.to_device(w)
+    with pytest.raises(ValueError, match="input is a CUDA device array but weight is a host array"):
+        nc.conv2d(xd, w)
+    with pytest.raises(ValueError, match="device='cpu'; copy it to the host first"):
+        nc.conv2d(xd, wd, device="cpu")
+    with pytest.raises(ValueError, match="must share one dtype"):
+        nc.conv2d(xd, cuda.to_device(w.astype(np.float32)))
+    with pytest.raises(ValueError, match="non-contiguous device array"):
+        nc.conv2d(cuda.to_device(np.ones((1, 2, 4, 8)))[:, :, :, ::2], wd)
+    with pytest.raises(ValueError, match="out has shape"):
+        nc.conv2d(xd, wd, out=cuda.device_array((1, 2, 3, 3)))
+    with pytest.raises(ValueError, match="unknown method 'winograd'"):
+        nc.conv2d(xd, wd, method="winograd")
+
+
+def test_dispatcher_gpu_rows_and_measure(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "cache_dir", str(tmp_path))
+    from numbaconv import costs
+
+    monkeypatch.setattr(costs, "REST_S", 0.0)
+    c = nc.choose_method("conv", (1, 2, 6, 6), (2, 2, 3, 3), padding=1, device="cuda")
+    assert c.device == "cuda" and set(c.estimates) == {"direct", "gemm"} and "fft" in c.unsupported
+    e = nc.explain("conv_transpose", (1, 2, 4, 4), (2, 2, 3, 3), stride=2, device="cuda")
+    assert "decision:" in str(e) and e.choice.device == "cuda"
+    x, w = np.ones((1, 2, 4, 4)), np.ones((2, 2, 3, 3))
+    y = nc.conv2d(cuda.to_device(x), cuda.to_device(w), padding=1, method="measure")
+    np.testing.assert_allclose(y.copy_to_host(), nc.conv2d(x, w, padding=1))
+    assert (tmp_path / "autotune.json").exists()
