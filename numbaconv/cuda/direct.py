@@ -65,7 +65,7 @@ def gather_conv_kernel(dtype_str: str, chunk: int, bx: int, by: int):
                     j += bx * by
                 cuda.syncthreads()
                 if valid:
-                    m = min(chunk, total_w - s0)
+                    m = total_w - s0 if total_w - s0 < chunk else chunk
                     for j2 in range(m):
                         idx = s0 + j2
                         cl = idx // taps
