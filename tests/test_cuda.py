@@ -50,3 +50,14 @@ def test_cuda_status_says_why_here():
     e = nc.explain("conv", (1, 1, 3, 3), (1, 1, 1, 1), device="cuda")
     assert e.choice.method == "none" and set(e.choice.unsupported) == {"direct", "gemm", "fft"}
     assert all(why in r for r in e.choice.unsupported.values())
+
+
+def test_gpu_bench_says_why_without_a_gpu():
+    usable, why = nc.cuda.status()
+    if usable:  # a GPU machine: bench/gpu_bench.py is run there by hand (docs/gpu.md)
+        return
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--case", "unet_up_2x2s2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "no usable GPU here" in proc.stderr and why in proc.stderr

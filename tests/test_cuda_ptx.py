@@ -68,9 +68,9 @@ def _sigs():
 
 def test_every_kernel_compiles_to_ptx():
     _nvvm_or_skip()
-    from numba import cuda
-
     import re
+
+    from numba import cuda
 
     compiled = []
     for label, kernel, sig in _sigs():
