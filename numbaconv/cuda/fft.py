@@ -12,8 +12,9 @@ paths). Arrays stay on the device and are shared zero-copy with CuPy through
 ``__cuda_array_interface__``.
 
 ``supports()`` says why not when CuPy is missing or under the CUDA simulator
-(which has no cuFFT). This path could not be run on the development machines
-(no GPU); its test runs only where CuPy and a GPU are present.
+(which has no cuFFT). The development machines have no GPU: the algorithm is
+tested under the simulator with NumPy standing in for CuPy (same API), not
+on cuFFT itself.
 """
 
 from __future__ import annotations

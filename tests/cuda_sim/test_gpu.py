@@ -158,3 +158,52 @@ def test_dispatcher_gpu_rows_and_measure(tmp_path, monkeypatch):
     y = nc.conv2d(cuda.to_device(x), cuda.to_device(w), padding=1, method="measure")
     np.testing.assert_allclose(y.copy_to_host(), nc.conv2d(x, w, padding=1))
     assert (tmp_path / "autotune.json").exists()
+
+
+@pytest.fixture
+def numpy_as_cupy(monkeypatch):
+    """NumPy standing in for CuPy (the same API): runs cuda/fft.py's algorithm
+    (padding through the tap maps, strides, groups, the transposed op's zero
+    insertion and fold) on the simulator's arrays, whose memory NumPy shares.
+    cuFFT itself cannot run here."""
+    import sys
+    import types
+
+    shim = types.ModuleType("cupy")
+    for name in ("asarray", "take", "zeros", "einsum", "fft"):
+        setattr(shim, name, getattr(np, name))
+    monkeypatch.setitem(sys.modules, "cupy", shim)
+    from numbaconv.cuda import fft as gfft
+
+    return gfft
+
+
+FFT_CASES = [
+    ("conv", (2, 4, 9, 8), (6, 2, 3, 4), dict(stride=(2, 1), padding=((2, 1), (0, 3)), dilation=(1, 2),
+                                              groups=2, padding_mode="reflect")),
+    ("conv", (1, 2, 11), (3, 2, 4), dict(padding="same", padding_mode="circular")),
+    ("conv", (1, 2, 4, 5, 6), (2, 2, 2, 3, 2), dict(stride=2, padding=1)),
+    ("conv_transpose", (2, 4, 5, 6), (4, 3, 3, 2), dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
+                                                        groups=2, dilation=(1, 2))),
+    ("conv_transpose", (1, 2, 4, 4), (2, 2, 3, 3), dict(stride=2, padding=1, padding_mode="replicate")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+@pytest.mark.parametrize("case", FFT_CASES, ids=lambda c: f"{c[0]}-{len(c[1]) - 2}d")
+def test_fft_path_logic(case, dtype, numpy_as_cupy):
+    op, xs, ws, kw = case
+    rng = np.random.default_rng(5)
+    x, w = random_array(rng, xs, dtype), random_array(rng, ws, dtype)
+    c_out = ws[0] if op == "conv" else ws[1] * kw.get("groups", 1)
+    b = random_array(rng, (c_out,), dtype)
+    plan = dispatch.make_plan(op, x, w, b, **kw)
+    fn = nc.conv if op == "conv" else nc.conv_transpose
+    ref = fn(x, w, b, method="direct" if op == "conv" else "scatter", **kw)
+    out5 = cuda.device_array(plan.output_shape5, dtype=plan.dtype)
+    run = numpy_as_cupy.run if op == "conv" else numpy_as_cupy.run_transpose
+    run(cuda.to_device(x.reshape(plan.input_shape5)), cuda.to_device(w.reshape(plan.weight_shape5)),
+        cuda.to_device(b), plan, out5)  # fmt: skip
+    got = out5.copy_to_host().reshape(plan.output_shape)
+    scale = float(np.linalg.norm(x) * np.linalg.norm(w)) + float(np.max(np.abs(b)))
+    assert_close(got, ref, 1e-12 * scale, f"fft {op}")
