@@ -122,16 +122,18 @@ def _block_time(fn, calls: int = 3, rest: float | None = None) -> float:
     (PyTorch's 3x3 conv measured 9.5 ms right after numbaconv's GEMM path, 5.1
     ms after a 0.1 s pause; an FFT conv 20 ms instead of 1 ms 0.05-0.1 s after
     a matmul)."""
-    from .costs import REST_S
+    from .costs import REST_S, _block_best
 
-    rest = REST_S if rest is None else rest
-    time.sleep(rest)
-    best = float("inf")
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return _block_best(fn, calls, REST_S if rest is None else rest)
+
+
+def _torch_fn(F, op: str, ndim: int):
+    """PyTorch's functional conv / conv_transpose for ``ndim`` spatial dims."""
+    fns = {
+        "conv": (F.conv1d, F.conv2d, F.conv3d),
+        "conv_transpose": (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d),
+    }
+    return fns[op][ndim - 1]
 
 
 _OPS = ("conv", "conv_transpose", "signal")
@@ -173,11 +175,7 @@ def _setup(op, xs, ws, kw, rng, torch_peer):
     tkw = _torch_kwargs(kw)
     if torch_peer is not None and tkw is not None:
         torch, F = torch_peer
-        fns = {
-            "conv": (F.conv1d, F.conv2d, F.conv3d),
-            "conv_transpose": (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d),
-        }
-        fn = fns[op][len(ws) - 3]
+        fn = _torch_fn(F, op, len(ws) - 2)
         tx, tw = torch.from_numpy(x), torch.from_numpy(w)
         peer = lambda: fn(tx, tw, **tkw).numpy()  # noqa: E731
     return plan.flops, calls, auto, "torch", peer, (x, w)
@@ -235,11 +233,7 @@ def _reference(op, xs, ws, kw, x, w, torch_peer):
     tkw = _torch_kwargs(kw)
     if torch_peer is not None and tkw is not None:
         torch, F = torch_peer
-        fns = {
-            "conv": (F.conv1d, F.conv2d, F.conv3d),
-            "conv_transpose": (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d),
-        }
-        fn = fns[op][len(ws) - 3]
+        fn = _torch_fn(F, op, len(ws) - 2)
         return "torch-float64", fn(torch.from_numpy(x64), torch.from_numpy(w64), **tkw).numpy()
     run = api.conv if op == "conv" else api.conv_transpose
     method = "direct" if op == "conv" else "scatter"
