@@ -217,6 +217,25 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _opencv_peer(op, x, w, kw):
+    """OpenCV's cv2.filter2D for 2-D 'same' signal cases (``shared/workloads.py``
+    names it: the fastest 2-D filter a user would reach for), when installed.
+    It correlates: the kernel is flipped and anchored so the result equals
+    scipy.signal.convolve(mode='same') with zero borders."""
+    if op != "signal" or x.ndim != 2 or kw.get("mode") != "same":
+        return None
+    try:
+        import cv2
+    except ImportError:
+        return None
+    import numpy as np
+
+    cv2.setNumThreads(int(os.environ.get("NUMBACONV_BENCH_THREADS", "2")))
+    k = np.ascontiguousarray(w[::-1, ::-1])
+    anchor = (w.shape[1] - 1 - w.shape[1] // 2, w.shape[0] - 1 - w.shape[0] // 2)
+    return lambda: cv2.filter2D(x, -1, k, anchor=anchor, borderType=cv2.BORDER_CONSTANT)
+
+
 def _reference(op, xs, ws, kw, x, w, torch_peer):
     """A float64 result to measure errors against: PyTorch in float64 when
     installed (independent of numbaconv), else numbaconv's direct method in
@@ -281,6 +300,7 @@ def bench(
     for name, op, xs, ws, kw in rows:
         flops, calls, auto_choice, peer_name, peer, (x, w) = _setup(op, xs, ws, kw, rng, torch_peer)
         ref_name, ref = _reference(op, xs, ws, kw, x, w, torch_peer)
+        cv = _opencv_peer(op, x, w, kw)
         ref_scale = max(float(np.max(np.abs(ref))), 1e-30)
         case_rows = {}
         for method, call in calls.items():
@@ -295,12 +315,14 @@ def bench(
             # strictly alternating single calls measures the other runtime's
             # OpenMP threads still spinning and its allocator churn (PyTorch's
             # depthwise conv measured 10 ms that way vs 2 ms in a block).
-            times, ratios = [], []
+            times, ratios, cv_ratios = [], [], []
             for _ in range(repeat):
                 t = _block_time(call)
                 times.append(t)
                 if peer is not None:
                     ratios.append(_block_time(peer) / t)
+                if cv is not None:
+                    cv_ratios.append(_block_time(cv) / t)
             med = float(np.median(times))
             extra = _peak_extra_bytes(call, y.nbytes)
             case_rows[method] = {
@@ -316,6 +338,7 @@ def bench(
                 "peak_extra_bytes": extra,
                 "peer": peer_name if peer is not None else None,
                 "peer_ratio": float(np.median(ratios)) if ratios else None,
+                "opencv_ratio": float(np.median(cv_ratios)) if cv_ratios else None,
                 "max_rel_err": err,
                 "reference": ref_name,
                 "choice": auto_choice if method == "auto" else None,
@@ -349,6 +372,7 @@ _COLUMNS = (
     "reference",
     "peer",
     "peer_ratio",
+    "opencv_ratio",
     "regret",
     "fastest_forced",
     "gemm_peak_gflops",
@@ -401,18 +425,20 @@ def _print_bench(results: list[dict]) -> None:
     head = (
         f"{'case':22s} {'output shape':>22s} {'method':>14s} {'first s':>8s} "
         f"{'median ms':>10s} {'GFLOP/s':>8s} {'peak':>5s} {'extra MiB':>9s} {'max err':>8s} "
-        f"{'peer/nc':>13s} {'regret':>6s}"
+        f"{'peer/nc':>22s} {'regret':>6s}"
     )
     print(head)
     print("-" * len(head))
     for r in results:
         ratio = "n/a" if r["peer_ratio"] is None else f"{r['peer']} {r['peer_ratio']:.2f}"
+        if r.get("opencv_ratio") is not None:
+            ratio += f" cv2 {r['opencv_ratio']:.2f}"
         regret = "" if r.get("regret") is None else f"{r['regret']:.2f}"
         print(
             f"{r['case']:22s} {str(tuple(r['output_shape'])):>22s} {r['method']:>14s} "
             f"{r['first_call_s']:8.2f} {r['median_s'] * 1e3:10.2f} {r['gflops']:8.1f} "
             f"{r['fraction_of_gemm_peak']:5.2f} {r['peak_extra_bytes'] / 2**20:9.1f} "
-            f"{r['max_rel_err']:8.1e} {ratio:>13s} {regret:>6s}"
+            f"{r['max_rel_err']:8.1e} {ratio:>22s} {regret:>6s}"
         )
     if results:
         print(
@@ -423,7 +449,8 @@ def _print_bench(results: list[dict]) -> None:
         )
     print(
         "peer/nc: the peer's time / numbaconv's time (> 1 means numbaconv is faster); peers: "
-        "PyTorch CPU (conv ops), scipy.signal.convolve method='auto' (signal ops)\n"
+        "PyTorch CPU (conv ops), scipy.signal.convolve method='auto' (signal ops), and OpenCV's "
+        "cv2.filter2D (2-D 'same' signal ops, when installed)\n"
         "regret: auto's time / the fastest forced method's time, in alternating blocks of the two"
     )
 

@@ -77,6 +77,12 @@ def test_bench_signal_case_against_scipy():
     assert [r["method"] for r in rows][:2] == ["direct", "fft"] and rows[-1]["method"].startswith("auto:")
     assert all(r["peer"] == "scipy" and r["peer_ratio"] > 0 for r in rows)
     assert all(r["max_rel_err"] < 1e-10 and r["reference"] == "scipy" for r in rows)
+    try:  # OpenCV's filter2D is the second peer of 2-D 'same' cases, when installed
+        import cv2  # noqa: F401
+
+        assert all(r["opencv_ratio"] > 0 for r in rows)
+    except ImportError:
+        assert all(r["opencv_ratio"] is None for r in rows)
 
 
 def test_bench_one_case_from_the_command_line_csv_and_plot(tmp_path):
