@@ -38,69 +38,88 @@ FEATURES: dict[tuple[str, str], tuple[str, ...]] = {
         "flops_cl",
         "cl_runs",
     ),
-    ("conv", "gemm"): ("call", "outputs", "lowered", "gemm_flops", "gemm_flops_thin", "gemm_calls"),
+    ("conv", "gemm"): (
+        "call",
+        "outputs",
+        "lowered",
+        "gemm_flops",
+        "gemm_flops_short",
+        "gemm_flops_thin",
+        "gemm_calls",
+    ),  # fmt: skip
     ("conv", "fft"): ("call", "fft_point_logs", "cmacs", "transforms", "points"),
     ("conv_transpose", "scatter"): ("call", "outputs", "flops"),
     ("conv_transpose", "gather"): ("call", "outputs", "flops", "flops_thin", "cl_runs"),
-    ("conv_transpose", "gemm"): ("call", "outputs", "lowered", "gemm_flops", "gemm_flops_thin", "gemm_calls"),
+    ("conv_transpose", "gemm"): (
+        "call",
+        "outputs",
+        "lowered",
+        "gemm_flops",
+        "gemm_flops_short",
+        "gemm_flops_thin",
+        "gemm_calls",
+    ),  # fmt: skip
     ("conv_transpose", "fft"): ("call", "outputs", "fft_point_logs", "cmacs", "transforms", "points"),
 }
 
 # Seconds per unit of each feature, fitted on the development machine (2 vCPUs
-# of an Intel Xeon, Emerald Rapids, float32) by `numbaconv calibrate --ship`
-# over CALIBRATION_CASES: relative rms error per method 15-42% (see
-# docs/dispatch.md); regenerate with that command after changing a kernel.
+# of an Intel Xeon, Emerald Rapids, float32) over CALIBRATION_CASES, each
+# case's time the fastest of three `calibrate` runs: relative rms error per
+# method 7-27% (see docs/dispatch.md); regenerate with `numbaconv calibrate
+# --ship` after changing a kernel.
 SHIPPED: dict[str, dict[str, float]] = {
     "conv/direct": {
-        "call": 0.000187,
+        "call": 0.000104,
         "outputs": 0,
-        "flops_rows": 3.54e-11,
-        "flops_rows_strided": 1.36e-10,
+        "flops_rows": 2.87e-11,
+        "flops_rows_strided": 7.67e-11,
         "row_passes": 0,
-        "flops_cl": 9.55e-12,
-        "cl_runs": 3.01e-09,
+        "flops_cl": 7.44e-12,
+        "cl_runs": 2.41e-09,
     },
     "conv/gemm": {
-        "call": 3.76e-06,
+        "call": 0.0002,
         "outputs": 0,
-        "lowered": 7.04e-10,
-        "gemm_flops": 8.94e-12,
-        "gemm_flops_thin": 1.73e-11,
-        "gemm_calls": 2.49e-05,
+        "lowered": 6.06e-10,
+        "gemm_flops": 5.64e-12,
+        "gemm_flops_short": 2.48e-12,
+        "gemm_flops_thin": 6.44e-12,
+        "gemm_calls": 2.33e-05,
     },
     "conv/fft": {
-        "call": 0.000283,
-        "fft_point_logs": 1.25e-10,
-        "cmacs": 1.77e-10,
-        "transforms": 3.74e-06,
+        "call": 0.000204,
+        "fft_point_logs": 8.73e-11,
+        "cmacs": 3.22e-10,
+        "transforms": 2.35e-06,
         "points": 0,
     },
     "conv_transpose/scatter": {
-        "call": 0.000183,
-        "outputs": 2e-09,
-        "flops": 8.11e-11,
+        "call": 0.000148,
+        "outputs": 1.07e-09,
+        "flops": 7.12e-11,
     },
     "conv_transpose/gather": {
-        "call": 0.000206,
-        "outputs": 4.68e-09,
-        "flops": 8.57e-12,
-        "flops_thin": 1.33e-10,
+        "call": 0.000208,
+        "outputs": 2.6e-09,
+        "flops": 9.44e-12,
+        "flops_thin": 6.97e-11,
         "cl_runs": 0,
     },
     "conv_transpose/gemm": {
-        "call": 0.000395,
-        "outputs": 1.2e-09,
-        "lowered": 8.57e-10,
-        "gemm_flops": 9.89e-12,
-        "gemm_flops_thin": 7.36e-11,
-        "gemm_calls": 0,
+        "call": 0.000267,
+        "outputs": 5.25e-10,
+        "lowered": 1.09e-09,
+        "gemm_flops": 5.86e-12,
+        "gemm_flops_short": 9.32e-12,
+        "gemm_flops_thin": 1.53e-11,
+        "gemm_calls": 1.13e-05,
     },
     "conv_transpose/fft": {
-        "call": 0.000253,
-        "outputs": 6.81e-09,
-        "fft_point_logs": 0,
-        "cmacs": 1.78e-10,
-        "transforms": 4.13e-06,
+        "call": 0.000209,
+        "outputs": 3.59e-09,
+        "fft_point_logs": 1.37e-11,
+        "cmacs": 2.47e-10,
+        "transforms": 3.06e-06,
         "points": 0,
     },
 }
@@ -146,6 +165,7 @@ def gpu_features(op: str, method: str, plan) -> dict[str, float]:
 
 
 _THIN = 16  # a GEMM with a dimension below this runs far below the BLAS peak
+_SHORT_K = 96  # and one with a reduction shorter than this below it
 
 
 def _prod(values) -> int:
@@ -185,8 +205,12 @@ def features(op: str, method: str, plan) -> dict[str, float]:
             positions = plan.batch * _prod(plan.in_size)
             f["lowered"] = float(positions * plan.c_out * taps)
             m, k = og * taps, cg
+        # GEMM FLOPs by how close to the BLAS peak they run: a dimension below
+        # 16 ("thin"), a reduction K below 96 ("short"), else full speed
         thin = min(m, k) < _THIN
-        f["gemm_flops"] = 0.0 if thin else flops
+        short = not thin and k < _SHORT_K
+        f["gemm_flops"] = flops if not (thin or short) else 0.0
+        f["gemm_flops_short"] = flops if short else 0.0
         f["gemm_flops_thin"] = flops if thin else 0.0
         f["gemm_calls"] = float(plan.groups * max(1, plan.batch))
     elif method == "fft":
@@ -315,6 +339,9 @@ CALIBRATION_CASES: tuple = (
     ("conv", (4, 32, 28, 28), (32, 32, 5, 5), dict(padding=2)),
     ("conv", (1, 16, 64, 64), (16, 16, 3, 3), dict(padding=1, dilation=2)),
     ("conv", (8, 1, 8192), (4, 1, 64), dict(stride=2)),
+    ("conv", (8, 128, 14, 14), (128, 128, 3, 3), dict(padding=1)),
+    ("conv", (4, 64, 56, 56), (64, 64, 3, 3), dict(padding=1)),
+    ("conv", (4, 128, 28, 28), (128, 128, 3, 3), dict(padding=1)),
     ("conv_transpose", (4, 64, 16, 16), (64, 32, 4, 4), dict(stride=2, padding=1)),
     ("conv_transpose", (4, 32, 32, 32), (32, 16, 2, 2), dict(stride=2)),
     ("conv_transpose", (2, 16, 32, 32), (16, 8, 3, 3), dict(padding=1)),
@@ -324,6 +351,14 @@ CALIBRATION_CASES: tuple = (
     ("conv_transpose", (2, 8, 4096), (8, 4, 16), dict(stride=4)),
     ("conv_transpose", (1, 3, 64, 64), (3, 3, 9, 9), dict(padding=4)),
     ("conv_transpose", (4, 2, 48, 48), (2, 2, 3, 3), dict(stride=2, padding=1)),
+    ("conv_transpose", (8, 64, 32, 32), (64, 32, 4, 4), dict(stride=2, padding=1)),
+    ("conv_transpose", (8, 32, 64, 64), (32, 16, 2, 2), dict(stride=2)),
+    ("conv_transpose", (4, 128, 16, 16), (128, 64, 4, 4), dict(stride=2, padding=1)),
+    ("conv_transpose", (2, 96, 16, 16), (96, 48, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    ("conv_transpose", (4, 16, 64, 64), (16, 8, 3, 3), dict(padding=1)),
+    ("conv_transpose", (8, 96, 32, 32), (96, 48, 4, 4), dict(stride=2, padding=1)),
+    ("conv_transpose", (4, 128, 32, 32), (128, 64, 4, 4), dict(stride=2, padding=1)),
+    ("conv_transpose", (4, 64, 64, 64), (64, 32, 2, 2), dict(stride=2)),
 )
 
 
@@ -377,7 +412,8 @@ def calibrate(cases=CALIBRATION_CASES, progress=None, max_call_s: float = 2.0) -
         pred = np.array([sum(c[k] * v for k, v in f.items()) for f, _ in rows])
         y = np.array([t for _, t in rows])
         quality[key] = {"rel_rms": float(np.sqrt(np.mean(((pred - y) / y) ** 2))), "samples": len(rows)}
-    return {"fingerprint": fingerprint(), "constants": consts, "fit": quality}
+    raw = {k: [[f, t] for f, t in rows] for k, rows in samples.items()}
+    return {"fingerprint": fingerprint(), "constants": consts, "fit": quality, "samples": raw}
 
 
 def _plan_of(op, xs, ws, kw):
