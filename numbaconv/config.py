@@ -27,8 +27,10 @@
     GPU launch geometry: threads per block of the 1-D grid-stride kernels
     (256) and their most blocks (4096); the (W, H) block of the direct and
     gather kernels ((16, 8)); weight values staged in shared memory per chunk
-    (256); the GEMM kernel's tile (16). Tests shrink them to cover several
-    blocks and ragged edges with tiny shapes.
+    (256); the GEMM kernel's tile (16); ``cuda_shared_bytes``, the dynamic
+    shared memory the direct kernel's input tile may use (48 KiB; larger
+    regions take the weight-staging kernel). Tests shrink them to cover
+    several blocks and ragged edges with tiny shapes.
 ``direct_channels_last_min``
     The direct path switches from its row kernel (vectorized along the output
     width) to its channels-last kernel (vectorized along input channels) when a
@@ -56,6 +58,7 @@ _DEFAULTS = {
     "cuda_block_2d": (16, 8),
     "cuda_chunk": 256,
     "cuda_tile": 16,
+    "cuda_shared_bytes": 48 * 1024,
 }
 
 
@@ -83,12 +86,14 @@ cuda_max_blocks: int = _DEFAULTS["cuda_max_blocks"]
 cuda_block_2d: tuple[int, int] = _DEFAULTS["cuda_block_2d"]
 cuda_chunk: int = _DEFAULTS["cuda_chunk"]
 cuda_tile: int = _DEFAULTS["cuda_tile"]
+cuda_shared_bytes: int = _DEFAULTS["cuda_shared_bytes"]
 
 
 def _reset() -> None:
     """Restore the defaults (used by tests)."""
     global workspace_bytes, direct_channels_last_min, fft_kernel_cache_bytes, cache_dir
     global measure_cache, measure_time_s, cuda_threads, cuda_max_blocks, cuda_block_2d, cuda_chunk, cuda_tile
+    global cuda_shared_bytes
     workspace_bytes = _DEFAULTS["workspace_bytes"]
     measure_cache = _DEFAULTS["measure_cache"]
     measure_time_s = _DEFAULTS["measure_time_s"]
@@ -97,6 +102,7 @@ def _reset() -> None:
     cuda_block_2d = _DEFAULTS["cuda_block_2d"]
     cuda_chunk = _DEFAULTS["cuda_chunk"]
     cuda_tile = _DEFAULTS["cuda_tile"]
+    cuda_shared_bytes = _DEFAULTS["cuda_shared_bytes"]
     direct_channels_last_min = _DEFAULTS["direct_channels_last_min"]
     fft_kernel_cache_bytes = _DEFAULTS["fft_kernel_cache_bytes"]
     cache_dir = _default_cache_dir()

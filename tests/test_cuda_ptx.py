@@ -52,6 +52,8 @@ def _sigs():
             (f"fold {name}", _common._fold_kernel, (a5, a1, a5, idx, idx, idx, idx, idx, idx)),
             (f"direct {name}", direct.gather_conv_kernel(np.dtype(name).str, 256, 16, 8),
              (a5, a2, a1, a5, *maps, i64, i64, i64, i64)),
+            (f"direct tiled {name}", direct.gather_conv_tiled_kernel(np.dtype(name).str, 16, 8),
+             (a5, a2, a1, a5, *maps, i64, i64, i64, i64, i64, i64)),
             (f"to_gather_layout {name}", transpose._to_gather_layout, (a5, a2, i64)),
             (f"add_bias {name}", transpose._add_bias, (a5, a1)),
             (f"gemm {name}", gemm.gemm_kernel(np.dtype(name).str, 16), (a2, a2, a2)),
@@ -79,4 +81,4 @@ def test_every_kernel_compiles_to_ptx():
         if "float32" in label or "complex64" in label:  # no silent promotion to double
             assert not re.findall(r"\b(?:add|sub|mul|fma\.rn)\.f64\b", ptx), label
         compiled.append(label)
-    assert len(compiled) == 4 * 10 + 2
+    assert len(compiled) == 4 * 11 + 2

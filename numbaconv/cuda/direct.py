@@ -2,10 +2,14 @@
 
 A block computes a tile of ``config.cuda_block_2d`` = (16, 8) output pixels
 (W x H) of one output plane (sample, output channel, depth); every thread
-owns one output element. The output channel's weights (``C_in/groups x
-taps``) are staged through shared memory in chunks of ``config.cuda_chunk``
-values, each read once from global memory per block and then by all its
-threads. Inputs are read through the same compact tap maps as the CPU paths
+owns one output element. Per input channel and depth tap, the block stages
+the input region its tile reads (through the tap maps, zeros for padding)
+and the channel's KH x KW weights in shared memory, and each thread sums its
+taps from there (each input value is read once from global memory per block
+instead of once per tap). When that region does not fit
+``config.cuda_shared_bytes`` (large strides or dilations), a second kernel
+stages only the weights, in chunks of ``config.cuda_chunk`` values. Inputs
+are read through the same compact tap maps as the CPU paths
 (``shapes.conv_tap_map``: padding modes are index arithmetic, -1 is zero
 padding). Planes beyond the grid's y limit are walked by a grid-stride loop.
 
@@ -88,16 +92,107 @@ def gather_conv_kernel(dtype_str: str, chunk: int, bx: int, by: int):
     return kernel
 
 
-def launch_gather_conv(x5, w2, bias, out5, maps, groups, kernel_shape):
-    """Run :func:`gather_conv_kernel` over every element of ``out5``."""
+@functools.cache
+def gather_conv_tiled_kernel(dtype_str: str, bx: int, by: int):
+    """The input-tiled kernel: per (input channel, kd) the block stages the
+    input region its (by x bx) output tile reads (``LH x LW`` padded
+    positions, through the tap maps) and the (KH x KW) weights in dynamic
+    shared memory, then every thread sums its taps from there."""
+    nbt = numba_type(dtype_str)
+
+    @cuda.jit
+    def kernel(x, w2, bias, out, fd, fh, fw, geo, groups, KD, KH, KW, LH, LW):
+        sm = cuda.shared.array(0, nbt)
+        N = x.shape[0]
+        O, OD, OH, OW = out.shape[1], out.shape[2], out.shape[3], out.shape[4]
+        taps = KD * KH * KW
+        Cg = w2.shape[1] // taps
+        Og = O // groups
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * bx + tx
+        nthreads = bx * by
+        tiles_w = (OW + bx - 1) // bx
+        ow0 = (cuda.blockIdx.x % tiles_w) * bx
+        oh0 = (cuda.blockIdx.x // tiles_w) * by
+        ow = ow0 + tx
+        oh = oh0 + ty
+        valid = ow < OW and oh < OH
+        bh = geo[4]
+        bw = geo[7]
+        # the tile's first padded position per dim (tap steps may be negative)
+        ph0 = oh0 * geo[3] + geo[5] + (bh * (KH - 1) if bh < 0 else 0)
+        pw0 = ow0 * geo[6] + geo[8] + (bw * (KW - 1) if bw < 0 else 0)
+        nh = fh.shape[0]
+        nw = fw.shape[0]
+        region = LH * LW
+        planes = N * O * OD
+        p = cuda.blockIdx.y
+        while p < planes:
+            od = p % OD
+            r0 = p // OD
+            o = r0 % O
+            n = r0 // O
+            c0 = (o // Og) * Cg
+            acc = nbt(0)
+            for cl in range(Cg):
+                for kd in range(KD):
+                    i0 = fd[od * geo[0] + kd * geo[1] + geo[2]]
+                    if i0 < 0:  # the same for the whole block: no thread waits alone
+                        continue
+                    j = tid
+                    while j < region:
+                        r = j // LW
+                        ph = ph0 + r
+                        pw = pw0 + j - r * LW
+                        v = nbt(0)
+                        if ph >= 0 and ph < nh and pw >= 0 and pw < nw:
+                            ih = fh[ph]
+                            iw = fw[pw]
+                            if ih >= 0 and iw >= 0:
+                                v = x[n, c0 + cl, i0, ih, iw]
+                        sm[j] = v
+                        j += nthreads
+                    j = tid
+                    while j < KH * KW:
+                        sm[region + j] = w2[o, (cl * KD + kd) * KH * KW + j]
+                        j += nthreads
+                    cuda.syncthreads()
+                    if valid:
+                        for kh in range(KH):
+                            rh = oh * geo[3] + kh * bh + geo[5] - ph0
+                            for kw in range(KW):
+                                rw = ow * geo[6] + kw * bw + geo[8] - pw0
+                                acc += sm[region + kh * KW + kw] * sm[rh * LW + rw]
+                    cuda.syncthreads()
+            if valid:
+                out[n, o, od, oh, ow] = acc + bias[o]
+            p += cuda.gridDim.y
+
+    return kernel
+
+
+def launch_gather_conv(x5, w2, bias, out5, maps, groups, kernel_shape, geo_host=None):
+    """Run the gather-conv over every element of ``out5``: the input-tiled
+    kernel when the tile's input region and weights fit
+    ``config.cuda_shared_bytes`` of shared memory (``geo_host``, the maps'
+    geometry, sizes the region), else the weight-staging kernel."""
     bx, by = (int(v) for v in config.cuda_block_2d)
-    chunk = int(config.cuda_chunk)
-    k = gather_conv_kernel(np.dtype(out5.dtype).str, chunk, bx, by)
     n, o, od, oh, ow = out5.shape
     tiles = -(-ow // bx) * -(-oh // by)
     grid = (tiles, max(1, min(n * o * od, MAX_GRID_Y)))
     fd, fh, fw, geo = maps
-    k[grid, (bx, by)](x5, w2, bias, out5, fd, fh, fw, geo, groups, *kernel_shape)
+    kd, kh, kw = kernel_shape
+    if geo_host is not None:
+        lh = (by - 1) * geo_host[3] + (kh - 1) * abs(geo_host[4]) + 1
+        lw = (bx - 1) * geo_host[6] + (kw - 1) * abs(geo_host[7]) + 1
+        nbytes = (lh * lw + kh * kw) * np.dtype(out5.dtype).itemsize
+        if nbytes <= int(config.cuda_shared_bytes):
+            k = gather_conv_tiled_kernel(np.dtype(out5.dtype).str, bx, by)
+            k[grid, (bx, by), 0, nbytes](x5, w2, bias, out5, fd, fh, fw, geo, groups, kd, kh, kw, lh, lw)
+            return
+    k = gather_conv_kernel(np.dtype(out5.dtype).str, int(config.cuda_chunk), bx, by)
+    k[grid, (bx, by)](x5, w2, bias, out5, fd, fh, fw, geo, groups, kd, kh, kw)
 
 
 def supports(plan) -> str | None:
@@ -107,5 +202,12 @@ def supports(plan) -> str | None:
 def run(x5, w5, bias, plan, out5):
     """Direct convolution of device arrays in the canonical 5-D form."""
     w2 = w5.reshape(plan.c_out, w5.size // plan.c_out)
-    launch_gather_conv(x5, w2, bias_or_zeros(bias, plan), out5, conv_maps(plan), plan.groups, plan.kernel)
+    maps = conv_maps(plan)
+    b = bias_or_zeros(bias, plan)
+    launch_gather_conv(x5, w2, b, out5, maps, plan.groups, plan.kernel, geo_host(plan))
     return out5
+
+
+def geo_host(plan):
+    """The conv maps' geometry on the host (stride, dilation, 0 per dim)."""
+    return [v for i in range(3) for v in (plan.stride[i], plan.dilation[i], 0)]

@@ -207,3 +207,24 @@ def test_fft_path_logic(case, dtype, numpy_as_cupy):
     got = out5.copy_to_host().reshape(plan.output_shape)
     scale = float(np.linalg.norm(x) * np.linalg.norm(w)) + float(np.max(np.abs(b)))
     assert_close(got, ref, 1e-12 * scale, f"fft {op}")
+
+
+@pytest.mark.parametrize("case", [CONV[1], CONV[3], CONV[4]], ids=["2d-groups", "2d-circular", "3d-repl"])
+def test_direct_weight_staging_kernel(case, monkeypatch):
+    """With no room for the input tile, the direct and gather paths take the
+    kernel that stages only the weights (in chunks): same results."""
+    xs, ws, kw = case
+    rng = np.random.default_rng(6)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    tiled = nc.conv(x, w, b, method="direct", device="cuda", **kw)
+    monkeypatch.setattr(config, "cuda_shared_bytes", 0)
+    staged = nc.conv(x, w, b, method="direct", device="cuda", **kw)
+    np.testing.assert_allclose(staged, tiled, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(staged, nc.conv(x, w, b, **kw), rtol=1e-12, atol=1e-12)
+    xt = rng.standard_normal((1, 2, 4, 3))
+    wt = rng.standard_normal((2, 3, 3, 2))
+    kt = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+    np.testing.assert_allclose(
+        nc.conv_transpose2d(xt, wt, method="gather", device="cuda", **kt),
+        nc.conv_transpose2d(xt, wt, **kt), rtol=1e-12, atol=1e-12,
+    )  # fmt: skip
