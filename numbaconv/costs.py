@@ -27,6 +27,10 @@ import numpy as np
 
 from . import config
 
+_GEMM_FEATURES = (
+    "call", "outputs", "lowered", "gemm_flops", "gemm_flops_short", "gemm_flops_thin", "gemm_calls",
+)  # fmt: skip
+
 # feature names per (op, method); each is a count per call
 FEATURES: dict[tuple[str, str], tuple[str, ...]] = {
     ("conv", "direct"): (
@@ -38,27 +42,11 @@ FEATURES: dict[tuple[str, str], tuple[str, ...]] = {
         "flops_cl",
         "cl_runs",
     ),
-    ("conv", "gemm"): (
-        "call",
-        "outputs",
-        "lowered",
-        "gemm_flops",
-        "gemm_flops_short",
-        "gemm_flops_thin",
-        "gemm_calls",
-    ),  # fmt: skip
+    ("conv", "gemm"): _GEMM_FEATURES,
     ("conv", "fft"): ("call", "fft_point_logs", "cmacs", "transforms", "points"),
     ("conv_transpose", "scatter"): ("call", "outputs", "flops"),
     ("conv_transpose", "gather"): ("call", "outputs", "flops", "flops_thin", "cl_runs"),
-    ("conv_transpose", "gemm"): (
-        "call",
-        "outputs",
-        "lowered",
-        "gemm_flops",
-        "gemm_flops_short",
-        "gemm_flops_thin",
-        "gemm_calls",
-    ),  # fmt: skip
+    ("conv_transpose", "gemm"): _GEMM_FEATURES,
     ("conv_transpose", "fft"): ("call", "outputs", "fft_point_logs", "cmacs", "transforms", "points"),
 }
 
