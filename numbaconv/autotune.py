@@ -171,7 +171,7 @@ def measure(op: str, plan, execute, device: str = "cpu"):
     always runs). A remembered winner is run directly.
     """
     from .costs import REST_S
-    from .dispatch import Choice, choose, row
+    from .dispatch import Choice, _ms, choose, row
 
     base = choose(op, plan, "auto", device)
     key = cache_key(op, plan, device)
@@ -203,7 +203,3 @@ def measure(op: str, plan, execute, device: str = "cpu"):
     others = ", ".join(f"{k} {_ms(v)}" for k, v in sorted(times.items(), key=lambda kv: kv[1]) if k != winner)
     reason = f"{winner} was measured fastest ({_ms(times[winner])}" + (f"; {others})" if others else ")")
     return best[1], Choice(winner, device, reason, base.estimates, base.unsupported, times)
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3g} ms"

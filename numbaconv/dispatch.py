@@ -270,7 +270,7 @@ def make_plan(op: str, input, weight, bias=None, *, dtype=None, **params):
     if op not in OPS:
         raise ValueError(f"op must be one of {', '.join(map(repr, OPS))}, got {op!r}")
 
-    def shape_dtype(value, name):
+    def shape_dtype(value):
         if value is None:
             return None, None
         if isinstance(value, tuple | list) and all(isinstance(v, int | np.integer) for v in value):
@@ -278,9 +278,9 @@ def make_plan(op: str, input, weight, bias=None, *, dtype=None, **params):
         arr = value if hasattr(value, "shape") and hasattr(value, "dtype") else np.asarray(value)
         return tuple(arr.shape), np.dtype(arr.dtype)
 
-    xs, xd = shape_dtype(input, "input")
-    ws, wd = shape_dtype(weight, "weight")
-    bs, bd = shape_dtype(bias, "bias")
+    xs, xd = shape_dtype(input)
+    ws, wd = shape_dtype(weight)
+    bs, bd = shape_dtype(bias)
     if dtype is None:
         found = [d for d in (xd, wd, bd) if d is not None]
         dtype = result_dtype(*found) if found else np.dtype(np.float32)

@@ -175,7 +175,7 @@ def _plan_tiles(plan, budget):
     return tuple(chosen[1]), tuple(chosen[2])
 
 
-def _batch_bytes(plan, lens, tiles: int) -> tuple[int, int]:
+def _batch_bytes(plan, lens) -> tuple[int, int]:
     """(fixed bytes, bytes per tile) of the buffers of a batch of tiles: the
     kernel spectra (and their temporaries), per thread a tile, its spectrum and
     inverse (and the transforms' copies), per tile the input and output spectra
@@ -196,13 +196,13 @@ def _batch_bytes(plan, lens, tiles: int) -> tuple[int, int]:
 
 def tile_bytes(plan, lens) -> int:
     """Bytes of the buffers of a batch of one tile (the least :func:`run` needs)."""
-    fixed, per_tile = _batch_bytes(plan, lens, 1)
+    fixed, per_tile = _batch_bytes(plan, lens)
     return fixed + per_tile
 
 
 def _tiles_per_batch(plan, lens, total: int) -> int:
     """Tiles transformed together: as many as ``config.workspace_bytes`` holds."""
-    fixed, per_tile = _batch_bytes(plan, lens, 1)
+    fixed, per_tile = _batch_bytes(plan, lens)
     return int(max(1, min(total, (config.workspace_bytes - fixed) // per_tile)))
 
 
@@ -226,7 +226,7 @@ def workspace_bytes(plan) -> int:
         plan = _conv_view(plan, _transpose_target(plan))
     tiles, lens = _tile_plan(plan)
     count = int(np.prod([-(-_valid_len(plan, i) // tiles[i]) for i in range(3)]))
-    fixed, per_tile = _batch_bytes(plan, lens, 1)
+    fixed, per_tile = _batch_bytes(plan, lens)
     return fixed + _tiles_per_batch(plan, lens, count) * per_tile
 
 

@@ -25,44 +25,60 @@ def to_device(a):
     return cuda.to_device(np.ascontiguousarray(a))
 
 
-def conv_maps(plan):
-    """The conv's compact tap maps on the device: ``(fd, fh, fw, geo)`` with
-    input index ``f[o * geo[3i] + k * geo[3i+1] + geo[3i+2]]`` (or -1)."""
-    fs, geo = [], []
-    for i in range(3):
-        lo, hi = plan.padding[i]
-        f, g = conv_tap_map(
-            plan.in_size[i], plan.out_size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo, hi,
-            plan.padding_mode,
-        )  # fmt: skip
-        fs.append(to_device(f))
-        geo += [int(g[0]), int(g[1]), int(g[2])]
-    return fs[0], fs[1], fs[2], to_device(np.array(geo, dtype=np.int64))
+class DeviceMaps(tuple):
+    """``(fd, fh, fw, geo)`` on the device (what the kernels take, splatted),
+    with ``.geo``, the geometry on the host: the index of position ``o`` at
+    tap ``k`` in dim ``i`` is ``f[o * geo[3i] + k * geo[3i+1] + geo[3i+2]]``
+    (-1: none)."""
+
+    geo: list
 
 
-def gather_maps(plan, lo, size):
+def _device_maps(pairs) -> DeviceMaps:
+    """The compact maps ``(f, geo)`` of the three dims (``shapes.*_tap_map``) on the device."""
+    geo = [int(v) for _, g in pairs for v in g[:3]]
+    maps = DeviceMaps((*(to_device(f) for f, _ in pairs), to_device(np.array(geo, dtype=np.int64))))
+    maps.geo = geo
+    return maps
+
+
+def conv_maps(plan) -> DeviceMaps:
+    """The conv's tap maps: output position x tap -> input (or -1)."""
+    return _device_maps(
+        [
+            conv_tap_map(
+                plan.in_size[i],
+                plan.out_size[i],
+                plan.kernel[i],
+                plan.stride[i],
+                plan.dilation[i],
+                *plan.padding[i],
+                plan.padding_mode,
+            )  # fmt: skip
+            for i in range(3)
+        ]
+    )
+
+
+def gather_maps(plan, lo, size) -> DeviceMaps:
     """The transposed op's gather maps (output position x tap -> input or -1)
-    for a target of ``size`` with padding ``lo`` removed, on the device."""
-    fs, geo = [], []
-    for i in range(3):
-        f, g = gather_tap_map(
-            size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], plan.in_size[i]
-        )
-        fs.append(to_device(f))
-        geo += [int(g[0]), int(g[1]), int(g[2])]
-    return fs[0], fs[1], fs[2], to_device(np.array(geo, dtype=np.int64))
+    for a target of ``size`` with padding ``lo`` removed."""
+    return _device_maps(
+        [
+            gather_tap_map(size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], plan.in_size[i])
+            for i in range(3)
+        ]
+    )
 
 
-def scatter_maps(plan, lo, size):
+def scatter_maps(plan, lo, size) -> DeviceMaps:
     """Input position x tap -> output position (or -1) of the transposed op."""
-    fs, geo = [], []
-    for i in range(3):
-        f, g = scatter_tap_map(
-            plan.in_size[i], size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i]
-        )
-        fs.append(to_device(f))
-        geo += [int(g[0]), int(g[1]), int(g[2])]
-    return fs[0], fs[1], fs[2], to_device(np.array(geo, dtype=np.int64))
+    return _device_maps(
+        [
+            scatter_tap_map(plan.in_size[i], size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i])
+            for i in range(3)
+        ]
+    )
 
 
 def zeros(shape, dtype):

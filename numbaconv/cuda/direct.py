@@ -172,25 +172,25 @@ def gather_conv_tiled_kernel(dtype_str: str, bx: int, by: int):
     return kernel
 
 
-def launch_gather_conv(x5, w2, bias, out5, maps, groups, kernel_shape, geo_host=None):
+def launch_gather_conv(x5, w2, bias, out5, maps, groups, kernel_shape):
     """Run the gather-conv over every element of ``out5``: the input-tiled
     kernel when the tile's input region and weights fit
-    ``config.cuda_shared_bytes`` of shared memory (``geo_host``, the maps'
-    geometry, sizes the region), else the weight-staging kernel."""
+    ``config.cuda_shared_bytes`` of shared memory (``maps.geo`` sizes the
+    region), else the weight-staging kernel."""
     bx, by = (int(v) for v in config.cuda_block_2d)
     n, o, od, oh, ow = out5.shape
     tiles = -(-ow // bx) * -(-oh // by)
     grid = (tiles, max(1, min(n * o * od, MAX_GRID_Y)))
     fd, fh, fw, geo = maps
     kd, kh, kw = kernel_shape
-    if geo_host is not None:
-        lh = (by - 1) * geo_host[3] + (kh - 1) * abs(geo_host[4]) + 1
-        lw = (bx - 1) * geo_host[6] + (kw - 1) * abs(geo_host[7]) + 1
-        nbytes = (lh * lw + kh * kw) * np.dtype(out5.dtype).itemsize
-        if nbytes <= int(config.cuda_shared_bytes):
-            k = gather_conv_tiled_kernel(np.dtype(out5.dtype).str, bx, by)
-            k[grid, (bx, by), 0, nbytes](x5, w2, bias, out5, fd, fh, fw, geo, groups, kd, kh, kw, lh, lw)
-            return
+    g = maps.geo
+    lh = (by - 1) * g[3] + (kh - 1) * abs(g[4]) + 1
+    lw = (bx - 1) * g[6] + (kw - 1) * abs(g[7]) + 1
+    nbytes = (lh * lw + kh * kw) * np.dtype(out5.dtype).itemsize
+    if nbytes <= int(config.cuda_shared_bytes):
+        k = gather_conv_tiled_kernel(np.dtype(out5.dtype).str, bx, by)
+        k[grid, (bx, by), 0, nbytes](x5, w2, bias, out5, fd, fh, fw, geo, groups, kd, kh, kw, lh, lw)
+        return
     k = gather_conv_kernel(np.dtype(out5.dtype).str, int(config.cuda_chunk), bx, by)
     k[grid, (bx, by)](x5, w2, bias, out5, fd, fh, fw, geo, groups, kd, kh, kw)
 
@@ -202,12 +202,5 @@ def supports(plan) -> str | None:
 def run(x5, w5, bias, plan, out5):
     """Direct convolution of device arrays in the canonical 5-D form."""
     w2 = w5.reshape(plan.c_out, w5.size // plan.c_out)
-    maps = conv_maps(plan)
-    b = bias_or_zeros(bias, plan)
-    launch_gather_conv(x5, w2, b, out5, maps, plan.groups, plan.kernel, geo_host(plan))
+    launch_gather_conv(x5, w2, bias_or_zeros(bias, plan), out5, conv_maps(plan), plan.groups, plan.kernel)
     return out5
-
-
-def geo_host(plan):
-    """The conv maps' geometry on the host (stride, dilation, 0 per dim)."""
-    return [v for i in range(3) for v in (plan.stride[i], plan.dilation[i], 0)]

@@ -140,12 +140,6 @@ def run_gather(x5, w5, bias, plan, out5):
     _to_gather_layout[blocks, threads](w5, wc, plan.groups)
 
     def body(x, b, target, lo, size):
-        # gather maps: input of output o at tap k is f[o - k * dilation + lo + span]
-        geo = []
-        for i in range(3):
-            d = plan.dilation[i]
-            geo += [1, -d, lo[i] + d * (plan.kernel[i] - 1)]
-        maps = gather_maps(plan, lo, size)
-        launch_gather_conv(x, wc, b, target, maps, plan.groups, plan.kernel, geo)
+        launch_gather_conv(x, wc, b, target, gather_maps(plan, lo, size), plan.groups, plan.kernel)
 
     return with_fold(plan, x5, bias, out5, body)
