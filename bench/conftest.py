@@ -3,6 +3,6 @@
 Never part of the test run (testpaths = tests; --benchmark-disable in addopts).
 """
 
-from numbaconv.cli import _settle_allocator
+from numbaconv.benchmark import _settle_allocator
 
-_settle_allocator()  # same allocator state for every contender (see numbaconv.cli)
+_settle_allocator()  # same allocator state for every contender (see numbaconv.benchmark)

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     from numba import cuda
 
     import numbaconv as nc
-    from numbaconv import dispatch
+    from numbaconv import dispatch, shapes
     from numbaconv.workloads import WORKLOADS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -101,9 +101,9 @@ def main(argv=None) -> int:
             x.astype(np.float64), w.astype(np.float64), method="direct" if op == "conv" else "scatter", **kw
         )
         xd, wd = cuda.to_device(x), cuda.to_device(w)
-        plan = dispatch.make_plan(op, x, w, **kw)
+        plan = shapes.make_plan(op, x, w, **kw)
         calls = {}
-        for r in dispatch.rows_for(op, "cuda"):
+        for r in dispatch.rows(op, "cuda"):
             if r.supports(plan) is None:
                 calls[r.name] = lambda m=r.name, fn=fn, xd=xd, wd=wd, kw=kw: fn(xd, wd, method=m, **kw)
         calls["auto"] = lambda fn=fn, xd=xd, wd=wd, kw=kw: fn(xd, wd, **kw)

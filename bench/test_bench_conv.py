@@ -1,9 +1,9 @@
-"""numbaconv's direct and gemm paths beside PyTorch CPU on the conv workloads, same process.
+"""Every conv method of the dispatcher's table beside PyTorch CPU on the conv workloads, same process.
 
     pytest bench --benchmark-enable --benchmark-group-by=param:case
 
-Each case has three benchmarks in one group: ``numbaconv-direct``, ``numbaconv-gemm`` and ``torch``
-(float32, PyTorch with 2 threads). The ratio of their medians is the figure
+Each case has one benchmark per method in one group (``numbaconv-direct``, ...)
+and ``torch`` (float32, PyTorch with 2 threads). The ratio of their medians is the figure
 reported; ``numbaconv bench`` prints it directly, interleaving the two.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import numbaconv as nc
+from numbaconv import dispatch
 from numbaconv.workloads import WORKLOADS
 
 CASES = [w for w in WORKLOADS if w[1] == "conv"]
@@ -36,7 +37,7 @@ def arrays():
 
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
-@pytest.mark.parametrize("impl", ["numbaconv-direct", "numbaconv-gemm", "torch"])
+@pytest.mark.parametrize("impl", [f"numbaconv-{r.name}" for r in dispatch.rows("conv")] + ["torch"])
 def test_conv(benchmark, arrays, case, impl):
     _name, _op, _xs, ws, kw = next(c for c in CASES if c[0] == case)
     x, w = arrays[case]

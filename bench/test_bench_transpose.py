@@ -1,9 +1,9 @@
-"""numbaconv's transposed paths (scatter, gather, gemm) beside PyTorch CPU, same process.
+"""Every transposed method of the dispatcher's table beside PyTorch CPU, same process.
 
     pytest bench/test_bench_transpose.py --benchmark-enable --benchmark-group-by=param:case
 
-Each transposed workload of ``numbaconv.workloads`` has four benchmarks in one
-group: ``scatter``, ``gather``, ``gemm`` and ``torch`` (float32, PyTorch with 2 threads).
+Each transposed workload of ``numbaconv.workloads`` has one benchmark per method
+(``scatter``, ...) and ``torch`` in one group (float32, PyTorch with 2 threads).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import numbaconv as nc
+from numbaconv import dispatch
 from numbaconv.workloads import WORKLOADS
 
 CASES = [w for w in WORKLOADS if w[1] == "conv_transpose"]
@@ -35,7 +36,7 @@ def arrays():
 
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
-@pytest.mark.parametrize("impl", ["scatter", "gather", "gemm", "torch"])
+@pytest.mark.parametrize("impl", [r.name for r in dispatch.rows("conv_transpose")] + ["torch"])
 def test_conv_transpose(benchmark, arrays, case, impl):
     _name, _op, _xs, ws, kw = next(c for c in CASES if c[0] == case)
     x, w = arrays[case]

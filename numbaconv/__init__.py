@@ -14,8 +14,8 @@ from .api import (
     conv_transpose2d,
     conv_transpose3d,
 )
-from .dispatch import Choice, UnsupportedMethodError, choose_method
-from .explain import Explanation, explain
+from .dispatch import Choice, UnsupportedMethodError
+from .explain import Explanation, choose_method, explain
 
 __version__ = "0.1.0"
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
 
-from . import dispatch
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import autotune, dispatch
 from .shapes import ConvPlan, check_dtype, make_conv_plan, make_conv_transpose_plan, result_dtype
 
 __all__ = [
@@ -18,7 +21,11 @@ __all__ = [
     "conv_transpose3d",
 ]
 
-DEVICES = ("auto", "cpu", "cuda")
+IntOrInts = int | Sequence[int]
+Padding = int | str | Sequence[int | tuple[int, int]]
+
+# what device= accepts: the table's devices, or "auto" (where the data lives)
+DEVICE_ARGS = ("auto",) + dispatch.DEVICES
 
 
 def _as_host_array(value, name: str, *, allow_none: bool = False) -> np.ndarray | None:
@@ -35,8 +42,8 @@ def _as_host_array(value, name: str, *, allow_none: bool = False) -> np.ndarray 
 
 
 def _check_device(device) -> None:
-    if not isinstance(device, str) or device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
+    if not isinstance(device, str) or device not in DEVICE_ARGS:
+        raise ValueError(f"device must be one of {', '.join(map(repr, DEVICE_ARGS))}, got {device!r}")
 
 
 def _device_array(value, name: str):
@@ -144,14 +151,12 @@ def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", F
     if out is not None:
         _check_out(out, plan, (("input", input), ("weight", weight), ("bias", bias)))
     if method == "measure":
-        from . import autotune
-
         result, _ = autotune.measure(op, plan, lambda row: _execute(row.runner(), plan, x, w, b, None))
         if out is not None:
             out[...] = result
             return out
         return result
-    row = dispatch.select(op, plan, method)
+    row = dispatch.resolve(op, plan, method)
     return _execute(row.runner(), plan, x, w, b, out)
 
 
@@ -248,15 +253,13 @@ def _finish_cuda(op, plan, method, x, w, b, out, resident: bool):
         return dst
 
     if method == "measure":
-        from . import autotune
-
         best, _ = autotune.measure(
             op, plan, lambda row: execute(row, cuda.device_array(plan.output_shape5, plan.dtype)), "cuda"
         )
         if best is not target:
             target.copy_to_device(best)
     else:
-        execute(dispatch.select(op, plan, method, "cuda"))
+        execute(dispatch.resolve(op, plan, method, "cuda"))
     if resident:
         return out if out is not None else target.reshape(plan.output_shape)
     host = target.copy_to_host().reshape(plan.output_shape)
@@ -354,76 +357,76 @@ _DOC = """{ndim_title} convolution (cross-correlation), with PyTorch's semantics
 
 
 def conv1d(
-    input,
-    weight,
-    bias=None,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrInts = 1,
+    padding: Padding = 0,
+    dilation: IntOrInts = 1,
+    groups: int = 1,
     *,
-    padding_mode="zeros",
-    method="auto",
-    device="auto",
-    out=None,
-):
+    padding_mode: str = "zeros",
+    method: str = "auto",
+    device: str = "auto",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     return _conv_impl(
         1, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
     )
 
 
 def conv2d(
-    input,
-    weight,
-    bias=None,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrInts = 1,
+    padding: Padding = 0,
+    dilation: IntOrInts = 1,
+    groups: int = 1,
     *,
-    padding_mode="zeros",
-    method="auto",
-    device="auto",
-    out=None,
-):
+    padding_mode: str = "zeros",
+    method: str = "auto",
+    device: str = "auto",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     return _conv_impl(
         2, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
     )
 
 
 def conv3d(
-    input,
-    weight,
-    bias=None,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrInts = 1,
+    padding: Padding = 0,
+    dilation: IntOrInts = 1,
+    groups: int = 1,
     *,
-    padding_mode="zeros",
-    method="auto",
-    device="auto",
-    out=None,
-):
+    padding_mode: str = "zeros",
+    method: str = "auto",
+    device: str = "auto",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     return _conv_impl(
         3, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
     )
 
 
 def conv(
-    input,
-    weight,
-    bias=None,
-    stride=1,
-    padding=0,
-    dilation=1,
-    groups=1,
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrInts = 1,
+    padding: Padding = 0,
+    dilation: IntOrInts = 1,
+    groups: int = 1,
     *,
-    padding_mode="zeros",
-    method="auto",
-    device="auto",
-    out=None,
-):
+    padding_mode: str = "zeros",
+    method: str = "auto",
+    device: str = "auto",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     return _conv_impl(
         None, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
     )
@@ -522,21 +525,21 @@ _DOC_T = """{ndim_title} transposed convolution, with PyTorch's semantics.
 
 
 def conv_transpose1d(
-    input,
-    weight,
-    bias=None,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    groups=1,
-    dilation=1,
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrInts = 1,
+    padding: Padding = 0,
+    output_padding: IntOrInts = 0,
+    groups: int = 1,
+    dilation: IntOrInts = 1,
     *,
-    output_size=None,
-    padding_mode="zeros",
-    method="auto",
-    device="auto",
-    out=None,
-):
+    output_size: Sequence[int] | None = None,
+    padding_mode: str = "zeros",
+    method: str = "auto",
+    device: str = "auto",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     return _conv_transpose_impl(
         1,
         input,
@@ -556,21 +559,21 @@ def conv_transpose1d(
 
 
 def conv_transpose2d(
-    input,
-    weight,
-    bias=None,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    groups=1,
-    dilation=1,
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrInts = 1,
+    padding: Padding = 0,
+    output_padding: IntOrInts = 0,
+    groups: int = 1,
+    dilation: IntOrInts = 1,
     *,
-    output_size=None,
-    padding_mode="zeros",
-    method="auto",
-    device="auto",
-    out=None,
-):
+    output_size: Sequence[int] | None = None,
+    padding_mode: str = "zeros",
+    method: str = "auto",
+    device: str = "auto",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     return _conv_transpose_impl(
         2,
         input,
@@ -590,21 +593,21 @@ def conv_transpose2d(
 
 
 def conv_transpose3d(
-    input,
-    weight,
-    bias=None,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    groups=1,
-    dilation=1,
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrInts = 1,
+    padding: Padding = 0,
+    output_padding: IntOrInts = 0,
+    groups: int = 1,
+    dilation: IntOrInts = 1,
     *,
-    output_size=None,
-    padding_mode="zeros",
-    method="auto",
-    device="auto",
-    out=None,
-):
+    output_size: Sequence[int] | None = None,
+    padding_mode: str = "zeros",
+    method: str = "auto",
+    device: str = "auto",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     return _conv_transpose_impl(
         3,
         input,
@@ -624,21 +627,21 @@ def conv_transpose3d(
 
 
 def conv_transpose(
-    input,
-    weight,
-    bias=None,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    groups=1,
-    dilation=1,
+    input: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: IntOrInts = 1,
+    padding: Padding = 0,
+    output_padding: IntOrInts = 0,
+    groups: int = 1,
+    dilation: IntOrInts = 1,
     *,
-    output_size=None,
-    padding_mode="zeros",
-    method="auto",
-    device="auto",
-    out=None,
-):
+    output_size: Sequence[int] | None = None,
+    padding_mode: str = "zeros",
+    method: str = "auto",
+    device: str = "auto",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     return _conv_transpose_impl(
         None,
         input,

@@ -27,7 +27,8 @@ import threading
 import time
 import warnings
 
-from . import config
+from . import config, dispatch
+from .machine import REST_S, fingerprint
 
 try:  # POSIX
     import fcntl
@@ -46,8 +47,6 @@ def cache_path() -> str:
 
 
 def _hardware() -> str:
-    from .costs import fingerprint
-
     return hashlib.sha1(json.dumps(fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -170,16 +169,13 @@ def measure(op: str, plan, execute, device: str = "cpu"):
     ``config.measure_time_s`` seconds have been spent (at least one candidate
     always runs). A remembered winner is run directly.
     """
-    from .costs import REST_S
-    from .dispatch import Choice, _ms, choose, row
-
-    base = choose(op, plan, "auto", device)
+    base = dispatch.choose(op, plan, "auto", device)
     key = cache_key(op, plan, device)
     known = lookup(key)
     if known is not None and known in base.estimates:
         reason = f"{known} was measured fastest for this case earlier (autotune cache)"
-        choice = Choice(known, device, reason, base.estimates, base.unsupported)
-        return execute(row(op, known, device)), choice
+        choice = dispatch.Choice(known, device, reason, base.estimates, base.unsupported)
+        return execute(dispatch.row(op, known, device)), choice
     ranked = sorted(base.estimates, key=base.estimates.get)
     best_est = base.estimates[ranked[0]]
     start = time.perf_counter()
@@ -189,9 +185,9 @@ def measure(op: str, plan, execute, device: str = "cpu"):
         hopeless = base.estimates[name] > SKIP_FACTOR * best_est
         if times and (hopeless or time.perf_counter() - start > config.measure_time_s):
             break
-        r = row(op, name, device)
+        r = dispatch.row(op, name, device)
         execute(r)  # compiles on first use; not timed
-        time.sleep(REST_S)  # OpenBLAS threads spin ~0.2 s after a GEMM (see costs.REST_S)
+        time.sleep(REST_S)  # OpenBLAS threads spin ~0.2 s after a GEMM (see machine.REST_S)
         t0 = time.perf_counter()
         result = execute(r)
         times[name] = time.perf_counter() - t0
@@ -200,6 +196,10 @@ def measure(op: str, plan, execute, device: str = "cpu"):
         del result
     winner = best[0]
     store(key, winner, times)
-    others = ", ".join(f"{k} {_ms(v)}" for k, v in sorted(times.items(), key=lambda kv: kv[1]) if k != winner)
-    reason = f"{winner} was measured fastest ({_ms(times[winner])}" + (f"; {others})" if others else ")")
-    return best[1], Choice(winner, device, reason, base.estimates, base.unsupported, times)
+    others = ", ".join(
+        f"{k} {dispatch.format_ms(v)}" for k, v in sorted(times.items(), key=lambda kv: kv[1]) if k != winner
+    )
+    reason = f"{winner} was measured fastest ({dispatch.format_ms(times[winner])}" + (
+        f"; {others})" if others else ")"
+    )
+    return best[1], dispatch.Choice(winner, device, reason, base.estimates, base.unsupported, times)

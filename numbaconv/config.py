@@ -36,8 +36,11 @@
     width) to its channels-last kernel (vectorized along input channels) when a
     group has at least this many input channels.
 
-Kernels are compiled with ``fastmath={"reassoc", "contract"}`` only (see
-``FASTMATH``): reductions may be reordered and fused, NaN and Inf propagate.
+Kernels are compiled with ``fastmath={"reassoc", "contract"}`` only:
+reductions may be reordered and fused, NaN and Inf propagate. ``FASTMATH`` is
+that set; the kernel modules carry literal copies (numba's on-disk cache keys
+on each kernel file's contents, not on this module), which the tests check
+equal to it.
 """
 
 from __future__ import annotations

@@ -1,120 +1,129 @@
 """The method table and the choice of a method (what ``method="auto"`` means).
 
-One row per method: its name, op, device, ``supports(plan)`` (None when it
-can do the case, else the reason it cannot), ``cost(plan)`` (estimated
-seconds, :mod:`numbaconv.costs`) and the module function that runs it
-(``run(x5, w5, bias, plan, out5)``). ``method="auto"`` takes the supported
-row with the lowest estimate; ``method="measure"`` times the candidates on
-the real arrays and remembers the winner (:mod:`numbaconv.autotune`).
+One :class:`MethodRow` per (method, op, device). A row names the module that
+implements the method; that module exposes
+
+- ``supports(plan) -> str | None``: None when it can run the case, else why not;
+- ``cost_features(plan) -> dict``: its operation counts, which
+  :mod:`numbaconv.costs` turns into estimated seconds with the row's constants;
+- ``workspace_bytes(plan) -> int``: the extra memory a call allocates;
+- its run entry point, ``run(x5, w5, bias, plan, out5)`` (or the name in
+  ``MethodRow.run``, e.g. ``run_transpose`` where one module serves both ops).
+
+The module is imported on first use (GPU rows only once CUDA is usable), and
+``plan.op`` tells a module serving both ops which one is asked. Adding a
+method = one module + one row here + its constants in ``costs.SHIPPED``
+(``numbaconv calibrate --ship``); the tests, ``calibrate`` and ``numbaconv
+bench`` take the rows from :data:`TABLE`.
+
+Entry points: :func:`choose` (the decision with every estimate and reason,
+for ``explain``, ``choose_method``, ``measure`` and the signal API) and
+:func:`resolve` (the row that runs a call).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
+
+from . import config, costs
 
 
 class UnsupportedMethodError(ValueError):
     """A forced method cannot do this case (the message says what it lacks)."""
 
 
+DEVICES = ("cpu", "cuda")  # the devices of the table (the API's device= also takes "auto")
+OPS = ("conv", "conv_transpose")
+SPECIAL_METHODS = ("auto", "measure")
+
+
 @dataclass(frozen=True)
 class MethodRow:
+    """One method of one op on one device (see the module doc).
+
+    ``error`` is how the method's rounding error behaves: ``"pointwise"``
+    (each output within ``c * eps * sqrt(K) * max|ref|``, as a direct sum) or
+    ``"norm"`` (relative to the norms of the inputs, as FFTs are).
+    """
+
     name: str
     op: str
     device: str
-    module: str
-    supports: Callable[[object], str | None]
-    entry: str = "run"
+    module_name: str
+    run: str = "run"
+    error: str = "pointwise"
 
-    def runner(self):
-        return getattr(importlib.import_module(self.module, __package__), self.entry)
+    @property
+    def key(self) -> str:
+        """The row's name in the cost tables: ``"op/method"``."""
+        return f"{self.op}/{self.name}"
+
+    @property
+    def module(self) -> ModuleType:
+        return importlib.import_module(self.module_name, __package__)
+
+    def supports(self, plan) -> str | None:
+        """None when this method can run ``plan`` here, else the reason it cannot."""
+        if self.device == "cuda":
+            from .cuda import status
+
+            usable, why = status()
+            if not usable:
+                return why
+        return self.module.supports(plan)
+
+    def cost_features(self, plan) -> dict[str, float]:
+        return self.module.cost_features(plan)
+
+    def workspace_bytes(self, plan) -> int:
+        return self.module.workspace_bytes(plan)
 
     def cost(self, plan) -> float:
         """Estimated seconds of one call on ``plan`` (the cost model)."""
-        from .costs import estimate
+        return costs.estimate(self.key, self.cost_features(plan), self.device)
 
-        return estimate(self.op, self.name, plan, self.device)
-
-
-def _always(plan) -> str | None:
-    return None
-
-
-def _gather_supports(plan) -> str | None:
-    from .cpu.transpose import gather_supports
-
-    return gather_supports(plan)
-
-
-def _gemm_supports(plan) -> str | None:
-    from .cpu.gemm import supports
-
-    return supports(plan)
-
-
-def _fft_supports(plan) -> str | None:
-    from .cpu.fft import supports
-
-    return supports(plan)
-
-
-def _cuda_supports(module: str, fn: str = "supports"):
-    def check(plan) -> str | None:
-        from . import cuda as gpu
-
-        usable, why = gpu.status()
-        if not usable:
-            return why
-        return getattr(importlib.import_module(f".cuda.{module}", __package__), fn)(plan)
-
-    return check
+    def runner(self):
+        """The entry point ``(x5, w5, bias, plan, out5) -> out5``."""
+        return getattr(self.module, self.run)
 
 
 TABLE: tuple[MethodRow, ...] = (
-    MethodRow("direct", "conv", "cpu", ".cpu.direct", _always),
-    MethodRow("gemm", "conv", "cpu", ".cpu.gemm", _gemm_supports),
-    MethodRow("fft", "conv", "cpu", ".cpu.fft", _fft_supports),
-    MethodRow("scatter", "conv_transpose", "cpu", ".cpu.transpose", _always, "run_scatter"),
-    MethodRow("gather", "conv_transpose", "cpu", ".cpu.transpose", _gather_supports, "run_gather"),
-    MethodRow("gemm", "conv_transpose", "cpu", ".cpu.gemm", _gemm_supports, "run_transpose"),
-    MethodRow("fft", "conv_transpose", "cpu", ".cpu.fft", _fft_supports, "run_transpose"),
-    MethodRow("direct", "conv", "cuda", ".cuda.direct", _cuda_supports("direct")),
-    MethodRow("gemm", "conv", "cuda", ".cuda.gemm", _cuda_supports("gemm")),
-    MethodRow("fft", "conv", "cuda", ".cuda.fft", _cuda_supports("fft")),
-    MethodRow(
-        "scatter",
-        "conv_transpose",
-        "cuda",
-        ".cuda.transpose",
-        _cuda_supports("transpose", "scatter_supports"),
-        "run_scatter",
-    ),
-    MethodRow(
-        "gather",
-        "conv_transpose",
-        "cuda",
-        ".cuda.transpose",
-        _cuda_supports("transpose", "gather_supports"),
-        "run_gather",
-    ),
-    MethodRow("gemm", "conv_transpose", "cuda", ".cuda.gemm", _cuda_supports("gemm"), "run_transpose"),
-    MethodRow("fft", "conv_transpose", "cuda", ".cuda.fft", _cuda_supports("fft"), "run_transpose"),
+    MethodRow("direct", "conv", "cpu", ".cpu.direct"),
+    MethodRow("gemm", "conv", "cpu", ".cpu.gemm"),
+    MethodRow("fft", "conv", "cpu", ".cpu.fft", error="norm"),
+    MethodRow("scatter", "conv_transpose", "cpu", ".cpu.scatter"),
+    MethodRow("gather", "conv_transpose", "cpu", ".cpu.gather"),
+    MethodRow("gemm", "conv_transpose", "cpu", ".cpu.gemm", "run_transpose"),
+    MethodRow("fft", "conv_transpose", "cpu", ".cpu.fft", "run_transpose", "norm"),
+    MethodRow("direct", "conv", "cuda", ".cuda.direct"),
+    MethodRow("gemm", "conv", "cuda", ".cuda.gemm"),
+    MethodRow("fft", "conv", "cuda", ".cuda.fft", error="norm"),
+    MethodRow("scatter", "conv_transpose", "cuda", ".cuda.scatter"),
+    MethodRow("gather", "conv_transpose", "cuda", ".cuda.gather"),
+    MethodRow("gemm", "conv_transpose", "cuda", ".cuda.gemm", "run_transpose"),
+    MethodRow("fft", "conv_transpose", "cuda", ".cuda.fft", "run_transpose", "norm"),
 )
-DEVICES = ("cpu", "cuda")
 
-SPECIAL_METHODS = ("auto", "measure")
-OPS = ("conv", "conv_transpose")
+
+def rows(op: str, device: str = "cpu") -> list[MethodRow]:
+    """The rows of ``op`` on ``device``, in table order."""
+    return [r for r in TABLE if r.op == op and r.device == device]
+
+
+def row(op: str, name: str, device: str = "cpu") -> MethodRow:
+    """The row of method ``name`` (KeyError if there is none)."""
+    for r in rows(op, device):
+        if r.name == name:
+            return r
+    raise KeyError(f"no {op} method {name!r} on {device}")
 
 
 def method_names(op: str) -> tuple[str, ...]:
+    """What ``method=`` accepts for ``op``: 'auto', 'measure' and every row's name."""
     return SPECIAL_METHODS + tuple(dict.fromkeys(r.name for r in TABLE if r.op == op))
-
-
-def rows_for(op: str, device: str = "cpu") -> list[MethodRow]:
-    return [r for r in TABLE if r.op == op and r.device == device]
 
 
 def check_method(op: str, method) -> str:
@@ -147,142 +156,77 @@ class Choice:
     measured: dict[str, float] = field(default_factory=dict)
 
 
-def _ms(seconds: float) -> str:
+def format_ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms"
 
 
 def _settings_key():
-    from . import config, costs
-
     return (config.workspace_bytes, config.direct_channels_last_min, id(costs.constants()))
 
 
-def estimate_all(op: str, plan, device: str = "cpu") -> tuple[dict[str, float], dict[str, str]]:
-    """(estimates of the supported methods, reasons of the unsupported ones)."""
-    return _estimate_all(op, plan, device, _settings_key())
+def estimate_all(
+    op: str, plan, device: str = "cpu", candidates: tuple[str, ...] | None = None
+) -> tuple[dict[str, float], dict[str, str]]:
+    """(estimates of the supported methods, reasons of the unsupported ones),
+    over ``candidates`` (method names) or every row of ``op`` on ``device``."""
+    return _estimate_all(op, plan, device, candidates, _settings_key())
 
 
 @functools.lru_cache(maxsize=1024)
-def _estimate_all(op, plan, device, settings):
+def _estimate_all(op, plan, device, candidates, settings):
     estimates, unsupported = {}, {}
-    for row in rows_for(op, device):
-        why = row.supports(plan)
+    for r in rows(op, device):
+        if candidates is not None and r.name not in candidates:
+            continue
+        why = r.supports(plan)
         if why is None:
-            estimates[row.name] = row.cost(plan)
+            estimates[r.name] = r.cost(plan)
         else:
-            unsupported[row.name] = why
+            unsupported[r.name] = why
     return estimates, unsupported
 
 
-def choose(op: str, plan, method: str = "auto", device: str = "cpu") -> Choice:
-    """The :class:`Choice` for ``plan`` with ``method`` "auto" or a method name
-    (a forced method that cannot do the case raises UnsupportedMethodError)."""
-    estimates, unsupported = estimate_all(op, plan, device)
-    if method in ("auto", "measure"):
-        if not estimates:
+def _where(device: str) -> str:
+    return "" if device == "cpu" else f" on {device}"
+
+
+def choose(
+    op: str, plan, method: str = "auto", device: str = "cpu", candidates: tuple[str, ...] | None = None
+) -> Choice:
+    """The :class:`Choice` for ``plan``: with ``method`` "auto" (or "measure")
+    the supported candidate with the lowest estimate, else the forced method
+    (UnsupportedMethodError when it cannot do the case). ``candidates``
+    limits the methods considered (the signal API offers 'direct' and 'fft')."""
+    estimates, unsupported = estimate_all(op, plan, device, candidates)
+    if method not in SPECIAL_METHODS:
+        if method in unsupported:
             raise UnsupportedMethodError(
-                f"no {op} method supports this case: "
-                + "; ".join(f"{k}: {v}" for k, v in unsupported.items())
+                f"method={method!r} cannot do this case{_where(device)}: {unsupported[method]}"
             )
-        ranked = sorted(estimates, key=estimates.get)
-        best = ranked[0]
-        reason = f"{best} has the lowest estimated time ({_ms(estimates[best])})"
-        if len(ranked) > 1:
-            nxt = ranked[1]
-            reason += f"; next is {nxt} ({_ms(estimates[nxt])}, {estimates[nxt] / estimates[best]:.1f}x)"
-        if unsupported:
-            reason += f"; {', '.join(unsupported)} cannot run this case"
-        return Choice(best, device, reason, dict(estimates), dict(unsupported))
-    if method in unsupported:
+        return Choice(method, device, f"method={method!r} was asked for", dict(estimates), dict(unsupported))
+    if not estimates:
         raise UnsupportedMethodError(
-            f"method={method!r} cannot do this case on {device}: {unsupported[method]}"
-            if device != "cpu"
-            else f"method={method!r} cannot do this case: {unsupported[method]}"
+            f"no {op} method supports this case: " + "; ".join(f"{k}: {v}" for k, v in unsupported.items())
         )
-    return Choice(method, device, f"method={method!r} was asked for", dict(estimates), dict(unsupported))
+    ranked = sorted(estimates, key=estimates.get)
+    best = ranked[0]
+    reason = f"{best} has the lowest estimated time ({format_ms(estimates[best])})"
+    if len(ranked) > 1:
+        nxt = ranked[1]
+        reason += f"; next is {nxt} ({format_ms(estimates[nxt])}, {estimates[nxt] / estimates[best]:.1f}x)"
+    if unsupported:
+        reason += f"; {', '.join(unsupported)} cannot run this case"
+    return Choice(best, device, reason, dict(estimates), dict(unsupported))
 
 
-def row(op: str, name: str, device: str = "cpu") -> MethodRow:
-    return next(r for r in rows_for(op, device) if r.name == name)
-
-
-def select(op: str, plan, method: str, device: str = "cpu") -> MethodRow:
-    """The row that runs ``plan`` ("auto" or a method name); raises
+def resolve(op: str, plan, method: str, device: str = "cpu") -> MethodRow:
+    """The row that runs a call: the cost model's choice for "auto", else the
+    forced method after its own ``supports`` check (no estimates are made);
     UnsupportedMethodError for a forced misfit."""
     if method == "auto":
         return row(op, choose(op, plan, method, device).method, device)
     r = row(op, method, device)
-    why = r.supports(plan)  # a forced method: only its own check, no estimates
+    why = r.supports(plan)
     if why is not None:
-        where = "" if device == "cpu" else f" on {device}"
-        raise UnsupportedMethodError(f"method={method!r} cannot do this case{where}: {why}")
+        raise UnsupportedMethodError(f"method={method!r} cannot do this case{_where(device)}: {why}")
     return r
-
-
-def choose_method(
-    op: str, input, weight, bias=None, *, method: str = "auto", device: str = "cpu", **params
-) -> Choice:
-    """The method numbaconv would use for ``op`` on these arrays, and why.
-
-    Parameters
-    ----------
-    op : {'conv', 'conv_transpose'}
-    input, weight : array_like or shape tuple
-        Arrays (only their shapes and dtypes are used) or shapes (float32 is
-        then assumed unless ``dtype=`` is given).
-    bias : array_like, shape tuple or None
-    method : str, default 'auto'
-        'auto' (the cost model), 'measure' (the cost model's view of which
-        candidates would be timed; see :func:`numbaconv.explain` with
-        ``measure=True`` to time them) or a method name (checked).
-    device : {'cpu', 'cuda'}, default 'cpu'
-        Whose method table to consult (the GPU rows say why they cannot run
-        where CUDA is not usable).
-    **params
-        The op's keyword arguments (stride, padding, dilation, groups,
-        padding_mode, output_padding, output_size) and ``dtype``.
-
-    Returns
-    -------
-    Choice
-        ``.method``, ``.device``, ``.reason`` (one sentence), ``.estimates``
-        (seconds per supported method), ``.unsupported`` (reasons).
-
-    Shape
-    -----
-    As the op: ``input`` ``(N, C_in, *spatial)`` or unbatched; ``weight``
-    ``(C_out, C_in / groups, *kernel)`` for conv, ``(C_in, C_out / groups,
-    *kernel)`` for conv_transpose.
-    """
-    plan = make_plan(op, input, weight, bias, **params)
-    check_method(op, method)
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
-    return choose(op, plan, method, device)
-
-
-def make_plan(op: str, input, weight, bias=None, *, dtype=None, **params):
-    """The ConvPlan of ``op`` for arrays or shapes (see :func:`choose_method`)."""
-    import numpy as np
-
-    from .shapes import make_conv_plan, make_conv_transpose_plan, result_dtype
-
-    if op not in OPS:
-        raise ValueError(f"op must be one of {', '.join(map(repr, OPS))}, got {op!r}")
-
-    def shape_dtype(value):
-        if value is None:
-            return None, None
-        if isinstance(value, tuple | list) and all(isinstance(v, int | np.integer) for v in value):
-            return tuple(int(v) for v in value), None
-        arr = value if hasattr(value, "shape") and hasattr(value, "dtype") else np.asarray(value)
-        return tuple(arr.shape), np.dtype(arr.dtype)
-
-    xs, xd = shape_dtype(input)
-    ws, wd = shape_dtype(weight)
-    bs, bd = shape_dtype(bias)
-    if dtype is None:
-        found = [d for d in (xd, wd, bd) if d is not None]
-        dtype = result_dtype(*found) if found else np.dtype(np.float32)
-    make = make_conv_plan if op == "conv" else make_conv_transpose_plan
-    return make(xs, ws, bs, dtype=np.dtype(dtype), **params)

@@ -1,13 +1,17 @@
-"""``numbaconv.explain``: which method a call would use, why, and every
-candidate's estimated (and, on request, measured) time."""
+"""``numbaconv.explain`` and ``numbaconv.choose_method``: which method a call
+would use, why, and every candidate's estimated (and, on request, measured) time."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .dispatch import Choice, choose, make_plan, rows_for
+from . import api
+from .dispatch import DEVICES, Choice, UnsupportedMethodError, check_method, choose, estimate_all, rows
+from .machine import block_best
+from .shapes import make_plan
 
 
 @dataclass
@@ -25,18 +29,18 @@ class Explanation:
     measured: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        p = self.plan
+        u = self.plan.user
         return {
             "op": self.op,
-            "input_shape": list((p.batch, p.c_in) + p.in_size[3 - p.ndim :]),
-            "weight_shape": list(p.weight_shape5[:2] + p.kernel[3 - p.ndim :]),
-            "output_shape": list(p.output_shape),
-            "dtype": str(p.dtype),
-            "stride": list(p.stride[3 - p.ndim :]),
-            "padding": [list(v) for v in p.padding[3 - p.ndim :]],
-            "dilation": list(p.dilation[3 - p.ndim :]),
-            "groups": p.groups,
-            "padding_mode": p.padding_mode,
+            "input_shape": list(u.input_shape),
+            "weight_shape": list(u.weight_shape),
+            "output_shape": list(u.output_shape),
+            "dtype": str(u.dtype),
+            "stride": list(u.stride),
+            "padding": [list(v) for v in u.padding],
+            "dilation": list(u.dilation),
+            "groups": u.groups,
+            "padding_mode": u.padding_mode,
             "method": self.choice.method,
             "device": self.choice.device,
             "reason": self.choice.reason,
@@ -56,7 +60,7 @@ class Explanation:
             "",
             f"  {'method':10s} {'estimated ms':>13s} {'measured ms':>12s}",
         ]
-        names = [r.name for r in rows_for(self.op, self.choice.device)]
+        names = [r.name for r in rows(self.op, self.choice.device)]
         ranked = sorted(self.choice.estimates, key=self.choice.estimates.get)
         for name in ranked + [n for n in names if n not in ranked]:
             if name in self.choice.estimates:
@@ -74,7 +78,14 @@ class Explanation:
 
 
 def explain(
-    op: str, input, weight, bias=None, *, measure: bool = False, device: str = "cpu", **params
+    op: str,
+    input: ArrayLike | tuple[int, ...],
+    weight: ArrayLike | tuple[int, ...],
+    bias: ArrayLike | tuple[int, ...] | None = None,
+    *,
+    measure: bool = False,
+    device: str = "cpu",
+    **params,
 ) -> Explanation:
     """How numbaconv would run ``op`` for these shapes, and why.
 
@@ -115,10 +126,7 @@ def explain(
     >>> e.choice.method
     'fft'
     """
-    from .dispatch import DEVICES, UnsupportedMethodError, estimate_all
-
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
+    _check_device(device)
     plan = make_plan(op, input, weight, bias, **params)
     try:
         choice = choose(op, plan, "auto", device)
@@ -129,10 +137,12 @@ def explain(
     return Explanation(op, plan, choice, measured)
 
 
-def _measure_all(op: str, plan, device: str = "cpu") -> dict[str, float]:
-    from . import api
-    from .costs import _block_best
+def _check_device(device) -> None:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}")
 
+
+def _measure_all(op: str, plan, device: str = "cpu") -> dict[str, float]:
     rng = np.random.default_rng(0)
     real = np.dtype(plan.dtype).kind == "f"
 
@@ -142,27 +152,63 @@ def _measure_all(op: str, plan, device: str = "cpu") -> dict[str, float]:
             a = a + 1j * rng.standard_normal(shape)
         return a.astype(plan.dtype)
 
-    lead = (plan.batch, plan.c_in) if plan.batched else (plan.c_in,)
-    x = rand(lead + plan.in_size[3 - plan.ndim :])
-    w = rand(plan.weight_shape5[:2] + plan.kernel[3 - plan.ndim :])
-    b = rand((plan.c_out,)) if plan.has_bias else None
-    kw = dict(
-        stride=plan.stride[3 - plan.ndim :],
-        padding=plan.padding[3 - plan.ndim :],
-        dilation=plan.dilation[3 - plan.ndim :],
-        groups=plan.groups,
-        padding_mode=plan.padding_mode,
-    )
-    if op == "conv":
-        fn = api.conv
-    else:
-        fn = api.conv_transpose
-        kw["output_padding"] = plan.output_padding[3 - plan.ndim :]
+    u = plan.user
+    x, w = rand(u.input_shape), rand(u.weight_shape)
+    b = rand(u.bias_shape) if u.has_bias else None
+    fn = api.conv if op == "conv" else api.conv_transpose
     out = {}
-    for r in rows_for(op, device):
+    for r in rows(op, device):
         if r.supports(plan) is not None:
             continue
-        call = lambda r=r: fn(x, w, b, method=r.name, device=device, **kw)  # noqa: E731
+        call = lambda r=r: fn(x, w, b, method=r.name, device=device, **u.kwargs())  # noqa: E731
         call()
-        out[r.name] = _block_best(call)
+        out[r.name] = block_best(call)
     return out
+
+
+def choose_method(
+    op: str,
+    input: ArrayLike | tuple[int, ...],
+    weight: ArrayLike | tuple[int, ...],
+    bias: ArrayLike | tuple[int, ...] | None = None,
+    *,
+    method: str = "auto",
+    device: str = "cpu",
+    **params,
+) -> Choice:
+    """The method numbaconv would use for ``op`` on these arrays, and why.
+
+    Parameters
+    ----------
+    op : {'conv', 'conv_transpose'}
+    input, weight : array_like or shape tuple
+        Arrays (only their shapes and dtypes are used) or shapes (float32 is
+        then assumed unless ``dtype=`` is given).
+    bias : array_like, shape tuple or None
+    method : str, default 'auto'
+        'auto' (the cost model), 'measure' (the cost model's view of which
+        candidates would be timed; see :func:`numbaconv.explain` with
+        ``measure=True`` to time them) or a method name (checked).
+    device : {'cpu', 'cuda'}, default 'cpu'
+        Whose method table to consult (the GPU rows say why they cannot run
+        where CUDA is not usable).
+    **params
+        The op's keyword arguments (stride, padding, dilation, groups,
+        padding_mode, output_padding, output_size) and ``dtype``.
+
+    Returns
+    -------
+    Choice
+        ``.method``, ``.device``, ``.reason`` (one sentence), ``.estimates``
+        (seconds per supported method), ``.unsupported`` (reasons).
+
+    Shape
+    -----
+    As the op: ``input`` ``(N, C_in, *spatial)`` or unbatched; ``weight``
+    ``(C_out, C_in / groups, *kernel)`` for conv, ``(C_in, C_out / groups,
+    *kernel)`` for conv_transpose.
+    """
+    plan = make_plan(op, input, weight, bias, **params)
+    check_method(op, method)
+    _check_device(device)
+    return choose(op, plan, method, device)

@@ -27,16 +27,18 @@ __all__ = [
     "conv_transpose_output_size",
     "make_conv_plan",
     "make_conv_transpose_plan",
+    "make_plan",
     "normalize_padding",
     "normalize_tuple",
     "output_padding_for",
-    "gather_table",
+    "PlanView",
     "same_padding",
-    "tap_table",
 ]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-_MODE_CODES = {name: code for code, name in enumerate(PADDING_MODES)}
+# the integer code of each mode inside njit kernels (the CPU FFT path's window maps)
+MODE_CODES = {name: code for code, name in enumerate(PADDING_MODES)}
+OPS = ("conv", "conv_transpose")
 _COMPUTE_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
 
 
@@ -180,10 +182,6 @@ class ConvPlan:
     output_padding: tuple[int, int, int] = (0, 0, 0)
 
     @property
-    def mode_code(self) -> int:
-        return _MODE_CODES[self.padding_mode]
-
-    @property
     def output_shape(self) -> tuple[int, ...]:
         """Shape of the result as the user sees it (batched or not)."""
         spatial = self.out_size[3 - self.ndim :]
@@ -205,6 +203,56 @@ class ConvPlan:
         return (self.c_in, self.c_out // self.groups) + self.kernel
 
     @property
+    def padding_lo(self) -> tuple[int, int, int]:
+        """The low padding of each dim."""
+        return tuple(p[0] for p in self.padding)
+
+    @property
+    def spans(self) -> tuple[int, int, int]:
+        """Positions one output reads (conv) or one input reaches (transposed)
+        per dim: ``dilation * (k - 1) + 1``."""
+        return tuple(self.dilation[i] * (self.kernel[i] - 1) + 1 for i in range(3))
+
+    @property
+    def padded_size(self) -> tuple[int, int, int]:
+        """Conv: the padded input, ``L + lo + hi`` per dim."""
+        return tuple(self.in_size[i] + self.padding[i][0] + self.padding[i][1] for i in range(3))
+
+    @property
+    def extended_size(self) -> tuple[int, int, int]:
+        """Transposed op: every position reached before the padding is removed,
+        ``(L - 1) * stride + dilation * (k - 1) + 1`` per dim (the buffer the
+        non-zero padding modes fold back onto the output)."""
+        return tuple((self.in_size[i] - 1) * self.stride[i] + self.spans[i] for i in range(3))
+
+    @property
+    def folds(self) -> bool:
+        """Transposed op: whether the result goes through the extended buffer
+        and the fold (every padding mode but zeros)."""
+        return self.op == "conv_transpose" and self.padding_mode != "zeros"
+
+    @property
+    def user(self) -> PlanView:
+        """The plan as the user wrote it: shapes and per-dim parameters with the
+        canonical form's leading singleton dims dropped."""
+        k = 3 - self.ndim
+        lead = (self.batch, self.c_in) if self.batched else (self.c_in,)
+        return PlanView(
+            op=self.op,
+            input_shape=lead + self.in_size[k:],
+            weight_shape=self.weight_shape5[:2] + self.kernel[k:],
+            output_shape=self.output_shape,
+            stride=self.stride[k:],
+            padding=self.padding[k:],
+            dilation=self.dilation[k:],
+            output_padding=self.output_padding[k:],
+            groups=self.groups,
+            padding_mode=self.padding_mode,
+            dtype=self.dtype,
+            has_bias=self.has_bias,
+        )
+
+    @property
     def reduction_length(self) -> int:
         """Number of products summed into one output element (at most)."""
         # conv: C_in/groups channels times all taps. Transposed: an output
@@ -220,6 +268,42 @@ class ConvPlan:
             return 2 * outs * (self.c_in // self.groups) * k
         ins = self.batch * self.c_in * self.in_size[0] * self.in_size[1] * self.in_size[2]
         return 2 * ins * (self.c_out // self.groups) * k
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """A :class:`ConvPlan` in the user's terms (``ConvPlan.user``): shapes as the
+    arrays have them, one entry per spatial dim of the call."""
+
+    op: str
+    input_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    groups: int
+    padding_mode: str
+    dtype: np.dtype
+    has_bias: bool
+
+    @property
+    def bias_shape(self) -> tuple[int, ...] | None:
+        return (self.output_shape[-len(self.stride) - 1],) if self.has_bias else None
+
+    def kwargs(self) -> dict:
+        """The op's keyword arguments that rebuild this plan (``conv(x, w, **kwargs)``)."""
+        kw = dict(
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding_mode=self.padding_mode,
+        )
+        if self.op == "conv_transpose":
+            kw["output_padding"] = self.output_padding
+        return kw
 
 
 def _canon(values: tuple, n: int, fill):
@@ -478,7 +562,12 @@ def _output_padding_for(in_sp, k_sp, stride_t, pads, dilation_t, output_size) ->
 
 
 def output_padding_for(
-    input_shape, weight_shape, output_size, stride=1, padding=0, dilation=1
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    output_size: tuple[int, ...],
+    stride: int | tuple[int, ...] = 1,
+    padding=0,
+    dilation: int | tuple[int, ...] = 1,
 ) -> tuple[int, ...]:
     """The ``output_padding`` that makes ``conv_transpose`` return ``output_size``.
 
@@ -598,7 +687,12 @@ def check_padding_mode(mode: str, in_sp, pads, what: str = "input") -> None:
 
 
 def conv_output_shape(
-    input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    stride: int | tuple[int, ...] = 1,
+    padding=0,
+    dilation: int | tuple[int, ...] = 1,
+    groups: int = 1,
 ) -> tuple[int, ...]:
     """Shape of ``conv(input, weight, ...)`` for arrays of these shapes.
 
@@ -613,15 +707,15 @@ def conv_output_shape(
 
 
 def conv_transpose_output_shape(
-    input_shape,
-    weight_shape,
-    stride=1,
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    stride: int | tuple[int, ...] = 1,
     padding=0,
-    output_padding=0,
-    groups=1,
-    dilation=1,
+    output_padding: int | tuple[int, ...] = 0,
+    groups: int = 1,
+    dilation: int | tuple[int, ...] = 1,
     *,
-    output_size=None,
+    output_size: tuple[int, ...] | None = None,
 ) -> tuple[int, ...]:
     """Shape of ``conv_transpose(input, weight, ...)`` for arrays of these shapes.
 
@@ -643,6 +737,35 @@ def conv_transpose_output_shape(
         output_size=output_size,
     )
     return plan.output_shape
+
+
+def make_plan(op: str, input, weight, bias=None, *, dtype=None, **params) -> ConvPlan:
+    """The :class:`ConvPlan` of ``op`` for arrays or shapes.
+
+    ``input``, ``weight`` and ``bias`` are arrays (their shapes and dtypes are
+    used) or shape tuples; ``dtype`` overrides the promoted dtype (float32 when
+    only shapes are given). ``params`` are the op's keyword arguments.
+    """
+    if op not in OPS:
+        raise ValueError(f"op must be one of {', '.join(map(repr, OPS))}, got {op!r}")
+    xs, xd = _shape_and_dtype(input)
+    ws, wd = _shape_and_dtype(weight)
+    bs, bd = _shape_and_dtype(bias)
+    if dtype is None:
+        found = [d for d in (xd, wd, bd) if d is not None]
+        dtype = result_dtype(*found) if found else np.dtype(np.float32)
+    make = make_conv_plan if op == "conv" else make_conv_transpose_plan
+    return make(xs, ws, bs, dtype=np.dtype(dtype), **params)
+
+
+def _shape_and_dtype(value):
+    """(shape, dtype) of an array, (shape, None) of a shape tuple, (None, None) of None."""
+    if value is None:
+        return None, None
+    if isinstance(value, tuple | list) and all(isinstance(v, int | np.integer) for v in value):
+        return tuple(int(v) for v in value), None
+    arr = value if hasattr(value, "shape") and hasattr(value, "dtype") else np.asarray(value)
+    return tuple(arr.shape), np.dtype(arr.dtype)
 
 
 def tap_table(out: int, kernel: int, stride: int, dilation: int, lo: int, size: int, mode: str):
@@ -735,3 +858,37 @@ def expand(f, geo):
     o = np.arange(positions, dtype=np.int64)[:, None]
     k = np.arange(taps, dtype=np.int64)[None, :]
     return f[o * a + k * b + c]
+
+
+def conv_tap_maps(plan: ConvPlan) -> tuple:
+    """The conv's compact tap maps of the three dims, ``(fd, gd, fh, gh, fw, gw)``
+    (:func:`conv_tap_map`: output position x tap -> input index, -1 for a zero)."""
+    maps = []
+    for i in range(3):
+        maps += conv_tap_map(
+            plan.in_size[i], plan.out_size[i], plan.kernel[i], plan.stride[i], plan.dilation[i],
+            *plan.padding[i], plan.padding_mode,
+        )  # fmt: skip
+    return tuple(maps)
+
+
+def gather_tap_maps(plan: ConvPlan, lo, size) -> tuple:
+    """The transposed op's gather maps of the three dims for a target of
+    ``size`` with padding ``lo`` removed (:func:`gather_tap_map`)."""
+    maps = []
+    for i in range(3):
+        maps += gather_tap_map(
+            size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i], plan.in_size[i]
+        )
+    return tuple(maps)
+
+
+def scatter_tap_maps(plan: ConvPlan, lo, size) -> tuple:
+    """Input position x tap -> output position (or -1) of the transposed op,
+    three dims (:func:`scatter_tap_map`)."""
+    maps = []
+    for i in range(3):
+        maps += scatter_tap_map(
+            plan.in_size[i], size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i]
+        )
+    return tuple(maps)

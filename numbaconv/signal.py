@@ -18,15 +18,19 @@ input dtype as SciPy's direct method does; they never go through the FFT in
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from . import api
+from . import api, dispatch
+from .shapes import make_conv_plan
 
 __all__ = ["choose_conv_method", "convolve", "correlate", "fftconvolve", "oaconvolve"]
 
 _MODES = ("full", "valid", "same")
 _METHODS = ("auto", "direct", "fft")
+CONV_METHODS = ("direct", "fft")  # the conv methods that method= names (as SciPy's)
 _EXACT = 2**53
 
 
@@ -199,11 +203,8 @@ def _direct_or_fft(a, b, mode, axes, method, flip_conj):
 
 
 def _choose(a, b, mode, axes) -> str:
-    """'fft' or 'direct' by the dispatcher's cost model (:mod:`numbaconv.costs`)
-    for the conv this problem becomes; integer inputs take the exact direct path."""
-    from . import costs, dispatch
-    from .shapes import make_conv_plan
-
+    """'fft' or 'direct': the dispatcher's choice between the two for the conv
+    this problem becomes; integer inputs take the exact direct path."""
     result_type = np.result_type(a, b)
     if result_type.kind in "iub":
         return "direct"
@@ -212,10 +213,7 @@ def _choose(a, b, mode, axes) -> str:
         a, b = b, a
     xs, ws, groups = _conv_shapes(a.shape, b.shape, axes, bshape, kernel_batched)
     plan = make_conv_plan(xs, ws, None, 1, tuple(pads), 1, groups, dtype=_compute_dtype(result_type))
-    if dispatch.row("conv", "fft").supports(plan) is not None:
-        return "direct"
-    fft = costs.estimate("conv", "fft", plan)
-    return "fft" if fft < costs.estimate("conv", "direct", plan) else "direct"
+    return dispatch.choose("conv", plan, candidates=CONV_METHODS).method
 
 
 def _entry(in1, in2, mode, method, axes, flip_conj):
@@ -228,7 +226,13 @@ def _entry(in1, in2, mode, method, axes, flip_conj):
     return _direct_or_fft(a, b, mode, ax, method, flip_conj)
 
 
-def convolve(in1, in2, mode="full", method="auto", axes=None):
+def convolve(
+    in1: ArrayLike,
+    in2: ArrayLike,
+    mode: str = "full",
+    method: str = "auto",
+    axes: int | Sequence[int] | None = None,
+) -> np.ndarray:
     """Convolve two N-dimensional arrays, as ``scipy.signal.convolve``.
 
     Parameters
@@ -260,7 +264,13 @@ def convolve(in1, in2, mode="full", method="auto", axes=None):
     return _entry(in1, in2, mode, method, axes, False)
 
 
-def correlate(in1, in2, mode="full", method="auto", axes=None):
+def correlate(
+    in1: ArrayLike,
+    in2: ArrayLike,
+    mode: str = "full",
+    method: str = "auto",
+    axes: int | Sequence[int] | None = None,
+) -> np.ndarray:
     """Cross-correlate two N-dimensional arrays, as ``scipy.signal.correlate``:
     ``z[k] = sum_l in1[l] * conj(in2[l - k + N - 1])``.
 
@@ -287,7 +297,9 @@ def _fft_family(in1, in2, mode, axes):
     return _convolve_core(a.astype(cdt, copy=False), b.astype(cdt, copy=False), mode, ax, "fft")
 
 
-def fftconvolve(in1, in2, mode="full", axes=None):
+def fftconvolve(
+    in1: ArrayLike, in2: ArrayLike, mode: str = "full", axes: int | Sequence[int] | None = None
+) -> np.ndarray:
     """Convolve by FFT, as ``scipy.signal.fftconvolve`` (integer inputs give
     float64, as in SciPy).
 
@@ -298,7 +310,9 @@ def fftconvolve(in1, in2, mode="full", axes=None):
     return _fft_family(in1, in2, mode, axes)
 
 
-def oaconvolve(in1, in2, mode="full", axes=None):
+def oaconvolve(
+    in1: ArrayLike, in2: ArrayLike, mode: str = "full", axes: int | Sequence[int] | None = None
+) -> np.ndarray:
     """Convolve by overlap-add/save FFT blocks, as ``scipy.signal.oaconvolve``.
     numbaconv's FFT path always blocks by the kernel size and the memory budget,
     so this is :func:`fftconvolve`.
@@ -310,7 +324,9 @@ def oaconvolve(in1, in2, mode="full", axes=None):
     return _fft_family(in1, in2, mode, axes)
 
 
-def choose_conv_method(in1, in2, mode="full", measure=False):
+def choose_conv_method(
+    in1: ArrayLike, in2: ArrayLike, mode: str = "full", measure: bool = False
+) -> str | tuple[str, dict[str, float]]:
     """'direct' or 'fft' for :func:`convolve`/:func:`correlate`, as
     ``scipy.signal.choose_conv_method``. With ``measure=True`` both are timed
     on these arrays and ``(method, {'direct': s, 'fft': s})`` is returned.

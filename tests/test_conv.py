@@ -1,8 +1,8 @@
-"""conv1d/2d/3d/conv against the NumPy reference and PyTorch (float64)."""
+"""conv1d/2d/3d/conv through the direct path: its two kernels (rows, channels-last),
+layouts, out=, NaN/Inf, workspace chunks, the row kernel's special paths. The
+grid of every method is in test_methods.py."""
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import pytest
@@ -10,144 +10,16 @@ import pytest
 import numbaconv as nc
 from numbaconv import config
 
-from .conftest import DTYPES, assert_close, random_array, tolerance, torch, torch_conv
-from .reference import conv_reference, same_pads
+from .cases import CONV_FUNCS, CONV_GRID, explicit_pads, run_conv_case
+from .conftest import assert_close, random_array, tolerance, torch, torch_conv
+from .reference import conv_reference
 
-FUNCS = {1: nc.conv1d, 2: nc.conv2d, 3: nc.conv3d}
-
-
-def explicit_pads(padding, nd, sizes, kernel, stride, dilation):
-    """The test's own reading of the padding argument (independent of shapes.py)."""
-    if padding == "valid":
-        return [(0, 0)] * nd
-    if padding == "same":
-        return same_pads(sizes, kernel, stride, dilation)
-    if isinstance(padding, int):
-        return [(padding, padding)] * nd
-    return [tuple(p) if isinstance(p, tuple) else (p, p) for p in padding]
-
-
-def _grid():
-    """A deterministic spread of cases over every parameter (ids name them)."""
-    cases = []
-    rng = np.random.default_rng(1234)
-    spatial = {1: (13,), 2: (7, 9), 3: (5, 6, 7)}
-    kernels = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}
-    for nd in (1, 2, 3):
-        combos = itertools.product(
-            [1, 2, 3],  # stride
-            [1, 2],  # dilation
-            [0, 1, "same", "valid", "asym"],  # padding
-            ["zeros", "reflect", "replicate", "circular"],  # mode
-            [(4, 6, 1), (4, 6, 2), (4, 4, 4), (12, 8, 4)],  # C_in, C_out, groups
-        )
-        combos = list(combos)
-        pick = rng.choice(len(combos), size=40, replace=False)
-        for i in pick:
-            s, d, p, mode, (cin, cout, g) = combos[i]
-            if p == "asym":
-                p = tuple((1, 0) if j % 2 == 0 else (0, 2) for j in range(nd))
-            cases.append(
-                dict(
-                    nd=nd,
-                    n=2,
-                    cin=cin,
-                    cout=cout,
-                    groups=g,
-                    size=spatial[nd],
-                    k=kernels[nd],
-                    stride=s,
-                    dilation=d,
-                    padding=p,
-                    mode=mode,
-                )
-            )
-    return cases
-
-
-GRID = _grid()
-
-
-def _id(c):
-    return (
-        f"{c['nd']}d-s{c['stride']}-d{c['dilation']}-p{c['padding']}-{c['mode']}"
-        f"-c{c['cin']}x{c['cout']}g{c['groups']}"
-    )
-
-
-def _run_case(c, dtype, rng, bias=True, batched=True, method="direct"):
-    nd = c["nd"]
-    x = random_array(rng, (c["n"], c["cin"]) + c["size"], dtype)
-    w = random_array(rng, (c["cout"], c["cin"] // c["groups"]) + c["k"], dtype)
-    b = random_array(rng, (c["cout"],), dtype) if bias else None
-    stride = (c["stride"],) * nd
-    dil = (c["dilation"],) * nd
-    pads = explicit_pads(c["padding"], nd, c["size"], c["k"], stride, dil)
-    ref_params = dict(stride=list(stride), pads=pads, dilation=list(dil), groups=c["groups"], mode=c["mode"])
-    xin = x if batched else x[0]
-    got = FUNCS[nd](
-        xin,
-        w,
-        b,
-        c["stride"],
-        c["padding"],
-        c["dilation"],
-        c["groups"],
-        padding_mode=c["mode"],
-        method=method,
-    )
-    ref = conv_reference(x, w, b, **ref_params)
-    if not batched:
-        ref = ref[0]
-    K = c["cin"] // c["groups"] * int(np.prod(c["k"]))
-    tol = tolerance(dtype, K, x, w, b, **ref_params)
-    return got, ref, tol, (x, w, b, stride, pads, dil)
-
-
-def _valid(c):
-    """Cases that PyTorch's padding rules allow (reflect < size, circular <= size)."""
-    pads = explicit_pads(
-        c["padding"], c["nd"], c["size"], c["k"], (c["stride"],) * c["nd"], (c["dilation"],) * c["nd"]
-    )
-    for n, (lo, hi), k in zip(c["size"], pads, c["k"]):
-        if c["mode"] == "reflect" and max(lo, hi) >= n:
-            return False
-        if c["dilation"] * (k - 1) + 1 > n + lo + hi:
-            return False
-    return True
-
-
-@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)], ids=_id)
-def test_grid_float64_vs_reference_and_torch(case, direct_kernel):
-    rng = np.random.default_rng(0)
-    got, ref, tol, (x, w, b, stride, pads, dil) = _run_case(case, np.float64, rng)
-    assert got.dtype == np.float64
-    assert_close(got, ref, tol, "vs reference")
-    if torch is not None:
-        tref = torch_conv(x, w, b, stride, pads, dil, case["groups"], case["mode"])
-        assert_close(got, tref, tol, "vs torch")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)][::6], ids=_id)
-def test_grid_dtypes(case, dtype, direct_kernel):
-    rng = np.random.default_rng(1)
-    got, ref, tol, _ = _run_case(case, dtype, rng)
-    assert got.dtype == np.dtype(dtype)
-    assert_close(got, ref, tol)
-
-
-@pytest.mark.parametrize("nd", [1, 2, 3])
-def test_unbatched_matches_batched(nd, direct_kernel):
-    c = next(c for c in GRID if c["nd"] == nd and _valid(c))
-    got, ref, tol, _ = _run_case(c, np.float64, np.random.default_rng(2), batched=False)
-    assert got.shape == ref.shape and got.ndim == nd + 1
-    assert_close(got, ref, tol)
+FUNCS = CONV_FUNCS
 
 
 def test_no_bias(direct_kernel):
-    c = GRID[3]
-    got, ref, tol, _ = _run_case(c, np.float64, np.random.default_rng(3), bias=False)
+    c = CONV_GRID[3]
+    got, ref, tol, _ = run_conv_case(c, np.float64, np.random.default_rng(3), bias=False)
     assert_close(got, ref, tol)
 
 

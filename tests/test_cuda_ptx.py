@@ -34,7 +34,7 @@ def _nvvm_or_skip():
 def _sigs():
     from numba import types
 
-    from numbaconv.cuda import _common, direct, gemm, transpose
+    from numbaconv.cuda import _common, direct, gather, gemm, scatter
 
     i64 = types.int64
     idx = types.Array(i64, 1, "A")
@@ -54,8 +54,8 @@ def _sigs():
              (a5, a2, a1, a5, *maps, i64, i64, i64, i64)),
             (f"direct tiled {name}", direct.gather_conv_tiled_kernel(np.dtype(name).str, 16, 8),
              (a5, a2, a1, a5, *maps, i64, i64, i64, i64, i64, i64)),
-            (f"to_gather_layout {name}", transpose._to_gather_layout, (a5, a2, i64)),
-            (f"add_bias {name}", transpose._add_bias, (a5, a1)),
+            (f"to_gather_layout {name}", gather._to_gather_layout, (a5, a2, i64)),
+            (f"add_bias {name}", scatter._add_bias, (a5, a1)),
             (f"gemm {name}", gemm.gemm_kernel(np.dtype(name).str, 16), (a2, a2, a2)),
             (f"im2col {name}", gemm._im2col, (a5, a2, i64, i64, *maps, i64, i64, i64, i64, i64, i64)),
             (f"store {name}", gemm._store, (a2, a3, a1, i64, i64)),
@@ -64,7 +64,7 @@ def _sigs():
             (f"transposed_weight {name}", gemm._transposed_weight, (a5, a2, i64, i64)),
         ]  # fmt: skip
         if name.startswith("float"):  # atomics: real types only (supports() refuses complex)
-            out.append((f"scatter {name}", transpose._scatter_kernel, (a5, a5, a5, *maps, i64)))
+            out.append((f"scatter {name}", scatter._scatter_kernel, (a5, a5, a5, *maps, i64)))
     return out
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import numbaconv as nc
-from numbaconv import autotune, config, costs, dispatch, shapes
+from numbaconv import autotune, calibrate, common, config, costs, dispatch, machine, shapes
 
 from .reference import conv_reference
 
@@ -28,17 +28,45 @@ def cache_dir(tmp_path, monkeypatch):
     costs.forget_loaded()
 
 
-def test_every_method_has_a_row_features_and_constants():
+def test_every_method_has_a_row_a_module_and_constants():
+    """Each row's module exposes the method interface; its cost features and
+    the row's shipped constants name the same counts (checked on plans of every
+    kind); the constant tables have exactly the table's rows."""
+    plans = [shapes.make_plan(op, xs, ws, None, **kw) for op, xs, ws, kw in CASES]
     for op in dispatch.OPS:
-        names = [r.name for r in dispatch.rows_for(op)]
+        names = [r.name for r in dispatch.rows(op)]
         assert len(names) == len(set(names)) >= 3
         assert dispatch.method_names(op) == ("auto", "measure", *names)
-        for r in dispatch.rows_for(op):
+        assert [r.name for r in dispatch.rows(op, "cuda")] == names  # GPU twins of every method
+        for r in dispatch.rows(op):
             assert callable(r.runner()), r
-            assert (op, r.name) in costs.FEATURES
-            assert set(costs.SHIPPED[f"{op}/{r.name}"]) == set(costs.FEATURES[op, r.name])
-    assert {f"{op}/{m}" for op, m in costs.FEATURES} == set(costs.SHIPPED)
-    assert {(r.op, r.name) for r in dispatch.TABLE} == set(costs.FEATURES)
+            for fn in ("supports", "cost_features", "workspace_bytes"):
+                assert callable(getattr(r.module, fn)), (r, fn)
+            for plan in (p for p in plans if p.op == op):
+                assert set(r.cost_features(plan)) == set(costs.SHIPPED[r.key]), (r, plan)
+                assert r.cost(plan) > 0 and r.workspace_bytes(plan) >= 0
+    assert {r.key for r in dispatch.TABLE if r.device == "cpu"} == set(costs.SHIPPED)
+    assert {r.key for r in dispatch.TABLE if r.device == "cuda"} == set(costs.SHIPPED_GPU)
+    for key, consts in costs.SHIPPED_GPU.items():
+        method = key.split("/")[1]
+        assert set(consts) == set(common.gpu_roofline(method, plans[0])), key
+
+
+def test_kernel_fastmath_flags_equal_config():
+    """The kernels carry literal fastmath sets (numba's cache keys on each
+    file's contents); each must equal config.FASTMATH, and no kernel may pass
+    another set."""
+    import pathlib
+    import re
+
+    from numbaconv.cpu import direct, scatter
+
+    for module in (direct, scatter):
+        assert module._FASTMATH == config.FASTMATH, module
+    root = pathlib.Path(nc.__file__).parent
+    for path in root.rglob("*.py"):
+        for flags in re.findall(r"@(?:numba\.)?njit\([^)]*fastmath=([^,)]+)", path.read_text()):
+            assert flags == "_FASTMATH", (path, flags)
 
 
 CASES = [
@@ -63,7 +91,7 @@ def test_supports_agrees_with_what_each_method_does(case, budget, monkeypatch):
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)
     monkeypatch.setattr(config, "workspace_bytes", budget)
-    plan = dispatch.make_plan(op, x, w, **kw)
+    plan = shapes.make_plan(op, x, w, **kw)
     fn = nc.conv if op == "conv" else nc.conv_transpose
     ref = fn(x, w, method="direct" if op == "conv" else "scatter", **kw)
     if op == "conv":
@@ -74,7 +102,7 @@ def test_supports_agrees_with_what_each_method_does(case, budget, monkeypatch):
         )  # fmt: skip
         np.testing.assert_allclose(ref, r, rtol=1e-10, atol=1e-10)
     ran = 0
-    for row in dispatch.rows_for(op):
+    for row in dispatch.rows(op):
         why = row.supports(plan)
         if why is None:
             np.testing.assert_allclose(fn(x, w, method=row.name, **kw), ref, rtol=1e-9, atol=1e-9)
@@ -85,7 +113,7 @@ def test_supports_agrees_with_what_each_method_does(case, budget, monkeypatch):
             assert why in str(info.value)
     assert ran >= 1  # direct / scatter always run
     choice = dispatch.choose(op, plan)
-    assert set(choice.estimates) | set(choice.unsupported) == {r.name for r in dispatch.rows_for(op)}
+    assert set(choice.estimates) | set(choice.unsupported) == {r.name for r in dispatch.rows(op)}
     np.testing.assert_allclose(fn(x, w, **kw), ref, rtol=1e-9, atol=1e-9)
 
 
@@ -147,26 +175,26 @@ def test_fit_recovers_known_constants():
     for _ in range(30):
         f = {"call": 1.0, "flops": float(rng.uniform(1e6, 1e10)), "outputs": float(rng.uniform(1e3, 1e7))}
         samples.append((f, sum(true[k] * v for k, v in f.items())))
-    got = costs.fit(samples)
+    got = calibrate.fit(samples)
     for k in true:
         assert got[k] == pytest.approx(true[k], rel=1e-6)
 
 
 def test_calibration_file_is_used_for_this_machine_only(cache_dir):
-    plan = dispatch.make_plan("conv", (2, 8, 32, 32), (8, 8, 3, 3), padding=1)
-    shipped = costs.estimate("conv", "direct", plan)
+    plan = shapes.make_plan("conv", (2, 8, 32, 32), (8, 8, 3, 3), padding=1)
+    shipped = dispatch.row("conv", "direct").cost(plan)
     consts = {k: dict(v) for k, v in costs.SHIPPED.items()}
     consts["conv/direct"] = {k: 10 * v for k, v in consts["conv/direct"].items()}
-    costs.save_calibration({"fingerprint": costs.fingerprint(), "constants": consts, "fit": {}})
-    assert costs.estimate("conv", "direct", plan) == pytest.approx(10 * shipped)
-    other = dict(costs.fingerprint(), cpu="some other CPU")
-    costs.save_calibration({"fingerprint": other, "constants": consts, "fit": {}})
-    assert costs.estimate("conv", "direct", plan) == pytest.approx(shipped)
+    calibrate.save({"fingerprint": machine.fingerprint(), "constants": consts, "fit": {}})
+    assert dispatch.row("conv", "direct").cost(plan) == pytest.approx(10 * shipped)
+    other = dict(machine.fingerprint(), cpu="some other CPU")
+    calibrate.save({"fingerprint": other, "constants": consts, "fit": {}})
+    assert dispatch.row("conv", "direct").cost(plan) == pytest.approx(shipped)
     with open(costs.calibration_path(), "w") as fh:
         fh.write("{not json")
     costs.forget_loaded()
     with pytest.warns(RuntimeWarning, match="unreadable calibration file"):
-        assert costs.estimate("conv", "direct", plan) == pytest.approx(shipped)
+        assert dispatch.row("conv", "direct").cost(plan) == pytest.approx(shipped)
 
 
 def _count_runs(monkeypatch):
@@ -193,7 +221,7 @@ def test_measure_times_candidates_and_remembers_the_winner(cache_dir, monkeypatc
     timed = list(runs)
     assert len(set(timed)) >= 2  # several candidates were run
     data = json.loads((cache_dir / "autotune.json").read_text())
-    plan = dispatch.make_plan("conv", x, w, padding=2)
+    plan = shapes.make_plan("conv", x, w, padding=2)
     key = autotune.cache_key("conv", plan)
     entry = data["entries"][key]
     assert entry["method"] in timed and set(entry["seconds"]) <= set(timed)
@@ -279,7 +307,7 @@ def test_explain_measures_on_request(monkeypatch):
 
 
 def test_plans_from_shapes_match_the_api():
-    plan = dispatch.make_plan("conv_transpose", (2, 4, 7), (4, 3, 5), stride=2, output_padding=1)
+    plan = shapes.make_plan("conv_transpose", (2, 4, 7), (4, 3, 5), stride=2, output_padding=1)
     assert plan == shapes.make_conv_transpose_plan(
         (2, 4, 7), (4, 3, 5), None, stride=2, output_padding=1, dtype=np.float32
     )

@@ -1,5 +1,6 @@
-"""method="fft" for conv: against the reference and PyTorch, tiles (overlap-save),
-memory within the budget, and fft == direct as a property."""
+"""method="fft": tiles (overlap-save), memory within the budget, the kernel-spectrum
+cache, and fft == direct as a property (its grid against the reference and PyTorch
+is in test_methods.py)."""
 
 from __future__ import annotations
 
@@ -14,51 +15,9 @@ import numbaconv as nc
 from numbaconv import config, shapes
 from numbaconv.cpu import fft
 
-from .conftest import DTYPES, assert_close, random_array, torch, torch_conv
+from .cases import fft_tolerance
+from .conftest import assert_close, random_array
 from .reference import conv_reference
-from .test_conv import FUNCS, GRID, _id, _valid, explicit_pads
-
-
-def fft_tolerance(dtype, x, w, b, padded_size) -> float:
-    """FFT rounding is relative to the norms of the inputs, not to each output:
-    c * eps * log2(M) * ||x|| * ||w|| (+ |b|), M the number of FFT points."""
-    eps = np.finfo(np.dtype(dtype)).eps
-    norm = float(np.linalg.norm(np.ravel(x)) * np.linalg.norm(np.ravel(w)))
-    bias = 0.0 if b is None else float(np.max(np.abs(b)))
-    return 16 * eps * (np.log2(max(padded_size, 2)) + 1) * (norm + bias)
-
-
-def _case(c, dtype, rng):
-    nd = c["nd"]
-    x = random_array(rng, (2, c["cin"]) + c["size"], dtype)
-    w = random_array(rng, (c["cout"], c["cin"] // c["groups"]) + c["k"], dtype)
-    b = random_array(rng, (c["cout"],), dtype)
-    stride, dil = (c["stride"],) * nd, (c["dilation"],) * nd
-    pads = explicit_pads(c["padding"], nd, c["size"], c["k"], stride, dil)
-    args = (x, w, b, c["stride"], c["padding"], c["dilation"], c["groups"])
-    got = FUNCS[nd](*args, padding_mode=c["mode"], method="fft")
-    ref = conv_reference(x, w, b, list(stride), pads, list(dil), c["groups"], c["mode"])
-    size = int(np.prod([n + lo + hi for n, (lo, hi) in zip(c["size"], pads)]))
-    return got, ref, fft_tolerance(dtype, x, w, b, 4 * size), (x, w, b, stride, pads, dil)
-
-
-@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)], ids=_id)
-def test_grid_vs_reference_and_torch(case):
-    got, ref, tol, (x, w, b, stride, pads, dil) = _case(case, np.float64, np.random.default_rng(0))
-    assert got.dtype == np.float64
-    assert_close(got, ref, tol, "vs reference")
-    if torch is not None:
-        assert_close(
-            got, torch_conv(x, w, b, stride, pads, dil, case["groups"], case["mode"]), tol, "vs torch"
-        )
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)][::6], ids=_id)
-def test_grid_dtypes(case, dtype):
-    got, ref, tol, _ = _case(case, dtype, np.random.default_rng(1))
-    assert got.dtype == np.dtype(dtype)
-    assert_close(got, ref, tol)
 
 
 @pytest.mark.parametrize("mode", shapes.PADDING_MODES)
@@ -76,10 +35,10 @@ def test_many_tiles_equal_one_tile(mode, monkeypatch):
         one = nc.conv2d(x, w, b, method="fft", **kw)
     np.testing.assert_allclose(nc.conv2d(x, w, b, method="fft", **kw), one, rtol=1e-12, atol=1e-12)
     monkeypatch.setattr(config, "workspace_bytes", 200_000)
-    tiles, lens = fft._tile_plan(plan)
+    tiles, lens = fft._tile_plan(fft.correlation(plan))
     count = int(np.prod([-(-need[i] // tiles[i]) for i in range(3)]))
     assert count >= 4, (tiles, need)
-    assert fft.tile_bytes(plan, lens) <= 200_000
+    assert fft.tile_bytes(fft.correlation(plan), lens) <= 200_000
     np.testing.assert_allclose(nc.conv2d(x, w, b, method="fft", **kw), one, rtol=1e-12, atol=1e-12)
     ref = conv_reference(x, w, b, [2, 3], [(3, 1), (2, 2)], [2, 1], 2, mode)
     assert_close(one, ref, fft_tolerance(np.float64, x, w, b, 4 * 46 * 54))
@@ -103,7 +62,7 @@ def test_long_signal_stays_within_the_budget():
     nc.conv1d(x[..., :5000], w, method="fft")
     with config.override(workspace_bytes=8 * 2**20):
         plan = shapes.make_conv_plan(x.shape, w.shape, None, dtype=np.float32)
-        tiles, lens = fft._tile_plan(plan)
+        tiles, lens = fft._tile_plan(fft.correlation(plan))
         assert lens[2] < 4_000_000 // 4
         tracemalloc.start()
         try:

@@ -1,5 +1,5 @@
 """method="gemm": im2col + GEMM (conv) and GEMM + col2im (transposed), chunked
-within config.workspace_bytes."""
+within config.workspace_bytes (its grid against the reference is in test_methods.py)."""
 
 from __future__ import annotations
 
@@ -12,38 +12,8 @@ import numbaconv as nc
 from numbaconv import config, shapes
 from numbaconv.cpu import gemm
 
-from .conftest import DTYPES, assert_close, random_array, tolerance, torch, torch_conv
+from .conftest import assert_close, random_array, tolerance
 from .reference import conv_reference, conv_transpose_reference
-from .test_conv import GRID, _id, _run_case, _valid
-
-
-@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)], ids=_id)
-def test_conv_grid_vs_reference_and_torch(case):
-    got, ref, tol, (x, w, b, stride, pads, dil) = _run_case(
-        case, np.float64, np.random.default_rng(0), method="gemm"
-    )
-    assert_close(got, ref, tol, "vs reference")
-    if torch is not None:
-        assert_close(
-            got, torch_conv(x, w, b, stride, pads, dil, case["groups"], case["mode"]), tol, "vs torch"
-        )
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case", [c for c in GRID if _valid(c)][::6], ids=_id)
-def test_conv_grid_dtypes(case, dtype):
-    got, ref, tol, _ = _run_case(case, dtype, np.random.default_rng(1), method="gemm")
-    assert got.dtype == np.dtype(dtype)
-    assert_close(got, ref, tol)
-
-
-@pytest.mark.parametrize("nd", [1, 2, 3])
-def test_conv_unbatched_no_bias(nd):
-    c = next(c for c in GRID if c["nd"] == nd and _valid(c))
-    got, ref, tol, _ = _run_case(c, np.float64, np.random.default_rng(2), batched=False, method="gemm")
-    assert_close(got, ref, tol)
-    got, ref, tol, _ = _run_case(c, np.float64, np.random.default_rng(2), bias=False, method="gemm")
-    assert_close(got, ref, tol)
 
 
 @pytest.mark.parametrize("groups", [1, 2, 4])

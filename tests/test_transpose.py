@@ -1,9 +1,8 @@
-"""conv_transpose1d/2d/3d: scatter and gather against the scatter-loop reference
-and PyTorch (float64), the adjoint identity for every padding mode, output_size."""
+"""conv_transpose1d/2d/3d: every method's determinism and agreement, the adjoint
+identity for every padding mode, output_size, the fold's chunks, NaN (the grid of
+every method against the reference and PyTorch is in test_methods.py)."""
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import pytest
@@ -11,139 +10,15 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import numbaconv as nc
-from numbaconv import config, shapes
+from numbaconv import common, config, dispatch, shapes
 
-from .conftest import DTYPES, assert_close, random_array, torch, torch_conv_transpose
+from .cases import transpose_tolerance
+from .conftest import assert_close
 from .reference import conv_transpose_reference
 
-FUNCS = {1: nc.conv_transpose1d, 2: nc.conv_transpose2d, 3: nc.conv_transpose3d}
-METHODS = ["scatter", "gather", "gemm", "fft"]
-
-
-def _pairs(padding, nd):
-    if isinstance(padding, int):
-        return [(padding, padding)] * nd
-    if padding == "valid":
-        return [(0, 0)] * nd
-    return [tuple(p) if isinstance(p, tuple) else (p, p) for p in padding]
-
-
-def _tolerance(dtype, x, w, b, **params):
-    """c * eps * sqrt(K) * max(|x| (*) |w| + |b|), K = C_in/groups * prod(k) (an upper bound)."""
-    eps = np.finfo(np.dtype(dtype)).eps
-    scale = conv_transpose_reference(np.abs(x), np.abs(w), None if b is None else np.abs(b), **params)
-    K = x.shape[1] // params.get("groups", 1) * int(np.prod(w.shape[2:]))
-    return 8 * eps * np.sqrt(K) * max(float(np.max(scale)), 1.0)
-
-
-def _grid():
-    cases = []
-    rng = np.random.default_rng(4321)
-    spatial = {1: (7,), 2: (5, 6), 3: (3, 4, 5)}
-    kernels = {1: (4,), 2: (3, 2), 3: (2, 3, 2)}
-    for nd in (1, 2, 3):
-        combos = list(
-            itertools.product(
-                [1, 2, 3],  # stride
-                [1, 2],  # dilation
-                [0, 1, "valid", "asym"],  # padding
-                [0, 1],  # output_padding (kept only where valid)
-                [(4, 6, 1), (4, 6, 2), (4, 4, 4), (12, 8, 4)],  # C_in, C_out, groups
-            )
-        )
-        for i in rng.choice(len(combos), size=30, replace=False):
-            s, d, p, op, (cin, cout, g) = combos[i]
-            if op >= max(s, d):
-                op = 0
-            if p == "asym":
-                p = tuple((1, 0) if j % 2 == 0 else (0, 2) for j in range(nd))
-            cases.append(
-                dict(
-                    nd=nd,
-                    cin=cin,
-                    cout=cout,
-                    groups=g,
-                    size=spatial[nd],
-                    k=kernels[nd],
-                    stride=s,
-                    dilation=d,
-                    padding=p,
-                    output_padding=op,
-                )
-            )
-    return cases
-
-
-GRID = _grid()
-
-
-def _id(c):
-    return (
-        f"{c['nd']}d-s{c['stride']}-d{c['dilation']}-p{c['padding']}-op{c['output_padding']}"
-        f"-c{c['cin']}x{c['cout']}g{c['groups']}"
-    )
-
-
-def _run(c, dtype, method, rng, batched=True, bias=True):
-    nd = c["nd"]
-    x = random_array(rng, (2, c["cin"]) + c["size"], dtype)
-    w = random_array(rng, (c["cin"], c["cout"] // c["groups"]) + c["k"], dtype)
-    b = random_array(rng, (c["cout"],), dtype) if bias else None
-    params = dict(
-        stride=[c["stride"]] * nd,
-        pads=_pairs(c["padding"], nd),
-        dilation=[c["dilation"]] * nd,
-        groups=c["groups"],
-        output_padding=[c["output_padding"]] * nd,
-    )
-    got = FUNCS[nd](
-        x if batched else x[0],
-        w,
-        b,
-        c["stride"],
-        c["padding"],
-        c["output_padding"],
-        c["groups"],
-        c["dilation"],
-        method=method,
-    )
-    ref = conv_transpose_reference(x, w, b, **params)
-    if not batched:
-        ref = ref[0]
-    return got, ref, _tolerance(dtype, x, w, b, **params), (x, w, b, params)
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("case", GRID, ids=_id)
-def test_grid_vs_reference_and_torch(case, method):
-    got, ref, tol, (x, w, b, p) = _run(case, np.float64, method, np.random.default_rng(0))
-    assert got.dtype == np.float64
-    assert_close(got, ref, tol, "vs reference")
-    if torch is not None:
-        tref = torch_conv_transpose(
-            x, w, b, p["stride"], p["pads"], p["dilation"], p["groups"], p["output_padding"]
-        )
-        assert_close(got, tref, tol, "vs torch")
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("case", GRID[::7], ids=_id)
-def test_grid_dtypes(case, dtype, method):
-    got, ref, tol, _ = _run(case, dtype, method, np.random.default_rng(1))
-    assert got.dtype == np.dtype(dtype)
-    assert_close(got, ref, tol)
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("nd", [1, 2, 3])
-def test_unbatched_and_no_bias(nd, method):
-    c = next(c for c in GRID if c["nd"] == nd and c["stride"] > 1)
-    got, ref, tol, _ = _run(c, np.float64, method, np.random.default_rng(2), batched=False)
-    assert got.shape == ref.shape and got.ndim == nd + 1
-    assert_close(got, ref, tol)
-    got, ref, tol, _ = _run(c, np.float64, method, np.random.default_rng(2), bias=False)
-    assert_close(got, ref, tol)
+# the transposed op's CPU methods, from the dispatcher's table
+METHODS = [r.name for r in dispatch.rows("conv_transpose")]
+EXACT = [r.name for r in dispatch.rows("conv_transpose") if r.error == "pointwise"]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -160,7 +35,7 @@ def test_scatter_and_gather_agree_and_are_deterministic(method):
     ref = conv_transpose_reference(
         x, w, b, stride=[2, 3], pads=[(1, 1), (2, 2)], dilation=[1, 2], groups=2, output_padding=[1, 0]
     )
-    tol = _tolerance(
+    tol = transpose_tolerance(
         np.float32,
         x,
         w,
@@ -287,7 +162,7 @@ def test_memory_layouts():
         )
 
 
-@pytest.mark.parametrize("method", ["scatter", "gather", "gemm"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "fft"])
 def test_fold_chunks_over_the_batch(method, monkeypatch):
     """A budget below the batch's extended buffer gives the same result chunk by chunk.
     (fft shares this fold code; its smallest tile needs more than this tiny budget.)"""
@@ -297,11 +172,9 @@ def test_fold_chunks_over_the_batch(method, monkeypatch):
     kw = dict(stride=2, padding=1, padding_mode="reflect", method=method)
     whole = nc.conv_transpose2d(x, w, **kw)
     plan = shapes.make_conv_transpose_plan(x.shape, w.shape, None, 2, 1, padding_mode="reflect")
-    from numbaconv.cpu import transpose
-
-    per_sample = transpose.extended_workspace(plan) // 5
+    per_sample = common.fold_workspace(plan) // 5
     monkeypatch.setattr(config, "workspace_bytes", 2 * per_sample)
-    assert transpose.extended_workspace(plan) == 2 * per_sample
+    assert common.fold_workspace(plan) == 2 * per_sample
     np.testing.assert_allclose(nc.conv_transpose2d(x, w, **kw), whole, rtol=1e-13, atol=1e-13)
 
 
@@ -320,7 +193,7 @@ def test_nan_propagates():
     x = np.zeros((1, 2, 4, 4))
     x[0, 1, 2, 2] = np.nan
     w = np.ones((2, 3, 3, 3))
-    for m in ("scatter", "gather", "gemm"):
+    for m in EXACT:
         y = nc.conv_transpose2d(x, w, stride=2, method=m)
         assert np.isnan(y[0, :, 4:7, 4:7]).all() and np.isfinite(y[0, :, :3, :3]).all()
     # an FFT spreads a NaN over its whole tile (documented): never a silent finite value

@@ -16,7 +16,7 @@ canonical 5-D form ``(N, C, D, H, W)``, so one compiled kernel per dtype serves
   contiguous). Best when a group has many input channels.
 
 Padding modes, stride, dilation and (lo, hi) padding enter only through
-per-dimension tap maps (``shapes.conv_tap_map``, the compact form of
+per-dimension tap maps (``shapes.conv_tap_maps``, the compact form of
 ``shapes.tap_table``): entry ``[o, k]`` is the input
 index read by output ``o`` at tap ``k``, or -1 for a zero. Every prange
 iteration writes a disjoint set of output elements, so the kernels are
@@ -29,11 +29,12 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .. import config
-from ..shapes import conv_tap_map
+from .. import config, costs
+from ..common import batch_chunk
+from ..shapes import conv_tap_maps
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
-# file's contents; must equal numbaconv.config.FASTMATH.
+# file's contents; must equal numbaconv.config.FASTMATH (tested).
 _FASTMATH = {"reassoc", "contract"}
 _ROW_OB = 8  # output channels per task in the row kernel
 
@@ -639,24 +640,6 @@ def _to_channels_last(x, xc):
                 dst[i, c] = src[i]
 
 
-def _tables(plan):
-    """The conv's tap maps ``(fd, gd, fh, gh, fw, gw)`` (``shapes.conv_tap_map``)."""
-    maps = []
-    for i in range(3):
-        lo, hi = plan.padding[i]
-        maps += conv_tap_map(
-            plan.in_size[i],
-            plan.out_size[i],
-            plan.kernel[i],
-            plan.stride[i],
-            plan.dilation[i],
-            lo,
-            hi,
-            plan.padding_mode,
-        )
-    return tuple(maps)
-
-
 def uses_channels_last(plan) -> bool:
     """Whether :func:`run` takes the channels-last kernel for this plan."""
     cg = plan.c_in // plan.groups
@@ -665,28 +648,51 @@ def uses_channels_last(plan) -> bool:
 
 def channels_last_fits(plan) -> bool:
     """Whether the channels-last copy of one sample fits ``config.workspace_bytes``."""
-    return _sample_bytes(plan) <= config.workspace_bytes
+    return sample_bytes(plan) <= config.workspace_bytes
 
 
-def _sample_bytes(plan) -> int:
+def sample_bytes(plan) -> int:
+    """Bytes of one input sample (its channels-last copy)."""
     return plan.c_in * plan.in_size[0] * plan.in_size[1] * plan.in_size[2] * plan.dtype.itemsize
-
-
-def batch_chunk(batch: int, per_sample: int) -> int:
-    """Samples per chunk so a per-sample buffer fits ``config.workspace_bytes``
-    (at least one: a single sample may exceed the budget)."""
-    return max(1, min(batch, config.workspace_bytes // per_sample))
 
 
 def channels_last_workspace(plan) -> int:
     """Bytes of the channels-last input copy (one chunk of samples within the budget)."""
-    per_sample = _sample_bytes(plan)
+    per_sample = sample_bytes(plan)
     return batch_chunk(plan.batch, per_sample) * per_sample
+
+
+def supports(plan) -> str | None:
+    """The direct path runs every case."""
+    return None
 
 
 def workspace_bytes(plan) -> int:
     """Extra memory :func:`run` allocates for this plan (the channels-last copy)."""
     return channels_last_workspace(plan) if uses_channels_last(plan) else 0
+
+
+def cost_features(plan) -> dict[str, float]:
+    """Operation counts of one call (float32 units): the row kernel runs over
+    each output row once per (channel, kd, kh) input row and per 8 taps of the
+    row, strided rows slower; the channels-last kernel does a dot product of
+    ``cg * kw`` contiguous values per (output, kd, kh)."""
+    kd, kh, kw = plan.kernel
+    cg = plan.c_in // plan.groups
+    outputs = plan.batch * plan.c_out * int(np.prod(plan.out_size))
+    flops = float(plan.flops)
+    rows = not uses_channels_last(plan)
+    strided = plan.stride[2] > 1
+    f = {
+        "call": 1.0,
+        "outputs": float(outputs),
+        "flops_rows": flops if rows and not strided else 0.0,
+        "flops_rows_strided": flops if rows and strided else 0.0,
+        "row_passes": float(outputs * cg * kd * kh * -(-kw // 8)) if rows else 0.0,
+        "flops_cl": 0.0 if rows else flops,
+        "cl_runs": 0.0 if rows else float(outputs * kd * kh),
+    }
+    return costs.per_dtype(f, plan)
 
 
 def run_channels_last(x5, wt, bias, out5, tables, runs, ps):
@@ -782,7 +788,7 @@ def run(x5, w5, bias, plan, out5):
     """
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
-    maps = _tables(plan)
+    maps = conv_tap_maps(plan)
     fw, gw = maps[4], maps[5]
     if uses_channels_last(plan):
         cg = plan.c_in // plan.groups

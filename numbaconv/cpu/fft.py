@@ -37,17 +37,57 @@ import scipy.fft as sfft
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .. import config
-from .transpose import extended_size, folds, with_fold
+from .. import config, costs
+from ..common import dilated_flipped, flipped, transposed_as_conv
+from ..shapes import MODE_CODES
+from .fold import with_fold
 
 
-def _span(plan, i: int) -> int:
-    return plan.dilation[i] * (plan.kernel[i] - 1) + 1
+@dataclasses.dataclass(frozen=True)
+class Correlation:
+    """What one FFT call computes: the correlation of a (padded) input with
+    ``kernel`` (``dilation``), read at ``stride``, ``out_size`` outputs per dim,
+    for ``batch`` samples, ``c_in`` -> ``c_out`` channels in ``groups``. For
+    conv it is the plan's own geometry; the transposed op is a stride-1
+    correlation of its zero-inserted input with the flipped kernel, filling the
+    output (or the extended output that the non-zero modes fold). The tiling
+    is planned, sized and cached on this (not on a ConvPlan, whose invariants
+    the transposed op's correlation does not satisfy)."""
+
+    batch: int
+    c_in: int
+    c_out: int
+    groups: int
+    kernel: tuple[int, int, int]
+    dilation: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    out_size: tuple[int, int, int]
+    dtype: np.dtype
 
 
-def _valid_len(plan, i: int) -> int:
+def correlation(plan, batch: int | None = None) -> Correlation:
+    """The :class:`Correlation` a call on ``plan`` computes (``batch`` samples)."""
+    conv = plan.op == "conv"
+    return Correlation(
+        batch=plan.batch if batch is None else batch,
+        c_in=plan.c_in,
+        c_out=plan.c_out,
+        groups=plan.groups,
+        kernel=plan.kernel,
+        dilation=plan.dilation,
+        stride=plan.stride if conv else (1, 1, 1),
+        out_size=plan.out_size if conv or not plan.folds else plan.extended_size,
+        dtype=plan.dtype,
+    )
+
+
+def _span(cor, i: int) -> int:
+    return cor.dilation[i] * (cor.kernel[i] - 1) + 1
+
+
+def _valid_len(cor, i: int) -> int:
     """Stride-1 outputs that the strided output needs: positions 0 .. (out - 1) * stride."""
-    return (plan.out_size[i] - 1) * plan.stride[i] + 1
+    return (cor.out_size[i] - 1) * cor.stride[i] + 1
 
 
 _ODD = (1, 3, 5, 9, 15, 25, 27, 45, 75, 135, 225)
@@ -86,30 +126,29 @@ def _candidates(need: int, span: int) -> list[tuple[int, int]]:
     return sorted(set(out))
 
 
-# Per-machine constants (seconds), fitted by least squares on the measured
-# times of 148 tilings of 8 cases (1-D/2-D/3-D, 1-16 channels, kernels 9-1025,
-# float32/float64) on the development machine: relative rms error 17%, and the
-# cheapest tiling by the model was within 1.09x of the fastest measured.
-FFT_POINT_LOG_S = 8.9e-11  # per point * log2(points) of a transform (float32)
-CMAC_S = 2.4e-10  # per complex multiply-add of the channel contraction
-SIGNAL_S = 2.3e-6  # per transform call (per tile, sample and channel)
-POINT_S = 3.4e-11  # per point gathered, zeroed or written out
+# The tile choice's seconds per unit are the dispatcher's ``conv/fft``
+# constants (numbaconv.costs.SHIPPED, refitted by `numbaconv calibrate`): per
+# point * log2(points) of a transform, per complex multiply-add of the channel
+# contraction, per transform call, per point gathered, zeroed or written out.
+# (Fitted separately on 148 measured tilings of 8 cases, the constants chose
+# the same tiling on 109 of 110 cases, the other a 0.03% tie.)
+_CONSTANTS = ("fft_point_logs", "cmacs", "transforms", "points")
 
 
-def _counts(plan, tiles, lens) -> dict[str, float]:
+def _counts(cor, tiles, lens) -> dict[str, float]:
     """Operation counts of a call with this tiling: point x log2(points) of
     every transform, complex multiply-adds of the contraction, transform
     calls, and points gathered, zeroed or written out (float32 units:
     float64 and complex inputs scale by the item size)."""
-    need = [_valid_len(plan, i) for i in range(3)]
+    need = [_valid_len(cor, i) for i in range(3)]
     count = 1
     for i in range(3):
         count *= -(-need[i] // tiles[i])
     m = lens[0] * lens[1] * lens[2]
     f = lens[0] * lens[1] * (lens[2] // 2 + 1)
-    scale = plan.dtype.itemsize / 4  # float64 and complex transforms cost ~2x, ~4x
-    signals = count * plan.batch * (plan.c_in + plan.c_out)
-    cmacs = count * plan.batch * plan.c_out * (plan.c_in // plan.groups) * f
+    scale = cor.dtype.itemsize / 4  # float64 and complex transforms cost ~2x, ~4x
+    signals = count * cor.batch * (cor.c_in + cor.c_out)
+    cmacs = count * cor.batch * cor.c_out * (cor.c_in // cor.groups) * f
     return {
         "fft_point_logs": signals * m * max(1.0, float(np.log2(m))) * scale,
         "cmacs": cmacs * scale,
@@ -118,100 +157,93 @@ def _counts(plan, tiles, lens) -> dict[str, float]:
     }
 
 
-def _cost(plan, tiles, lens) -> float:
+def _cost(cor, tiles, lens, consts) -> float:
     """Estimated seconds of a call with this tiling in steady state (the kernel
     spectra cached): transforms of every tile, sample and channel, the channel
     contraction, per-transform overheads and the gathers."""
-    c = _counts(plan, tiles, lens)
-    return (
-        c["fft_point_logs"] * FFT_POINT_LOG_S
-        + c["cmacs"] * CMAC_S
-        + c["transforms"] * SIGNAL_S
-        + c["points"] * POINT_S
-    )
+    c = _counts(cor, tiles, lens)
+    return sum(c[k] * v for k, v in zip(_CONSTANTS, consts))
 
 
 def cost_features(plan) -> dict[str, float]:
-    """:func:`_counts` of the tiling a call of this plan uses (for the dispatcher)."""
+    """Operation counts of a call (:func:`_counts` of the tiling it uses), one
+    call, and for the transposed op the output elements (its fold and bias)."""
+    cor = correlation(plan)
+    tiles, lens = _tile_plan(cor)
+    f = {"call": 1.0}
     if plan.op != "conv":
-        plan = _conv_view(plan, _transpose_target(plan))
-    tiles, lens = _tile_plan(plan)
-    return _counts(plan, tiles, lens)
+        f["outputs"] = float(plan.batch * plan.c_out * int(np.prod(plan.out_size)))
+    f.update(_counts(cor, tiles, lens))
+    return f
 
 
-def kernel_cost(plan, lens) -> float:
-    """Estimated seconds to transform the kernel (a call that misses the cache)."""
-    m = lens[0] * lens[1] * lens[2]
-    return plan.c_out * (plan.c_in // plan.groups) * (m * max(1.0, np.log2(m)) * FFT_POINT_LOG_S + SIGNAL_S)
-
-
-def _tile_plan(plan):
+def _tile_plan(cor):
     """Cached :func:`_plan_tiles` (asked by ``supports``, ``workspace_bytes`` and ``run``)."""
-    return _plan_tiles(plan, config.workspace_bytes)
+    consts = costs.constants()["conv/fft"]
+    return _plan_tiles(cor, config.workspace_bytes, tuple(consts[k] for k in _CONSTANTS))
 
 
 @functools.lru_cache(maxsize=256)
-def _plan_tiles(plan, budget):
+def _plan_tiles(cor, budget, consts):
     """Tile sizes ``T`` (stride-1 outputs per tile) and FFT lengths ``L`` per dim:
     the cheapest tiling by :func:`_cost` whose buffers fit ``budget`` bytes
     (or, if none fits, the smallest)."""
-    need = [_valid_len(plan, i) for i in range(3)]
-    spans = [_span(plan, i) for i in range(3)]
+    need = [_valid_len(cor, i) for i in range(3)]
+    spans = [_span(cor, i) for i in range(3)]
     options = [_candidates(need[i], spans[i]) for i in range(3)]
     best = None
     smallest = None
     for combo in itertools.product(*options):
         tiles = [c[0] for c in combo]
         lens = [c[1] for c in combo]
-        size = tile_bytes(plan, lens)
+        size = tile_bytes(cor, lens)
         if smallest is None or size < smallest[0]:
             smallest = (size, tiles, lens)
         if size > budget:
             continue
-        cost = _cost(plan, tiles, lens)
+        cost = _cost(cor, tiles, lens, consts)
         if best is None or cost < best[0]:
             best = (cost, tiles, lens)
     chosen = best or smallest
     return tuple(chosen[1]), tuple(chosen[2])
 
 
-def _batch_bytes(plan, lens) -> tuple[int, int]:
+def _batch_bytes(cor, lens) -> tuple[int, int]:
     """(fixed bytes, bytes per tile) of the buffers of a batch of tiles: the
     kernel spectra (and their temporaries), per thread a tile, its spectrum and
     inverse (and the transforms' copies), per tile the input and output spectra
     of every sample and channel and the tile's index maps."""
-    real = plan.dtype.kind == "f"
-    item = plan.dtype.itemsize
+    real = cor.dtype.kind == "f"
+    item = cor.dtype.itemsize
     citem = 2 * item if real else item
     lw = lens[2] // 2 + 1 if real else lens[2]
     freq = lens[0] * lens[1] * lw
     space = lens[0] * lens[1] * lens[2]
-    cg = plan.c_in // plan.groups
-    n, c, o = plan.batch, plan.c_in, plan.c_out
+    cg = cor.c_in // cor.groups
+    n, c, o = cor.batch, cor.c_in, cor.c_out
     threads = numba.config.NUMBA_NUM_THREADS * (_GROUP_1D if lens[0] == lens[1] == 1 else 1)
     fixed = 2 * o * cg * freq * citem + threads * 2 * (space * item + freq * citem)
     per_tile = n * (c + o) * freq * citem + 8 * (lens[0] + lens[1] + lens[2]) + 128
     return fixed, per_tile
 
 
-def tile_bytes(plan, lens) -> int:
+def tile_bytes(cor, lens) -> int:
     """Bytes of the buffers of a batch of one tile (the least :func:`run` needs)."""
-    fixed, per_tile = _batch_bytes(plan, lens)
+    fixed, per_tile = _batch_bytes(cor, lens)
     return fixed + per_tile
 
 
-def _tiles_per_batch(plan, lens, total: int) -> int:
+def _tiles_per_batch(cor, lens, total: int) -> int:
     """Tiles transformed together: as many as ``config.workspace_bytes`` holds."""
-    fixed, per_tile = _batch_bytes(plan, lens)
+    fixed, per_tile = _batch_bytes(cor, lens)
     return int(max(1, min(total, (config.workspace_bytes - fixed) // per_tile)))
 
 
 def supports(plan) -> str | None:
     """None when ``method="fft"`` can run the plan, else why not."""
-    if plan.op != "conv":
-        plan = _conv_view(plan, _transpose_target(plan))
-    tiles, lens = _tile_plan(plan)
-    need = tile_bytes(plan, lens)
+    cor = correlation(plan)
+    tiles, lens = _tile_plan(cor)
+    need = tile_bytes(cor, lens)
     if need > config.workspace_bytes:
         return (
             f"the smallest FFT tile (lengths {tuple(lens)}) needs {need} bytes, more than "
@@ -222,21 +254,18 @@ def supports(plan) -> str | None:
 
 def workspace_bytes(plan) -> int:
     """Extra memory :func:`run` allocates (a batch of tiles' buffers)."""
-    if plan.op != "conv":
-        plan = _conv_view(plan, _transpose_target(plan))
-    tiles, lens = _tile_plan(plan)
-    count = int(np.prod([-(-_valid_len(plan, i) // tiles[i]) for i in range(3)]))
-    fixed, per_tile = _batch_bytes(plan, lens)
-    return fixed + _tiles_per_batch(plan, lens, count) * per_tile
-
-
-_MODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
+    cor = correlation(plan)
+    tiles, lens = _tile_plan(cor)
+    count = int(np.prod([-(-_valid_len(cor, i) // tiles[i]) for i in range(3)]))
+    fixed, per_tile = _batch_bytes(cor, lens)
+    return fixed + _tiles_per_batch(cor, lens, count) * per_tile
 
 
 @njit(cache=True)
 def _conv_window(starts, length, lo, size, hi, mode):
     # out[t, e]: input index of padded position starts[t] + e, folded by the
-    # mode (0 zeros, 1 reflect, 2 replicate, 3 circular), -1 in zero padding
+    # mode (shapes.MODE_CODES: 0 zeros, 1 reflect, 2 replicate, 3 circular; the
+    # njit twin of shapes.fold_index, tested equal), -1 in zero padding
     # and past the padded end (numpy's version spent 0.7 ms in temporaries on
     # a 65536-sample signal); runs[t] = (lo, hi, base): out[t, lo:hi] ==
     # base + arange(hi - lo)
@@ -297,33 +326,14 @@ def _window_map(plan, i: int, starts, length: int):
     inputs ``(lo, hi, base)``. Built per batch of tiles: a map of the whole
     padded length would cost 8 bytes per sample of a long signal."""
     lo, hi = plan.padding[i]
-    return _conv_window(starts, length, lo, plan.in_size[i], hi, _MODES[plan.padding_mode])
+    return _conv_window(starts, length, lo, plan.in_size[i], hi, MODE_CODES[plan.padding_mode])
 
 
 def run(x5, w5, bias, plan, out5):
     """Convolution by FFT, overlap-save in tiles (canonical 5-D arrays)."""
     return _correlate(
-        x5, w5, bias, plan, out5, lambda i, starts, length: _window_map(plan, i, starts, length)
+        x5, w5, bias, correlation(plan), out5, lambda i, starts, length: _window_map(plan, i, starts, length)
     )
-
-
-def _conv_view(plan, size):
-    """The stride-1 correlation the transposed op is computed as (see :func:`run_transpose`)."""
-    return dataclasses.replace(
-        plan,
-        op="conv",
-        stride=(1, 1, 1),
-        out_size=tuple(size),
-        padding=((0, 0),) * 3,
-        padding_mode="zeros",
-        output_padding=(0, 0, 0),
-    )
-
-
-def _transpose_target(plan):
-    """The size the transposed op's correlation fills: the output, or the
-    extended output that non-zero padding modes fold."""
-    return extended_size(plan) if folds(plan) else plan.out_size
 
 
 def run_transpose(x5, w5, bias, plan, out5):
@@ -334,26 +344,18 @@ def run_transpose(x5, w5, bias, plan, out5):
     of ``u`` (shifted by ``lo - span + 1``) with the flipped kernel. The
     zero-inserted input is never stored: each tile is gathered through an
     index map that is -1 off the stride grid. Non-zero padding modes compute
-    the extended output and fold it (:mod:`numbaconv.cpu.transpose`).
+    the extended output and fold it (:mod:`numbaconv.cpu.fold`).
     """
-    g = plan.groups
-    cg = plan.c_in // g
-    og = plan.c_out // g
-    kd, kh, kw = plan.kernel
-    # (C_in, Og, k) -> (C_out, Cg, k), flipped
-    wconv = w5.reshape(g, cg, og, kd, kh, kw).transpose(0, 2, 1, 3, 4, 5).reshape(plan.c_out, cg, kd, kh, kw)
-    wconv = np.ascontiguousarray(wconv[:, :, ::-1, ::-1, ::-1])
-    spans = [_span(plan, i) for i in range(3)]
+    wconv = np.ascontiguousarray(flipped(transposed_as_conv(w5, plan.groups)))
+    spans = plan.spans
 
     def body(x, b, target, lo, size):
-        cplan = dataclasses.replace(_conv_view(plan, size), batch=x.shape[0])
-
         def window(i, starts, length):
             return _zero_inserted_window(
                 starts, length, lo[i] - spans[i] + 1, plan.stride[i], plan.in_size[i]
             )
 
-        _correlate(x, wconv, b, cplan, target, window)
+        _correlate(x, wconv, b, correlation(plan, x.shape[0]), target, window)
 
     return with_fold(plan, x5, bias, out5, body)
 
@@ -363,7 +365,7 @@ _SPECTRA_LOCK = threading.Lock()
 _SPECTRA_SERIAL = itertools.count()  # distinguishes entries of equal shapes
 
 
-def _kernel_spectrum(w5, plan, lens, workers):
+def _kernel_spectrum(w5, cor, lens, workers):
     """The spectrum ``(C_out, Cg, F)`` of the dilated, flipped kernel at ``lens``.
 
     Transforming the kernel is often the largest single cost of a call (one
@@ -373,23 +375,20 @@ def _kernel_spectrum(w5, plan, lens, workers):
     bit (compared in full: no hash, so no collisions; a memory compare is ~10x
     cheaper than hashing the bytes) skips the transform.
     """
-    real = plan.dtype.kind == "f"
+    real = cor.dtype.kind == "f"
     key = None
     limit = config.fft_kernel_cache_bytes
     wbytes = np.ascontiguousarray(w5).view(np.uint8)
     if limit > 0:
-        key = (w5.shape, w5.dtype.str, tuple(lens), plan.dilation)
+        key = (w5.shape, w5.dtype.str, tuple(lens), cor.dilation)
         with _SPECTRA_LOCK:
             for k, (kw, result) in reversed(_SPECTRA.items()):
                 if k[0] == key and np.array_equal(kw, wbytes):
                     _SPECTRA.move_to_end(k)
                     return result
-    spans = [_span(plan, i) for i in range(3)]
     o, cg = w5.shape[0], w5.shape[1]
     # the dilated kernel, flipped: correlation = convolution with the flip
-    wd = np.zeros((o, cg) + tuple(spans), dtype=plan.dtype)
-    wd[:, :, :: plan.dilation[0], :: plan.dilation[1], :: plan.dilation[2]] = w5
-    wd = wd[:, :, ::-1, ::-1, ::-1]
+    wd = dilated_flipped(w5, cor.dilation, np.zeros)
     # transform the small kernel axis by axis (the zero padding of the later
     # axes is not transformed): 3x cheaper than rfftn for a 31x31 kernel at 288
     if real:
@@ -414,17 +413,17 @@ def _kernel_spectrum(w5, plan, lens, workers):
     return result
 
 
-def _placement(plan, i: int, start: int, tile: int):
+def _placement(cor, i: int, start: int, tile: int):
     """(first output, output count, tile offset) of the strided outputs that the
     tile of stride-1 outputs ``start .. start + tile - 1`` in dim ``i`` holds:
     output ``first + p`` sits at position ``offset + p * stride`` of the tile's
     inverse transform (overlap-save: the valid part starts at ``span - 1``)."""
-    need = _valid_len(plan, i)
+    need = _valid_len(cor, i)
     end = min(start + tile, need)
-    s = plan.stride[i]
+    s = cor.stride[i]
     first = -(-start // s)  # first output index o with o * s >= start
     last = (end - 1) // s
-    return first, max(0, last - first + 1), first * s - start + _span(plan, i) - 1
+    return first, max(0, last - first + 1), first * s - start + _span(cor, i) - 1
 
 
 def _spectrum(buf, axes):  # pragma: no cover - replaced by the overload in njit code
@@ -579,7 +578,7 @@ def _inverse_tiles(Y, fshape, out, bias, place, lens, axes, stride, group):
                         )
 
 
-def _correlate(x5, w5, bias, plan, out5, window):
+def _correlate(x5, w5, bias, cor, out5, window):
     """Correlation of the padded input (read through ``window(dim, start,
     length)``) with ``w5``, overlap-save in tiles, strided outputs into ``out5``.
 
@@ -587,29 +586,29 @@ def _correlate(x5, w5, bias, plan, out5, window):
     gathers and transforms every (tile, sample, channel) of the batch, one
     contracts the channels for all of them (reading the kernel spectra once),
     one inverts each (tile, sample, output channel) and writes its outputs."""
-    tiles, lens = _tile_plan(plan)
-    spans = [_span(plan, i) for i in range(3)]
-    kspec, fshape = _kernel_spectrum(w5, plan, lens, numba.get_num_threads())
-    need = [_valid_len(plan, i) for i in range(3)]
+    tiles, lens = _tile_plan(cor)
+    spans = [_span(cor, i) for i in range(3)]
+    kspec, fshape = _kernel_spectrum(w5, cor, lens, numba.get_num_threads())
+    need = [_valid_len(cor, i) for i in range(3)]
     axes = tuple(ax for ax in (1, 2) if lens[ax - 1] > 1) + (3,)  # of (signal, L0, L1, L2)
     ext = [min(lens[i], tiles[i] + spans[i] - 1) for i in range(3)]
     starts = list(itertools.product(*[range(0, need[i], tiles[i]) for i in range(3)]))
-    per = _tiles_per_batch(plan, lens, len(starts))
-    n, nf = plan.batch, kspec.shape[2]
-    X = np.empty((per * n, plan.c_in, nf), dtype=kspec.dtype)
-    Y = np.empty((per * n, plan.c_out, nf), dtype=kspec.dtype)
-    b = np.zeros(0, plan.dtype) if bias is None else np.ascontiguousarray(bias, dtype=plan.dtype)
+    per = _tiles_per_batch(cor, lens, len(starts))
+    n, nf = cor.batch, kspec.shape[2]
+    X = np.empty((per * n, cor.c_in, nf), dtype=kspec.dtype)
+    Y = np.empty((per * n, cor.c_out, nf), dtype=kspec.dtype)
+    b = np.zeros(0, cor.dtype) if bias is None else np.ascontiguousarray(bias, dtype=cor.dtype)
     lens_t = tuple(int(v) for v in lens)
     tlens = tuple(lens_t[ax - 1] for ax in axes)
-    stride = tuple(int(s) for s in plan.stride)
+    stride = tuple(int(s) for s in cor.stride)
     for t0 in range(0, len(starts), per):
         batch = starts[t0 : t0 + per]
         cnt = len(batch)
         # the maps are arguments only: they are freed before the next batch's
-        group = _group(lens, cnt * n * plan.c_in)
+        group = _group(lens, cnt * n * cor.c_in)
         _forward_tiles(x5, X[: cnt * n], *_batch_maps(window, batch, ext), lens_t, axes, group)
-        _contract(X[: cnt * n], kspec, Y[: cnt * n], plan.groups)
-        place = np.array([[_placement(plan, i, s[i], tiles[i]) for i in range(3)] for s in batch], np.int64)
-        group = _group(lens, cnt * n * plan.c_out)
+        _contract(X[: cnt * n], kspec, Y[: cnt * n], cor.groups)
+        place = np.array([[_placement(cor, i, s[i], tiles[i]) for i in range(3)] for s in batch], np.int64)
+        group = _group(lens, cnt * n * cor.c_out)
         _inverse_tiles(Y, fshape, out5, b, place, tlens, axes, stride, group)
     return out5

@@ -21,7 +21,7 @@ contribution of each input position, and ``_col2im`` adds them into the output
 at ``i * stride + k * dilation - lo``. ``_col2im`` is parallel over output
 channels (a task owns ``out[:, o]``), so it needs no atomics and sums in a
 fixed order. Non-zero padding modes go through the transposed op's extended
-output and fold (:mod:`numbaconv.cpu.transpose`).
+output and fold (:mod:`numbaconv.cpu.fold`).
 
 **Memory.** The patch matrix and GEMM result for a chunk are sized so that
 they fit ``config.workspace_bytes``; the buffers are allocated once per call
@@ -45,10 +45,9 @@ import numba
 import numpy as np
 from numba import njit
 
-from .. import config
-from ..shapes import scatter_tap_map
-from .direct import _tables as direct_tables
-from .transpose import with_fold
+from .. import config, costs
+from ..shapes import conv_tap_maps, scatter_tap_maps
+from .fold import with_fold
 
 
 @njit(inline="always")
@@ -250,6 +249,40 @@ def workspace_bytes(plan) -> int:
     return max(chunk_rows(plan), 0) * _row_bytes(plan)
 
 
+_THIN = 16  # a GEMM with a dimension below this runs far below the BLAS peak
+_SHORT_K = 96  # and one with a reduction shorter than this below it
+
+
+def cost_features(plan) -> dict[str, float]:
+    """Operation counts of one call (float32 units): elements lowered into the
+    patch matrix, GEMM FLOPs by how close to the BLAS peak they run (a
+    dimension below 16 "thin", a reduction below 96 "short", else full
+    speed) and GEMM calls."""
+    cg = plan.c_in // plan.groups
+    og = plan.c_out // plan.groups
+    taps = plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
+    if plan.op == "conv":
+        positions = plan.batch * int(np.prod(plan.out_size))
+        lowered = 0.0 if _is_pointwise(plan) else float(positions * plan.c_in * taps)
+        m, k = og, cg * taps
+    else:  # the patch matrix is (Og * taps) x positions of the input, then col2im
+        lowered = float(plan.batch * int(np.prod(plan.in_size)) * plan.c_out * taps)
+        m, k = og * taps, cg
+    flops = float(plan.flops)
+    thin = min(m, k) < _THIN
+    short = not thin and k < _SHORT_K
+    f = {
+        "call": 1.0,
+        "outputs": float(plan.batch * plan.c_out * int(np.prod(plan.out_size))),
+        "lowered": lowered,
+        "gemm_flops": flops if not (thin or short) else 0.0,
+        "gemm_flops_short": flops if short else 0.0,
+        "gemm_flops_thin": flops if thin else 0.0,
+        "gemm_calls": float(plan.groups * max(1, plan.batch)),
+    }
+    return costs.per_dtype(f, plan, fixed=("call", "gemm_calls"))
+
+
 def run(x5, w5, bias, plan, out5):
     """Convolution by im2col + GEMM (canonical 5-D arrays, see the module doc)."""
     if bias is None:
@@ -272,7 +305,7 @@ def run(x5, w5, bias, plan, out5):
     cols_buf = np.empty(k * rows * ow, dtype=plan.dtype)
     res_buf = np.empty(og * rows * ow, dtype=plan.dtype)
     wmat = [np.ascontiguousarray(w5[i * og : (i + 1) * og].reshape(og, k)) for i in range(g)]
-    maps = direct_tables(plan)
+    maps = conv_tap_maps(plan)
     total = _total_rows(plan)
     for r0 in range(0, total, rows):
         r1 = min(r0 + rows, total)
@@ -317,10 +350,7 @@ def run_transpose(x5, w5, bias, plan, out5):
 
     def body(x, b, target, lo, size):
         target[...] = b.reshape(1, -1, 1, 1, 1)
-        (fd, gd), (fh, gh) = (
-            scatter_tap_map(plan.in_size[i], size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo[i])
-            for i in range(2)
-        )
+        fd, gd, fh, gh = scatter_tap_maps(plan, lo, size)[:4]
         total = x.shape[0] * d * h
         for r0 in range(0, total, rows):
             r1 = min(r0 + rows, total)

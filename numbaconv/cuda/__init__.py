@@ -4,16 +4,20 @@ Nothing here is imported by ``import numbaconv``: :func:`status` imports
 ``numba.cuda`` on first use, so a machine without CUDA (or without
 numba-cuda) never touches the driver unless a GPU method is asked for.
 
-Modules and their entry points (the CPU twins' signatures, on device arrays
-in the canonical 5-D form):
+One module per method, each the GPU twin of the CPU module of the same name
+(the method table in :mod:`numbaconv.dispatch` has a row per method; every
+module exposes ``supports``, ``cost_features`` (a roofline: FLOPs and bytes),
+``workspace_bytes`` and ``run`` on device arrays in the canonical 5-D form):
 
-- :mod:`.direct`: ``run`` (conv; a thread per output element, the output
-  channel's weights staged through shared memory)
-- :mod:`.gemm`: ``run`` / ``run_transpose`` (an im2col kernel and a tiled
-  shared-memory GEMM kernel, chunked to ``config.workspace_bytes``)
-- :mod:`.transpose`: ``run_scatter`` (``cuda.atomic.add``) and ``run_gather``
-  (deterministic, no atomics)
+- :mod:`.direct`: conv; a thread per output element, the input tile and the
+  weights staged in shared memory
+- :mod:`.gemm`: ``run`` / ``run_transpose``; an im2col kernel and a tiled
+  shared-memory GEMM kernel, chunked to ``config.workspace_bytes``
+- :mod:`.scatter`: the transposed op with ``cuda.atomic.add``
+- :mod:`.gather`: the transposed op as a gather (the direct kernel; no atomics)
 - :mod:`.fft`: ``run`` / ``run_transpose`` through cuFFT (CuPy), when installed
+- :mod:`._common`: launch geometry, device tap maps, the fold of the
+  transposed op's non-zero padding modes
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Shared GPU pieces: launch geometry, tap maps on the device, the fold of the
-transposed op's non-zero padding modes, dtype checks."""
+transposed op's non-zero padding modes (on :func:`numbaconv.common.with_fold`),
+dtype helpers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from .. import config
-from ..shapes import conv_tap_map, gather_tap_map, scatter_tap_map, tap_table
+from .. import common, config
+from ..shapes import conv_tap_map, gather_tap_map, scatter_tap_map
 
 MAX_GRID_Y = 65535
 
@@ -83,11 +84,12 @@ def scatter_maps(plan, lo, size) -> DeviceMaps:
 
 def zeros(shape, dtype):
     out = cuda.device_array(shape, dtype=dtype)
-    _fill(out.reshape(out.size), np.dtype(dtype).type(0))
+    fill(out.reshape(out.size), np.dtype(dtype).type(0))
     return out
 
 
-def _fill(flat, value):
+def fill(flat, value):
+    """Set every element of the 1-D device array ``flat`` to ``value``."""
     blocks, threads = blocks_1d(flat.size)
     _fill_kernel[blocks, threads](flat, value)
 
@@ -113,15 +115,9 @@ def bias_or_zeros(bias, plan):
 # positions that fold onto it: CSR lists per dim), so it is deterministic.
 
 
-def extended_size(plan) -> tuple[int, int, int]:
-    from ..cpu.transpose import extended_size as ext
-
-    return ext(plan)
-
-
-def _fold_lists(ext: int, lo: int, out: int, mode: str):
-    """CSR (indptr, positions): the extended positions folding onto each output."""
-    f = tap_table(ext, 1, 1, 1, lo, out, mode)[:, 0]
+def _fold_lists(f, out: int):
+    """CSR (indptr, positions): the extended positions folding onto each of the
+    ``out`` outputs, from the fold map ``f`` (``common.fold_maps``)."""
     order = np.argsort(f, kind="stable")
     f_sorted = f[order]
     keep = f_sorted >= 0
@@ -157,37 +153,42 @@ def _fold_kernel(ext, bias, out, pd, qd, ph, qh, pw, qw):
 
 
 def with_fold(plan, x5, bias, out5, body):
-    """``body(x, bias, target, lo, size)`` straight into ``out5`` (zeros mode)
-    or onto an extended device buffer folded into ``out5`` (other modes),
-    chunked over the batch within ``config.workspace_bytes``."""
-    b = bias_or_zeros(bias, plan)
-    if plan.padding_mode == "zeros":
-        body(x5, b, out5, tuple(p[0] for p in plan.padding), plan.out_size)
-        return out5
-    ext_size = extended_size(plan)
-    per_sample = plan.c_out * int(np.prod(ext_size)) * plan.dtype.itemsize
-    chunk = max(1, min(plan.batch, config.workspace_bytes // max(per_sample, 1)))
-    lists = [
-        _fold_lists(ext_size[i], plan.padding[i][0], plan.out_size[i], plan.padding_mode) for i in range(3)
-    ]
-    dev = [to_device(a) for pair in lists for a in pair]
-    zero_b = zeros((plan.c_out,), plan.dtype)
-    ext = cuda.device_array((chunk, plan.c_out) + ext_size, dtype=plan.dtype)
-    for n0 in range(0, plan.batch, chunk):
-        m = min(chunk, plan.batch - n0)
-        target = ext[:m]
-        body(x5[n0 : n0 + m], zero_b, target, (0, 0, 0), ext_size)
-        dst = out5[n0 : n0 + m]
+    """:func:`numbaconv.common.with_fold` on device arrays; the fold is a
+    gather kernel over CSR lists (deterministic, no atomics)."""
+    if bias is None:
+        bias = zeros((plan.c_out,), plan.dtype)
+    dev = []
+    if plan.folds:
+        maps = common.fold_maps(plan)
+        lists = [_fold_lists(maps[i], plan.out_size[i]) for i in range(3)]
+        dev = [to_device(a) for pair in lists for a in pair]
+
+    def fold(ext, b, dst):
         blocks, threads = blocks_1d(dst.size)
-        _fold_kernel[blocks, threads](target, b, dst, *dev)
-    return out5
+        _fold_kernel[blocks, threads](ext, b, dst, *dev)
+
+    return common.with_fold(
+        plan,
+        x5,
+        bias,
+        out5,
+        body,
+        empty=lambda shape: cuda.device_array(shape, dtype=plan.dtype),
+        zeros=lambda shape: zeros(shape, plan.dtype),
+        fold=fold,
+    )
 
 
-def fold_workspace(plan) -> int:
-    if plan.padding_mode == "zeros":
-        return 0
-    per_sample = plan.c_out * int(np.prod(extended_size(plan))) * plan.dtype.itemsize
-    return max(1, min(plan.batch, config.workspace_bytes // max(per_sample, 1))) * per_sample
+def fold_fits(plan) -> str | None:
+    """None when the extended output of the non-zero padding modes fits
+    ``config.workspace_bytes``, else why not."""
+    need = common.fold_workspace(plan)
+    if need > config.workspace_bytes:
+        return (
+            f"the extended output of one sample ({need} bytes) for padding_mode="
+            f"{plan.padding_mode!r} exceeds config.workspace_bytes={config.workspace_bytes}"
+        )
+    return None
 
 
 @functools.cache

@@ -13,7 +13,7 @@ are read through the same compact tap maps as the CPU paths
 (``shapes.conv_tap_map``: padding modes are index arithmetic, -1 is zero
 padding). Planes beyond the grid's y limit are walked by a grid-stride loop.
 
-The same kernel runs the transposed op's gather (:mod:`.transpose`) with the
+The same kernel runs the transposed op's gather (:mod:`.gather`) with the
 gather maps and the weight rearranged to ``(C_out, C_in/groups, taps)``.
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 from numba import cuda
 
 from .. import config
+from ..common import gpu_roofline
 from ._common import MAX_GRID_Y, bias_or_zeros, conv_maps, numba_type
 
 
@@ -43,7 +44,7 @@ def gather_conv_kernel(dtype_str: str, chunk: int, bx: int, by: int):
         taps = KD * KH * KW
         Cg = total_w // taps
         Og = O // groups
-        sw = cuda.shared.array(chunk, nbt)
+        w_shared = cuda.shared.array(chunk, nbt)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * bx + tx
@@ -65,7 +66,7 @@ def gather_conv_kernel(dtype_str: str, chunk: int, bx: int, by: int):
                 j = tid
                 while j < chunk:
                     if s0 + j < total_w:
-                        sw[j] = w2[o, s0 + j]
+                        w_shared[j] = w2[o, s0 + j]
                     j += bx * by
                 cuda.syncthreads()
                 if valid:
@@ -82,7 +83,7 @@ def gather_conv_kernel(dtype_str: str, chunk: int, bx: int, by: int):
                         i1 = fh[oh * geo[3] + kh * geo[4] + geo[5]]
                         i2 = fw[ow * geo[6] + kw * geo[7] + geo[8]]
                         if i0 >= 0 and i1 >= 0 and i2 >= 0:
-                            acc += sw[j2] * x[n, c0 + cl, i0, i1, i2]
+                            acc += w_shared[j2] * x[n, c0 + cl, i0, i1, i2]
                 cuda.syncthreads()
                 s0 += chunk
             if valid:
@@ -196,7 +197,17 @@ def launch_gather_conv(x5, w2, bias, out5, maps, groups, kernel_shape):
 
 
 def supports(plan) -> str | None:
+    """The direct kernel runs every case."""
     return None
+
+
+def workspace_bytes(plan) -> int:
+    """No workspace: the kernel reads through the tap maps."""
+    return 0
+
+
+def cost_features(plan) -> dict[str, float]:
+    return gpu_roofline("direct", plan)
 
 
 def run(x5, w5, bias, plan, out5):

@@ -24,6 +24,7 @@ import importlib.util
 import numpy as np
 
 from .. import config
+from ..common import dilated_flipped, flipped, gpu_roofline, transposed_as_conv
 from ..shapes import conv_tap_map
 from . import simulated
 
@@ -42,22 +43,21 @@ def supports(plan) -> str | None:
     return None
 
 
-def _padded(plan):
-    return tuple(plan.in_size[i] + sum(plan.padding[i]) for i in range(3))
-
-
 def _bytes(plan) -> int:
-    lens = _padded(plan) if plan.op == "conv" else _transpose_lens(plan)
+    """Device memory of one full-size transform of every signal and kernel."""
+    lens = plan.padded_size if plan.op == "conv" else plan.extended_size
     m = int(np.prod(lens))
     item = plan.dtype.itemsize
     cg = plan.c_in // plan.groups
     return (plan.batch * (plan.c_in + plan.c_out) + plan.c_out * cg) * m * 2 * item
 
 
-def _transpose_lens(plan):
-    from ._common import extended_size
+def workspace_bytes(plan) -> int:
+    return _bytes(plan)
 
-    return extended_size(plan)
+
+def cost_features(plan) -> dict[str, float]:
+    return gpu_roofline("fft", plan)
 
 
 def _correlate(cp, xp, w, stride, dilation, groups, real):
@@ -67,9 +67,7 @@ def _correlate(cp, xp, w, stride, dilation, groups, real):
     o, cg = w.shape[:2]
     lens = xp.shape[2:]
     spans = [dilation[i] * (w.shape[2 + i] - 1) + 1 for i in range(3)]
-    wd = cp.zeros((o, cg) + tuple(spans), dtype=w.dtype)
-    wd[:, :, :: dilation[0], :: dilation[1], :: dilation[2]] = w
-    wd = wd[:, :, ::-1, ::-1, ::-1]
+    wd = dilated_flipped(w, dilation, cp.zeros)
     axes = (2, 3, 4)
     fwd, inv = (cp.fft.rfftn, cp.fft.irfftn) if real else (cp.fft.fftn, cp.fft.ifftn)
     X = fwd(xp, s=lens, axes=axes)
@@ -114,16 +112,7 @@ def run_transpose(x5, w5, bias, plan, out5):
     from ._common import with_fold
 
     g = plan.groups
-    cg = plan.c_in // g
-    og = plan.c_out // g
-    kd, kh, kw = plan.kernel
-    w = (
-        cp.asarray(w5)
-        .reshape(g, cg, og, kd, kh, kw)
-        .transpose(0, 2, 1, 3, 4, 5)
-        .reshape(plan.c_out, cg, kd, kh, kw)
-    )
-    w = w[:, :, ::-1, ::-1, ::-1]
+    w = flipped(transposed_as_conv(cp.asarray(w5), g))
     spans = [plan.dilation[i] * (plan.kernel[i] - 1) for i in range(3)]
 
     def body(x, b, target, lo, size):

@@ -22,7 +22,8 @@ import numpy as np
 from numba import cuda
 
 from .. import config
-from ._common import bias_or_zeros, blocks_1d, conv_maps, fold_workspace, gather_maps, numba_type, with_fold
+from ..common import fold_workspace, gpu_roofline
+from ._common import bias_or_zeros, blocks_1d, conv_maps, gather_maps, numba_type, with_fold
 
 
 @functools.cache
@@ -139,6 +140,20 @@ def supports(plan) -> str | None:
             f"config.workspace_bytes={config.workspace_bytes}"
         )
     return None
+
+
+def workspace_bytes(plan) -> int:
+    """The patch matrix and GEMM result of one chunk (conv), or of one sample
+    and the transposed weights (transposed op)."""
+    if plan.op == "conv":
+        cg = plan.c_in // plan.groups
+        k = cg * plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
+        return _chunk(plan) * (k + plan.c_out // plan.groups) * plan.dtype.itemsize
+    return _transpose_bytes(plan)
+
+
+def cost_features(plan) -> dict[str, float]:
+    return gpu_roofline("gemm", plan)
 
 
 def run(x5, w5, bias, plan, out5):

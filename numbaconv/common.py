@@ -1,0 +1,136 @@
+"""What the CPU and GPU paths share: weight re-layouts, the dilated flipped
+kernel, the transposed op's fold of non-zero padding modes, workspace chunking
+and the GPU roofline's operation counts.
+
+Array helpers take NumPy arrays or anything with the same API (CuPy arrays),
+so both devices use one definition. Nothing here compiles a kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import config
+from .shapes import ConvPlan, tap_table
+
+
+def batch_chunk(batch: int, per_sample: int) -> int:
+    """Samples per chunk so a per-sample buffer fits ``config.workspace_bytes``
+    (at least one: a single sample may exceed the budget)."""
+    return max(1, min(batch, config.workspace_bytes // max(per_sample, 1)))
+
+
+def transposed_as_conv(w5, groups: int):
+    """The transposed op's weight ``(C_in, C_out/groups, *k)`` as the conv
+    weight ``(C_out, C_in/groups, *k)`` of the same groups (a view where the
+    array allows it): ``out[g*Og + o, c] = w[g*Cg + c, o]``."""
+    c_in, og = w5.shape[0], w5.shape[1]
+    k = tuple(w5.shape[2:])
+    cg = c_in // groups
+    return w5.reshape((groups, cg, og) + k).transpose(0, 2, 1, 3, 4, 5).reshape((groups * og, cg) + k)
+
+
+def flipped(w5):
+    """The kernel reversed along its three spatial dims (a view)."""
+    return w5[:, :, ::-1, ::-1, ::-1]
+
+
+def dilated_flipped(w5, dilation, zeros):
+    """The dilated kernel (``dilation - 1`` zeros between taps), flipped:
+    correlation with ``w5`` is convolution with this. ``zeros(shape, dtype)``
+    allocates on the array's device (``np.zeros``, ``cupy.zeros``)."""
+    spans = tuple(dilation[i] * (w5.shape[2 + i] - 1) + 1 for i in range(3))
+    wd = zeros(tuple(w5.shape[:2]) + spans, dtype=w5.dtype)
+    wd[:, :, :: dilation[0], :: dilation[1], :: dilation[2]] = w5
+    return flipped(wd)
+
+
+# ---------------------------------------------------------------------------
+# The transposed op's non-zero padding modes: the adjoint of conv with mode m
+# computes the result without padding onto the extended output
+# (``plan.extended_size``) and then adds extended position q into output
+# fold(q - lo), the same index map conv reads through (``shapes.tap_table``).
+
+
+def fold_maps(plan: ConvPlan) -> list:
+    """Per dim, the output position each extended position folds onto (-1: none)."""
+    ext = plan.extended_size
+    return [
+        tap_table(ext[i], 1, 1, 1, plan.padding[i][0], plan.out_size[i], plan.padding_mode)[:, 0]
+        for i in range(3)
+    ]
+
+
+def fold_chunk(plan: ConvPlan) -> int:
+    """Samples per extended buffer within ``config.workspace_bytes``."""
+    return batch_chunk(plan.batch, _extended_sample_bytes(plan))
+
+
+def _extended_sample_bytes(plan: ConvPlan) -> int:
+    return plan.c_out * int(np.prod(plan.extended_size)) * plan.dtype.itemsize
+
+
+def fold_workspace(plan: ConvPlan) -> int:
+    """Bytes of the extended buffer (0 for zeros, which writes the output directly)."""
+    if not plan.folds:
+        return 0
+    return fold_chunk(plan) * _extended_sample_bytes(plan)
+
+
+def with_fold(plan: ConvPlan, x5, bias, out5, body, *, empty, zeros, fold):
+    """Run the transposed op's ``body(x, bias, target, lo, size)`` straight into
+    ``out5`` (zeros mode, ``lo`` the low padding and ``size`` the output size),
+    or onto extended buffers (``lo`` 0, ``size`` the extended size, zero bias)
+    that ``fold(ext, bias, dst)`` adds into ``out5`` chunk by chunk.
+
+    ``empty(shape)`` and ``zeros(shape)`` allocate on the device of the
+    arrays; ``bias`` None means zeros.
+    """
+    if bias is None:
+        bias = zeros((plan.c_out,))
+    if not plan.folds:
+        body(x5, bias, out5, plan.padding_lo, plan.out_size)
+        return out5
+    ext_size = plan.extended_size
+    chunk = fold_chunk(plan)
+    buf = empty((chunk, plan.c_out) + ext_size)
+    no_bias = zeros((plan.c_out,))
+    for n0 in range(0, plan.batch, chunk):
+        m = min(chunk, plan.batch - n0)
+        ext = buf[:m]
+        body(x5[n0 : n0 + m], no_bias, ext, (0, 0, 0), ext_size)
+        fold(ext, bias, out5[n0 : n0 + m])
+    return out5
+
+
+# ---------------------------------------------------------------------------
+# GPU rows: a roofline per method (see costs.SHIPPED_GPU)
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+def gpu_roofline(method: str, plan: ConvPlan) -> dict[str, float]:
+    """FLOPs and bytes moved by one GPU call of ``method`` (the FFT path:
+    transform work), and one call."""
+    item = plan.dtype.itemsize
+    ins = plan.batch * plan.c_in * _prod(plan.in_size)
+    outs = plan.batch * plan.c_out * _prod(plan.out_size)
+    wts = plan.c_out * (plan.c_in // plan.groups) * _prod(plan.kernel)
+    moved = (ins + outs + wts) * item
+    flops = float(plan.flops)
+    if method == "gemm":  # the patch matrix is written and read once more
+        moved += 2 * plan.batch * _prod(plan.out_size) * plan.c_in * _prod(plan.kernel) * item
+    if method == "fft":
+        m = _prod(plan.padded_size)
+        signals = plan.batch * (plan.c_in + plan.c_out) + wts // max(1, _prod(plan.kernel))
+        flops = (
+            5.0 * signals * m * max(1.0, float(np.log2(max(m, 2))))
+            + 8.0 * plan.batch * plan.c_out * (plan.c_in // plan.groups) * m
+        )
+        moved += 4 * signals * m * item
+    return {"call": 1.0, "flops": flops, "bytes": float(moved)}

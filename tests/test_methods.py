@@ -1,0 +1,112 @@
+"""Every CPU method row of the dispatcher's table, over the shared grids
+(tests/cases.py), against the NumPy reference and PyTorch (float64): conv and
+conv_transpose, 1-D/2-D/3-D, stride, dilation, padding forms and modes,
+groups, every dtype, unbatched, without bias. The rows come from
+``dispatch.rows``: a new method is tested here without editing this file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from numbaconv import config
+
+from .cases import (
+    CONV_GRID,
+    TRANSPOSE_GRID,
+    conv_id,
+    conv_valid,
+    cpu_rows,
+    row_id,
+    run_conv_row,
+    run_transpose_case,
+    transpose_id,
+)
+from .conftest import DTYPES, assert_close, torch, torch_conv, torch_conv_transpose
+
+CONV_ROWS = cpu_rows("conv")
+TRANSPOSE_ROWS = cpu_rows("conv_transpose")
+VALID_CONV = [c for c in CONV_GRID if conv_valid(c)]
+
+
+@pytest.fixture
+def conv_row(request, monkeypatch):
+    row, _, settings = request.param
+    for name, value in settings.items():
+        monkeypatch.setattr(config, name, value)
+    return row
+
+
+transpose_row = conv_row
+_dtype_id = lambda d: np.dtype(d).name  # noqa: E731
+
+
+@pytest.mark.parametrize("conv_row", CONV_ROWS, ids=row_id, indirect=True)
+@pytest.mark.parametrize("case", VALID_CONV, ids=conv_id)
+def test_conv_grid_float64_vs_reference_and_torch(case, conv_row):
+    got, ref, tol, (x, w, b, stride, pads, dil) = run_conv_row(
+        conv_row, case, np.float64, np.random.default_rng(0)
+    )
+    assert got.dtype == np.float64
+    assert_close(got, ref, tol, "vs reference")
+    if torch is not None:
+        tref = torch_conv(x, w, b, stride, pads, dil, case["groups"], case["mode"])
+        assert_close(got, tref, tol, "vs torch")
+
+
+@pytest.mark.parametrize("conv_row", CONV_ROWS, ids=row_id, indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("case", VALID_CONV[::6], ids=conv_id)
+def test_conv_grid_dtypes(case, dtype, conv_row):
+    got, ref, tol, _ = run_conv_row(conv_row, case, dtype, np.random.default_rng(1))
+    assert got.dtype == np.dtype(dtype)
+    assert_close(got, ref, tol)
+
+
+@pytest.mark.parametrize("conv_row", CONV_ROWS, ids=row_id, indirect=True)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_conv_unbatched_and_no_bias(nd, conv_row):
+    c = next(c for c in VALID_CONV if c["nd"] == nd)
+    got, ref, tol, _ = run_conv_row(conv_row, c, np.float64, np.random.default_rng(2), batched=False)
+    assert got.shape == ref.shape and got.ndim == nd + 1
+    assert_close(got, ref, tol)
+    got, ref, tol, _ = run_conv_row(conv_row, c, np.float64, np.random.default_rng(2), bias=False)
+    assert_close(got, ref, tol)
+
+
+@pytest.mark.parametrize("transpose_row", TRANSPOSE_ROWS, ids=row_id, indirect=True)
+@pytest.mark.parametrize("case", TRANSPOSE_GRID, ids=transpose_id)
+def test_transpose_grid_vs_reference_and_torch(case, transpose_row):
+    got, ref, tol, (x, w, b, p) = run_transpose_case(
+        case, np.float64, transpose_row.name, np.random.default_rng(0)
+    )
+    assert got.dtype == np.float64
+    assert_close(got, ref, tol, "vs reference")
+    if torch is not None:
+        tref = torch_conv_transpose(
+            x, w, b, p["stride"], p["pads"], p["dilation"], p["groups"], p["output_padding"]
+        )
+        assert_close(got, tref, tol, "vs torch")
+
+
+@pytest.mark.parametrize("transpose_row", TRANSPOSE_ROWS, ids=row_id, indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("case", TRANSPOSE_GRID[::7], ids=transpose_id)
+def test_transpose_grid_dtypes(case, dtype, transpose_row):
+    got, ref, tol, _ = run_transpose_case(case, dtype, transpose_row.name, np.random.default_rng(1))
+    assert got.dtype == np.dtype(dtype)
+    assert_close(got, ref, tol)
+
+
+@pytest.mark.parametrize("transpose_row", TRANSPOSE_ROWS, ids=row_id, indirect=True)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_transpose_unbatched_and_no_bias(nd, transpose_row):
+    c = next(c for c in TRANSPOSE_GRID if c["nd"] == nd and c["stride"] > 1)
+    rng = np.random.default_rng(2)
+    got, ref, tol, _ = run_transpose_case(c, np.float64, transpose_row.name, rng, batched=False)
+    assert got.shape == ref.shape and got.ndim == nd + 1
+    assert_close(got, ref, tol)
+    got, ref, tol, _ = run_transpose_case(
+        c, np.float64, transpose_row.name, np.random.default_rng(2), bias=False
+    )
+    assert_close(got, ref, tol)
