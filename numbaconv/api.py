@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import autotune, dispatch
+from . import autotune, dispatch, runtime
 from .shapes import ConvPlan, check_dtype, make_conv_plan, make_conv_transpose_plan, result_dtype
 
 __all__ = [
@@ -151,13 +151,15 @@ def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", F
     if out is not None:
         _check_out(out, plan, (("input", input), ("weight", weight), ("bias", bias)))
     if method == "measure":
-        result, _ = autotune.measure(op, plan, lambda row: _execute(row.runner(), plan, x, w, b, None))
+        with runtime.kernel_section():
+            result, _ = autotune.measure(op, plan, lambda row: _execute(row.runner(), plan, x, w, b, None))
         if out is not None:
             out[...] = result
             return out
         return result
     row = dispatch.resolve(op, plan, method)
-    return _execute(row.runner(), plan, x, w, b, out)
+    with runtime.kernel_section():
+        return _execute(row.runner(), plan, x, w, b, out)
 
 
 def _conv_impl(

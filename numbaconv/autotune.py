@@ -12,8 +12,12 @@ Writers take an exclusive ``fcntl`` lock on a side file, merge their entry
 into what is on disk and replace the file atomically (``os.replace``), so
 concurrent processes and threads neither lose each other's entries nor
 leave a torn file; readers never see a partial file. A file that cannot be
-read or parsed is ignored with a RuntimeWarning (and rewritten by the next
-measurement), never an error.
+read or parsed (bad JSON, nested too deep, wrong structure, larger than
+:data:`MAX_FILE_BYTES`) is ignored with a RuntimeWarning (and rewritten by
+the next measurement), never an error. The file keeps the
+:data:`MAX_ENTRIES` most recent winners, so it stays small (~1 MiB), and is
+created with the permissions of any new file (the umask), so a cache
+directory shared by a group works as the group's umask allows.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 import warnings
 
 from . import config, dispatch
+from .files import read_json, write_json_atomic
 from .machine import REST_S, fingerprint
 
 try:  # POSIX
@@ -40,6 +44,8 @@ _LOCK = threading.Lock()
 # candidates estimated this many times slower than the best estimate are not
 # timed (the model is within ~2x; none of them could win)
 SKIP_FACTOR = 20.0
+MAX_ENTRIES = 2000  # newest winners kept in the file (an entry is ~0.5 KiB)
+MAX_FILE_BYTES = 8 * 2**20  # a larger file is not numbaconv's: ignored, then rewritten
 
 
 def cache_path() -> str:
@@ -79,18 +85,22 @@ def cache_key(op: str, plan, device: str = "cpu") -> str:
     return f"{_hardware()}|numbaconv-{__version__}|" + ";".join(fields)
 
 
+def _when(entry: dict) -> float:
+    when = entry.get("when")
+    return float(when) if isinstance(when, int | float) else 0.0
+
+
 def _read_file(path: str) -> dict:
     """The cache file's entries; {} (with a RuntimeWarning) when unreadable."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = read_json(path, MAX_FILE_BYTES)
         if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
             raise ValueError("not a numbaconv autotune cache")
         entries = data["entries"].items()
         return {k: v for k, v in entries if isinstance(v, dict) and isinstance(v.get("method"), str)}
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         warnings.warn(
             f"numbaconv: ignoring the unreadable autotune cache {path} ({exc}); "
             "it will be rewritten by the next measurement",
@@ -138,15 +148,10 @@ def store(key: str, method: str, times: dict[str, float]) -> None:
         with _LOCK, _file_lock(path):
             entries = _read_file(path)
             entries[key] = {"method": method, "seconds": times, "when": time.time()}
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".autotune-", suffix=".json")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump({"format": 1, "entries": entries}, fh, indent=0, sort_keys=True)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            if len(entries) > MAX_ENTRIES:  # keep the newest
+                newest = sorted(entries.items(), key=lambda kv: _when(kv[1]))[-MAX_ENTRIES:]
+                entries = dict(newest)
+            write_json_atomic(path, {"format": 1, "entries": entries})
     except OSError as exc:  # a read-only or full cache directory: keep the memory entry
         warnings.warn(
             f"numbaconv: could not write the autotune cache {path} ({exc})", RuntimeWarning, stacklevel=3

@@ -9,13 +9,12 @@ calibrated without an edit here.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import numpy as np
 
 from . import api, costs, dispatch
+from .files import write_json_atomic
 from .machine import block_best, fingerprint
 from .shapes import make_plan
 
@@ -129,11 +128,7 @@ def calibrate(cases=CASES, progress=None, max_call_s: float = 2.0) -> dict:
 def save(result: dict, path: str | None = None) -> str:
     """Write a :func:`calibrate` result where :func:`numbaconv.costs.constants` looks for it."""
     path = path or costs.calibration_path()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + f".{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_json_atomic(path, result, indent=1)
     costs.forget_loaded()
     return path
 

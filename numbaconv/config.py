@@ -1,11 +1,18 @@
 """Settings in one place (tests patch these module attributes).
 
+Assigning an attribute (``numbaconv.config.workspace_bytes = 2**28``) changes
+it for every thread; :func:`override` changes it for a block of code in the
+calling thread (or asyncio task) only, so concurrent overrides never leak
+into each other. Environment variables are read once, at import; a value
+that cannot be used is ignored with a RuntimeWarning naming the variable
+(sizes accept ``67108864``, ``64MiB``, ``1e6``).
+
 ``workspace_bytes``
     Upper bound on the extra working memory one call may allocate for its
     workspaces (layout copies, patch matrices), default 64 MiB. Settable
     globally (``numbaconv.config.workspace_bytes = ...``), through the
     ``NUMBACONV_WORKSPACE_BYTES`` environment variable, or with
-    :func:`override` for a block of code.
+    :func:`override` for a block of code (in the calling thread or task only).
 ``cache_dir``
     Where numbaconv keeps its own on-disk state (autotune results,
     calibration): ``NUMBACONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/numbaconv``,
@@ -46,7 +53,13 @@ equal to it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import os
+import re
+import sys
+import types
+import warnings
 
 FASTMATH = frozenset({"reassoc", "contract"})
 
@@ -63,64 +76,154 @@ _DEFAULTS = {
     "cuda_tile": 16,
     "cuda_shared_bytes": 48 * 1024,
 }
+_SETTINGS = (*_DEFAULTS, "cache_dir")
 
-
+_TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}  # fmt: skip
+
+
+def _ignored(var: str, text: str, what: str, default) -> None:
+    warnings.warn(
+        f"numbaconv: ignoring {var}={text!r}: {what}; using the default {default!r}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def parse_bytes(text: str) -> int:
+    """A byte count: an integer, a float with an integral value (``1e6``) or a
+    number with a unit (``64MiB``, ``2 GB``, ``512k``). ValueError otherwise."""
+    m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a byte count: {text!r} (give e.g. 67108864, 64MiB or 1e6)")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(f"not a whole number of bytes: {text!r}")
+    return int(value)
+
+
+def _env_bytes(var: str, default: int, minimum: int) -> int:
+    text = os.environ.get(var)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = parse_bytes(text)
+    except ValueError as exc:
+        _ignored(var, text, str(exc), default)
+        return default
+    if value < minimum:
+        _ignored(var, text, f"it must be at least {minimum}", default)
+        return default
+    return value
+
+
+def _env_float(var: str, default: float, minimum: float) -> float:
+    text = os.environ.get(var)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        _ignored(var, text, "not a number of seconds", default)
+        return default
+    if not math.isfinite(value) or value < minimum:
+        _ignored(var, text, f"it must be a finite number >= {minimum}", default)
+        return default
+    return value
+
+
+def _env_bool(var: str, default: bool) -> bool:
+    text = os.environ.get(var)
+    if text is None or not text.strip():
+        return default
+    t = text.strip().lower()
+    if t in _TRUE or t in _FALSE:
+        return t in _TRUE
+    _ignored(var, text, f"expected one of {', '.join(_TRUE + _FALSE)}", default)
+    return default
 
 
 def _default_cache_dir() -> str:
     env = os.environ.get("NUMBACONV_CACHE_DIR")
-    if env:
-        return env
+    if env and env.strip():
+        return os.path.expanduser(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "numbaconv")
 
 
-workspace_bytes: int = int(os.environ.get("NUMBACONV_WORKSPACE_BYTES", _DEFAULTS["workspace_bytes"]))
-direct_channels_last_min: int = _DEFAULTS["direct_channels_last_min"]
-fft_kernel_cache_bytes: int = int(
-    os.environ.get("NUMBACONV_FFT_KERNEL_CACHE_BYTES", _DEFAULTS["fft_kernel_cache_bytes"])
+def _from_environment() -> dict:
+    values = dict(_DEFAULTS)
+    values["workspace_bytes"] = _env_bytes("NUMBACONV_WORKSPACE_BYTES", _DEFAULTS["workspace_bytes"], 1)
+    values["fft_kernel_cache_bytes"] = _env_bytes(
+        "NUMBACONV_FFT_KERNEL_CACHE_BYTES", _DEFAULTS["fft_kernel_cache_bytes"], 0
+    )
+    values["measure_cache"] = _env_bool("NUMBACONV_MEASURE_CACHE", _DEFAULTS["measure_cache"])
+    values["measure_time_s"] = _env_float("NUMBACONV_MEASURE_TIME_S", _DEFAULTS["measure_time_s"], 0.0)
+    values["cache_dir"] = _default_cache_dir()
+    return values
+
+
+# the process-wide values, and each thread's / task's overrides on top
+_GLOBAL: dict = _from_environment()
+_OVERRIDES: contextvars.ContextVar = contextvars.ContextVar(
+    "numbaconv_config_overrides", default=types.MappingProxyType({})
 )
-cache_dir: str = _default_cache_dir()
-measure_cache: bool = os.environ.get("NUMBACONV_MEASURE_CACHE", "1").strip().lower() not in _FALSE
-measure_time_s: float = float(os.environ.get("NUMBACONV_MEASURE_TIME_S", _DEFAULTS["measure_time_s"]))
-cuda_threads: int = _DEFAULTS["cuda_threads"]
-cuda_max_blocks: int = _DEFAULTS["cuda_max_blocks"]
-cuda_block_2d: tuple[int, int] = _DEFAULTS["cuda_block_2d"]
-cuda_chunk: int = _DEFAULTS["cuda_chunk"]
-cuda_tile: int = _DEFAULTS["cuda_tile"]
-cuda_shared_bytes: int = _DEFAULTS["cuda_shared_bytes"]
+
+# for type checkers and readers: the settings, as module attributes
+workspace_bytes: int
+direct_channels_last_min: int
+fft_kernel_cache_bytes: int
+cache_dir: str
+measure_cache: bool
+measure_time_s: float
+cuda_threads: int
+cuda_max_blocks: int
+cuda_block_2d: tuple[int, int]
+cuda_chunk: int
+cuda_tile: int
+cuda_shared_bytes: int
+
+
+class _ConfigModule(types.ModuleType):
+    """Settings read through the calling context's overrides; assignments go
+    to the process-wide values."""
+
+    def __getattr__(self, name):
+        if name in _SETTINGS:
+            overrides = _OVERRIDES.get()
+            return overrides[name] if name in overrides else _GLOBAL[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in _SETTINGS:
+            _GLOBAL[name] = value
+        else:
+            super().__setattr__(name, value)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(_SETTINGS))
+
+
+sys.modules[__name__].__class__ = _ConfigModule
 
 
 def _reset() -> None:
     """Restore the defaults (used by tests)."""
-    global workspace_bytes, direct_channels_last_min, fft_kernel_cache_bytes, cache_dir
-    global measure_cache, measure_time_s, cuda_threads, cuda_max_blocks, cuda_block_2d, cuda_chunk, cuda_tile
-    global cuda_shared_bytes
-    workspace_bytes = _DEFAULTS["workspace_bytes"]
-    measure_cache = _DEFAULTS["measure_cache"]
-    measure_time_s = _DEFAULTS["measure_time_s"]
-    cuda_threads = _DEFAULTS["cuda_threads"]
-    cuda_max_blocks = _DEFAULTS["cuda_max_blocks"]
-    cuda_block_2d = _DEFAULTS["cuda_block_2d"]
-    cuda_chunk = _DEFAULTS["cuda_chunk"]
-    cuda_tile = _DEFAULTS["cuda_tile"]
-    cuda_shared_bytes = _DEFAULTS["cuda_shared_bytes"]
-    direct_channels_last_min = _DEFAULTS["direct_channels_last_min"]
-    fft_kernel_cache_bytes = _DEFAULTS["fft_kernel_cache_bytes"]
-    cache_dir = _default_cache_dir()
+    _GLOBAL.clear()
+    _GLOBAL.update(_DEFAULTS, cache_dir=_default_cache_dir())
 
 
 @contextlib.contextmanager
 def override(**settings):
-    """Temporarily change settings: ``with config.override(workspace_bytes=2**20): ...``."""
-    g = globals()
-    unknown = [k for k in settings if k not in _DEFAULTS and k != "cache_dir"]
+    """Change settings for a block of code, in the calling thread (or asyncio
+    task) only: ``with config.override(workspace_bytes=2**20): ...``."""
+    unknown = [k for k in settings if k not in _SETTINGS]
     if unknown:
         raise ValueError(f"unknown numbaconv.config setting(s): {', '.join(unknown)}")
-    old = {k: g[k] for k in settings}
-    g.update(settings)
+    token = _OVERRIDES.set({**_OVERRIDES.get(), **settings})
     try:
         yield
     finally:
-        g.update(old)
+        _OVERRIDES.reset(token)

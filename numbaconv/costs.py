@@ -19,12 +19,12 @@ calibration refits that choice too.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import warnings
 
 from . import config
+from .files import read_json
 from .machine import fingerprint
 
 # Seconds per unit of each feature, fitted on the development machine (2 vCPUs
@@ -113,6 +113,9 @@ def per_dtype(features: dict[str, float], plan, fixed=("call",)) -> dict[str, fl
     return {k: (v if k in fixed else v * scale) for k, v in features.items()}
 
 
+MAX_CALIBRATION_BYTES = 4 * 2**20  # a calibration is ~100 KiB; a larger file is not one
+
+
 def calibration_path() -> str:
     return os.path.join(config.cache_dir, "calibration.json")
 
@@ -132,13 +135,14 @@ def constants() -> dict[str, dict[str, float]]:
         table = {k: dict(v) for k, v in SHIPPED.items()}
         if os.path.exists(path):
             try:
-                with open(path) as fh:
-                    data = json.load(fh)
-                if data.get("fingerprint") == fingerprint():
+                data = read_json(path, MAX_CALIBRATION_BYTES)
+                if not isinstance(data, dict) or not isinstance(data.get("constants"), dict):
+                    raise ValueError("not a numbaconv calibration")
+                if data.get("fingerprint") == fingerprint():  # else another machine's: not used
                     for key, consts in data["constants"].items():
                         if key in table:
                             table[key].update({k: float(v) for k, v in consts.items() if k in table[key]})
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 warnings.warn(
                     f"numbaconv: ignoring the unreadable calibration file {path} ({exc}); "
                     "run `numbaconv calibrate` to write a new one",

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .. import config, costs
 from ..common import batch_chunk
+from ..runtime import njit
 from ..shapes import conv_tap_maps
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this

@@ -34,11 +34,12 @@ import numba
 import numpy as np
 import rocket_fft  # noqa: F401  (makes scipy.fft callable inside njit)
 import scipy.fft as sfft
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import overload
 
 from .. import config, costs
 from ..common import dilated_flipped, flipped, transposed_as_conv
+from ..runtime import njit
 from ..shapes import MODE_CODES
 from .fold import with_fold
 

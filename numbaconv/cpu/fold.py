@@ -11,9 +11,10 @@ the batch within ``config.workspace_bytes`` (:func:`numbaconv.common.with_fold`)
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .. import common
+from ..runtime import njit
 
 
 @njit(parallel=True, cache=True)

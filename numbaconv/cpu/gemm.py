@@ -39,13 +39,13 @@ called between the njit-parallel lowering kernels. Measured here against
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
-from numba import njit
 
 from .. import config, costs
+from ..runtime import njit, num_threads
 from ..shapes import conv_tap_maps, scatter_tap_maps
 from .fold import with_fold
 
@@ -169,17 +169,19 @@ def _col2im(cols, out, r0, r1, o0, KD, KH, KW, D, H, W, fd, gd, fh, gh, sw, dw, 
 
 
 _POOL: dict[int, ThreadPoolExecutor] = {}
+# a forked child inherits the pools but not their threads: it would wait forever
+os.register_at_fork(after_in_child=_POOL.clear)
 
 
 def _split(kernel, total: int, *args) -> None:
     """Run ``kernel(*args, start, stop)`` over ``[0, total)`` split across
-    ``numba.get_num_threads()`` Python threads (the kernels release the GIL).
+    ``runtime.num_threads()`` Python threads (the kernels release the GIL).
 
     Not a prange: numba's OpenMP workers spin for milliseconds after a
     parallel region and starve the BLAS threads of the GEMM that follows
     (a 6 ms GEMM took 10.6 ms right after a tiny prange kernel here).
     """
-    nt = max(1, min(numba.get_num_threads(), total))
+    nt = max(1, min(num_threads(), total))
     if nt == 1:
         kernel(*args, 0, total)
         return

@@ -17,10 +17,11 @@ go through the extended output and its fold (:mod:`.fold`).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .. import costs
 from ..common import fold_workspace
+from ..runtime import njit
 from ..shapes import gather_tap_map
 from .fold import with_fold
 

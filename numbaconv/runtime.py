@@ -1,0 +1,138 @@
+"""What Numba's threading layers allow, enforced around every CPU kernel call.
+
+- **Threads**: the ``omp`` and ``tbb`` layers take parallel kernels from
+  several Python threads at once; ``workqueue`` (Numba's fallback where
+  neither OpenMP nor TBB loads) aborts the process when two threads launch
+  one. :func:`kernel_section` serializes the calls under ``workqueue``, and
+  before the first parallel kernel has chosen a layer.
+- **read-only installs**: :func:`njit` is ``numba.njit``, except that where
+  no on-disk cache location is writable (the package directory, the user
+  cache, ``NUMBA_CACHE_DIR``) a ``cache=True`` kernel compiles without the
+  cache, with one warning that says how to enable it, instead of failing.
+- **fork**: GNU OpenMP cannot run in a process forked after its parent
+  started OpenMP threads (Numba terminates such a child at its first
+  parallel kernel). A child in that state gets a :class:`ForkedOpenMPError`
+  that names the fixes (the 'spawn' or 'forkserver' start method, or Numba's
+  fork-safe ``tbb`` layer) before any kernel runs. The ``tbb`` and
+  ``workqueue`` layers are fork-safe. Other fork hazards (numbaconv's own
+  thread pool) are reset in the child by their modules
+  (``os.register_at_fork``).
+
+Ground floor: imports nothing from numbaconv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+
+import numba
+
+_SERIAL = threading.RLock()
+_FORKED_AFTER_OPENMP = False
+
+
+class ForkedOpenMPError(RuntimeError):
+    """numbaconv was called in a child forked after its parent used GNU OpenMP."""
+
+
+_NO_CACHE_WARNED = False
+
+
+def njit(*args, **kwargs):
+    """``numba.njit`` (same arguments); a ``cache=True`` kernel that Numba
+    cannot cache anywhere ("no locator available") compiles without the
+    on-disk cache instead, and the first such kernel warns once."""
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return numba.njit(args[0])
+
+    def decorate(fn):
+        try:
+            return numba.njit(*args, **kwargs)(fn)
+        except RuntimeError as exc:
+            if not kwargs.get("cache") or "no locator available" not in str(exc):
+                raise
+            _warn_no_cache()
+            return numba.njit(*args, **{**kwargs, "cache": False})(fn)
+
+    return decorate
+
+
+def _warn_no_cache() -> None:
+    global _NO_CACHE_WARNED
+    if _NO_CACHE_WARNED:
+        return
+    _NO_CACHE_WARNED = True
+    warnings.warn(
+        "numbaconv: Numba finds no writable cache directory (the package directory is read-only and so "
+        "is the user cache), so numbaconv's kernels compile in every new process (seconds per kernel). "
+        "Set NUMBA_CACHE_DIR to a writable directory to keep them (and NUMBACONV_CACHE_DIR for "
+        "numbaconv's own files)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def threading_layer() -> str | None:
+    """The layer Numba chose, or None before the first parallel kernel ran."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+def num_threads() -> int:
+    """Numba's thread count (``numba.get_num_threads()``) without starting its
+    threading layer when no parallel kernel has run yet (then nobody can have
+    called ``numba.set_num_threads`` either): a process that only ran the GEMM
+    path stays fork-safe."""
+    if threading_layer() is None:
+        return numba.config.NUMBA_NUM_THREADS
+    return numba.get_num_threads()
+
+
+def _gnu_openmp() -> bool:
+    try:
+        from numba.np.ufunc import omppool
+
+        return omppool.openmp_vendor == "GNU"
+    except ImportError:  # pragma: no cover - no OpenMP pool built
+        return False
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED_AFTER_OPENMP, _SERIAL
+    _SERIAL = threading.RLock()  # a lock held by another thread at fork would never be released
+    if threading_layer() == "omp" and _gnu_openmp():
+        _FORKED_AFTER_OPENMP = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def check_fork() -> None:
+    """Raise :class:`ForkedOpenMPError` in a child forked after its parent used GNU OpenMP."""
+    if _FORKED_AFTER_OPENMP:
+        raise ForkedOpenMPError(
+            "numbaconv cannot run its parallel kernels in this process: it was forked (multiprocessing's "
+            "default 'fork' start method on Linux, ProcessPoolExecutor, DataLoader workers) after the "
+            "parent process ran them on Numba's OpenMP threading layer, and GNU OpenMP cannot run in such "
+            "a child (Numba would terminate it). Start the workers with "
+            "multiprocessing.get_context('spawn') or 'forkserver' (ProcessPoolExecutor(mp_context=...), "
+            "DataLoader(multiprocessing_context='spawn')), or install TBB (pip install tbb) so that Numba "
+            "uses its fork-safe 'tbb' threading layer (NUMBA_THREADING_LAYER=tbb)"
+        )
+
+
+@contextlib.contextmanager
+def kernel_section():
+    """Around a call that runs parallel kernels: the fork check, then the
+    calls serialized unless the layer is known to be thread-safe."""
+    check_fork()
+    if threading_layer() in ("omp", "tbb"):
+        yield
+        return
+    with _SERIAL:
+        yield
