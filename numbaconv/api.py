@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import autotune, dispatch, runtime
+from . import autotune, config, dispatch, runtime
 from .shapes import ConvPlan, check_dtype, make_conv_plan, make_conv_transpose_plan, result_dtype
 
 __all__ = [
@@ -152,14 +153,14 @@ def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", F
         _check_out(out, plan, (("input", input), ("weight", weight), ("bias", bias)))
     if method == "measure":
         with runtime.kernel_section():
-            result, _ = autotune.measure(op, plan, lambda row: _execute(row.runner(), plan, x, w, b, None))
+            result, _ = autotune.measure(op, plan, lambda row: _execute(row, plan, x, w, b, None))
         if out is not None:
             out[...] = result
             return out
         return result
     row = dispatch.resolve(op, plan, method)
     with runtime.kernel_section():
-        return _execute(row.runner(), plan, x, w, b, out)
+        return _execute(row, plan, x, w, b, out)
 
 
 def _conv_impl(
@@ -271,7 +272,22 @@ def _finish_cuda(op, plan, method, x, w, b, out, resident: bool):
     return host
 
 
-def _execute(runner, plan: ConvPlan, x, w, b, out):
+def _warn_over_budget(row, plan: ConvPlan) -> None:
+    need = row.workspace_bytes(plan)
+    if need > config.workspace_bytes:
+        warnings.warn(
+            f"numbaconv: method={row.name!r} needs {need} bytes of working memory for this case, more "
+            f"than config.workspace_bytes={config.workspace_bytes}; running with it. Raise "
+            "config.workspace_bytes (or NUMBACONV_WORKSPACE_BYTES) to allow it silently",
+            RuntimeWarning,
+            stacklevel=6,
+        )
+
+
+def _execute(row, plan: ConvPlan, x, w, b, out):
+    """Run ``row`` on host arrays (saying so when it needs more than the budget)."""
+    _warn_over_budget(row, plan)
+    runner = row.runner()
     if out is not None and out.flags.c_contiguous:
         result = out
     else:

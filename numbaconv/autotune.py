@@ -181,7 +181,9 @@ def measure(op: str, plan, execute, device: str = "cpu"):
         reason = f"{known} was measured fastest for this case earlier (autotune cache)"
         choice = dispatch.Choice(known, device, reason, base.estimates, base.unsupported)
         return execute(dispatch.row(op, known, device)), choice
-    ranked = sorted(base.estimates, key=base.estimates.get)
+    # candidates within the budget (and auto's pick, which may be over it)
+    fits = [n for n in base.estimates if n not in base.over_budget or n == base.method]
+    ranked = sorted(fits, key=base.estimates.get)
     best_est = base.estimates[ranked[0]]
     start = time.perf_counter()
     times: dict[str, float] = {}

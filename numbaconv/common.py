@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import config
-from .shapes import ConvPlan, tap_table
+from .shapes import ConvPlan, conv_tap_maps, expand, tap_table
 
 
 def batch_chunk(batch: int, per_sample: int) -> int:
@@ -43,6 +43,25 @@ def dilated_flipped(w5, dilation, zeros):
     wd = zeros(tuple(w5.shape[:2]) + spans, dtype=w5.dtype)
     wd[:, :, :: dilation[0], :: dilation[1], :: dilation[2]] = w5
     return flipped(wd)
+
+
+def nan_where_padding_meets_nonfinite_weights(plan: ConvPlan, w5, out5) -> None:
+    """Conv with zero padding: an output whose window puts a NaN or Inf weight
+    on a padded position is NaN in PyTorch (``0 * inf`` and ``0 * nan`` are
+    NaN), as in the GEMM and FFT paths; kernels that skip padded taps call
+    this after the fact. Costs one ``isfinite`` pass when the weights are finite."""
+    if plan.padding_mode != "zeros" or not any(lo or hi for lo, hi in plan.padding):
+        return
+    bad = ~np.isfinite(w5).all(axis=1)  # (C_out, KD, KH, KW): a non-finite weight at that tap
+    if not bad.any():
+        return
+    fd, gd, fh, gh, fw, gw = conv_tap_maps(plan)
+    pads = [expand(f, g) < 0 for f, g in ((fd, gd), (fh, gh), (fw, gw))]  # (out, taps): reads padding
+    mask = np.zeros((plan.c_out,) + plan.out_size, dtype=bool)
+    for kd, kh, kw in zip(*np.nonzero(bad.any(axis=0))):
+        at_tap = pads[0][:, kd, None, None] | pads[1][None, :, kh, None] | pads[2][None, None, :, kw]
+        mask[bad[:, kd, kh, kw]] |= at_tap
+    out5[:, mask] = np.nan
 
 
 # ---------------------------------------------------------------------------

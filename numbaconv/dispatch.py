@@ -145,7 +145,9 @@ class Choice:
     ``estimates`` maps every supported method to its estimated seconds;
     ``unsupported`` maps the others to the reason they cannot run the case;
     ``measured`` (``method="measure"`` and ``explain(measure=True)`` only)
-    maps the timed methods to their measured seconds.
+    maps the timed methods to their measured seconds; ``over_budget`` maps
+    the supported methods that would need more than
+    ``config.workspace_bytes`` to the bytes they need.
     """
 
     method: str
@@ -154,6 +156,7 @@ class Choice:
     estimates: dict[str, float]
     unsupported: dict[str, str] = field(default_factory=dict)
     measured: dict[str, float] = field(default_factory=dict)
+    over_budget: dict[str, int] = field(default_factory=dict)
 
 
 def format_ms(seconds: float) -> str:
@@ -169,21 +172,38 @@ def estimate_all(
 ) -> tuple[dict[str, float], dict[str, str]]:
     """(estimates of the supported methods, reasons of the unsupported ones),
     over ``candidates`` (method names) or every row of ``op`` on ``device``."""
-    return _estimate_all(op, plan, device, candidates, _settings_key())
+    return _estimate_all(op, plan, device, candidates, _settings_key())[:2]
 
 
 @functools.lru_cache(maxsize=1024)
 def _estimate_all(op, plan, device, candidates, settings):
-    estimates, unsupported = {}, {}
+    estimates, unsupported, over = {}, {}, {}
     for r in rows(op, device):
         if candidates is not None and r.name not in candidates:
             continue
         why = r.supports(plan)
         if why is None:
             estimates[r.name] = r.cost(plan)
+            need = r.workspace_bytes(plan)
+            if need > config.workspace_bytes:
+                over[r.name] = need
         else:
             unsupported[r.name] = why
-    return estimates, unsupported
+    return estimates, unsupported, over
+
+
+# auto takes a method that needs more than config.workspace_bytes only when
+# every method within the budget is estimated at least this many times slower
+OVER_BUDGET_FACTOR = 10.0
+
+
+def _pick(estimates: dict, over: dict) -> str:
+    best = min(estimates, key=estimates.get)
+    inside = [k for k in estimates if k not in over]
+    if best not in over or not inside:
+        return best
+    best_inside = min(inside, key=estimates.get)
+    return best if estimates[best_inside] >= OVER_BUDGET_FACTOR * estimates[best] else best_inside
 
 
 def _where(device: str) -> str:
@@ -197,26 +217,41 @@ def choose(
     the supported candidate with the lowest estimate, else the forced method
     (UnsupportedMethodError when it cannot do the case). ``candidates``
     limits the methods considered (the signal API offers 'direct' and 'fft')."""
-    estimates, unsupported = estimate_all(op, plan, device, candidates)
+    estimates, unsupported, over = _estimate_all(op, plan, device, candidates, _settings_key())
     if method not in SPECIAL_METHODS:
         if method in unsupported:
             raise UnsupportedMethodError(
                 f"method={method!r} cannot do this case{_where(device)}: {unsupported[method]}"
             )
-        return Choice(method, device, f"method={method!r} was asked for", dict(estimates), dict(unsupported))
+        reason = f"method={method!r} was asked for"
+        return Choice(method, device, reason, dict(estimates), dict(unsupported), over_budget=dict(over))
     if not estimates:
         raise UnsupportedMethodError(
             f"no {op} method supports this case: " + "; ".join(f"{k}: {v}" for k, v in unsupported.items())
         )
-    ranked = sorted(estimates, key=estimates.get)
-    best = ranked[0]
-    reason = f"{best} has the lowest estimated time ({format_ms(estimates[best])})"
+    best = _pick(estimates, over)
+    ranked = [best] + sorted((k for k in estimates if k != best), key=estimates.get)
+    if best in over:
+        reason = (
+            f"{best} has the lowest estimated time ({format_ms(estimates[best])}) but needs {over[best]} "
+            f"bytes of working memory, more than config.workspace_bytes={config.workspace_bytes}: "
+            f"every method within the budget is estimated >= {OVER_BUDGET_FACTOR:g}x slower"
+        )
+    elif estimates[best] > min(estimates.values()):
+        fast = min(estimates, key=estimates.get)
+        reason = (
+            f"{best} has the lowest estimated time ({format_ms(estimates[best])}) within "
+            f"config.workspace_bytes={config.workspace_bytes} ({fast}, {format_ms(estimates[fast])}, "
+            f"needs {over[fast]} bytes)"
+        )
+    else:
+        reason = f"{best} has the lowest estimated time ({format_ms(estimates[best])})"
     if len(ranked) > 1:
         nxt = ranked[1]
         reason += f"; next is {nxt} ({format_ms(estimates[nxt])}, {estimates[nxt] / estimates[best]:.1f}x)"
     if unsupported:
         reason += f"; {', '.join(unsupported)} cannot run this case"
-    return Choice(best, device, reason, dict(estimates), dict(unsupported))
+    return Choice(best, device, reason, dict(estimates), dict(unsupported), over_budget=dict(over))
 
 
 def resolve(op: str, plan, method: str, device: str = "cpu") -> MethodRow:

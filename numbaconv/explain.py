@@ -3,6 +3,7 @@ would use, why, and every candidate's estimated (and, on request, measured) time
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,7 @@ class Explanation:
             "reason": self.choice.reason,
             "estimated_s": self.choice.estimates,
             "unsupported": self.choice.unsupported,
+            "over_budget_bytes": self.choice.over_budget,
             "measured_s": self.measured,
         }
 
@@ -67,6 +69,8 @@ class Explanation:
                 est = f"{self.choice.estimates[name] * 1e3:13.3f}"
                 meas = f"{self.measured[name] * 1e3:12.3f}" if name in self.measured else f"{'-':>12s}"
                 mark = "  <- chosen" if name == self.choice.method else ""
+                if name in self.choice.over_budget:
+                    mark += f"  (needs {self.choice.over_budget[name]} bytes > config.workspace_bytes)"
                 lines.append(f"  {name:10s} {est} {meas}{mark}")
             else:
                 lines.append(f"  {name:10s} {'unsupported':>13s}   {self.choice.unsupported[name]}")
@@ -161,8 +165,10 @@ def _measure_all(op: str, plan, device: str = "cpu") -> dict[str, float]:
         if r.supports(plan) is not None:
             continue
         call = lambda r=r: fn(x, w, b, method=r.name, device=device, **u.kwargs())  # noqa: E731
-        call()
-        out[r.name] = block_best(call)
+        with warnings.catch_warnings():  # over-budget methods are timed too (marked in the table)
+            warnings.filterwarnings("ignore", r"numbaconv: method=.* needs \d+ bytes", RuntimeWarning)
+            call()
+            out[r.name] = block_best(call)
     return out
 
 

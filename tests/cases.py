@@ -264,3 +264,16 @@ def run_transpose_case(c, dtype, method, rng, batched=True, bias=True):
 def run_conv_row(row, c, dtype, rng, **kw):
     """A conv case through ``row`` with the tolerance of the row's error model."""
     return run_conv_case(c, dtype, rng, method=row.name, error=row.error, **kw)
+
+
+def run_saying_if_over_budget(op: str, method: str, plan, call):
+    """``call()``, expecting numbaconv's over-budget RuntimeWarning exactly when
+    the method needs more than ``config.workspace_bytes`` for ``plan``."""
+    import pytest
+
+    from numbaconv import config
+
+    if dispatch.row(op, method).workspace_bytes(plan) > config.workspace_bytes:
+        with pytest.warns(RuntimeWarning, match="more than config.workspace_bytes"):
+            return call()
+    return call()

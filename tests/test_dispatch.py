@@ -90,10 +90,10 @@ def test_supports_agrees_with_what_each_method_does(case, budget, monkeypatch):
     op, xs, ws, kw = case
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)
-    monkeypatch.setattr(config, "workspace_bytes", budget)
     plan = shapes.make_plan(op, x, w, **kw)
     fn = nc.conv if op == "conv" else nc.conv_transpose
-    ref = fn(x, w, method="direct" if op == "conv" else "scatter", **kw)
+    ref = fn(x, w, method="direct" if op == "conv" else "scatter", **kw)  # under the default budget
+    monkeypatch.setattr(config, "workspace_bytes", budget)
     if op == "conv":
         pads = plan.padding[3 - plan.ndim :]
         r = conv_reference(
@@ -105,7 +105,12 @@ def test_supports_agrees_with_what_each_method_does(case, budget, monkeypatch):
     for row in dispatch.rows(op):
         why = row.supports(plan)
         if why is None:
-            np.testing.assert_allclose(fn(x, w, method=row.name, **kw), ref, rtol=1e-9, atol=1e-9)
+            if row.workspace_bytes(plan) > budget:  # runs all the same, and says so
+                with pytest.warns(RuntimeWarning, match="more than config.workspace_bytes"):
+                    y = fn(x, w, method=row.name, **kw)
+            else:
+                y = fn(x, w, method=row.name, **kw)
+            np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-9)
             ran += 1
         else:
             with pytest.raises(nc.UnsupportedMethodError, match="cannot do this case") as info:
@@ -114,7 +119,13 @@ def test_supports_agrees_with_what_each_method_does(case, budget, monkeypatch):
     assert ran >= 1  # direct / scatter always run
     choice = dispatch.choose(op, plan)
     assert set(choice.estimates) | set(choice.unsupported) == {r.name for r in dispatch.rows(op)}
-    np.testing.assert_allclose(fn(x, w, **kw), ref, rtol=1e-9, atol=1e-9)
+    assert set(choice.over_budget) <= set(choice.estimates)
+    if choice.method in choice.over_budget:
+        with pytest.warns(RuntimeWarning, match="more than config.workspace_bytes"):
+            y = fn(x, w, **kw)
+    else:
+        y = fn(x, w, **kw)
+    np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-9)
 
 
 def test_unknown_and_unsupported_methods_say_why(monkeypatch):
@@ -128,8 +139,14 @@ def test_unknown_and_unsupported_methods_say_why(monkeypatch):
     unsupported = nc.UnsupportedMethodError
     with pytest.raises(unsupported, match=r"method='gemm' cannot do this case: the patch matrix"):
         nc.conv2d(x, w, method="gemm")
-    with pytest.raises(unsupported, match=r"method='fft' cannot do this case: the smallest FFT"):
-        nc.choose_method("conv", x, w, method="fft")
+    # the FFT path is never refused for its workspace: it runs over the budget and says so
+    assert "fft" in nc.choose_method("conv", x, w, method="fft").over_budget
+    with pytest.warns(
+        RuntimeWarning, match=r"method='fft' needs \d+ bytes .* more than config.workspace_bytes=100"
+    ):
+        np.testing.assert_allclose(
+            nc.conv2d(x, w, method="fft"), nc.conv2d(x, w, method="direct"), atol=1e-12
+        )
 
 
 @pytest.mark.parametrize(

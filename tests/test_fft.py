@@ -44,13 +44,40 @@ def test_many_tiles_equal_one_tile(mode, monkeypatch):
     assert_close(one, ref, fft_tolerance(np.float64, x, w, b, 4 * 46 * 54))
 
 
-def test_budget_below_one_tile_is_refused(monkeypatch):
+def test_budget_below_one_tile_runs_with_a_warning_and_auto_stays_inside(monkeypatch):
+    """A forced FFT whose smallest tile exceeds the budget still runs, and says
+    so; auto takes a method within the budget when it is not 10x slower."""
     x = np.ones((1, 2, 30, 30))
     w = np.ones((2, 2, 9, 9))
     monkeypatch.setattr(config, "workspace_bytes", 1000)
-    with pytest.raises(nc.UnsupportedMethodError, match="smallest FFT tile"):
-        nc.conv2d(x, w, method="fft")
-    np.testing.assert_allclose(nc.conv2d(x, w), 162.0)  # auto takes another method
+    with pytest.warns(RuntimeWarning, match="more than config.workspace_bytes=1000"):
+        np.testing.assert_allclose(nc.conv2d(x, w, method="fft"), 162.0, rtol=1e-12)
+    choice = nc.choose_method("conv", x, w)
+    assert choice.method != "fft" and "fft" in choice.over_budget
+    np.testing.assert_allclose(nc.conv2d(x, w), 162.0)  # auto: no warning (filterwarnings=error)
+
+
+def test_auto_never_takes_a_path_estimated_10x_slower_to_keep_the_budget(monkeypatch):
+    """A large kernel whose smallest FFT tile exceeds the budget: the direct
+    path is estimated far slower, so auto (conv and the signal API) runs the
+    FFT over the budget and says why, instead of a direct sum ~450x slower."""
+    from numbaconv import dispatch
+    from numbaconv import signal as ns
+
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((300, 300)), rng.standard_normal((200, 200))
+    monkeypatch.setattr(config, "workspace_bytes", 2**20)
+    assert ns.choose_conv_method(a, b) == "fft"
+    with pytest.warns(RuntimeWarning, match="method=.fft. needs"):
+        y = ns.convolve(a, b, mode="same")
+    import scipy.signal as ss
+
+    ref = ss.fftconvolve(a, b, mode="same")
+    assert_close(y, ref, fft_tolerance(np.float64, a, b, None, 4 * 500 * 500))
+    plan = shapes.make_plan("conv", (1, 1, 300, 300), (1, 1, 200, 200), padding=100, dtype=np.float64)
+    choice = dispatch.choose("conv", plan)
+    assert choice.method == "fft" and "estimated >= 10x slower" in choice.reason
+    assert choice.estimates["direct"] >= 10 * choice.estimates["fft"]
 
 
 def test_long_signal_stays_within_the_budget():

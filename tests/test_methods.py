@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import numbaconv as nc
 from numbaconv import config
 
 from .cases import (
@@ -23,6 +24,7 @@ from .cases import (
     transpose_id,
 )
 from .conftest import DTYPES, assert_close, torch, torch_conv, torch_conv_transpose
+from .reference import conv_reference
 
 CONV_ROWS = cpu_rows("conv")
 TRANSPOSE_ROWS = cpu_rows("conv_transpose")
@@ -110,3 +112,32 @@ def test_transpose_unbatched_and_no_bias(nd, transpose_row):
         c, np.float64, transpose_row.name, np.random.default_rng(2), bias=False
     )
     assert_close(got, ref, tol)
+
+
+@pytest.mark.parametrize("conv_row", CONV_ROWS, ids=row_id, indirect=True)
+@pytest.mark.parametrize("padding", [1, 2, "same", ((2, 0), (1, 3))], ids=str)
+def test_conv_nonfinite_weights_meet_zero_padding_as_in_pytorch(padding, conv_row):
+    """A NaN or Inf weight multiplies the zero padding too (0 * nan and 0 * inf
+    are NaN): the NaN pattern of every method is PyTorch's (an FFT spreads a
+    NaN over its tile, so its pattern may be larger, never smaller)."""
+    from .cases import explicit_pads
+
+    rng = np.random.default_rng(3)
+    for cin, groups in ((3, 1), (16, 1), (4, 2)):
+        x = rng.standard_normal((2, cin, 7, 8))
+        w = rng.standard_normal((4, cin // groups, 3, 3))
+        w[1, 0, 0, 0] = np.nan
+        w[3, -1, 2, 1] = np.inf
+        got = np.isnan(nc.conv2d(x, w, padding=padding, groups=groups, method=conv_row.name))
+        pads = explicit_pads(padding, 2, (7, 8), (3, 3), (1, 1), (1, 1))
+        ref = conv_reference(x, w, None, [1, 1], pads, [1, 1], groups, "zeros")
+        want = np.isnan(ref)
+        assert want.any() and not want.all()
+        if torch is not None:
+            np.testing.assert_array_equal(
+                np.isnan(torch_conv(x, w, None, (1, 1), pads, (1, 1), groups, "zeros")), want
+            )
+        if conv_row.error == "norm":
+            assert got[want].all()
+        else:
+            np.testing.assert_array_equal(got, want)

@@ -30,7 +30,7 @@ import numpy as np
 from numba import prange
 
 from .. import config, costs
-from ..common import batch_chunk
+from ..common import batch_chunk, nan_where_padding_meets_nonfinite_weights
 from ..runtime import njit
 from ..shapes import conv_tap_maps
 
@@ -795,7 +795,9 @@ def run(x5, w5, bias, plan, out5):
         cg = plan.c_in // plan.groups
         kd, kh, kw = plan.kernel
         wc = np.ascontiguousarray(w5.transpose(0, 2, 3, 4, 1)).reshape(plan.c_out, kd, kh, kw * cg)
-        return run_channels_last(x5, wc, bias, out5, maps, conv_runs(plan, wc, fw, gw), 1)
+        run_channels_last(x5, wc, bias, out5, maps, conv_runs(plan, wc, fw, gw), 1)
+        nan_where_padding_meets_nonfinite_weights(plan, w5, out5)
+        return out5
     og = plan.c_out // plan.groups
     ob = min(og, _ROW_OB)
     base = plan.batch * plan.groups * (-(-og // ob)) * plan.out_size[0]
@@ -819,4 +821,5 @@ def run(x5, w5, bias, plan, out5):
         plan.dilation[1],
         plan.padding[1][0],
     )
+    nan_where_padding_meets_nonfinite_weights(plan, w5, out5)
     return out5

@@ -16,7 +16,8 @@ and the outputs of the tile that the stride keeps are written out with the
 bias. ``T`` comes from the kernel size (a few spans) and the memory budget,
 not from the input size, so long signals and large images stay within
 ``config.workspace_bytes``; when the whole input fits in one tile, there is
-one tile.
+one tile. A kernel so large that even the smallest tile exceeds the budget
+runs with that tile, with a RuntimeWarning.
 
 float32 is transformed in complex64 (SciPy keeps single precision), float64 in
 complex128; complex inputs use full complex transforms.
@@ -38,7 +39,7 @@ from numba import prange, types
 from numba.extending import overload
 
 from .. import config, costs
-from ..common import dilated_flipped, flipped, transposed_as_conv
+from ..common import dilated_flipped, flipped, fold_workspace, transposed_as_conv
 from ..runtime import njit
 from ..shapes import MODE_CODES
 from .fold import with_fold
@@ -241,25 +242,21 @@ def _tiles_per_batch(cor, lens, total: int) -> int:
 
 
 def supports(plan) -> str | None:
-    """None when ``method="fft"`` can run the plan, else why not."""
-    cor = correlation(plan)
-    tiles, lens = _tile_plan(cor)
-    need = tile_bytes(cor, lens)
-    if need > config.workspace_bytes:
-        return (
-            f"the smallest FFT tile (lengths {tuple(lens)}) needs {need} bytes, more than "
-            f"config.workspace_bytes={config.workspace_bytes}"
-        )
+    """The FFT path runs every case. Where even its smallest tile needs more
+    than ``config.workspace_bytes`` it runs with that tile all the same, and
+    says so (:func:`_warn_over_budget`); ``auto`` then prefers a method within
+    the budget unless that is estimated 10x slower (:mod:`numbaconv.dispatch`)."""
     return None
 
 
 def workspace_bytes(plan) -> int:
-    """Extra memory :func:`run` allocates (a batch of tiles' buffers)."""
+    """Extra memory a call allocates: a batch of tiles' buffers (and the
+    transposed op's extended buffer for the non-zero padding modes)."""
     cor = correlation(plan)
     tiles, lens = _tile_plan(cor)
     count = int(np.prod([-(-_valid_len(cor, i) // tiles[i]) for i in range(3)]))
     fixed, per_tile = _batch_bytes(cor, lens)
-    return fixed + _tiles_per_batch(cor, lens, count) * per_tile
+    return fixed + _tiles_per_batch(cor, lens, count) * per_tile + fold_workspace(plan)
 
 
 @njit(cache=True)

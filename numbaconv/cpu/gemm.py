@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import config, costs
+from ..common import fold_workspace
 from ..runtime import njit, num_threads
 from ..shapes import conv_tap_maps, scatter_tap_maps
 from .fold import with_fold
@@ -199,7 +200,9 @@ def _matmul(a, b, out):
     # Measured on resnet_3x3_c256 / resnet_1x1_c256 (float32, 2 threads):
     # within noise of np.dot called inside an njit function (same OpenBLAS
     # kernels through SciPy), and it needs no compiled signature per dtype.
-    np.matmul(a, b, out=out)
+    # NaN/Inf propagate as in PyTorch, without NumPy's floating-point warnings
+    with np.errstate(all="ignore"):
+        np.matmul(a, b, out=out)
 
 
 def _is_pointwise(plan) -> bool:
@@ -245,10 +248,12 @@ def supports(plan) -> str | None:
 
 
 def workspace_bytes(plan) -> int:
-    """Extra memory :func:`run` allocates for this plan (0 for a pointwise conv)."""
+    """Extra memory a call allocates for this plan: the patch matrix and GEMM
+    result of a chunk (0 for a pointwise conv), and the transposed op's
+    extended buffer for the non-zero padding modes."""
     if plan.op == "conv" and _is_pointwise(plan):
         return 0
-    return max(chunk_rows(plan), 0) * _row_bytes(plan)
+    return max(chunk_rows(plan), 0) * _row_bytes(plan) + fold_workspace(plan)
 
 
 _THIN = 16  # a GEMM with a dimension below this runs far below the BLAS peak
