@@ -821,12 +821,30 @@ def gather_table(out: int, kernel: int, stride: int, dilation: int, lo: int, siz
 # with ``table[o, k] == f[o * a + k * b + c]`` (see ``expand``).
 
 
+def _sparse(length: int, out: int, kernel: int) -> bool:
+    """Whether a compact map of ``length`` positions would be mostly unread by
+    ``out`` positions x ``kernel`` taps (huge padding, stride or dilation):
+    the dense (out x kernel) table is then the smaller one, so the maps stay
+    in proportion to the work, not to the padding."""
+    return length > 4 * out * kernel + 4096
+
+
+def dense_tap_map(table):
+    """``(f, geo)`` of a full (positions x taps) table: ``geo = (taps, 1, 0, ...)``."""
+    out, kernel = table.shape
+    geo = np.array([kernel, 1, 0, kernel, out], np.int64)
+    return np.ascontiguousarray(table, dtype=np.int64).ravel(), geo
+
+
 def conv_tap_map(size: int, out: int, kernel: int, stride: int, dilation: int, lo: int, hi: int, mode: str):
     """``(f, geo)`` for ``tap_table(out, kernel, stride, dilation, lo, size, mode)``.
 
     ``f[q]`` is the input index of padded position ``q`` (``q - lo`` folded by
-    the mode, or -1 in zero padding), for ``q`` in ``[0, lo + size + hi)``.
+    the mode, or -1 in zero padding), for ``q`` in ``[0, lo + size + hi)``; or,
+    where that would be mostly unread, the table itself (:func:`dense_tap_map`).
     """
+    if _sparse(lo + size + hi, out, kernel):
+        return dense_tap_map(tap_table(out, kernel, stride, dilation, lo, size, mode))
     f = tap_table(lo + size + hi, 1, 1, 1, lo, size, mode)[:, 0].copy()
     return f, np.array([stride, dilation, 0, kernel, out], dtype=np.int64)
 
@@ -835,9 +853,12 @@ def gather_tap_map(out: int, kernel: int, stride: int, dilation: int, lo: int, s
     """``(f, geo)`` for ``gather_table(out, kernel, stride, dilation, lo, size)``.
 
     Output ``o`` at tap ``k`` reads ``f[o - k * dilation + lo + dilation * (kernel - 1)]``,
-    the input ``i`` with ``i * stride == o + lo - k * dilation``, or -1.
+    the input ``i`` with ``i * stride == o + lo - k * dilation``, or -1 (or the
+    dense table, :func:`dense_tap_map`, where that map would be mostly unread).
     """
     span = dilation * (kernel - 1)
+    if _sparse(out + lo + span, out, kernel):
+        return dense_tap_map(gather_table(out, kernel, stride, dilation, lo, size))
     v = np.arange(out + lo + span, dtype=np.int64) - span
     i = v // stride
     f = np.where((v >= 0) & (v - i * stride == 0) & (i < size), i, -1)
@@ -848,6 +869,8 @@ def scatter_tap_map(size: int, out: int, kernel: int, stride: int, dilation: int
     """``(f, geo)`` for ``tap_table(size, kernel, stride, dilation, lo, out, "zeros")``:
     input ``i`` at tap ``k`` adds into output ``f[i * stride + k * dilation]`` (or nowhere, -1)."""
     extent = (size - 1) * stride + dilation * (kernel - 1) + 1
+    if _sparse(extent, size, kernel):
+        return dense_tap_map(tap_table(size, kernel, stride, dilation, lo, out, "zeros"))
     f = tap_table(extent, 1, 1, 1, lo, out, "zeros")[:, 0].copy()
     return f, np.array([stride, dilation, 0, kernel, size], dtype=np.int64)
 

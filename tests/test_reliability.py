@@ -345,3 +345,50 @@ def test_autotune_file_stays_bounded_and_shareable(cache_dir, monkeypatch):
     assert sorted(entries) == [f"key-{i:02d}" for i in range(15, 25)]
     assert path.stat().st_mode & 0o777 == 0o644
     assert not [p for p in cache_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("pad", [10**8, 10**9])
+def test_work_and_memory_follow_the_output_not_the_padding(pad):
+    """3 outputs of a 5-sample signal with padding and stride 10**8..10**9: every
+    conv method gives PyTorch's answer in well under 1 MB (or, the FFT, which
+    computes every stride-1 position, says why not); the transposed op with a
+    huge stride and padding and 4 outputs likewise."""
+    import tracemalloc
+
+    import numpy as np
+
+    import numbaconv as nc
+    from numbaconv import shapes
+
+    def small(call):
+        call()  # compile first
+        tracemalloc.start()
+        try:
+            y = call()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 2**20, peak
+        return y
+
+    x = np.arange(5.0).reshape(1, 1, 5)
+    w = np.array([[[1.0, 2.0, 3.0]]])
+    plan = shapes.make_plan("conv", x, w, padding=pad, stride=pad)
+    for r in dispatch.rows("conv"):  # output 1 reads inputs 0, 1, 2 (PyTorch: [0, 8, 0])
+        why = r.supports(plan)
+        if why is not None:
+            assert r.name == "fft" and "stride-1 position" in why
+            continue
+        y = small(lambda r=r: nc.conv1d(x, w, padding=pad, stride=pad, method=r.name))
+        np.testing.assert_array_equal(y, [[[0.0, 8.0, 0.0]]])
+    xt = np.arange(1.0, 5.0).reshape(1, 1, 4)
+    kw = dict(stride=pad, padding=((2 * pad - 1, pad),))  # outputs 1..3 = taps of input 2 (value 3)
+    tplan = shapes.make_plan("conv_transpose", xt, w, **kw)
+    assert tplan.output_shape == (1, 1, 4)
+    for r in dispatch.rows("conv_transpose"):
+        if r.supports(tplan) is not None:
+            assert r.name == "fft"
+            continue
+        y = small(lambda r=r: nc.conv_transpose1d(xt, w, method=r.name, **kw))
+        atol = 1e-12 if r.error == "norm" else 0.0  # an FFT's rounding is relative to the norms
+        np.testing.assert_allclose(y, [[[0.0, 3.0, 6.0, 9.0]]], rtol=0, atol=atol)

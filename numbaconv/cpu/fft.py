@@ -241,11 +241,27 @@ def _tiles_per_batch(cor, lens, total: int) -> int:
     return int(max(1, min(total, (config.workspace_bytes - fixed) // per_tile)))
 
 
+# the FFT computes every stride-1 output; it refuses when that is this many
+# times the outputs asked for (and large): work in proportion to the stride
+# or the padding, not to the result
+_STRIDE1_WASTE = 4096
+_STRIDE1_FLOOR = 2**24
+
+
 def supports(plan) -> str | None:
-    """The FFT path runs every case. Where even its smallest tile needs more
-    than ``config.workspace_bytes`` it runs with that tile all the same, and
-    says so (:func:`_warn_over_budget`); ``auto`` then prefers a method within
-    the budget unless that is estimated 10x slower (:mod:`numbaconv.dispatch`)."""
+    """None when the FFT path can run the plan, else why not. Its workspace is
+    never the reason: where even its smallest tile needs more than
+    ``config.workspace_bytes`` it runs with that tile all the same (the API
+    warns); ``auto`` then prefers a method within the budget unless that is
+    estimated 10x slower (:mod:`numbaconv.dispatch`)."""
+    cor = correlation(plan)
+    positions = int(np.prod([_valid_len(cor, i) for i in range(3)]))
+    outputs = int(np.prod(cor.out_size))
+    if positions > max(_STRIDE1_FLOOR, _STRIDE1_WASTE * outputs):
+        return (
+            f"it computes every stride-1 position, {positions} here for {outputs} outputs (stride "
+            f"{plan.user.stride}); use 'direct' or 'gemm'"
+        )
     return None
 
 

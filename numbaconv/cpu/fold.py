@@ -41,7 +41,7 @@ def _fold_kernel(ext, bias, out, fd, fh, fw):
 
 def with_fold(plan, x5, bias, out5, body):
     """:func:`numbaconv.common.with_fold` on host arrays."""
-    fd, fh, fw = common.fold_maps(plan)
+    maps = common.fold_maps(plan) if plan.folds else None  # (zeros mode never folds)
     return common.with_fold(
         plan,
         x5,
@@ -50,5 +50,5 @@ def with_fold(plan, x5, bias, out5, body):
         body,
         empty=lambda shape: np.empty(shape, dtype=plan.dtype),
         zeros=lambda shape: np.zeros(shape, dtype=plan.dtype),
-        fold=lambda ext, b, dst: _fold_kernel(ext, b, dst, fd, fh, fw),
+        fold=lambda ext, b, dst: _fold_kernel(ext, b, dst, *maps),
     )

@@ -94,11 +94,13 @@ def _gather_runs(plan, w5, lo: int, size: int):
     # wr[r, o, kd, kh, m*C + c] = w[c, o, kd, kh, r + (J-1-m)*s] for full phases
     wconv = w5.transpose(1, 0, 2, 3, 4)  # (O, C, KD, KH, KW), one group
     o, _, kd, kh, _ = wconv.shape
-    wr = np.zeros((s, o, kd, kh, j * c), dtype=w5.dtype)
+    # only phases below KW have taps (a full phase needs taps == J >= 1): one
+    # block per such phase, not per stride (a stride of 10**8 would be 800 MB)
+    wr = np.zeros((min(s, kw), o, kd, kh, j * c), dtype=w5.dtype)
     for ph in range(min(s, kw)):
         if -(-(kw - ph) // s) != j:
             continue
         for m in range(j):
             tap = ph + (j - 1 - m) * s
             wr[ph, :, :, :, m * c : (m + 1) * c] = wconv[:, :, :, :, tap].transpose(0, 2, 3, 1)
-    return wr, rok, rst, r
+    return wr, rok, rst, np.where(rok, r, 0)  # the phase is read only where rok
