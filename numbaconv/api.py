@@ -99,8 +99,8 @@ def _kernel_array(arr: np.ndarray, dtype: np.dtype, shape5) -> np.ndarray:
 
 
 def _check_out(out, plan: ConvPlan, inputs) -> None:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if not isinstance(out, np.ndarray) or isinstance(out, np.matrix):
+        raise TypeError(f"out must be a numpy.ndarray (not a numpy.matrix), got {type(out).__name__}")
     if out.shape != plan.output_shape:
         raise ValueError(f"out has shape {out.shape}, but the result has shape {plan.output_shape}")
     if out.dtype != plan.dtype:

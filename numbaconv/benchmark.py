@@ -193,7 +193,7 @@ def _select(quick: bool, case: str | None, custom: tuple | None) -> list:
     if case:
         picked = [w for w in rows if w[0] == case]
         if not picked:
-            raise SystemExit(f"unknown case {case!r}; the cases are: {', '.join(w[0] for w in rows)}")
+            raise ValueError(f"unknown case {case!r}; the cases are: {', '.join(w[0] for w in rows)}")
         return picked
     if quick:
         return [w for w in rows if w[0] in QUICK]

@@ -7,18 +7,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 
-from . import benchmark, calibrate
+from . import benchmark, calibrate, costs, shapes
 from .explain import explain
 from .machine import info
 
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _int_or_ints(text: str):
@@ -41,7 +56,7 @@ def _add_case_args(p, required: bool) -> None:
     p.add_argument("--stride", type=_int_or_ints, default=1)
     p.add_argument("--padding", type=_padding, default=0, help="int, ints, 'same' or 'valid'")
     p.add_argument("--dilation", type=_int_or_ints, default=1)
-    p.add_argument("--groups", type=int, default=1)
+    p.add_argument("--groups", type=_positive, default=1)
     p.add_argument("--padding-mode", default="zeros", choices=("zeros", "reflect", "replicate", "circular"))
     p.add_argument("--output-padding", type=_int_or_ints, default=0, help="conv_transpose only")
 
@@ -59,6 +74,48 @@ def _case_params(args) -> dict:
     return kw
 
 
+def _bias_shape(args):
+    return (args.weight[0] if args.op == "conv" else args.weight[1] * args.groups,) if args.bias else None
+
+
+def _check_case(args, parser, dtype="float32") -> None:
+    """The case given on the command line, validated as the API would (exit 2)."""
+    if args.op == "conv" and args.output_padding != 0:
+        parser.error("--output-padding is for conv_transpose only")
+    try:
+        plan = shapes.make_plan(
+            args.op, args.input, args.weight, _bias_shape(args), dtype=dtype, **_case_params(args)
+        )
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    if not all(plan.output_shape):
+        parser.error(f"the case has an empty output {plan.output_shape}: nothing to time")
+
+
+def _check_output_path(parser, flag: str, path: str | None) -> None:
+    """``--csv``/``--plot`` into a directory that exists and takes files, checked before any work."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"{flag} {path!r}: the directory {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        parser.error(f"{flag} {path!r}: the directory {folder!r} is not writable")
+    if os.path.isdir(path):
+        parser.error(f"{flag} {path!r} is a directory; give a file name")
+
+
+def _check_writable_dir(parser, what: str, folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        parser.error(
+            f"cannot write {what} into {folder!r} ({exc}); set NUMBACONV_CACHE_DIR to a writable directory"
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="numbaconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         "--op", choices=("conv", "conv_transpose"), help="one case given here (with --input, --weight, ...)"
     )
     _add_case_args(p_bench, required=False)
-    p_bench.add_argument("--repeat", type=int, default=5, help="timed blocks per method (default 5)")
+    p_bench.add_argument("--repeat", type=_positive, default=5, help="timed blocks per method (default 5)")
     p_bench.add_argument("--json", action="store_true", help="print the results as JSON")
     p_bench.add_argument("--csv", metavar="PATH", help="also write the results as CSV")
     p_bench.add_argument("--plot", metavar="PNG", help="also draw time per method per case (matplotlib)")
@@ -114,10 +171,26 @@ def _info(args, parser) -> None:
 
 def _bench(args, parser) -> None:
     custom = None
+    given = [f for f, v in (("--input", args.input), ("--weight", args.weight)) if v is not None]
     if args.op is not None:
         if args.input is None or args.weight is None:
             parser.error("bench --op needs --input and --weight")
+        if args.case or args.quick:
+            parser.error("give a case with --op or by --case / --quick, not both")
+        _check_case(args, parser)
         custom = ("custom", args.op, args.input, args.weight, _case_params(args))
+    elif given:
+        parser.error(f"{' and '.join(given)} need --op conv or --op conv_transpose")
+    names = [w[0] for w in benchmark.WORKLOADS if w[1] in benchmark.OPS]
+    if args.case and args.case not in names:
+        parser.error(f"unknown case {args.case!r}; the cases are: {', '.join(names)}")
+    _check_output_path(parser, "--csv", args.csv)
+    _check_output_path(parser, "--plot", args.plot)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'numbaconv[bench]'")
     results = benchmark.bench(
         quick=args.quick, case=args.case, repeat=args.repeat, custom=custom, progress=not args.no_progress
     )
@@ -132,12 +205,12 @@ def _bench(args, parser) -> None:
 
 
 def _explain(args, parser) -> None:
-    bias = (args.weight[0] if args.op == "conv" else args.weight[1] * args.groups,) if args.bias else None
+    _check_case(args, parser, args.dtype)
     e = explain(
         args.op,
         args.input,
         args.weight,
-        bias,
+        _bias_shape(args),
         measure=args.measure,
         device=args.device,
         dtype=args.dtype,
@@ -151,6 +224,7 @@ def _calibrate(args, parser) -> None:
         sys.stderr.write(f"\rcalibrating: case {i}/{n}")
         sys.stderr.flush()
 
+    _check_writable_dir(parser, "the calibration", os.path.dirname(costs.calibration_path()))
     cases = calibrate.CASES[::3] if args.quick else calibrate.CASES
     result = calibrate.calibrate(cases, progress=step)
     sys.stderr.write("\n")

@@ -87,6 +87,7 @@ def explain(
     weight: ArrayLike | tuple[int, ...],
     bias: ArrayLike | tuple[int, ...] | None = None,
     *,
+    method: str = "auto",
     measure: bool = False,
     device: str = "cpu",
     **params,
@@ -100,6 +101,9 @@ def explain(
         Shapes (the dtype is then ``dtype=``, default float32) or arrays
         (their shapes and dtype).
     bias : shape tuple, array_like or None
+    method : str, default 'auto'
+        The decision to explain: 'auto' (the cost model's choice) or a method
+        name (checked: UnsupportedMethodError when it cannot do the case).
     measure : bool, default False
         Also time every supported method on random arrays of these shapes
         (each compiled first, then the best of three calls after a pause).
@@ -132,6 +136,11 @@ def explain(
     """
     _check_device(device)
     plan = make_plan(op, input, weight, bias, **params)
+    check_method(op, method)
+    if method not in ("auto", "measure"):  # a forced method: its own check first
+        choice = choose(op, plan, method, device)
+        measured = _measure_all(op, plan, device) if measure and choice.estimates else {}
+        return Explanation(op, plan, choice, measured)
     try:
         choice = choose(op, plan, "auto", device)
     except UnsupportedMethodError as exc:  # nothing can run it here: say why for each

@@ -39,6 +39,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 # the integer code of each mode inside njit kernels (the CPU FFT path's window maps)
 MODE_CODES = {name: code for code, name in enumerate(PADDING_MODES)}
 OPS = ("conv", "conv_transpose")
+MAX_INT = 2**62  # every size and parameter must fit the kernels' int64 arithmetic
 _COMPUTE_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
 
 
@@ -72,6 +73,8 @@ def normalize_tuple(value, n: int, name: str, *, minimum: int) -> tuple[int, ...
         if v < minimum:
             bound = "positive" if minimum == 1 else f">= {minimum}"
             raise ValueError(f"{name} must be {bound}, got {value!r}")
+        if v > MAX_INT:
+            raise ValueError(f"{name} must be at most 2**62 (sizes are 64-bit integers), got {value!r}")
     return values
 
 
@@ -122,6 +125,8 @@ def normalize_padding(
         p = operator.index(padding)
         if p < 0:
             raise ValueError(f"padding must be non-negative, got {padding!r}")
+        if p > MAX_INT:
+            raise ValueError(f"padding must be at most 2**62 (sizes are 64-bit integers), got {padding!r}")
         return ((p, p),) * n
     if not isinstance(padding, (tuple, list)):
         raise TypeError(
@@ -145,6 +150,8 @@ def normalize_padding(
             )
         if pair[0] < 0 or pair[1] < 0:
             raise ValueError(f"padding must be non-negative, got {padding!r}")
+        if max(pair) > MAX_INT:
+            raise ValueError(f"padding must be at most 2**62 (sizes are 64-bit integers), got {padding!r}")
         pairs.append(pair)
     return tuple(pairs)
 
@@ -445,6 +452,7 @@ def _plan(
     opad,
 ) -> ConvPlan:
     """The :class:`ConvPlan` of validated arguments, in the canonical 3-D form."""
+    _check_representable(op, batch, c_out, out_sp, np.dtype(dtype))
     return ConvPlan(
         op=op,
         ndim=n,
@@ -464,6 +472,19 @@ def _plan(
         has_bias=bias_shape is not None,
         output_padding=_canon(opad, n, 0),
     )
+
+
+def _check_representable(op, batch, c_out, out_sp, dtype) -> None:
+    """Refuse a result no array can hold (huge stride, padding or dilation), by name."""
+    count = batch * c_out
+    for n in out_sp:
+        count *= n
+    if count * dtype.itemsize > np.iinfo(np.intp).max or any(n > MAX_INT for n in out_sp):
+        params = "stride, padding, dilation and output_padding" if op != "conv" else "padding and dilation"
+        raise ValueError(
+            f"the result would have spatial size {tuple(out_sp)} ({count} elements of {dtype.itemsize} "
+            f"bytes), more than any array can hold; check the {params}"
+        )
 
 
 def make_conv_plan(
@@ -748,22 +769,30 @@ def make_plan(op: str, input, weight, bias=None, *, dtype=None, **params) -> Con
     """
     if op not in OPS:
         raise ValueError(f"op must be one of {', '.join(map(repr, OPS))}, got {op!r}")
-    xs, xd = _shape_and_dtype(input)
-    ws, wd = _shape_and_dtype(weight)
-    bs, bd = _shape_and_dtype(bias)
+    xs, xd = _shape_and_dtype(input, "input")
+    ws, wd = _shape_and_dtype(weight, "weight")
+    bs, bd = _shape_and_dtype(bias, "bias")
     if dtype is None:
         found = [d for d in (xd, wd, bd) if d is not None]
         dtype = result_dtype(*found) if found else np.dtype(np.float32)
+    dtype = np.dtype(dtype)
+    if dtype not in _COMPUTE_DTYPES:
+        raise TypeError(
+            f"dtype must be one of {', '.join(str(d) for d in _COMPUTE_DTYPES)} (numbaconv's compute "
+            f"dtypes), got {dtype}"
+        )
     make = make_conv_plan if op == "conv" else make_conv_transpose_plan
-    return make(xs, ws, bs, dtype=np.dtype(dtype), **params)
+    return make(xs, ws, bs, dtype=dtype, **params)
 
 
-def _shape_and_dtype(value):
+def _shape_and_dtype(value, name: str = "input"):
     """(shape, dtype) of an array, (shape, None) of a shape tuple, (None, None) of None."""
     if value is None:
         return None, None
     if isinstance(value, tuple | list) and all(isinstance(v, int | np.integer) for v in value):
         return tuple(int(v) for v in value), None
+    if isinstance(value, tuple) and value and all(isinstance(v, numbers.Real) for v in value):
+        raise TypeError(f"the {name} shape must contain ints only, got {value!r}")
     arr = value if hasattr(value, "shape") and hasattr(value, "dtype") else np.asarray(value)
     return tuple(arr.shape), np.dtype(arr.dtype)
 

@@ -17,6 +17,7 @@ input dtype as SciPy's direct method does; they never go through the FFT in
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Sequence
 
@@ -61,7 +62,10 @@ def _norm_axes(axes, ndim):
         axes = list(range(ndim))
     elif np.isscalar(axes):
         axes = [axes]
-    axes = [int(ax) for ax in axes]
+    try:
+        axes = [operator.index(ax) for ax in axes]
+    except TypeError:
+        raise ValueError("axes must be a scalar or iterable of integers") from None
     for ax in axes:
         if ax < -ndim or ax >= ndim:
             raise ValueError("axes exceeds dimensionality of input")

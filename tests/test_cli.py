@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from numbaconv import dispatch
 from numbaconv import signal as ns
 
@@ -159,3 +161,74 @@ def test_calibrate_quick_writes_the_calibration(tmp_path):
     assert set(result["constants"]) == {r.key for r in dispatch.TABLE if r.device == "cpu"}
     assert all(v >= 0 for c in result["constants"].values() for v in c.values())
     assert all(q["samples"] >= 2 and q["rel_rms"] >= 0 for q in result["fit"].values())
+
+
+C = ["--op", "conv", "--input", "1,3,8,8", "--weight", "4,3,3,3"]
+MALFORMED = [
+    [],
+    ["frobnicate"],
+    ["info", "--bogus"],
+    ["bench", "--op", "conv", "--input", "1,2,3", "--weight", "x"],
+    ["bench", "--op", "conv", "--input", "1,3,8,8", "--weight", "4,2,3,3"],  # channel mismatch
+    ["bench", *C, "--stride", "0"],
+    ["bench", "--op", "conv", "--input", "1,3,8,8"],
+    ["bench", "--repeat", "0"],
+    ["bench", "--repeat", "-1"],
+    ["bench", "--repeat", "x"],
+    ["bench", "--case", "nope"],
+    ["bench", "--case", "resnet_3x3_c64", "--csv", "/nonexistent-dir/out.csv"],
+    ["bench", "--case", "resnet_3x3_c64", "--plot", "/nonexistent-dir/out.png"],
+    ["bench", "--case", "resnet_3x3_c64", "--csv", "/tmp"],
+    ["bench", *C, "--padding", "-1"],
+    ["bench", "--op", "conv", "--input", "1,3,8,8", "--weight", "4,3,9,9"],  # kernel over the input
+    ["bench", "--op", "conv_transpose", "--input", "1,4,8,8", "--weight", "4,2,3,3", "--output-padding", "5"],
+    ["bench", *C, "--groups", "0"],
+    ["bench", *C, "--groups", "2"],
+    ["bench", *C, "--dilation", "0"],
+    ["bench", "--op", "conv", "--input", ",", "--weight", "4,3,3,3"],
+    ["bench", *C, "--padding-mode", "mirror"],
+    ["bench", *C, "--padding", "(1,2)"],
+    ["bench", *C, "--padding-mode", "reflect", "--padding", "8"],
+    ["bench", *C, "--stride", "1,1,1"],
+    ["bench", "--input", "1,3,8,8", "--weight", "4,3,3,3"],  # no --op
+    ["bench", *C, "--case", "resnet_3x3_c64"],
+    ["bench", *C, "--output-padding", "1"],  # conv has none
+    ["bench", "--op", "conv", "--input", "0,3,8,8", "--weight", "4,3,3,3"],  # nothing to time
+    ["explain", "conv", "--input", "1,8,256,256", "--weight", ","],
+    ["explain", "conv", "--input", "1,3,8,8", "--weight", "4,2,3,3"],
+    ["explain", "conv", "--input", "1,3,8,8", "--weight", "4,3,3,3", "--stride", "0"],
+    ["explain", "deconv", "--input", "1,3,8,8", "--weight", "4,3,3,3"],
+    ["explain", "conv", "--input", "1,3,8,8", "--weight", "4,3,3,3", "--dtype", "int8"],
+    ["explain", "conv", "--input", "1,3,8,8", "--weight", "4,3,3,3", "--device", "tpu"],
+    ["explain", "conv_transpose", "--input", "1,4,8", "--weight", "4,2,3", "--padding", "same"],
+    ["explain", "conv", "--input", "1,3,8,8,8,8,8", "--weight", "4,3,3,3"],
+    ["explain", "conv", "--input", "1,3,8,8", "--weight", "4,3,3,3", "--groups", "x"],
+    ["explain", "conv", "--weight", "4,3,3,3"],
+    ["calibrate", "--bogus"],
+]
+
+
+@pytest.mark.parametrize("argv", MALFORMED, ids=lambda a: " ".join(a)[:60] or "(none)")
+def test_malformed_invocations_exit_2_with_a_message(argv, capsys):
+    """Every misuse: an argparse-style "error:" line and exit status 2, before
+    any work, never a traceback."""
+    from numbaconv import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert "error:" in err and "Traceback" not in err, err
+
+
+def test_calibrate_into_an_unwritable_cache_fails_before_the_work(tmp_path, monkeypatch, capsys):
+    from numbaconv import cli, config
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(config, "cache_dir", str(blocker / "cache"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["calibrate", "--quick"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "cannot write the calibration" in err and "NUMBACONV_CACHE_DIR" in err
+    assert "calibrating" not in err  # no case was timed

@@ -271,7 +271,298 @@ TRANSPOSE_CASES = [
 ]
 
 
-ALL_CASES = CASES + TRANSPOSE_CASES
+X1 = np.ones((1, 2, 9))
+W1 = np.ones((3, 2, 3))
+XT = np.ones((1, 3, 5, 5))
+WTR = np.ones((3, 2, 3, 3))
+S2 = np.ones((6, 6))
+K2 = np.ones((3, 3))
+
+
+def _out(shape, dtype=np.float64, writeable=True):
+    a = np.zeros(shape, dtype)
+    a.flags.writeable = writeable
+    return a
+
+
+# issue 13's reproducers and a second look: more bad inputs, every public entry point
+MORE_CASES = [
+    (
+        "stride 2**64",
+        ValueError,
+        ["stride", "2\\*\\*62", "18446744073709551616"],
+        lambda: nc.conv1d(X1, W1, stride=2**64),
+    ),
+    ("padding 2**70", ValueError, ["padding", "2\\*\\*62"], lambda: nc.conv1d(X1, W1, padding=2**70)),
+    (
+        "padding pair 2**70",
+        ValueError,
+        ["padding", "2\\*\\*62"],
+        lambda: nc.conv1d(X1, W1, padding=((0, 2**70),)),
+    ),
+    ("dilation 2**63", ValueError, ["dilation", "2\\*\\*62"], lambda: nc.conv1d(X1, W1, dilation=2**63)),
+    (
+        "output_padding 2**63",
+        ValueError,
+        ["output_padding"],
+        lambda: nc.conv_transpose1d(X1, np.ones((2, 3, 3)), output_padding=2**63),
+    ),
+    (
+        "result too big (padding 1e9 in 3-D)",
+        ValueError,
+        ["result would have", "more than any array can hold", "padding"],
+        lambda: nc.conv3d(np.ones((1, 1, 2, 2, 2)), np.ones((1, 1, 1, 1, 1)), padding=10**9),
+    ),
+    (
+        "transposed result too big (stride 1e18)",
+        ValueError,
+        ["result would have", "stride"],
+        lambda: nc.conv_transpose1d(X1, np.ones((2, 3, 3)), stride=10**18),
+    ),
+    (
+        "out np.matrix",
+        TypeError,
+        ["out", "matrix"],
+        lambda: nc.conv1d(np.ones((2, 9)), W1, out=np.zeros((3, 7)).view(np.matrix)),
+    ),
+    ("out list", TypeError, ["out", "list"], lambda: nc.conv1d(X1, W1, out=[0.0] * 21)),
+    (
+        "out wrong dtype",
+        ValueError,
+        ["out has dtype float32", "float64"],
+        lambda: nc.conv1d(X1, W1, out=_out((1, 3, 7), np.float32)),
+    ),
+    (
+        "out wrong shape",
+        ValueError,
+        ["out has shape \\(1, 3, 8\\)", "\\(1, 3, 7\\)"],
+        lambda: nc.conv1d(X1, W1, out=_out((1, 3, 8))),
+    ),
+    (
+        "out read-only",
+        ValueError,
+        ["out is read-only"],
+        lambda: nc.conv1d(X1, W1, out=_out((1, 3, 7), writeable=False)),
+    ),
+    (
+        "out overlaps weight",
+        ValueError,
+        ["out overlaps weight"],
+        lambda: (lambda w: nc.conv1d(np.ones((1, 3, 3)), w, out=w[:1, :3, :1]))(np.zeros((3, 3, 3))),
+    ),
+    ("padding_mode None", TypeError, ["padding_mode", "None"], lambda: nc.conv1d(X1, W1, padding_mode=None)),
+    (
+        "padding_mode mirror",
+        ValueError,
+        ["padding_mode", "'mirror'"],
+        lambda: nc.conv1d(X1, W1, padding=1, padding_mode="mirror"),
+    ),
+    ("padding SAME", ValueError, ["padding", "'SAME'"], lambda: nc.conv1d(X1, W1, padding="SAME")),
+    (
+        "padding triple",
+        TypeError,
+        ["padding", "\\(1, 2, 3\\)"],
+        lambda: nc.conv1d(X1, W1, padding=((1, 2, 3),)),
+    ),
+    ("padding negative pair", ValueError, ["padding", "-1"], lambda: nc.conv1d(X1, W1, padding=((1, -1),))),
+    (
+        "padding float in tuple",
+        TypeError,
+        ["padding", "1.5"],
+        lambda: nc.conv2d(XT, np.ones((2, 3, 3, 3)), padding=(1.5, 1)),
+    ),
+    ("groups str", TypeError, ["groups", "'2'"], lambda: nc.conv1d(X1, W1, groups="2")),
+    ("weight None", TypeError, ["weight", "None"], lambda: nc.conv1d(X1, None)),
+    ("input str", TypeError, ["input", "dtype"], lambda: nc.conv1d("abc", W1)),
+    (
+        "input ragged",
+        TypeError,
+        ["input", "could not be converted"],
+        lambda: nc.conv1d([[1.0, 2.0], [3.0]], W1),
+    ),
+    (
+        "float16 arrays",
+        TypeError,
+        ["float16", "float32"],
+        lambda: nc.conv1d(X1.astype(np.float16), W1.astype(np.float16)),
+    ),
+    (
+        "int32 arrays",
+        TypeError,
+        ["int32", "astype"],
+        lambda: nc.conv1d(X1.astype(np.int32), W1.astype(np.int32)),
+    ),
+    ("method int", TypeError, ["method", "3"], lambda: nc.conv1d(X1, W1, method=3)),
+    ("method FFT", ValueError, ["method 'FFT'", "'fft'"], lambda: nc.conv1d(X1, W1, method="FFT")),
+    ("device None", ValueError, ["device", "None"], lambda: nc.conv1d(X1, W1, device=None)),
+    ("device gpu", ValueError, ["device", "'gpu'"], lambda: nc.conv1d(X1, W1, device="gpu")),
+    ("bias length", ValueError, ["bias", "\\(3,\\)", "\\(2,\\)"], lambda: nc.conv1d(X1, W1, np.ones(2))),
+    ("bias str dtype", TypeError, ["bias", "dtype"], lambda: nc.conv1d(X1, W1, np.array(["a", "b", "c"]))),
+    (
+        "reflect padding >= size",
+        ValueError,
+        ["reflect", "size 9", "\\(9, 9\\)"],
+        lambda: nc.conv1d(X1, W1, padding=9, padding_mode="reflect"),
+    ),
+    (
+        "circular padding > size",
+        ValueError,
+        ["circular", "size 9", "\\(10, 10\\)"],
+        lambda: nc.conv1d(X1, W1, padding=10, padding_mode="circular"),
+    ),
+    (
+        "kernel over the padded input",
+        ValueError,
+        ["kernel larger than the padded input", "dilation 5"],
+        lambda: nc.conv1d(X1, W1, dilation=5),
+    ),
+    ("conv1d given 2-D data", ValueError, ["input", "ndim=4"], lambda: nc.conv1d(XT, W1)),
+    ("conv with 7-D weight", ValueError, ["weight", "ndim=7"], lambda: nc.conv(X1, np.ones((1,) * 7))),
+    ("empty weight dim", ValueError, ["weight", "empty"], lambda: nc.conv1d(X1, np.ones((3, 2, 0)))),
+    (
+        "empty channel dim",
+        ValueError,
+        ["input", "empty"],
+        lambda: nc.conv1d(np.ones((1, 0, 9)), np.ones((3, 0, 3))),
+    ),
+    (
+        "transposed output_padding too big",
+        ValueError,
+        ["output_padding", "stride", "dilation"],
+        lambda: nc.conv_transpose2d(XT, WTR, stride=2, output_padding=2),
+    ),
+    (
+        "transposed output_size and output_padding",
+        ValueError,
+        ["output_padding or output_size"],
+        lambda: nc.conv_transpose2d(XT, WTR, stride=2, output_padding=1, output_size=(12, 12)),
+    ),
+    (
+        "transposed output_size out of range",
+        ValueError,
+        ["output size of \\[20, 20\\]", "valid sizes range"],
+        lambda: nc.conv_transpose2d(XT, WTR, stride=2, output_size=(20, 20)),
+    ),
+    (
+        "transposed output_size length",
+        ValueError,
+        ["output_size", "length 4"] if False else ["output_size", "entries"],
+        lambda: nc.conv_transpose2d(XT, WTR, output_size=(1, 1, 1, 7, 7)),
+    ),
+    (
+        "transposed output_size floats",
+        TypeError,
+        ["output_size", "ints"],
+        lambda: nc.conv_transpose2d(XT, WTR, output_size=(7.0, 7.0)),
+    ),
+    (
+        "transposed output_size int",
+        TypeError,
+        ["output_size", "7"],
+        lambda: nc.conv_transpose2d(XT, WTR, output_size=7),
+    ),
+    (
+        "transposed padding same",
+        ValueError,
+        ["'same'", "transposed"],
+        lambda: nc.conv_transpose2d(XT, WTR, padding="same"),
+    ),
+    (
+        "transposed padding too large",
+        ValueError,
+        ["padding too large"],
+        lambda: nc.conv_transpose2d(XT, WTR, padding=5),
+    ),
+    ("transposed groups", ValueError, ["groups=2", "C_in=3"], lambda: nc.conv_transpose2d(XT, WTR, groups=2)),
+    (
+        "transposed method direct",
+        ValueError,
+        ["unknown method 'direct'", "'scatter'"],
+        lambda: nc.conv_transpose2d(XT, WTR, method="direct"),
+    ),
+    (
+        "choose_method int8 dtype",
+        TypeError,
+        ["dtype", "int8"],
+        lambda: nc.choose_method("conv", (1, 1, 5), (1, 1, 3), dtype=np.int8),
+    ),
+    ("choose_method op", ValueError, ["op", "'deconv'"], lambda: nc.choose_method("deconv", X1, W1)),
+    (
+        "choose_method fractional shape",
+        TypeError,
+        ["input shape", "3.5"],
+        lambda: nc.choose_method("conv", (1, 3.5, 8, 8), (4, 3, 3, 3)),
+    ),
+    (
+        "choose_method device",
+        ValueError,
+        ["device", "'auto'"],
+        lambda: nc.choose_method("conv", X1, W1, device="auto"),
+    ),
+    (
+        "explain bad method",
+        ValueError,
+        ["unknown method 'nope'"],
+        lambda: nc.explain("conv", X1, W1, method="nope"),
+    ),
+    ("explain device", ValueError, ["device", "'tpu'"], lambda: nc.explain("conv", X1, W1, device="tpu")),
+    ("explain unknown parameter", TypeError, ["strides"], lambda: nc.explain("conv", X1, W1, strides=2)),
+    (
+        "signal axes 1.9",
+        ValueError,
+        ["axes must be a scalar or iterable of integers"],
+        lambda: nc.signal.fftconvolve(S2, K2, axes=1.9),
+    ),
+    ("signal convolve axes 1.9", ValueError, ["axes must be"], lambda: nc.signal.convolve(S2, K2, axes=1.9)),
+    (
+        "signal axes out of range",
+        ValueError,
+        ["axes exceeds dimensionality"],
+        lambda: nc.signal.convolve(S2, K2, axes=5),
+    ),
+    ("signal axes repeated", ValueError, ["unique"], lambda: nc.signal.convolve(S2, K2, axes=[0, 0])),
+    ("signal mode", ValueError, ["mode", "bogus"], lambda: nc.signal.convolve(S2, K2, mode="bogus")),
+    (
+        "signal method",
+        ValueError,
+        ["'auto', 'direct', or 'fft'"],
+        lambda: nc.signal.convolve(S2, K2, method="bogus"),
+    ),
+    ("signal ndim mismatch", ValueError, ["same dimensionality"], lambda: nc.signal.convolve(S2, np.ones(3))),
+    (
+        "signal object dtype",
+        ValueError,
+        ["Unsupported type"],
+        lambda: nc.signal.convolve(S2.astype(object), K2),
+    ),
+    (
+        "signal four axes",
+        ValueError,
+        ["at most 3 axes"],
+        lambda: nc.signal.convolve(np.ones((2,) * 4), np.ones((2,) * 4)),
+    ),
+    (
+        "shapes stride 0",
+        ValueError,
+        ["stride", "0"],
+        lambda: nc.shapes.conv_output_shape((1, 2, 9), (3, 2, 3), stride=0),
+    ),
+    (
+        "shapes output_padding_for 2-D weight",
+        ValueError,
+        ["weight", "3, 4 or 5"],
+        lambda: nc.shapes.output_padding_for((1, 2, 9), (3, 3), (9,)),
+    ),
+    (
+        "config override unknown",
+        ValueError,
+        ["unknown numbaconv.config setting", "nonsense"],
+        lambda: nc.config.override(nonsense=1).__enter__(),
+    ),
+]
+
+
+ALL_CASES = CASES + TRANSPOSE_CASES + MORE_CASES
 
 
 @pytest.mark.parametrize("exc, parts, fn", [c[1:] for c in ALL_CASES], ids=[c[0] for c in ALL_CASES])
