@@ -392,3 +392,33 @@ def test_work_and_memory_follow_the_output_not_the_padding(pad):
         y = small(lambda r=r: nc.conv_transpose1d(xt, w, method=r.name, **kw))
         atol = 1e-12 if r.error == "norm" else 0.0  # an FFT's rounding is relative to the norms
         np.testing.assert_allclose(y, [[[0.0, 3.0, 6.0, 9.0]]], rtol=0, atol=atol)
+
+
+SPAWN_SCRIPT = textwrap.dedent(
+    """
+    import json, multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    import numpy as np
+    import numbaconv as nc
+
+    def work(method):
+        rng = np.random.default_rng(0)
+        x, w = rng.standard_normal((2, 8, 9, 9)), rng.standard_normal((4, 8, 3, 3))
+        return float(np.abs(nc.conv2d(x, w, padding=1, method=method)).sum())
+
+    if __name__ == "__main__":
+        ref = work("direct")  # the parent runs OpenMP first: spawned workers do not care
+        with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+            got = list(pool.map(work, ["direct", "gemm", "fft", "auto"]))
+        print(json.dumps({"ref": ref, "got": got}))
+    """
+)
+
+
+def test_spawned_workers_after_every_kind_of_call(tmp_path):
+    script = tmp_path / "spawn_probe.py"
+    script.write_text(SPAWN_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(abs(g - data["ref"]) <= 1e-9 * data["ref"] for g in data["got"]), data
