@@ -113,3 +113,17 @@ def torch_conv_transpose(x, w, bias, stride, pads, dilation, groups, output_padd
     if bias is not None:
         out = out + np.asarray(bias, dtype=np.float64).reshape((1, -1) + (1,) * nd)
     return out
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """numbaconv's cache directory (autotune winners, calibration) in a fresh
+    folder, with the in-memory copies forgotten before and after."""
+    from numbaconv import autotune, costs
+
+    monkeypatch.setattr(config, "cache_dir", str(tmp_path))
+    autotune.forget()
+    costs.forget_loaded()
+    yield tmp_path
+    autotune.forget()
+    costs.forget_loaded()

@@ -18,16 +18,6 @@ from numbaconv import autotune, calibrate, common, config, costs, dispatch, mach
 from .reference import conv_reference
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "cache_dir", str(tmp_path))
-    autotune.forget()
-    costs.forget_loaded()
-    yield tmp_path
-    autotune.forget()
-    costs.forget_loaded()
-
-
 def test_every_method_has_a_row_a_module_and_constants():
     """Each row's module exposes the method interface; its cost features and
     the row's shipped constants name the same counts (checked on plans of every

@@ -284,18 +284,6 @@ def test_read_only_install_compiles_without_the_cache(tmp_path):
     assert "NUMBA_CACHE_DIR" in proc.stderr
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    from numbaconv import autotune, config, costs
-
-    monkeypatch.setattr(config, "cache_dir", str(tmp_path))
-    autotune.forget()
-    costs.forget_loaded()
-    yield tmp_path
-    autotune.forget()
-    costs.forget_loaded()
-
-
 @pytest.mark.parametrize(
     "content, why",
     [
