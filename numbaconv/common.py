@@ -45,23 +45,32 @@ def dilated_flipped(w5, dilation, zeros):
     return flipped(wd)
 
 
-def nan_where_padding_meets_nonfinite_weights(plan: ConvPlan, w5, out5) -> None:
-    """Conv with zero padding: an output whose window puts a NaN or Inf weight
-    on a padded position is NaN in PyTorch (``0 * inf`` and ``0 * nan`` are
-    NaN), as in the GEMM and FFT paths; kernels that skip padded taps call
-    this after the fact. Costs one ``isfinite`` pass when the weights are finite."""
+def nonfinite_padding_mask(plan: ConvPlan, w5):
+    """Conv with zero padding: the outputs ``(C_out, OD, OH, OW)`` whose window
+    puts a NaN or Inf weight on a padded position (None when there are none).
+    PyTorch multiplies the padding's zeros too, and ``0 * inf`` and ``0 * nan``
+    are NaN (as in the GEMM and FFT paths); kernels that skip padded taps set
+    these outputs to NaN afterwards. One ``isfinite`` pass when the weights are
+    finite. ``w5`` is a host array."""
     if plan.padding_mode != "zeros" or not any(lo or hi for lo, hi in plan.padding):
-        return
+        return None
     bad = ~np.isfinite(w5).all(axis=1)  # (C_out, KD, KH, KW): a non-finite weight at that tap
     if not bad.any():
-        return
+        return None
     fd, gd, fh, gh, fw, gw = conv_tap_maps(plan)
     pads = [expand(f, g) < 0 for f, g in ((fd, gd), (fh, gh), (fw, gw))]  # (out, taps): reads padding
     mask = np.zeros((plan.c_out,) + plan.out_size, dtype=bool)
     for kd, kh, kw in zip(*np.nonzero(bad.any(axis=0))):
         at_tap = pads[0][:, kd, None, None] | pads[1][None, :, kh, None] | pads[2][None, None, :, kw]
         mask[bad[:, kd, kh, kw]] |= at_tap
-    out5[:, mask] = np.nan
+    return mask if mask.any() else None
+
+
+def nan_where_padding_meets_nonfinite_weights(plan: ConvPlan, w5, out5) -> None:
+    """:func:`nonfinite_padding_mask` applied to a host result ``out5``."""
+    mask = nonfinite_padding_mask(plan, w5)
+    if mask is not None:
+        out5[:, mask] = np.nan
 
 
 # ---------------------------------------------------------------------------

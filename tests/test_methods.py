@@ -24,7 +24,7 @@ from .cases import (
     transpose_id,
 )
 from .conftest import DTYPES, assert_close, torch, torch_conv, torch_conv_transpose
-from .reference import conv_reference
+from .reference import conv_reference, conv_transpose_reference
 
 CONV_ROWS = cpu_rows("conv")
 TRANSPOSE_ROWS = cpu_rows("conv_transpose")
@@ -138,6 +138,36 @@ def test_conv_nonfinite_weights_meet_zero_padding_as_in_pytorch(padding, conv_ro
                 np.isnan(torch_conv(x, w, None, (1, 1), pads, (1, 1), groups, "zeros")), want
             )
         if conv_row.error == "norm":
+            assert got[want].all()
+        else:
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("transpose_row", TRANSPOSE_ROWS, ids=row_id, indirect=True)
+def test_transpose_nonfinite_weights_as_in_pytorch(transpose_row):
+    """The transposed op multiplies a weight only by inputs that reach an output:
+    a NaN or Inf weight gives PyTorch's NaN pattern (an FFT's may be larger)."""
+    from .cases import pairs
+
+    rng = np.random.default_rng(4)
+    for cin, kw in ((3, dict(stride=2, padding=1)), (16, dict(stride=3, padding=2, dilation=2))):
+        x = rng.standard_normal((2, cin, 6, 7))
+        w = rng.standard_normal((cin, 4, 3, 3))
+        w[0, 1, 0, 0] = np.nan
+        w[-1, 2, 2, 1] = np.inf
+        got = np.isnan(nc.conv_transpose2d(x, w, method=transpose_row.name, **kw))
+        d = kw.get("dilation", 1)
+        ref = conv_transpose_reference(x, w, None, [kw["stride"]] * 2, pairs(kw["padding"], 2), [d, d])
+        want = np.isnan(ref)
+        assert want.any() and not want.all()
+        if torch is not None:
+            t = np.isnan(
+                torch_conv_transpose(
+                    x, w, None, [kw["stride"]] * 2, pairs(kw["padding"], 2), [d, d], 1, [0, 0]
+                )
+            )
+            np.testing.assert_array_equal(t, want)
+        if transpose_row.error == "norm":
             assert got[want].all()
         else:
             np.testing.assert_array_equal(got, want)

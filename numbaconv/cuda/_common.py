@@ -103,6 +103,36 @@ def _fill_kernel(flat, value):
         i += step
 
 
+@cuda.jit
+def _set_nan_kernel(out, mask, value):
+    # out[n, o, d, h, w] = value where mask[o, d, h, w]
+    N, O, OD, OH, OW = out.shape
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < N * O * OD * OH * OW:
+        w = i % OW
+        r = i // OW
+        h = r % OH
+        r //= OH
+        d = r % OD
+        r //= OD
+        o = r % O
+        n = r // O
+        if mask[o, d, h, w]:
+            out[n, o, d, h, w] = value
+        i += step
+
+
+def set_nan(out5, mask) -> None:
+    """NaN into the device result where the host ``mask`` (C_out, OD, OH, OW) is set (None: nothing)."""
+    if mask is None:
+        return
+    blocks, threads = blocks_1d(out5.size)
+    _set_nan_kernel[blocks, threads](
+        out5, to_device(mask.astype(np.uint8)), np.dtype(out5.dtype).type(np.nan)
+    )
+
+
 def bias_or_zeros(bias, plan):
     if bias is not None:
         return bias

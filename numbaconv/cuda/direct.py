@@ -25,8 +25,8 @@ import numpy as np
 from numba import cuda
 
 from .. import config
-from ..common import gpu_roofline
-from ._common import MAX_GRID_Y, bias_or_zeros, conv_maps, numba_type
+from ..common import gpu_roofline, nonfinite_padding_mask
+from ._common import MAX_GRID_Y, bias_or_zeros, conv_maps, numba_type, set_nan
 
 
 @functools.cache
@@ -97,8 +97,11 @@ def gather_conv_kernel(dtype_str: str, chunk: int, bx: int, by: int):
 def gather_conv_tiled_kernel(dtype_str: str, bx: int, by: int):
     """The input-tiled kernel: per (input channel, kd) the block stages the
     input region its (by x bx) output tile reads (``LH x LW`` padded
-    positions, through the tap maps) and the (KH x KW) weights in dynamic
-    shared memory, then every thread sums its taps from there."""
+    positions, through the tap maps, with a flag per position that has an
+    input) and the (KH x KW) weights in dynamic shared memory, then every
+    thread sums its taps from there. Taps without an input are skipped, as in
+    the weight-staging kernel and on the CPU (a NaN weight never meets a
+    missing position; conv's zero padding is handled after the kernel)."""
     nbt = numba_type(dtype_str)
 
     @cuda.jit
@@ -127,6 +130,7 @@ def gather_conv_tiled_kernel(dtype_str: str, bx: int, by: int):
         nh = fh.shape[0]
         nw = fw.shape[0]
         region = LH * LW
+        flags = region + KH * KW  # then LH x LW flags: 1 where the position has an input
         planes = N * O * OD
         p = cuda.blockIdx.y
         while p < planes:
@@ -147,12 +151,15 @@ def gather_conv_tiled_kernel(dtype_str: str, bx: int, by: int):
                         ph = ph0 + r
                         pw = pw0 + j - r * LW
                         v = nbt(0)
+                        here = nbt(0)
                         if ph >= 0 and ph < nh and pw >= 0 and pw < nw:
                             ih = fh[ph]
                             iw = fw[pw]
                             if ih >= 0 and iw >= 0:
                                 v = x[n, c0 + cl, i0, ih, iw]
+                                here = nbt(1)
                         sm[j] = v
+                        sm[flags + j] = here  # a tap with no input is skipped, not multiplied
                         j += nthreads
                     j = tid
                     while j < KH * KW:
@@ -164,7 +171,8 @@ def gather_conv_tiled_kernel(dtype_str: str, bx: int, by: int):
                             rh = oh * geo[3] + kh * bh + geo[5] - ph0
                             for kw in range(KW):
                                 rw = ow * geo[6] + kw * bw + geo[8] - pw0
-                                acc += sm[region + kh * KW + kw] * sm[rh * LW + rw]
+                                if sm[flags + rh * LW + rw] != 0:
+                                    acc += sm[region + kh * KW + kw] * sm[rh * LW + rw]
                     cuda.syncthreads()
             if valid:
                 out[n, o, od, oh, ow] = acc + bias[o]
@@ -187,7 +195,7 @@ def launch_gather_conv(x5, w2, bias, out5, maps, groups, kernel_shape):
     g = maps.geo
     lh = (by - 1) * g[3] + (kh - 1) * abs(g[4]) + 1
     lw = (bx - 1) * g[6] + (kw - 1) * abs(g[7]) + 1
-    nbytes = (lh * lw + kh * kw) * np.dtype(out5.dtype).itemsize
+    nbytes = (2 * lh * lw + kh * kw) * np.dtype(out5.dtype).itemsize  # values, weights, flags
     if nbytes <= int(config.cuda_shared_bytes):
         k = gather_conv_tiled_kernel(np.dtype(out5.dtype).str, bx, by)
         k[grid, (bx, by), 0, nbytes](x5, w2, bias, out5, fd, fh, fw, geo, groups, kd, kh, kw, lh, lw)
@@ -214,4 +222,6 @@ def run(x5, w5, bias, plan, out5):
     """Direct convolution of device arrays in the canonical 5-D form."""
     w2 = w5.reshape(plan.c_out, w5.size // plan.c_out)
     launch_gather_conv(x5, w2, bias_or_zeros(bias, plan), out5, conv_maps(plan), plan.groups, plan.kernel)
+    if plan.padding_mode == "zeros" and any(lo or hi for lo, hi in plan.padding):
+        set_nan(out5, nonfinite_padding_mask(plan, w5.copy_to_host()))
     return out5

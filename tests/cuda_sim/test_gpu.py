@@ -252,3 +252,27 @@ def test_direct_weight_staging_kernel(case, monkeypatch):
         nc.conv_transpose2d(xt, wt, method="gather", device="cuda", **kt),
         nc.conv_transpose2d(xt, wt, **kt), rtol=1e-12, atol=1e-12,
     )  # fmt: skip
+
+
+# the simulator computes with NumPy scalars, which warn on inf * 0 (a GPU does not)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("op", ["conv", "conv_transpose"])
+def test_nonfinite_weights_as_on_the_cpu(op):
+    """A NaN/Inf weight: the NaN pattern of every GPU method is the CPU's (which
+    is PyTorch's, tests/test_methods.py): conv's zero padding multiplies the
+    weight (NaN), the transposed op's missing taps never do."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, 5, 6))
+    w = rng.standard_normal((2, 2, 3, 3))
+    w[1, 0, 0, 0] = np.nan
+    w[0, 1, 2, 1] = np.inf
+    fn = nc.conv if op == "conv" else nc.conv_transpose
+    kw = dict(padding=1) if op == "conv" else dict(stride=2, padding=1)
+    want = np.isnan(fn(x, w, method="gemm", **kw))
+    assert want.any() and not want.all()
+    for method in _names(op):
+        plan = shapes.make_plan(op, x, w, **kw)
+        call = lambda m=method: fn(x, w, method=m, device="cuda", **kw)  # noqa: E731
+        if _refused(op, method, plan, call):
+            continue
+        np.testing.assert_array_equal(np.isnan(call()), want, err_msg=method)
