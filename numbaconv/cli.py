@@ -1,7 +1,7 @@
 """The ``numbaconv`` command: argument parsing for ``info``, ``bench``,
-``explain`` and ``calibrate``. The work is done by :mod:`numbaconv.machine`
-(info), :mod:`numbaconv.benchmark`, :mod:`numbaconv.explain` and
-:mod:`numbaconv.calibrate`."""
+``explain``, ``calibrate`` and ``warmup``. The work is done by
+:mod:`numbaconv.machine` (info), :mod:`numbaconv.benchmark`,
+:mod:`numbaconv.explain`, :mod:`numbaconv.calibrate` and :mod:`numbaconv.warmup`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 
-from . import benchmark, calibrate, costs, shapes
+from . import benchmark, calibrate, costs, shapes, warmup
 from .explain import explain
 from .machine import info
 
@@ -157,11 +157,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_cal.add_argument("--quick", action="store_true", help="a third of the cases (a rougher fit, ~20 s)")
     p_cal.add_argument("--json", action="store_true")
+    p_warm = sub.add_parser(
+        "warmup", help="compile every CPU kernel ahead of time (for container builds and CI)"
+    )
+    p_warm.add_argument(
+        "--dtype",
+        action="append",
+        choices=warmup.DTYPES,
+        help="a dtype to compile for (repeatable; default float32 and float64)",
+    )
+    p_warm.add_argument("--json", action="store_true")
+    p_warm.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
 
 def _info(args, parser) -> None:
     data = info()
+    cache = warmup.cache_state()
+    data["kernel_cache"] = (
+        f"{cache['warm_kernels']} of {cache['kernels']} kernels compiled for this CPU in Numba's on-disk "
+        f"cache ({cache['cached_signatures']} signatures); `numbaconv warmup` compiles the rest"
+    )
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -239,7 +255,25 @@ def _calibrate(args, parser) -> None:
         print(f"stored in {path}; used from now on by numbaconv on this machine")
 
 
-_COMMANDS = {"info": _info, "bench": _bench, "explain": _explain, "calibrate": _calibrate}
+def _warmup(args, parser) -> None:
+    result = warmup.warmup(tuple(args.dtype or ("float32", "float64")), progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"warmed {', '.join(result['dtypes'])} in {result['seconds']:.1f} s ({result['calls']} calls): "
+            f"{result['warm_kernels']} of {result['kernels']} kernels, {result['cached_signatures']} "
+            "signatures in Numba's on-disk cache for this CPU"
+        )
+
+
+_COMMANDS = {
+    "info": _info,
+    "bench": _bench,
+    "explain": _explain,
+    "calibrate": _calibrate,
+    "warmup": _warmup,
+}
 
 
 def main(argv=None) -> int:

@@ -232,3 +232,35 @@ def test_calibrate_into_an_unwritable_cache_fails_before_the_work(tmp_path, monk
     err = capsys.readouterr().err
     assert info.value.code == 2 and "cannot write the calibration" in err and "NUMBACONV_CACHE_DIR" in err
     assert "calibrating" not in err  # no case was timed
+
+
+def test_warmup_compiles_every_kernel_and_info_says_so(tmp_path):
+    """From an empty Numba cache (NUMBA_CACHE_DIR comes before the in-tree
+    cache), `numbaconv warmup --dtype float32` leaves every CPU kernel with a
+    cached signature for this CPU, and `info` reports it."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    cold = subprocess.run(
+        [sys.executable, "-m", "numbaconv.cli", "info", "--json"],
+        capture_output=True, text=True, timeout=600, check=True, env=env,
+    )  # fmt: skip
+    assert json.loads(cold.stdout)["kernel_cache"].startswith("0 of ")
+    proc = subprocess.run(
+        [sys.executable, "-m", "numbaconv.cli", "warmup", "--dtype", "float32", "--json"],
+        capture_output=True, text=True, timeout=1800, check=True, env=env,
+    )  # fmt: skip
+    result = json.loads(proc.stdout)
+    assert result["kernels"] >= 10 and result["warm_kernels"] == result["kernels"], result
+    assert result["calls"] > 0 and result["dtypes"] == ["float32"]
+    assert "[" in proc.stderr  # the progress bar
+    warm = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "numbaconv.cli", "info", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+            env=env,
+        ).stdout  # fmt: skip
+    )
+    n = result["kernels"]
+    assert warm["kernel_cache"].startswith(f"{n} of {n} kernels"), warm["kernel_cache"]
