@@ -173,6 +173,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _info(args, parser) -> None:
     data = info()
+    from .cpu import microkernel
+
+    rate = microkernel.measure_rate()
+    data["simd"] = f"{rate['lanes']} float32 lanes, register block {rate['block'][0]} x {rate['block'][1]}"
+    data["microkernel_gflops"] = round(rate["ukernel_gflops"], 1)
+    data["numpy_gemm_gflops"] = round(rate["numpy_gflops"], 1)
     cache = warmup.cache_state()
     data["kernel_cache"] = (
         f"{cache['warm_kernels']} of {cache['kernels']} kernels compiled for this CPU in Numba's on-disk "

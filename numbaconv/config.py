@@ -38,6 +38,11 @@ that cannot be used is ignored with a RuntimeWarning naming the variable
     shared memory the direct kernel's input tile may use (48 KiB; larger
     regions take the weight-staging kernel). Tests shrink them to cover
     several blocks and ragged edges with tiny shapes.
+``simd_lanes``, ``simd_block``
+    The micro-kernels' lanes per float32 vector and register block (rows,
+    vectors); None (default) takes them from the host
+    (:func:`numbaconv.cpu.microkernel.host_simd`: AVX-512 16 lanes and a 6 x 4
+    block, AVX2 8 and 6 x 2, else 4 and 6 x 2). Tests force 4, 8 and 16.
 ``direct_channels_last_min``
     The direct path switches from its row kernel (vectorized along the output
     width) to its channels-last kernel (vectorized along input channels) when a
@@ -75,6 +80,8 @@ _DEFAULTS = {
     "cuda_chunk": 256,
     "cuda_tile": 16,
     "cuda_shared_bytes": 48 * 1024,
+    "simd_lanes": None,
+    "simd_block": None,
 }
 _SETTINGS = (*_DEFAULTS, "cache_dir")
 
@@ -184,6 +191,8 @@ cuda_block_2d: tuple[int, int]
 cuda_chunk: int
 cuda_tile: int
 cuda_shared_bytes: int
+simd_lanes: int | None
+simd_block: tuple[int, int] | None
 
 
 class _ConfigModule(types.ModuleType):

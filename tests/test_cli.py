@@ -47,6 +47,8 @@ def test_info_json():
     assert data["numba_threads"] >= 1
     assert data["threading_layer"] in ("omp", "tbb", "workqueue")
     assert isinstance(data["cuda_usable"], bool) and data["cuda_reason"]
+    assert "float32 lanes" in data["simd"]
+    assert data["microkernel_gflops"] > 0 and data["numpy_gemm_gflops"] > 0
 
 
 def test_bench_quick_json():

@@ -1,0 +1,140 @@
+"""The micro-kernel layer (numbaconv/cpu/microkernel.py): every shape against
+NumPy at 4, 8 and 16 lanes (AVX2- and NEON-sized blocks are tested on any
+host), float32 and float64, every tail, NaN/Inf, and the vector width of the
+generated assembly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from numbaconv import config
+from numbaconv.cpu import microkernel as mk
+
+LANES = [4, 8, 16]
+DTYPES = ["float32", "float64"]
+
+
+def _tol(dtype, k, scale):
+    return 8 * np.finfo(dtype).eps * np.sqrt(max(k, 1)) * scale
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("block", [(6, 4), (3, 2), (1, 1)], ids=lambda b: f"{b[0]}x{b[1]}")
+def test_gemm_every_tail(block, lanes, dtype):
+    """Rows, columns and k that do not fill a block (and k = 0, 1)."""
+    rng = np.random.default_rng(0)
+    nr = block[1] * lanes
+    for m, n, k in [
+        (block[0], nr, 7),
+        (block[0] + 1, nr + 1, 1),
+        (2 * block[0] - 1, 3 * nr - 5, 33),
+        (5, 3, 0),
+    ]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        ref = a.astype(np.float64) @ b.astype(np.float64)
+        got = mk.gemm(a, b, lanes=lanes, block=block)
+        assert got.dtype == np.dtype(dtype) and got.shape == (m, n)
+        scale = float(np.abs(a).sum(axis=1).max() * np.abs(b).max()) if k else 1.0
+        np.testing.assert_allclose(got, ref, rtol=0, atol=_tol(dtype, k, scale))
+
+
+def _run_block(dtype, rows, vectors, lanes, a_bcast, b_bcast, a, b, c, k, a0, ak, ar, b0, bk, c0, ldc):
+    call = mk.block_call(dtype, rows, vectors, lanes, a_bcast, b_bcast)
+    call(a, b, c, k, a0, ak, ar, b0, bk, c0, ldc)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_vector_times_vector_depthwise_shape(lanes, dtype):
+    """acc[r, j] += A[a0 + i*ak + r*ar + j] * B[b0 + i*bk + j]: lanes over channels,
+    rows over output pixels, k over taps (strided, offset operands)."""
+    rng = np.random.default_rng(1)
+    rows, vectors, k = 3, 2, 5
+    width = vectors * lanes
+    ak, ar, bk, ldc = width + 3, 2 * width + 7, width + 1, width + 2
+    a = rng.standard_normal(11 + k * ak + rows * ar + width).astype(dtype)
+    b = rng.standard_normal(4 + k * bk + width).astype(dtype)
+    c = rng.standard_normal(6 + rows * ldc).astype(dtype)
+    want = c.astype(np.float64).copy()
+    for r in range(rows):
+        for i in range(k):
+            want[6 + r * ldc : 6 + r * ldc + width] += (
+                a[11 + i * ak + r * ar : 11 + i * ak + r * ar + width].astype(np.float64)
+                * b[4 + i * bk : 4 + i * bk + width]
+            )
+    _run_block(dtype, rows, vectors, lanes, False, False, a, b, c, k, 11, ak, ar, 4, bk, 6, ldc)
+    np.testing.assert_allclose(c, want, rtol=0, atol=_tol(dtype, k, 10.0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_vector_times_broadcast_row_shape(lanes, dtype):
+    """acc[r, j] += A[a0 + i*ak + r*ar + j] * B[b0 + i*bk]: lanes over the output
+    pixels of a row, a scalar tap weight broadcast (a single-channel filter)."""
+    rng = np.random.default_rng(2)
+    rows, vectors, k = 2, 3, 7
+    width = vectors * lanes
+    ak, ar, bk, ldc = 1, width + 9, 2, width  # taps one input apart, weights two apart
+    a = rng.standard_normal(3 + k * ak + rows * ar + width).astype(dtype)
+    b = rng.standard_normal(1 + k * bk).astype(dtype)
+    c = np.zeros(rows * ldc, dtype)
+    want = np.zeros(rows * ldc)
+    for r in range(rows):
+        for i in range(k):
+            want[r * ldc : (r + 1) * ldc] += a[3 + i + r * ar : 3 + i + r * ar + width] * float(b[1 + i * bk])
+    _run_block(dtype, rows, vectors, lanes, False, True, a, b, c, k, 3, ak, ar, 1, bk, 0, ldc)
+    np.testing.assert_allclose(c, want, rtol=0, atol=_tol(dtype, k, 10.0))
+
+
+def test_nan_and_inf_propagate():
+    """No fast-math flags: NaN and Inf reach exactly the outputs they touch."""
+    a = np.ones((7, 4), np.float32)
+    b = np.ones((4, 20), np.float32)
+    a[2, 1] = np.nan
+    b[3, 5] = np.inf
+    got = mk.gemm(a, b, lanes=8, block=(6, 2))
+    ref = a.astype(np.float64) @ b
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+
+
+def test_refuses_other_dtypes_and_two_broadcasts():
+    with pytest.raises(ValueError, match="float32 or float64"):
+        mk.fma_block("int32", 2, 2, 4, True, False)
+    with pytest.raises(ValueError, match="at most one operand"):
+        mk.fma_block("float32", 2, 2, 4, True, True)
+
+
+def test_lanes_and_block_come_from_the_host_unless_set(monkeypatch):
+    lanes32, registers = mk.host_simd()
+    assert lanes32 in (4, 8, 16) and registers in (16, 32)
+    assert mk.lanes_for(np.float32) == lanes32 and mk.lanes_for(np.float64) == max(2, lanes32 // 2)
+    assert mk.block_for(np.float32) == ((6, 4) if registers >= 32 else (6, 2))
+    monkeypatch.setattr(config, "simd_lanes", 4)
+    monkeypatch.setattr(config, "simd_block", (3, 2))
+    assert mk.lanes_for(np.float64) == 4 and mk.block_for(np.float32) == (3, 2)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_assembly_uses_the_vector_width_asked_for(lanes):
+    """Explicit <16 x float> FMAs are zmm instructions where the host has
+    AVX-512 (also on Intel hosts whose tuning prefers 256-bit vectors for
+    auto-vectorized loops), <8 x float> ymm ones."""
+    import llvmlite.binding as llb
+
+    feats = llb.get_host_cpu_features()
+    if not feats.get("fma", False):
+        pytest.skip("this host has no FMA instructions: LLVM expands llvm.fma in software")
+    if lanes == 16 and not feats.get("avx512f", False):
+        pytest.skip("this host has no AVX-512: 16-lane vectors are split into ymm halves")
+    mk.gemm(np.ones((6, 4), np.float32), np.ones((4, 8 * lanes), np.float32), lanes=lanes, block=(6, 4))
+    run = mk._gemm_driver("float32", 6, 4, lanes)(
+        np.ones((6, 1), np.float32), np.ones((1, 4 * lanes), np.float32)
+    )[2]
+    asm = run.inspect_asm(run.signatures[0])
+    reg = "zmm" if lanes == 16 else "ymm"
+    fmas = [line for line in asm.splitlines() if "vfmadd" in line]
+    assert sum(reg in line for line in fmas) >= 24, (reg, fmas[:5])
