@@ -77,6 +77,95 @@ _LLVM_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
 _FMA_NAMES = {"float32": "f32", "float64": "f64"}
 
 
+class _Block:
+    """The IR of one register block (see :func:`fma_block`): C loaded into
+    accumulators, the k loop of FMAs (accumulators as phis), C stored."""
+
+    def __init__(self, spec, context, builder, signature, args):
+        self.dtype, self.rows, self.vectors, self.lanes, self.a_bcast, self.b_bcast = spec
+        self.builder = builder
+        self.align = np.dtype(self.dtype).itemsize
+        self.vt = ir.VectorType(_LLVM_TYPES[self.dtype], self.lanes)
+        self.i64 = ir.IntType(64)
+        fn_type = ir.FunctionType(self.vt, [self.vt, self.vt, self.vt])
+        name = f"llvm.fma.v{self.lanes}{_FMA_NAMES[self.dtype]}"
+        self.fma = cgutils.get_or_insert_function(builder.module, fn_type, name)
+        arrays = [context.make_array(signature.args[i])(context, builder, args[i]).data for i in range(3)]
+        self.pa, self.pb, self.pc = arrays
+        self.k, self.a0, self.ak, self.ar, self.b0, self.bk, self.c0, self.ldc = args[3:]
+
+    def const(self, v):
+        return ir.Constant(self.i64, v)
+
+    def c_ptr(self, r, v):
+        b = self.builder
+        off = b.add(self.c0, b.add(b.mul(self.const(r), self.ldc), self.const(v * self.lanes)))
+        return b.bitcast(b.gep(self.pc, [off]), self.vt.as_pointer())
+
+    def operand(self, ptr, base, sk, sr, step, r, v, bcast):
+        """A vector at ``base + step*sk + r*sr + v*lanes``, or the scalar at
+        ``base + step*sk + r*sr`` splatted."""
+        b = self.builder
+        off = b.add(base, b.add(b.mul(step, sk), b.mul(self.const(r), sr)))
+        if bcast:
+            s = b.load(b.gep(ptr, [off]), align=self.align)
+            one = b.insert_element(ir.Constant(self.vt, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes)
+            return b.shuffle_vector(one, ir.Constant(self.vt, ir.Undefined), splat)
+        off = b.add(off, self.const(v * self.lanes))
+        return b.load(b.bitcast(b.gep(ptr, [off]), self.vt.as_pointer()), align=self.align)
+
+    def step(self, step, acc):
+        """One k step: B once (no row term), then an FMA per accumulator."""
+        nv = self.vectors
+        bvec = [
+            self.operand(self.pb, self.b0, self.bk, self.const(0), step, 0, v, self.b_bcast)
+            for v in range(nv)
+        ]
+        new = []
+        for r in range(self.rows):
+            a_row = (
+                self.operand(self.pa, self.a0, self.ak, self.ar, step, r, 0, True) if self.a_bcast else None
+            )
+            for v in range(nv):
+                av = (
+                    a_row
+                    if self.a_bcast
+                    else self.operand(self.pa, self.a0, self.ak, self.ar, step, r, v, False)
+                )
+                new.append(self.builder.call(self.fma, [av, bvec[v], acc[r * nv + v]]))
+        return new
+
+    def emit(self):
+        b, nv = self.builder, self.vectors
+        cells = [(r, v) for r in range(self.rows) for v in range(nv)]
+        entry = b.block
+        init = [b.load(self.c_ptr(r, v), align=self.align) for r, v in cells]
+        loop = b.append_basic_block("ukernel.loop")
+        done = b.append_basic_block("ukernel.done")
+        b.cbranch(b.icmp_signed(">", self.k, self.const(0)), loop, done)
+        b.position_at_end(loop)
+        step = b.phi(self.i64)
+        step.add_incoming(self.const(0), entry)
+        acc = [b.phi(self.vt) for _ in cells]
+        for phi, v in zip(acc, init):
+            phi.add_incoming(v, entry)
+        new = self.step(step, acc)
+        nxt = b.add(step, self.const(1))
+        end = b.block
+        step.add_incoming(nxt, end)
+        for phi, v in zip(acc, new):
+            phi.add_incoming(v, end)
+        b.cbranch(b.icmp_signed("<", nxt, self.k), loop, done)
+        b.position_at_end(done)
+        final = [b.phi(self.vt) for _ in cells]  # every phi first, then the stores
+        for phi, first, last in zip(final, init, new):
+            phi.add_incoming(first, entry)
+            phi.add_incoming(last, end)
+        for phi, (r, v) in zip(final, cells):
+            b.store(phi, self.c_ptr(r, v), align=self.align)
+
+
 @functools.cache
 def fma_block(dtype: str, rows: int, vectors: int, lanes: int, a_bcast: bool, b_bcast: bool):
     """The intrinsic ``kernel(a, b, c, k, a0, ak, ar, b0, bk, c0, ldc)``:
@@ -88,83 +177,15 @@ def fma_block(dtype: str, rows: int, vectors: int, lanes: int, a_bcast: bool, b_
         raise ValueError(f"micro-kernels take float32 or float64, got {dtype!r}")
     if a_bcast and b_bcast:
         raise ValueError("at most one operand may be broadcast")
-    scalar = _LLVM_TYPES[dtype]
-    align = np.dtype(dtype).itemsize
+    spec = (dtype, rows, vectors, lanes, a_bcast, b_bcast)
 
     @intrinsic
     def kernel(typingctx, a, b, c, k, a0, ak, ar, b0, bk, c0, ldc):
-        sig = types.void(a, b, c, k, a0, ak, ar, b0, bk, c0, ldc)
-
         def codegen(context, builder, signature, args):
-            aa, bb, cc, kk, a0_, ak_, ar_, b0_, bk_, c0_, ld = args
-            vt = ir.VectorType(scalar, lanes)
-            i64 = ir.IntType(64)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{lanes}{_FMA_NAMES[dtype]}"
-            )
-
-            def data(i, value):
-                return context.make_array(signature.args[i])(context, builder, value).data
-
-            pa, pb, pc = data(0, aa), data(1, bb), data(2, cc)
-            const = lambda v: ir.Constant(i64, v)  # noqa: E731
-
-            def cptr(r, v):
-                off = builder.add(c0_, builder.add(builder.mul(const(r), ld), const(v * lanes)))
-                return builder.bitcast(builder.gep(pc, [off]), vt.as_pointer())
-
-            zero = const(0)
-            entry = builder.block
-            init = [builder.load(cptr(r, v), align=align) for r in range(rows) for v in range(vectors)]
-            loop = builder.append_basic_block("ukernel.loop")
-            done = builder.append_basic_block("ukernel.done")
-            builder.cbranch(builder.icmp_signed(">", kk, zero), loop, done)
-            builder.position_at_end(loop)
-            step = builder.phi(i64)
-            step.add_incoming(zero, entry)
-            acc = []
-            for v in init:
-                phi = builder.phi(vt)
-                phi.add_incoming(v, entry)
-                acc.append(phi)
-            splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-
-            def operand(ptr, base, sk, sr, r, v, bcast):
-                off = builder.add(base, builder.add(builder.mul(step, sk), builder.mul(const(r), sr)))
-                if bcast:
-                    s = builder.load(builder.gep(ptr, [off]), align=align)
-                    one = builder.insert_element(
-                        ir.Constant(vt, ir.Undefined), s, ir.Constant(ir.IntType(32), 0)
-                    )
-                    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), splat)
-                off = builder.add(off, const(v * lanes))
-                return builder.load(builder.bitcast(builder.gep(ptr, [off]), vt.as_pointer()), align=align)
-
-            new = []
-            bvec = [operand(pb, b0_, bk_, zero, 0, v, b_bcast) for v in range(vectors)]
-            for r in range(rows):
-                a_row = operand(pa, a0_, ak_, ar_, r, 0, True) if a_bcast else None
-                for v in range(vectors):
-                    av = a_row if a_bcast else operand(pa, a0_, ak_, ar_, r, v, False)
-                    new.append(builder.call(fma, [av, bvec[v], acc[r * vectors + v]]))
-            nxt = builder.add(step, const(1))
-            end = builder.block
-            step.add_incoming(nxt, end)
-            for phi, v in zip(acc, new):
-                phi.add_incoming(v, end)
-            builder.cbranch(builder.icmp_signed("<", nxt, kk), loop, done)
-            builder.position_at_end(done)
-            final = []
-            for i in range(rows * vectors):  # every phi first, then the stores
-                phi = builder.phi(vt)
-                phi.add_incoming(init[i], entry)
-                phi.add_incoming(new[i], end)
-                final.append(phi)
-            for i, phi in enumerate(final):
-                builder.store(phi, cptr(i // vectors, i % vectors), align=align)
+            _Block(spec, context, builder, signature, args).emit()
             return context.get_dummy_value()
 
-        return sig, codegen
+        return types.void(a, b, c, k, a0, ak, ar, b0, bk, c0, ldc), codegen
 
     return kernel
 

@@ -8,7 +8,11 @@ and the channel's KH x KW weights in shared memory, and each thread sums its
 taps from there (each input value is read once from global memory per block
 instead of once per tap). When that region does not fit
 ``config.cuda_shared_bytes`` (large strides or dilations), a second kernel
-stages only the weights, in chunks of ``config.cuda_chunk`` values. Inputs
+stages only the weights, in chunks of ``config.cuda_chunk`` values. Both
+kernels skip taps that have no input (the tiled one stages a flag per region
+position), as the CPU kernels do, so a NaN weight never meets a missing
+position; conv's zero padding gets NaN where PyTorch's would afterwards
+(:func:`numbaconv.common.nonfinite_padding_mask`). Inputs
 are read through the same compact tap maps as the CPU paths
 (``shapes.conv_tap_map``: padding modes are index arithmetic, -1 is zero
 padding). Planes beyond the grid's y limit are walked by a grid-stride loop.
@@ -95,13 +99,8 @@ def gather_conv_kernel(dtype_str: str, chunk: int, bx: int, by: int):
 
 @functools.cache
 def gather_conv_tiled_kernel(dtype_str: str, bx: int, by: int):
-    """The input-tiled kernel: per (input channel, kd) the block stages the
-    input region its (by x bx) output tile reads (``LH x LW`` padded
-    positions, through the tap maps, with a flag per position that has an
-    input) and the (KH x KW) weights in dynamic shared memory, then every
-    thread sums its taps from there. Taps without an input are skipped, as in
-    the weight-staging kernel and on the CPU (a NaN weight never meets a
-    missing position; conv's zero padding is handled after the kernel)."""
+    """The input-tiled kernel (module doc): per (input channel, kd) the tile's
+    input region, a has-input flag per position and the weights in shared memory."""
     nbt = numba_type(dtype_str)
 
     @cuda.jit
