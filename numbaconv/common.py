@@ -50,10 +50,13 @@ def nonfinite_padding_mask(plan: ConvPlan, w5):
     puts a NaN or Inf weight on a padded position (None when there are none).
     PyTorch multiplies the padding's zeros too, and ``0 * inf`` and ``0 * nan``
     are NaN (as in the GEMM and FFT paths); kernels that skip padded taps set
-    these outputs to NaN afterwards. One ``isfinite`` pass when the weights are
-    finite. ``w5`` is a host array."""
+    these outputs to NaN afterwards. One summing pass over the weights when
+    they are finite (an overflowing sum only costs the exact check). ``w5`` is a host array."""
     if plan.padding_mode != "zeros" or not any(lo or hi for lo, hi in plan.padding):
         return None
+    with np.errstate(all="ignore"):
+        if np.isfinite(w5.sum()):  # one fast pass: NaN/Inf anywhere makes the sum non-finite
+            return None
     bad = ~np.isfinite(w5).all(axis=1)  # (C_out, KD, KH, KW): a non-finite weight at that tap
     if not bad.any():
         return None

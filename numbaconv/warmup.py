@@ -55,7 +55,8 @@ def cache_state() -> dict:
             index = k._cache._cache_file._load_index()
         except Exception:  # no cache location, unreadable index: cold
             index = {}
-        here = [key for key in index if len(key) > 1 and key[1] == _this_cpu(k)]
+        cpu = _this_cpu(k)
+        here = [key for key in index if len(key) > 1 and key[1] == cpu]
         warm += bool(here)
         signatures += len(here)
     return {"kernels": len(ks), "warm_kernels": warm, "cached_signatures": signatures}

@@ -239,3 +239,12 @@ def test_long_signal_long_filter_needs_no_big_tables():
     seg = slice(100_000, 100_016)
     ref = conv_reference(x[..., 100_000 - 1024 : 100_016 + 1024], w)
     assert_close(y[..., seg], ref, tolerance(np.float64, 2049, x[..., :4096], w, None))
+
+
+def test_huge_finite_weights_are_not_taken_for_nan():
+    """Weights whose sum overflows are still finite: no output becomes NaN
+    because of the padding (the fast sum check falls back to the exact one)."""
+    x = np.ones((1, 2, 5, 5), np.float32)
+    w = np.full((2, 2, 3, 3), 3e38, np.float32)
+    y = nc.conv2d(x, w, padding=1, method="direct")
+    assert not np.isnan(y).any() and np.isinf(y).all()

@@ -50,6 +50,7 @@ def _sigs():
         out += [
             (f"fill {name}", _common._fill_kernel, (a1, dt)),
             (f"set_nan {name}", _common._set_nan_kernel, (a5, types.Array(types.uint8, 4, "A"), dt)),
+            (f"nonfinite {name}", _common._nonfinite_kernel, (a1, types.Array(types.int32, 1, "A"))),
             (f"fold {name}", _common._fold_kernel, (a5, a1, a5, idx, idx, idx, idx, idx, idx)),
             (f"direct {name}", direct.gather_conv_kernel(np.dtype(name).str, 256, 16, 8),
              (a5, a2, a1, a5, *maps, i64, i64, i64, i64)),
@@ -82,4 +83,4 @@ def test_every_kernel_compiles_to_ptx():
         if "float32" in label or "complex64" in label:  # no silent promotion to double
             assert not re.findall(r"\b(?:add|sub|mul|fma\.rn)\.f64\b", ptx), label
         compiled.append(label)
-    assert len(compiled) == 4 * 12 + 2
+    assert len(compiled) == 4 * 13 + 2

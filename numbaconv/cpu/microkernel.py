@@ -41,6 +41,7 @@ from .. import config
 from ..runtime import njit
 
 
+@functools.cache
 def host_simd() -> tuple[int, int]:
     """(float32 lanes of the widest vector, vector registers) of this CPU, as
     LLVM sees it: AVX-512 16 and 32, AVX2 8 and 16, otherwise 4 and 16 (SSE,

@@ -123,6 +123,26 @@ def _set_nan_kernel(out, mask, value):
         i += step
 
 
+@cuda.jit
+def _nonfinite_kernel(flat, flag):
+    # flag[0] = 1 if any value of flat is NaN or +-Inf (v - v is NaN exactly then)
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < flat.size:
+        d = flat[i] - flat[i]
+        if d != d:
+            flag[0] = 1
+        i += step
+
+
+def any_nonfinite(arr) -> bool:
+    """Whether a device array holds a NaN or an Inf (one int copied back)."""
+    flag = to_device(np.zeros(1, np.int32))
+    blocks, threads = blocks_1d(arr.size)
+    _nonfinite_kernel[blocks, threads](arr.reshape(arr.size), flag)
+    return bool(flag.copy_to_host()[0])
+
+
 def set_nan(out5, mask) -> None:
     """NaN into the device result where the host ``mask`` (C_out, OD, OH, OW) is set (None: nothing)."""
     if mask is None:

@@ -30,7 +30,7 @@ from numba import cuda
 
 from .. import config
 from ..common import gpu_roofline, nonfinite_padding_mask
-from ._common import MAX_GRID_Y, bias_or_zeros, conv_maps, numba_type, set_nan
+from ._common import MAX_GRID_Y, any_nonfinite, bias_or_zeros, conv_maps, numba_type, set_nan
 
 
 @functools.cache
@@ -221,6 +221,7 @@ def run(x5, w5, bias, plan, out5):
     """Direct convolution of device arrays in the canonical 5-D form."""
     w2 = w5.reshape(plan.c_out, w5.size // plan.c_out)
     launch_gather_conv(x5, w2, bias_or_zeros(bias, plan), out5, conv_maps(plan), plan.groups, plan.kernel)
-    if plan.padding_mode == "zeros" and any(lo or hi for lo, hi in plan.padding):
+    padded = plan.padding_mode == "zeros" and any(lo or hi for lo, hi in plan.padding)
+    if padded and any_nonfinite(w5):  # the weights come to the host only then
         set_nan(out5, nonfinite_padding_mask(plan, w5.copy_to_host()))
     return out5
