@@ -8,6 +8,10 @@ so both devices use one definition. Nothing here compiles a kernel.
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections import OrderedDict
+
 import numpy as np
 
 from . import config
@@ -18,6 +22,45 @@ def batch_chunk(batch: int, per_sample: int) -> int:
     """Samples per chunk so a per-sample buffer fits ``config.workspace_bytes``
     (at least one: a single sample may exceed the budget)."""
     return max(1, min(batch, config.workspace_bytes // max(per_sample, 1)))
+
+
+class WeightCache:
+    """Values derived from a weight (packed layouts, kernel spectra), kept for
+    recent weights up to ``config.<setting>`` bytes in all (0: off), least
+    recently used dropped first. A lookup compares the weight's bytes in full
+    with a kept copy (no hash, so no collisions; a memory compare is ~10x
+    cheaper than hashing), so an edited weight array is never served stale.
+    Values are made read-only; thread-safe."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+        self.entries: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+        self.serial = itertools.count()  # distinguishes entries of equal keys
+
+    def get(self, w, key, make):
+        """``make()``'s value for weight ``w`` under ``key`` (a tuple of the
+        other things the value depends on), from the cache when kept."""
+        limit = getattr(config, self.setting)
+        wbytes = np.ascontiguousarray(w).view(np.uint8)
+        key = (w.shape, w.dtype.str, key)
+        if limit > 0:
+            with self.lock:
+                for k, (kept, value, _) in reversed(self.entries.items()):
+                    if k[0] == key and np.array_equal(kept, wbytes):
+                        self.entries.move_to_end(k)
+                        return value
+        value = make()
+        arrays = [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, np.ndarray)]
+        for a in arrays:
+            a.flags.writeable = False
+        size = wbytes.nbytes + sum(a.nbytes for a in arrays)
+        if 0 < size <= limit:
+            with self.lock:
+                self.entries[key, next(self.serial)] = (wbytes.copy(), value, size)
+                while sum(e[2] for e in self.entries.values()) > limit:
+                    self.entries.popitem(last=False)
+        return value
 
 
 def transposed_as_conv(w5, groups: int):

@@ -22,6 +22,10 @@ that cannot be used is ignored with a RuntimeWarning naming the variable
     The FFT path keeps the kernel spectra of recent calls (keyed by the
     weight's bytes) up to this many bytes, default 32 MiB, env
     ``NUMBACONV_FFT_KERNEL_CACHE_BYTES``; 0 turns it off.
+``weight_cache_bytes``
+    The direct path keeps its packed copies of recent weights (vector-blocked
+    for the micro-kernel, compared by content) up to this many bytes, default
+    64 MiB, env ``NUMBACONV_WEIGHT_CACHE_BYTES``; 0 turns it off.
 ``measure_cache``
     ``method="measure"`` remembers each case's winner in
     ``<cache_dir>/autotune.json`` (default True; env
@@ -43,10 +47,17 @@ that cannot be used is ignored with a RuntimeWarning naming the variable
     vectors); None (default) takes them from the host
     (:func:`numbaconv.cpu.microkernel.host_simd`: AVX-512 16 lanes and a 6 x 4
     block, AVX2 8 and 6 x 2, else 4 and 6 x 2). Tests force 4, 8 and 16.
+``direct_layout``
+    The layout of the direct path's micro-kernel blocks for real dtypes:
+    ``"auto"`` (default), ``"pixels"`` (lanes over output pixels, the weight
+    broadcast) or ``"channels"`` (lanes over output channels, the input
+    channels-last; where a group has at least a vector of output channels,
+    else pixels). Tests force both.
 ``direct_channels_last_min``
-    The direct path switches from its row kernel (vectorized along the output
-    width) to its channels-last kernel (vectorized along input channels) when a
-    group has at least this many input channels.
+    The direct path for complex dtypes switches from its row kernel to its
+    channels-last kernel (vectorized along input channels) when a group has at
+    least this many input channels; the transposed op's gather path counts
+    groups with fewer as thin in its cost model.
 
 Kernels are compiled with ``fastmath={"reassoc", "contract"}`` only:
 reductions may be reordered and fused, NaN and Inf propagate. ``FASTMATH`` is
@@ -71,7 +82,9 @@ FASTMATH = frozenset({"reassoc", "contract"})
 _DEFAULTS = {
     "workspace_bytes": 64 * 2**20,
     "direct_channels_last_min": 8,
+    "direct_layout": "auto",
     "fft_kernel_cache_bytes": 32 * 2**20,
+    "weight_cache_bytes": 64 * 2**20,
     "measure_cache": True,
     "measure_time_s": 2.0,
     "cuda_threads": 256,
@@ -166,6 +179,9 @@ def _from_environment() -> dict:
     values["fft_kernel_cache_bytes"] = _env_bytes(
         "NUMBACONV_FFT_KERNEL_CACHE_BYTES", _DEFAULTS["fft_kernel_cache_bytes"], 0
     )
+    values["weight_cache_bytes"] = _env_bytes(
+        "NUMBACONV_WEIGHT_CACHE_BYTES", _DEFAULTS["weight_cache_bytes"], 0
+    )
     values["measure_cache"] = _env_bool("NUMBACONV_MEASURE_CACHE", _DEFAULTS["measure_cache"])
     values["measure_time_s"] = _env_float("NUMBACONV_MEASURE_TIME_S", _DEFAULTS["measure_time_s"], 0.0)
     values["cache_dir"] = _default_cache_dir()
@@ -181,7 +197,9 @@ _OVERRIDES: contextvars.ContextVar = contextvars.ContextVar(
 # for type checkers and readers: the settings, as module attributes
 workspace_bytes: int
 direct_channels_last_min: int
+direct_layout: str
 fft_kernel_cache_bytes: int
+weight_cache_bytes: int
 cache_dir: str
 measure_cache: bool
 measure_time_s: float

@@ -68,13 +68,13 @@ def _cases():
     for nd in (1, 2, 3):
         sp = (9, 8, 7)[:nd]
         k = (3, 2, 3)[:nd]
-        for cin, groups in ((2, 1), (8, 1), (4, 4)):  # row kernel, channels-last, depthwise
+        for cin, groups in ((2, 1), (8, 1), (4, 4)):  # few channels, more, depthwise
             cout = 4
             out.append(("conv", (1, cin) + sp, (cout, cin // groups) + k, dict(padding=1, groups=groups)))
         out.append(("conv", (1, 2) + sp, (4, 2) + k, dict(padding=1, padding_mode="reflect")))
-        if nd == 2:  # the depthwise 3x3 passes
-            out.append(("conv", (1, 4, 9, 8), (4, 1, 3, 3), dict(padding=1, groups=4)))
         out.append(("conv", (1, 8) + sp, (4, 8) + k, dict(stride=2, dilation=2, padding=2)))
+        # a vector of output channels, strided: the channels-last layout
+        out.append(("conv", (1, 8) + sp, (16, 8) + k, dict(stride=2, padding=1)))
         for cin in (2, 8):
             out.append(("conv_transpose", (1, cin) + sp, (cin, 3) + k, dict(stride=2, padding=1)))
             out.append(

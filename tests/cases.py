@@ -29,8 +29,10 @@ TRANSPOSE_FUNCS = {1: nc.conv_transpose1d, 2: nc.conv_transpose2d, 3: nc.conv_tr
 # method between its kernels (a row not listed runs once, with the defaults).
 VARIANTS = {
     ("conv", "direct"): {
-        "rows": {"direct_channels_last_min": 10**9},
-        "channels_last": {"direct_channels_last_min": 1},
+        "pixels": {"direct_layout": "pixels"},
+        "channels": {"direct_layout": "channels", "simd_lanes": 4},
+        "pixels8": {"direct_layout": "pixels", "simd_lanes": 8},
+        "channels16": {"direct_layout": "channels", "simd_lanes": 16},
     },
 }
 

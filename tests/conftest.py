@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     F = None
 
 DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
-KERNELS = ["rows", "channels_last"]
+KERNELS = ["pixels", "channels"]
 
 
 def random_array(rng, shape, dtype):
@@ -88,8 +88,11 @@ def torch_conv(x, w, bias, stride, pads, dilation, groups, mode):
 
 @pytest.fixture(params=KERNELS)
 def direct_kernel(request, monkeypatch):
-    """Run the direct path's row kernel or its channels-last kernel."""
-    monkeypatch.setattr(config, "direct_channels_last_min", 10**9 if request.param == "rows" else 1)
+    """Run the direct path's pixel layout or its channels-last layout (at 4
+    lanes, so that small groups have a vector of output channels)."""
+    monkeypatch.setattr(config, "direct_layout", request.param)
+    if request.param == "channels":
+        monkeypatch.setattr(config, "simd_lanes", 4)
     return request.param
 
 

@@ -28,8 +28,8 @@ CACHE_PROBE = textwrap.dedent(
     y = nc.conv2d(x, w, padding=1)
     dt = time.perf_counter() - t0
     from numba.core.registry import CPUDispatcher
-    from numbaconv.cpu import direct, fold, gather, gemm, scatter
-    mods = (direct, fold, gather, gemm, scatter)
+    from numbaconv.cpu import direct, fold, gather, gemm, igemm, scatter
+    mods = (direct, fold, gather, gemm, igemm, scatter)
     kernels = [f for m in mods for f in vars(m).values() if isinstance(f, CPUDispatcher)]
     hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
     misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
@@ -238,8 +238,9 @@ def test_calibrate_into_an_unwritable_cache_fails_before_the_work(tmp_path, monk
 
 def test_warmup_compiles_every_kernel_and_info_says_so(tmp_path):
     """From an empty Numba cache (NUMBA_CACHE_DIR comes before the in-tree
-    cache), `numbaconv warmup --dtype float32` leaves every CPU kernel with a
-    cached signature for this CPU, and `info` reports it."""
+    cache), `numbaconv warmup --dtype float32 --dtype complex64` (the direct
+    path's own kernels serve complex dtypes only) leaves every CPU kernel with
+    a cached signature for this CPU, and `info` reports it."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     cold = subprocess.run(
         [sys.executable, "-m", "numbaconv.cli", "info", "--json"],
@@ -247,12 +248,13 @@ def test_warmup_compiles_every_kernel_and_info_says_so(tmp_path):
     )  # fmt: skip
     assert json.loads(cold.stdout)["kernel_cache"].startswith("0 of ")
     proc = subprocess.run(
-        [sys.executable, "-m", "numbaconv.cli", "warmup", "--dtype", "float32", "--json"],
+        [sys.executable, "-m", "numbaconv.cli", "warmup", "--dtype", "float32", "--dtype", "complex64",
+         "--json"],
         capture_output=True, text=True, timeout=1800, check=True, env=env,
     )  # fmt: skip
     result = json.loads(proc.stdout)
     assert result["kernels"] >= 10 and result["warm_kernels"] == result["kernels"], result
-    assert result["calls"] > 0 and result["dtypes"] == ["float32"]
+    assert result["calls"] > 0 and result["dtypes"] == ["float32", "complex64"]
     assert "[" in proc.stderr  # the progress bar
     warm = json.loads(
         subprocess.run(

@@ -127,15 +127,15 @@ def test_nan_and_inf_propagate(direct_kernel):
 
 
 def test_channels_last_workspace_chunks(monkeypatch):
-    """A budget smaller than the batch makes the channels-last kernel chunk it."""
+    """A budget smaller than the batch makes the complex channels-last kernel chunk it."""
     from numbaconv.cpu import direct
 
     rng = np.random.default_rng(10)
-    x = rng.standard_normal((5, 16, 6, 6))
-    w = rng.standard_normal((8, 16, 3, 3))
+    x = rng.standard_normal((5, 16, 6, 6)) + 1j * rng.standard_normal((5, 16, 6, 6))
+    w = rng.standard_normal((8, 16, 3, 3)) - 0.5j
     ref = conv_reference(x, w, pads=[(1, 1)] * 2)
-    plan = nc.shapes.make_conv_plan(x.shape, w.shape, None, padding=1, dtype=np.float64)
-    per_sample = 16 * 36 * 8
+    plan = nc.shapes.make_conv_plan(x.shape, w.shape, None, padding=1, dtype=np.complex128)
+    per_sample = 16 * 36 * 16
     monkeypatch.setattr(config, "workspace_bytes", 2 * per_sample)
     assert direct.uses_channels_last(plan) and direct.workspace_bytes(plan) == 2 * per_sample
     assert_close(nc.conv2d(x, w, padding=1), ref, 1e-12)
@@ -209,7 +209,7 @@ def test_row_kernel_paths_vs_reference_and_torch(case):
     fn = FUNCS[nd]
     K = cin // groups * int(np.prod(k))
     ref = conv_reference(x, w, b, **params)
-    with config.override(direct_channels_last_min=10**9):  # always the row kernel
+    with config.override(direct_layout="pixels"):  # lanes over output pixels
         got = fn(x, w, b, stride, padding, dilation, groups, padding_mode=mode, method="direct")
         x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
         got32 = fn(x32, w32, b32, stride, padding, dilation, groups, padding_mode=mode)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from numbaconv import config
 from numbaconv.cpu import microkernel as mk
@@ -138,3 +139,78 @@ def test_assembly_uses_the_vector_width_asked_for(lanes):
     reg = "zmm" if lanes == 16 else "ymm"
     fmas = [line for line in asm.splitlines() if "vfmadd" in line]
     assert sum(reg in line for line in fmas) >= 24, (reg, fmas[:5])
+
+
+def _taps_reference(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, rows, width, table):
+    ref = c.astype(np.float64)
+    for t in range(nt):
+        ta, tb = (t * at, tab[t]) if table == 0 else (tab[t], t * at)
+        for i in range(k):
+            for r in range(rows):
+                av = float(a[a0 + ta + i * ak + r * ar])
+                ref[c0 + r * ldc : c0 + r * ldc + width] += (
+                    av * b[b0 + tb + i * bk : b0 + tb + i * bk + width]
+                )
+    return ref
+
+
+@njit
+def _call_taps_px(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec):
+    mk.fma_taps(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, 3, 0, 0)
+
+
+@njit
+def _call_taps_cl(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec):
+    mk.fma_taps(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, 0, 3, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("table", [0, 1], ids=["taps-on-B", "taps-on-A"])
+def test_fma_taps_against_numpy(table, lanes, dtype):
+    """Both loop orders of the tap kernel, with offsets, strides and an
+    indirect tap table, at each lane count; 3 rows (auto vectors) or 3
+    vectors (auto rows); k = 0 and nt = 0 leave C as it was."""
+    rng = np.random.default_rng(7)
+    spec = mk.Spec(lanes, 32)
+    rows, vectors = (3, mk.vectors_for(3, 32)) if table == 0 else (mk.rows_for(3, 32), 3)
+    width = vectors * lanes
+    call = _call_taps_px if table == 0 else _call_taps_cl
+    for nt, k in [(4, 5), (1, 1), (3, 0), (0, 4)]:
+        tab = rng.integers(0, 50, size=max(nt, 1)).astype(np.int64)
+        at, a0, b0, ak, ar, bk, c0 = 9, 3, 5, 2 * rows + 1, 2, width + 3, 4
+        ldc = width + 5
+        a = rng.standard_normal(a0 + 60 + nt * at + k * ak + rows * ar).astype(dtype)
+        b = rng.standard_normal(b0 + 60 + nt * at + k * bk + width).astype(dtype)
+        c = rng.standard_normal(c0 + rows * ldc + 3).astype(dtype)
+        ref = _taps_reference(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, rows, width, table)
+        call(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec)
+        scale = float(np.abs(a).max() * np.abs(b).max() * max(nt * k, 1))
+        np.testing.assert_allclose(
+            c, ref, rtol=0, atol=_tol(dtype, nt * k, scale) + 8 * np.finfo(dtype).eps * 4
+        )
+
+
+def test_vectors_and_rows_per_register_count():
+    """The block shapes fit the registers: accumulators + B vectors + one broadcast."""
+    for registers in (16, 32):
+        for rows in range(1, 7):
+            v = mk.vectors_for(rows, registers)
+            assert rows * v + v + 1 <= registers and v >= 1
+        for vectors in range(1, 5):
+            r = mk.rows_for(vectors, registers)
+            assert r * vectors + vectors + 1 <= registers and 1 <= r <= 14
+    assert mk.vectors_for(6, 32) == 4 and mk.rows_for(4, 32) == 6
+
+
+def test_spec_type_carries_lanes_registers_and_source_version():
+    """Kernels taking a Spec compile (and cache) once per spec: the Numba type
+    names lanes, registers and this file's version."""
+    from numba import typeof
+
+    t16, t8 = typeof(mk.Spec(16, 32)), typeof(mk.Spec(8, 16))
+    assert t16 != t8 and t16 == typeof(mk.Spec(16, 32))
+    assert str(mk.SOURCE_KEY) in str(t16) and "16" in str(t16)
+    with config.override(simd_lanes=4, simd_block=(6, 2)):
+        s = mk.spec_for(np.float32)
+        assert s.lanes == 4 and s.registers == 6 * 2 + 2 + 1

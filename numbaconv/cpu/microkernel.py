@@ -29,13 +29,15 @@ into a scratch tile and the valid part copied, as :func:`gemm` does.
 from __future__ import annotations
 
 import functools
+import zlib
+from pathlib import Path
 
 import llvmlite.binding as llb
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
 from .. import config
 from ..runtime import njit
@@ -72,6 +74,65 @@ def block_for(dtype) -> tuple[int, int]:
         return int(rows), int(vectors)
     _, registers = host_simd()
     return (6, 4) if registers >= 32 else (6, 2)
+
+
+def vectors_for(rows: int, registers: int) -> int:
+    """Vectors per row of a broadcast-A block of ``rows`` rows: as many
+    accumulators as the registers hold beside the B vectors and the broadcast
+    (32 registers: 1 -> 15, 2 -> 10, 3 -> 7, 4 -> 6, 5 -> 5, 6 -> 4)."""
+    return max(1, (registers - 1) // (rows + 1))
+
+
+def rows_for(vectors: int, registers: int) -> int:
+    """Rows of a broadcast-A block of ``vectors`` vectors per row (at most 14:
+    32 registers: 4 -> 6, 3 -> 9, 2 -> 14, 1 -> 14)."""
+    return max(1, min(14, (registers - 1 - vectors) // vectors))
+
+
+class Spec:
+    """Lanes and registers of the micro-kernels, and the version of this file,
+    as a value whose Numba *type* carries them: a kernel taking a ``Spec``
+    argument is compiled (and cached on disk) once per spec, and an edit of
+    this file's IR generator changes the version, so no stale entry loads."""
+
+    __slots__ = ("lanes", "registers", "version")
+
+    def __init__(self, lanes: int, registers: int):
+        self.lanes, self.registers, self.version = int(lanes), int(registers), SOURCE_KEY
+
+    def __repr__(self):
+        return f"Spec(lanes={self.lanes}, registers={self.registers})"
+
+
+SOURCE_KEY = zlib.crc32(Path(__file__).read_bytes())
+
+
+class SpecType(types.Type):
+    def __init__(self, lanes, registers, version):
+        self.lanes, self.registers, self.version = lanes, registers, version
+        super().__init__(name=f"SimdSpec({lanes}, {registers}, {version})")
+
+
+@typeof_impl.register(Spec)
+def _typeof_spec(val, c):
+    return SpecType(val.lanes, val.registers, val.version)
+
+
+register_model(SpecType)(models.OpaqueModel)
+
+
+@unbox(SpecType)
+def _unbox_spec(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())
+
+
+def spec_for(dtype) -> Spec:
+    """The :class:`Spec` for ``dtype`` on this host (or as ``config`` says)."""
+    _, registers = host_simd()
+    if config.simd_block:
+        rows, vectors = block_for(dtype)
+        registers = rows * vectors + vectors + 1
+    return Spec(lanes_for(dtype), registers)
 
 
 _LLVM_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
@@ -116,24 +177,19 @@ class _Block:
         off = b.add(off, self.const(v * self.lanes))
         return b.load(b.bitcast(b.gep(ptr, [off]), self.vt.as_pointer()), align=self.align)
 
-    def step(self, step, acc):
+    def step(self, step, acc, a0=None, b0=None):
         """One k step: B once (no row term), then an FMA per accumulator."""
         nv = self.vectors
+        a0 = self.a0 if a0 is None else a0
+        b0 = self.b0 if b0 is None else b0
         bvec = [
-            self.operand(self.pb, self.b0, self.bk, self.const(0), step, 0, v, self.b_bcast)
-            for v in range(nv)
+            self.operand(self.pb, b0, self.bk, self.const(0), step, 0, v, self.b_bcast) for v in range(nv)
         ]
         new = []
         for r in range(self.rows):
-            a_row = (
-                self.operand(self.pa, self.a0, self.ak, self.ar, step, r, 0, True) if self.a_bcast else None
-            )
+            a_row = self.operand(self.pa, a0, self.ak, self.ar, step, r, 0, True) if self.a_bcast else None
             for v in range(nv):
-                av = (
-                    a_row
-                    if self.a_bcast
-                    else self.operand(self.pa, self.a0, self.ak, self.ar, step, r, v, False)
-                )
+                av = a_row if self.a_bcast else self.operand(self.pa, a0, self.ak, self.ar, step, r, v, False)
                 new.append(self.builder.call(self.fma, [av, bvec[v], acc[r * nv + v]]))
         return new
 
@@ -165,6 +221,114 @@ class _Block:
             phi.add_incoming(last, end)
         for phi, (r, v) in zip(final, cells):
             b.store(phi, self.c_ptr(r, v), align=self.align)
+
+
+class _TapBlock(_Block):
+    """The IR of :func:`fma_taps`: two nested loops (k and taps, in the order
+    of ``table``), the accumulators live across both."""
+
+    def __init__(self, dtype, context, builder, signature, args):
+        spec = signature.args[-4]
+        self.rows_, vectors, self.table = (t.literal_value for t in signature.args[-3:])
+        vectors = vectors or vectors_for(self.rows_, spec.registers)
+        self.rows_ = self.rows_ or rows_for(vectors, spec.registers)
+        block = (dtype, self.rows_, vectors, spec.lanes, True, False)
+        k_args = [args[8], args[6], args[9], args[10], args[7], args[11], args[12], args[13]]
+        super().__init__(block, context, builder, signature, list(args[:3]) + k_args)
+        self.tab = context.make_array(signature.args[3])(context, builder, args[3]).data
+        self.nt, self.at = args[4], args[5]
+
+    def emit(self):
+        # table 0 (B): for i < k: for t < nt: A a0 + t*at + i*ak, B b0 + tab[t] + i*bk
+        # table 1 (A): for t < nt: for i < k: A a0 + tab[t] + i*ak, B b0 + t*at + i*bk
+        b, nv = self.builder, self.vectors
+        cells = [(r, v) for r in range(self.rows) for v in range(nv)]
+        entry = b.block
+        init = [b.load(self.c_ptr(r, v), align=self.align) for r, v in cells]
+        outer = b.append_basic_block("ukernel.outer")
+        inner = b.append_basic_block("ukernel.inner")
+        latch = b.append_basic_block("ukernel.next")
+        done = b.append_basic_block("ukernel.done")
+        zero = self.const(0)
+        n_outer, n_inner = (self.k, self.nt) if self.table == 0 else (self.nt, self.k)
+        go = b.and_(b.icmp_signed(">", self.nt, zero), b.icmp_signed(">", self.k, zero))
+        b.cbranch(go, outer, done)
+        b.position_at_end(outer)
+        u = b.phi(self.i64)
+        acc_u = [b.phi(self.vt) for _ in cells]
+        if self.table == 0:
+            oa, ob = b.add(self.a0, b.mul(u, self.ak)), b.add(self.b0, b.mul(u, self.bk))
+        else:
+            oa, ob = b.add(self.a0, b.load(b.gep(self.tab, [u]), align=8)), b.add(self.b0, b.mul(u, self.at))
+        b.branch(inner)
+        b.position_at_end(inner)
+        v = b.phi(self.i64)
+        acc = [b.phi(self.vt) for _ in cells]
+        if self.table == 0:
+            a_v, b_v = b.add(oa, b.mul(v, self.at)), b.add(ob, b.load(b.gep(self.tab, [v]), align=8))
+            new = self.step(zero, acc, a_v, b_v)
+        else:
+            new = self.step(v, acc, oa, ob)
+        nxt = b.add(v, self.const(1))
+        end = b.block
+        v.add_incoming(zero, outer)
+        v.add_incoming(nxt, end)
+        for phi, first, last in zip(acc, acc_u, new):
+            phi.add_incoming(first, outer)
+            phi.add_incoming(last, end)
+        b.cbranch(b.icmp_signed("<", nxt, n_inner), inner, latch)
+        b.position_at_end(latch)
+        u_next = b.add(u, self.const(1))
+        u.add_incoming(zero, entry)
+        u.add_incoming(u_next, latch)
+        for phi, first, last in zip(acc_u, init, new):
+            phi.add_incoming(first, entry)
+            phi.add_incoming(last, latch)
+        b.cbranch(b.icmp_signed("<", u_next, n_outer), outer, done)
+        b.position_at_end(done)
+        final = [b.phi(self.vt) for _ in cells]
+        for phi, first, last in zip(final, init, new):
+            phi.add_incoming(first, entry)
+            phi.add_incoming(last, latch)
+        for phi, (r, v) in zip(final, cells):
+            b.store(phi, self.c_ptr(r, v), align=self.align)
+
+
+@intrinsic
+def fma_taps(typingctx, a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table):
+    """Broadcast-A x vector-B register block over k and taps, for njit code::
+
+        C[c0 + r*ldc + v*lanes + l] += sum_{i<k} sum_{t<nt}
+            A[a0 + ta(t) + i*ak + r*ar] * B[b0 + tb(t) + i*bk + v*lanes + l]
+
+    with the per-tap offsets from the int64 array ``tab`` on one side and
+    linear (``t*at``) on the other: ``table=0``: ``tb(t) = tab[t]``,
+    ``ta(t) = t*at``, taps the inner loop (lanes over output pixels: the
+    taps of one input channel read neighbouring data); ``table=1``:
+    ``ta(t) = tab[t]``, ``tb(t) = t*at``, k the inner loop (lanes over output
+    channels, A a channels-last input: a tap's channels are contiguous).
+    Indirect taps: a convolution's kernel taps at any stride and dilation.
+
+    ``spec`` is a :class:`Spec` (lanes and registers, in its type, so a caller
+    compiled with ``cache=True`` has one on-disk entry per spec); ``rows``,
+    ``vectors`` and ``table`` are integer literals written in the code
+    (``vectors=0``: :func:`vectors_for` ``(rows, registers)``; ``rows=0``:
+    :func:`rows_for` ``(vectors, registers)``).
+    """
+    if not isinstance(spec, SpecType):
+        return None
+    if not all(isinstance(t, types.IntegerLiteral) for t in (rows, vectors, table)):
+        return None
+    dtype = a.dtype.name
+    if dtype not in _LLVM_TYPES or b.dtype != a.dtype or c.dtype != a.dtype:
+        return None
+
+    def codegen(context, builder, signature, args):
+        _TapBlock(dtype, context, builder, signature, args).emit()
+        return context.get_dummy_value()
+
+    sig = types.void(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table)
+    return sig, codegen
 
 
 @functools.cache

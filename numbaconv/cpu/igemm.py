@@ -1,0 +1,451 @@
+"""Direct convolution as implicit GEMM on the micro-kernel (real dtypes).
+
+The input of a slab (a chunk of samples; of output planes and rows where one
+sample's copy would exceed ``config.workspace_bytes``) is copied once into a
+padded, phase-split buffer: per sample, channel and padded D plane, the padded
+rows and columns split by the H and W stride into ``sh x sw`` phases of
+``rq x wq`` values. Padding modes enter here only, through the padded-position
+maps (``shapes.tap_table``); zero padding is stored as zeros, so NaN/Inf weights
+meet it as PyTorch's does. In that layout the input of kernel tap ``t`` for
+output pixel ``(oh, ow)`` of a plane lies at ``tb[t] + oh * wq + ow``: every tap
+at any stride and dilation is one offset, and the output pixels of a plane are
+one flat run (``wq - OW`` junk columns per row, discarded).
+
+Each task owns output pixel blocks of one (sample, group, output plane) and a
+range of blocks of ``rows`` output channels; per block the micro-kernel
+(:func:`numbaconv.cpu.microkernel.fma_taps`, lanes over output pixels, the
+weight broadcast) accumulates ``rows x pixels`` in registers over every tap
+and input channel of the group, and the block is stored straight into the
+NCHW output with the bias. Weights are packed once per weight
+(``[group][block][tap][channel][row]``, zero rows where the block passes the
+group's channels) and kept between calls (compared by content).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from .. import config
+from ..common import WeightCache
+from ..runtime import njit
+from ..shapes import fold_index
+from .microkernel import fma_taps, rows_for, spec_for, vectors_for
+
+# Kept literal here (not imported) because numba's on-disk cache keys on this
+# file's contents; must equal numbaconv.config.FASTMATH (tested).
+_FASTMATH = {"reassoc", "contract"}
+_TASKS_PER_THREAD = 8
+
+
+@njit(inline="always")
+def _fill(x, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst):
+    # tile[c * cst + ((((kd * nph + i) * npw + j) * rq + r) * wq + q) * pst] =
+    #   x[n, c0 + c, md[od * KD + kd], mh[i * hq + h0 + r], mw[j * wq + q]]
+    # (0 where a map says -1 or the row is past the maps); i, j index the H
+    # and W phases the taps use; runs[j] = (a, b, i0): mw[j * wq + q] =
+    # i0 + (q - a) * sw for q in [a, b) (the interior, read in place).
+    # Unsigned indices in the copies: no wraparound test, so they vectorize.
+    kd_n, nph, npw, rq, wq, hq, sw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
+    z = tile.dtype.type(0)
+    up = np.uint64(pst)
+    us = np.uint64(sw)
+    for c in range(nc):
+        o = c * cst
+        for kd in range(kd_n):
+            idd = md[od * kd_n + kd]
+            for i in range(nph):
+                for j in range(npw):
+                    a, b, i0 = runs[j, 0], runs[j, 1], runs[j, 2]
+                    for r in range(rq):
+                        ih = mh[i * hq + h0 + r] if h0 + r < hq else -1
+                        if idd < 0 or ih < 0:
+                            for q in range(wq):
+                                tile[o + q * pst] = z
+                            o += wq * pst
+                            continue
+                        src = x[n, c0 + c, idd, ih]
+                        for q in range(a):
+                            iw = mw[j * wq + q]
+                            tile[o + q * pst] = src[iw] if iw >= 0 else z
+                        ut = np.uint64(o + a * pst)
+                        ui = np.uint64(i0)
+                        for q in range(np.uint64(b - a)):
+                            tile[ut + q * up] = src[ui + q * us]
+                        for q in range(b, wq):
+                            iw = mw[j * wq + q]
+                            tile[o + q * pst] = src[iw] if iw >= 0 else z
+                        o += wq * pst
+
+
+@njit(inline="always")
+def _block(wp, xp, cb, tb, spec, rows, k, a0, b0, cs, pw):
+    # one register block of `rows` output channels x pw pixels over k channels and every tap
+    at = rows
+    nt = tb.shape[0]
+    ak = nt * rows
+    if rows == 6:
+        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 6, 0, 0)
+    elif rows == 5:
+        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 5, 0, 0)
+    elif rows == 4:
+        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 4, 0, 0)
+    elif rows == 3:
+        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 3, 0, 0)
+    elif rows == 2:
+        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 2, 0, 0)
+    else:
+        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 1, 0, 0)
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _conv(x, wp, bias, out, tb, md, mh, mw, runs, spec, geo):
+    # lanes over output pixels; the tile channel by channel (channel stride cs).
+    # geo: see Geometry.args
+    G, cg, og, rows, nob, band, nbands, cchunk, pw, och, tsize = geo[7:18]
+    wq = geo[4]
+    cs = geo[20]
+    N, OD, OH = out.shape[0], out.shape[2], out.shape[3]
+    nt = tb.shape[0]
+    noc = (nob + och - 1) // och
+    for t in prange(N * G * OD * nbands * noc):
+        n, g, od, hb, oc = _task(t, nbands, noc, OD, G)
+        h0 = hb * band
+        noh = min(band, OH - h0)
+        npb = (noh * wq + pw - 1) // pw
+        tile = np.empty(tsize, dtype=out.dtype)
+        cb = np.empty(rows * pw, dtype=out.dtype)
+        for c0 in range(0, cg, cchunk):
+            nc = min(cchunk, cg - c0)
+            _fill(x, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
+            for pb in range(npb):
+                p0 = pb * pw
+                for ob in range(oc * och, min(nob, (oc + 1) * och)):
+                    cb[:] = 0
+                    a0 = ((g * nob + ob) * cg + c0) * nt * rows
+                    _block(wp, tile, cb, tb, spec, rows, nc, a0, p0, cs, pw)
+                    nr = min(rows, og - ob * rows)
+                    _store(cb, bias, out, n, od, h0, g * og + ob * rows, nr, p0, pw, wq, noh, c0 > 0)
+
+
+@njit(inline="always")
+def _task(t, nbands, noc, OD, G):
+    # (n, g, od, band, o-chunk) of task t
+    oc = t % noc
+    r1 = t // noc
+    hb = r1 % nbands
+    r2 = r1 // nbands
+    od = r2 % OD
+    r3 = r2 // OD
+    return r3 // G, r3 % G, od, hb, oc
+
+
+@njit(inline="always")
+def _block_cl(wp, tile, cb, tab, spec, vectors, k, a0, b0, ps, cg, vl):
+    # one register block of rows_for(vectors) pixels x vectors*lanes output channels
+    nt = tab.shape[0]
+    if vectors == 4:
+        fma_taps(tile, wp, cb, tab, nt, cg * vl, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 4, 1)
+    elif vectors == 3:
+        fma_taps(tile, wp, cb, tab, nt, cg * vl, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 3, 1)
+    elif vectors == 2:
+        fma_taps(tile, wp, cb, tab, nt, cg * vl, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 2, 1)
+    else:
+        fma_taps(tile, wp, cb, tab, nt, cg * vl, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 1, 1)
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _conv_cl(x, wp, bias, out, tab, md, mh, mw, runs, spec, geo):
+    # lanes over output channels; the tile channels-last (pixel stride cc = cchunk)
+    G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
+    N, OD, OH, OW = out.shape[0], out.shape[2], out.shape[3], out.shape[4]
+    nt, wq = tab.shape[0], geo[4]
+    noc = (nob + och - 1) // och
+    for t in prange(N * G * OD * nbands * noc):
+        n, g, od, hb, oc = _task(t, nbands, noc, OD, G)
+        h0 = hb * band
+        noh = min(band, OH - h0)
+        tile = np.empty(tsize, dtype=out.dtype)
+        cb = np.empty(px * vl, dtype=out.dtype)
+        for c0 in range(0, cg, cc):
+            nc = min(cc, cg - c0)
+            _fill(x, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, 1, ps)
+            for p0 in range(0, noh * wq, px):
+                for ob in range(oc * och, min(nob, (oc + 1) * och)):
+                    cb[:] = 0
+                    b0 = ((g * nob + ob) * nt * cg + c0) * vl
+                    _block_cl(wp, tile, cb, tab, spec, vectors, nc, p0 * ps, b0, ps, cg, vl)
+                    o0 = g * og + ob * vl
+                    no = min(vl, og - ob * vl)
+                    for r in range(px):
+                        oh = (p0 + r) // wq
+                        ow = p0 + r - oh * wq
+                        if oh >= noh:
+                            break
+                        if ow < OW:
+                            for j in range(no):
+                                if c0 > 0:
+                                    out[n, o0 + j, od, h0 + oh, ow] += cb[r * vl + j]
+                                else:
+                                    out[n, o0 + j, od, h0 + oh, ow] = cb[r * vl + j] + bias[o0 + j]
+
+
+@njit(inline="always")
+def _store(cb, bias, out, n, od, oh0, o0, nr, p0, pw, wq, noh, add):
+    # pixels [p0, p0 + pw) of rows o0.. of the block into out (plus the bias,
+    # or added to it: a later channel chunk), row segment by row segment
+    ow_n = out.shape[4]
+    for r in range(nr):
+        bv = bias[o0 + r]
+        p = p0
+        while p < p0 + pw:
+            oh = p // wq
+            if oh >= noh:
+                break
+            ow = p - oh * wq
+            e = min(p0 + pw, p + wq - ow)  # end of this row's part of the block
+            cnt = min(e - p, ow_n - ow)
+            if cnt > 0:
+                # unsigned indices: no negative-index wraparound test, so the loops vectorize
+                dst = out[n, o0 + r, od, oh0 + oh]
+                k = np.uint64(r * pw + p - p0)
+                uo = np.uint64(ow)
+                if add:
+                    for j in range(np.uint64(cnt)):
+                        dst[uo + j] += cb[k + j]
+                else:
+                    for j in range(np.uint64(cnt)):
+                        dst[uo + j] = cb[k + j] + bv
+            p = e
+
+
+def block_rows(og: int, registers: int) -> int:
+    """Output channels per register block of the pixel layout: ``og`` itself
+    below 4, else the one of 4, 5, 6 that pads the group's channels least
+    (ties: the larger)."""
+    if og < 4:
+        return og
+    return min((6, 5, 4), key=lambda r: (-(-og // r) * r, -r))
+
+
+def block_vectors(og: int, lanes: int, registers: int) -> int:
+    """Vectors of output channels per register block of the channels-last
+    layout: the most useful FMAs per cycle, counting the padded lanes of the
+    last block, the loads per FMA and the accumulators in flight."""
+
+    def rate(v):
+        rows = rows_for(v, registers)
+        vl = v * lanes
+        useful = og / (-(-og // vl) * vl)
+        fmas = rows * v
+        return useful * fmas / max(fmas, rows + v) * min(1.0, fmas / 12)
+
+    return max(range(4, 0, -1), key=rate)
+
+
+def uses_channels_last(plan, lanes: int) -> bool:
+    """The channels-last layout (lanes over output channels) needs a group
+    with at least a vector of output channels; ``config.direct_layout``
+    "auto" takes it for strided and narrow outputs (the pixel layout's junk
+    columns and unaligned loads cost more there)."""
+    og = plan.c_out // plan.groups
+    if og < lanes or config.direct_layout == "pixels":
+        return False
+    if config.direct_layout == "channels":
+        return True
+    return plan.c_in // plan.groups >= 8 and (plan.stride[2] > 1 or plan.out_size[2] < 32)
+
+
+_PACKED = WeightCache("weight_cache_bytes")
+
+
+def packed_weights(w5, groups: int, block: int, channels_last: bool) -> np.ndarray:
+    """``w5`` as ``[group][block][channel][tap][o]`` (pixel layout, ``block``
+    output channels) or ``[group][block][tap][channel][o]`` (channels-last,
+    ``block`` lanes), zero past the group's channels, flat; kept between
+    calls (:class:`WeightCache`)."""
+
+    def pack():
+        o, cg = w5.shape[:2]
+        og = o // groups
+        nob = -(-og // block)
+        w = w5.reshape(groups, og, cg, -1)
+        wpad = np.zeros((groups, nob * block, cg, w.shape[3]), w5.dtype)
+        wpad[:, :og] = w
+        order = (0, 1, 4, 3, 2) if channels_last else (0, 1, 3, 4, 2)
+        packed = wpad.reshape(groups, nob, block, cg, -1).transpose(order)
+        return np.ascontiguousarray(packed).ravel()
+
+    return _PACKED.get(w5, ("igemm", groups, block, channels_last), pack)
+
+
+_TILE_BYTES = 384 * 1024  # a task's input tile: well inside a core's L2
+
+
+def _phases(kernel, dilation, stride):
+    """The phases ``(k * dilation) % stride`` the taps use, in order."""
+    return sorted({(k * dilation) % stride for k in range(kernel)})
+
+
+def _phase_map(size, lo, mode, phases, stride, count):
+    """``[i][j]`` -> input index of padded position ``j * stride + phases[i]``
+    (the padding mode folded in, -1 for zeros), ``count`` positions per phase."""
+    q = np.asarray(phases, dtype=np.int64)[:, None] + np.arange(count, dtype=np.int64)[None, :] * stride
+    return np.ascontiguousarray(fold_index(q - lo, size, mode), dtype=np.int64).ravel()
+
+
+class Geometry:
+    """Layout of one call: the tile of a task (a band of output rows of one
+    output plane, a chunk of a group's input channels, the H and W phases its
+    taps use), its per-tap offsets, the register block, the split into tasks.
+    Everything here is sized by the output and the kernel, never by the padding."""
+
+    def __init__(self, plan, lanes, registers, threads):
+        self.plan = plan
+        kd, kh, kw = plan.kernel
+        _, dh, dw = plan.dilation
+        _, self.sh, self.sw = plan.stride
+        od, oh, ow = plan.out_size
+        self.ph = _phases(kh, dh, self.sh)
+        self.pw_ = _phases(kw, dw, self.sw)
+        self.wq = ow + dw * (kw - 1) // self.sw
+        self.hq = oh + dh * (kh - 1) // self.sh
+        self.og = plan.c_out // plan.groups
+        self.cg = plan.c_in // plan.groups
+        self.channels_last = uses_channels_last(plan, lanes)
+        if self.channels_last:
+            self.vectors = block_vectors(self.og, lanes, registers)
+            self.block = self.vectors * lanes  # output channels per block
+            self.px = rows_for(self.vectors, registers)  # pixels per block
+        else:
+            self.vectors = self.block = block_rows(self.og, registers)
+            self.px = vectors_for(self.block, registers) * lanes
+        self.nob = -(-self.og // self.block)
+        self.taps = [(a, b * dh, c * dw) for a in range(kd) for b in range(kh) for c in range(kw)]
+        self._split(plan, threads)
+
+    def _split(self, plan, threads):
+        item = plan.dtype.itemsize
+        od, oh, _ = plan.out_size
+        limit = max(1, min(_TILE_BYTES, config.workspace_bytes // max(threads, 1)) // item)
+        base = plan.batch * plan.groups * od
+        want = _TASKS_PER_THREAD * threads
+        band = oh if base >= want else max(1, oh * base // want)
+        while band > 1 and self.cg * self.channel_elements(band) > limit:
+            band = -(-band // 2)
+        self.band, self.nbands = band, -(-oh // band)
+        self.rq = band + plan.dilation[1] * (plan.kernel[1] - 1) // self.sh
+        self.cs = self.channel_elements(band)
+        self.cc = max(1, min(self.cg, limit // self.cs))
+        # channels-last pixel stride: not a multiple of 128 bytes, or the
+        # transposing copy's stores fall into a few cache sets
+        line = max(1, 64 // item)
+        self.ps = self.cc if self.cc < line else (-(-self.cc // line) | 1) * line
+        # past the last channel: the junk pixels of the last block of a band
+        slack = self.px + self.wq * (len(self.ph) * len(self.pw_) + 1)
+        self.tile = (self.ps * (self.cs + slack)) if self.channels_last else (self.cc * self.cs + slack)
+        tasks = base * self.nbands
+        self.och = self.nob if tasks >= want else max(1, self.nob * tasks // want)
+
+    def channel_elements(self, band):
+        """Tile elements per input channel for a band of ``band`` output rows."""
+        rq = band + self.plan.dilation[1] * (self.plan.kernel[1] - 1) // self.sh
+        return self.plan.kernel[0] * len(self.ph) * len(self.pw_) * rq * self.wq
+
+    def tap_offsets(self):
+        """Per tap, the tile offset of output pixel 0's input (elements)."""
+        nph, npw, rq, wq = len(self.ph), len(self.pw_), self.rq, self.wq
+        plane = nph * npw * rq * wq
+        out = []
+        for a, b, c in self.taps:
+            i, j = self.ph.index(b % self.sh), self.pw_.index(c % self.sw)
+            out.append(a * plane + (i * npw + j) * rq * wq + (b // self.sh) * wq + c // self.sw)
+        return np.array(out, dtype=np.int64) * (self.ps if self.channels_last else 1)
+
+    def runs(self):
+        """Per W phase ``(a, b, i0)``: the phase's columns ``[a, b)`` read the
+        input in place, ``i0 + (q - a) * sw`` (the interior, in every mode)."""
+        lo, size, sw = self.plan.padding[2][0], self.plan.in_size[2], self.sw
+        out = np.zeros((len(self.pw_), 3), dtype=np.int64)
+        for j, pw in enumerate(self.pw_):
+            a = min(self.wq, max(0, -(-(lo - pw) // sw)))
+            b = max(a, min(self.wq, -(-(lo + size - pw) // sw)))
+            out[j] = a, b, a * sw + pw - lo
+        return out
+
+    def maps(self):
+        """Input plane of each (output plane, kd); input row of each (H phase,
+        row); input column of each (W phase, column) (-1: zero padding)."""
+        p = self.plan
+        od = np.arange(p.out_size[0], dtype=np.int64)[:, None] * p.stride[0]
+        d = od + np.arange(p.kernel[0], dtype=np.int64)[None, :] * p.dilation[0] - p.padding[0][0]
+        md = np.ascontiguousarray(fold_index(d, p.in_size[0], p.padding_mode), dtype=np.int64).ravel()
+        mh = _phase_map(p.in_size[1], p.padding[1][0], p.padding_mode, self.ph, self.sh, self.hq)
+        mw = _phase_map(p.in_size[2], p.padding[2][0], p.padding_mode, self.pw_, self.sw, self.wq)
+        return md, mh, mw
+
+    def args(self):
+        """The integers the kernels take (``geo``), in this order."""
+        p = self.plan
+        return np.array(
+            [p.kernel[0], len(self.ph), len(self.pw_), self.rq, self.wq, self.hq, self.sw, p.groups, self.cg,
+             self.og, self.vectors, self.nob, self.band, self.nbands, self.cc, self.px, self.och, self.tile,
+             self.block, self.ps, self.cs],
+            dtype=np.int64,
+        )  # fmt: skip
+
+    def workspace(self, threads):
+        """Bytes: one tile and accumulator block per thread, the packed weights."""
+        item = self.plan.dtype.itemsize
+        wbytes = self.plan.groups * self.nob * self.block * self.cg * len(self.taps)
+        return (threads * (self.tile + self.block * self.px) + wbytes) * item
+
+
+def cost_features(plan) -> dict[str, float]:
+    """Operation counts of one call (float32 units, before ``costs.per_dtype``):
+    the FLOPs the micro-kernel does (junk columns and padded blocks included)
+    in either layout, the elements copied into tiles (halos included), the
+    register blocks (each loads and stores its accumulators) and the outputs."""
+    spec = spec_for(np.float32)
+    geo = Geometry(plan, spec.lanes, spec.registers, numba.get_num_threads())
+    od, oh, _ = plan.out_size
+    base = plan.batch * plan.groups * od
+    pixels = base * geo.nbands * (-(-(geo.band * geo.wq) // geo.px) * geo.px)
+    flops = 2.0 * pixels * geo.nob * geo.block * geo.cg * len(geo.taps)
+    chunks = -(-geo.cg // geo.cc)
+    return {
+        "call": 1.0,
+        "outputs": float(plan.batch * plan.c_out * int(np.prod(plan.out_size))),
+        "tile": float(base * geo.nbands * geo.cg * geo.channel_elements(geo.band) * (geo.nob // geo.och)),
+        "flops_px": 0.0 if geo.channels_last else flops,
+        "flops_cl": flops if geo.channels_last else 0.0,
+        "blocks": float(pixels // geo.px * geo.nob * chunks),
+    }
+
+
+def workspace_bytes(plan) -> int:
+    """The tasks' tiles, one per thread at a time, and the packed weights."""
+    spec = spec_for(plan.dtype)
+    threads = numba.get_num_threads()
+    return Geometry(plan, spec.lanes, spec.registers, threads).workspace(threads)
+
+
+def fits(plan) -> bool:
+    """Whether :func:`workspace_bytes` is within ``config.workspace_bytes``."""
+    return workspace_bytes(plan) <= config.workspace_bytes
+
+
+def run(x5, w5, bias, plan, out5):
+    """Implicit-GEMM direct convolution of canonical 5-D real arrays into ``out5``."""
+    if out5.size == 0:
+        return out5
+    spec = spec_for(plan.dtype)
+    geo = Geometry(plan, spec.lanes, spec.registers, numba.get_num_threads())
+    wp = packed_weights(w5, plan.groups, geo.block, geo.channels_last)
+    if bias is None:
+        bias = np.zeros(plan.c_out, dtype=plan.dtype)
+    md, mh, mw = geo.maps()
+    kernel = _conv_cl if geo.channels_last else _conv
+    kernel(x5, wp, bias, out5, geo.tap_offsets(), md, mh, mw, geo.runs(), spec, geo.args())
+    return out5
