@@ -55,6 +55,14 @@ def gemm_peak_gflops(n: int = 2048, calls: int = 5) -> float:
     return 2 * n**3 / block_best(lambda: np.matmul(a, b, out=c), calls, rest=0.0) / 1e9
 
 
+def ukernel_peak_gflops() -> float:
+    """The micro-kernel's float32 rate on this machine (its reference GEMM,
+    ``microkernel.measure_rate``), GFLOP/s: the physical bar of the direct path."""
+    from .cpu import microkernel
+
+    return float(microkernel.measure_rate(n=1536, repeat=5)["ukernel_gflops"])
+
+
 def _peak_extra_bytes(fn, result_bytes: int) -> int:
     """Peak memory NumPy allocates during ``fn()`` beyond its result (tracemalloc)."""
     import tracemalloc
@@ -241,8 +249,10 @@ def _run_case(name, op, xs, ws, kw, rng, torch_peer, repeat, peak) -> dict:
             "first_call_s": first,
             "median_s": med,
             "gflops": flops / med / 1e9,
-            "fraction_of_gemm_peak": flops / med / 1e9 / peak,
-            "gemm_peak_gflops": peak,
+            "fraction_of_gemm_peak": flops / med / 1e9 / peak["gemm"],
+            "gemm_peak_gflops": peak["gemm"],
+            "fraction_of_ukernel_peak": flops / med / 1e9 / peak["ukernel"],
+            "ukernel_peak_gflops": peak["ukernel"],
             "peak_extra_bytes": _peak_extra_bytes(call, y.nbytes),
             "peer": peer_name if peer is not None else None,
             "peer_ratio": float(np.median(ratios)) if ratios else None,
@@ -281,7 +291,7 @@ def bench(
     cases = _select(quick, case, custom)
     torch_peer = _peer_torch()
     _settle_allocator()
-    peak = gemm_peak_gflops()
+    peak = {"gemm": gemm_peak_gflops(), "ukernel": ukernel_peak_gflops()}
     rng = np.random.default_rng(0)
     results = []
     bar = _Progress(len(cases), progress)
@@ -300,6 +310,7 @@ _COLUMNS = (
     "first_call_s",
     "median_s",
     "gflops",
+    "fraction_of_ukernel_peak",
     "fraction_of_gemm_peak",
     "peak_extra_bytes",
     "max_rel_err",
@@ -309,6 +320,7 @@ _COLUMNS = (
     "opencv_ratio",
     "regret",
     "fastest_forced",
+    "ukernel_peak_gflops",
     "gemm_peak_gflops",
 )
 
@@ -358,7 +370,7 @@ def plot(results: list[dict], path: str) -> None:
 def print_table(results: list[dict]) -> None:
     head = (
         f"{'case':22s} {'output shape':>22s} {'method':>14s} {'first s':>8s} "
-        f"{'median ms':>10s} {'GFLOP/s':>8s} {'peak':>5s} {'extra MiB':>9s} {'max err':>8s} "
+        f"{'median ms':>10s} {'GFLOP/s':>8s} {'uk':>5s} {'blas':>5s} {'extra MiB':>9s} {'max err':>8s} "
         f"{'peer/nc':>22s} {'regret':>6s}"
     )
     print(head)
@@ -371,13 +383,15 @@ def print_table(results: list[dict]) -> None:
         print(
             f"{r['case']:22s} {str(tuple(r['output_shape'])):>22s} {r['method']:>14s} "
             f"{r['first_call_s']:8.2f} {r['median_s'] * 1e3:10.2f} {r['gflops']:8.1f} "
-            f"{r['fraction_of_gemm_peak']:5.2f} {r['peak_extra_bytes'] / 2**20:9.1f} "
+            f"{r['fraction_of_ukernel_peak']:5.2f} {r['fraction_of_gemm_peak']:5.2f} "
+            f"{r['peak_extra_bytes'] / 2**20:9.1f} "
             f"{r['max_rel_err']:8.1e} {ratio:>22s} {regret:>6s}"
         )
     if results:
         print(
-            "peak: fraction of this machine's float32 GEMM rate "
-            f"({results[0]['gemm_peak_gflops']:.0f} GFLOP/s); "
+            "uk / blas: GFLOP/s as a fraction of this machine's float32 micro-kernel rate "
+            f"({results[0]['ukernel_peak_gflops']:.0f} GFLOP/s, numbaconv info) / of NumPy's "
+            f"float32 GEMM ({results[0]['gemm_peak_gflops']:.0f} GFLOP/s); "
             "extra MiB: peak memory beyond the result (tracemalloc); max err: max |y - ref| / max |ref| "
             f"against a float64 reference ({results[0]['reference']})"
         )

@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from . import api, dispatch
+from . import api, config, dispatch
 from .benchmark import _Progress
 
 DTYPES = ("float32", "float64", "complex64", "complex128")
@@ -99,11 +99,14 @@ def warmup(dtypes=("float32", "float64"), progress: bool = False) -> dict:
         x = rng.standard_normal(xs).astype(dtype)
         w = rng.standard_normal(ws).astype(dtype)
         fn = api.conv if op == "conv" else api.conv_transpose
+        # the direct path's channels-last layout runs only when config asks for it
+        layouts = ("auto", "channels") if row.name == "direct" else ("auto",)
         try:
-            with warnings.catch_warnings():  # tiny cases: no budget warnings expected, none shown
-                warnings.simplefilter("ignore", RuntimeWarning)
-                fn(x, w, method=row.name, **kw)
-            calls += 1
+            for layout in layouts:
+                with warnings.catch_warnings(), config.override(direct_layout=layout):
+                    warnings.simplefilter("ignore", RuntimeWarning)  # tiny cases: no budget warnings
+                    fn(x, w, method=row.name, **kw)
+                calls += 1
         except dispatch.UnsupportedMethodError:
             pass
         bar.step(f"{op} {row.name} {dtype}")

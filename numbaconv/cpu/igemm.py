@@ -79,54 +79,54 @@ def _fill(x, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst):
                         o += wq * pst
 
 
-@njit(inline="always")
-def _block(wp, xp, cb, tb, spec, rows, k, a0, b0, cs, pw):
-    # one register block of `rows` output channels x pw pixels over k channels and every tap
-    at = rows
-    nt = tb.shape[0]
-    ak = nt * rows
-    if rows == 6:
-        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 6, 0, 0)
-    elif rows == 5:
-        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 5, 0, 0)
-    elif rows == 4:
-        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 4, 0, 0)
-    elif rows == 3:
-        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 3, 0, 0)
-    elif rows == 2:
-        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 2, 0, 0)
-    else:
-        fma_taps(wp, xp, cb, tb, nt, at, a0, b0, k, ak, 1, cs, 0, pw, spec, 1, 0, 0)
-
-
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _conv(x, wp, bias, out, tb, md, mh, mw, runs, spec, geo):
-    # lanes over output pixels; the tile channel by channel (channel stride cs).
-    # geo: see Geometry.args
-    G, cg, og, rows, nob, band, nbands, cchunk, pw, och, tsize = geo[7:18]
-    wq = geo[4]
-    cs = geo[20]
-    N, OD, OH = out.shape[0], out.shape[2], out.shape[3]
-    nt = tb.shape[0]
+@njit(parallel=True, cache=True)
+def _conv(x, xf, wp, bias, out, tb, md, mh, mw, runs, spec, geo):
+    # lanes over output pixels; each task in _conv_task (a small parallel
+    # region compiles in a third of the time of one holding the task's body)
+    N, OD = out.shape[0], out.shape[2]
+    G, nob, nbands, och = geo[7], geo[11], geo[13], geo[16]
     noc = (nob + och - 1) // och
     for t in prange(N * G * OD * nbands * noc):
-        n, g, od, hb, oc = _task(t, nbands, noc, OD, G)
-        h0 = hb * band
-        noh = min(band, OH - h0)
-        npb = (noh * wq + pw - 1) // pw
-        tile = np.empty(tsize, dtype=out.dtype)
-        cb = np.empty(rows * pw, dtype=out.dtype)
-        for c0 in range(0, cg, cchunk):
-            nc = min(cchunk, cg - c0)
+        _conv_task(x, xf, wp, bias, out, tb, md, mh, mw, runs, spec, geo, t)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _conv_task(x, xf, wp, bias, out, tb, md, mh, mw, runs, spec, geo, t):
+    # One task: the tile channel by channel (channel stride cs), or, for a
+    # pointwise conv whose tile would equal the input (geo[21]), the input
+    # itself (xf: x flat) but in the very last plane, whose last block would
+    # read past the array. geo: see Geometry.args
+    G, cg, og, rows, nob, band, nbands, cchunk, pw, och, tsize = geo[7:18]
+    wq, cs = geo[4], geo[20]
+    N, OD, OH = out.shape[0], out.shape[2], out.shape[3]
+    C, plane = x.shape[1], x.shape[2] * x.shape[3] * x.shape[4]
+    nt = tb.shape[0]
+    n, g, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, G)
+    h0 = hb * band
+    noh = min(band, OH - h0)
+    npb = (noh * wq + pw - 1) // pw
+    inplace = geo[21] == 1 and (n < N - 1 or g < G - 1 or od < OD - 1)
+    tile = np.empty(1 if inplace else tsize, dtype=out.dtype)
+    cb = np.empty(rows * pw, dtype=out.dtype)
+    for c0 in range(0, cg, cchunk):
+        nc = min(cchunk, cg - c0)
+        src, base, cst = tile, 0, cs
+        if inplace:
+            src, base, cst = xf, (n * C + g * cg + c0) * plane + (od * OH + h0) * wq, plane
+        else:
             _fill(x, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
+        # o-blocks outer: the block's weights stay in L1 over the pixel blocks
+        for ob in range(oc * och, min(nob, (oc + 1) * och)):
+            a0 = ((g * nob + ob) * cg + c0) * nt * rows
+            nr = min(rows, og - ob * rows)
             for pb in range(npb):
                 p0 = pb * pw
-                for ob in range(oc * och, min(nob, (oc + 1) * och)):
-                    cb[:] = 0
-                    a0 = ((g * nob + ob) * cg + c0) * nt * rows
-                    _block(wp, tile, cb, tb, spec, rows, nc, a0, p0, cs, pw)
-                    nr = min(rows, og - ob * rows)
-                    _store(cb, bias, out, n, od, h0, g * og + ob * rows, nr, p0, pw, wq, noh, c0 > 0)
+                cb[:] = 0
+                # rows output channels x pw pixels, every tap and channel (the spec's block)
+                fma_taps(
+                    wp, src, cb, tb, nt, rows, a0, base + p0, nc, nt * rows, 1, cst, 0, pw, spec, -1, 0, 0
+                )
+                _store(cb, bias, out, n, od, h0, g * og + ob * rows, nr, p0, pw, wq, noh, c0 > 0)
 
 
 @njit(inline="always")
@@ -141,54 +141,57 @@ def _task(t, nbands, noc, OD, G):
     return r3 // G, r3 % G, od, hb, oc
 
 
-@njit(inline="always")
-def _block_cl(wp, tile, cb, tab, spec, vectors, k, a0, b0, ps, cg, vl):
-    # one register block of rows_for(vectors) pixels x vectors*lanes output channels
-    nt = tab.shape[0]
-    if vectors == 4:
-        fma_taps(tile, wp, cb, tab, nt, cg * vl, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 4, 1)
-    elif vectors == 3:
-        fma_taps(tile, wp, cb, tab, nt, cg * vl, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 3, 1)
-    elif vectors == 2:
-        fma_taps(tile, wp, cb, tab, nt, cg * vl, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 2, 1)
-    else:
-        fma_taps(tile, wp, cb, tab, nt, cg * vl, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 1, 1)
-
-
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@njit(parallel=True, cache=True)
 def _conv_cl(x, wp, bias, out, tab, md, mh, mw, runs, spec, geo):
-    # lanes over output channels; the tile channels-last (pixel stride cc = cchunk)
-    G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
-    N, OD, OH, OW = out.shape[0], out.shape[2], out.shape[3], out.shape[4]
-    nt, wq = tab.shape[0], geo[4]
+    # lanes over output channels; each task in _conv_cl_task
+    N, OD = out.shape[0], out.shape[2]
+    G, nob, nbands, och = geo[7], geo[11], geo[13], geo[16]
     noc = (nob + och - 1) // och
     for t in prange(N * G * OD * nbands * noc):
-        n, g, od, hb, oc = _task(t, nbands, noc, OD, G)
-        h0 = hb * band
-        noh = min(band, OH - h0)
-        tile = np.empty(tsize, dtype=out.dtype)
-        cb = np.empty(px * vl, dtype=out.dtype)
-        for c0 in range(0, cg, cc):
-            nc = min(cc, cg - c0)
-            _fill(x, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, 1, ps)
-            for p0 in range(0, noh * wq, px):
-                for ob in range(oc * och, min(nob, (oc + 1) * och)):
-                    cb[:] = 0
-                    b0 = ((g * nob + ob) * nt * cg + c0) * vl
-                    _block_cl(wp, tile, cb, tab, spec, vectors, nc, p0 * ps, b0, ps, cg, vl)
-                    o0 = g * og + ob * vl
-                    no = min(vl, og - ob * vl)
-                    for r in range(px):
-                        oh = (p0 + r) // wq
-                        ow = p0 + r - oh * wq
-                        if oh >= noh:
-                            break
-                        if ow < OW:
-                            for j in range(no):
-                                if c0 > 0:
-                                    out[n, o0 + j, od, h0 + oh, ow] += cb[r * vl + j]
-                                else:
-                                    out[n, o0 + j, od, h0 + oh, ow] = cb[r * vl + j] + bias[o0 + j]
+        _conv_cl_task(x, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _conv_cl_task(x, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t):
+    # One task; the tile channels-last (pixel stride ps)
+    G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
+    OD, OH = out.shape[2], out.shape[3]
+    nt, wq = tab.shape[0], geo[4]
+    n, g, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, G)
+    h0 = hb * band
+    noh = min(band, OH - h0)
+    tile = np.empty(tsize, dtype=out.dtype)
+    cb = np.empty(px * vl, dtype=out.dtype)
+    for c0 in range(0, cg, cc):
+        nc = min(cc, cg - c0)
+        _fill(x, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, 1, ps)
+        for p0 in range(0, noh * wq, px):
+            for ob in range(oc * och, min(nob, (oc + 1) * och)):
+                cb[:] = 0
+                b0 = ((g * nob + ob) * nt * cg + c0) * vl
+                # rows_for(vectors) pixels x vl output channels (the spec's block)
+                fma_taps(tile, wp, cb, tab, nt, cg * vl, p0 * ps, b0, nc, 1, ps, vl, 0, vl, spec, 0, -1, 1)
+                o0, no = g * og + ob * vl, min(vl, og - ob * vl)
+                _store_cl(cb, bias, out, n, od, h0, o0, no, p0, px, wq, noh, vl, c0 > 0)
+
+
+@njit(inline="always")
+def _store_cl(cb, bias, out, n, od, oh0, o0, no, p0, px, wq, noh, vl, add):
+    # pixels [p0, p0 + px) x channels [o0, o0 + no) of a channels-last block
+    # (cb[r * vl + j]) into out, channel by channel (runs along the output row)
+    ow_n = out.shape[4]
+    for j in range(no):
+        bv = bias[o0 + j]
+        for r in range(px):
+            oh = (p0 + r) // wq
+            ow = p0 + r - oh * wq
+            if oh >= noh:
+                break
+            if ow < ow_n:
+                if add:
+                    out[n, o0 + j, od, oh0 + oh, ow] += cb[r * vl + j]
+                else:
+                    out[n, o0 + j, od, oh0 + oh, ow] = cb[r * vl + j] + bv
 
 
 @njit(inline="always")
@@ -222,11 +225,12 @@ def _store(cb, bias, out, n, od, oh0, o0, nr, p0, pw, wq, noh, add):
 
 def block_rows(og: int, registers: int) -> int:
     """Output channels per register block of the pixel layout: ``og`` itself
-    below 4, else the one of 4, 5, 6 that pads the group's channels least
-    (ties: the larger)."""
+    below 4, else the one of 4, 5, 6 with the most useful work per load (the
+    rows padding the group's channels count as waste; more rows share each
+    loaded input vector)."""
     if og < 4:
         return og
-    return min((6, 5, 4), key=lambda r: (-(-og // r) * r, -r))
+    return max((6, 5, 4), key=lambda r: og / (-(-og // r) * r) * (1 - 1 / (r + 2)))
 
 
 def block_vectors(og: int, lanes: int, registers: int) -> int:
@@ -245,16 +249,11 @@ def block_vectors(og: int, lanes: int, registers: int) -> int:
 
 
 def uses_channels_last(plan, lanes: int) -> bool:
-    """The channels-last layout (lanes over output channels) needs a group
-    with at least a vector of output channels; ``config.direct_layout``
-    "auto" takes it for strided and narrow outputs (the pixel layout's junk
-    columns and unaligned loads cost more there)."""
-    og = plan.c_out // plan.groups
-    if og < lanes or config.direct_layout == "pixels":
-        return False
-    if config.direct_layout == "channels":
-        return True
-    return plan.c_in // plan.groups >= 8 and (plan.stride[2] > 1 or plan.out_size[2] < 32)
+    """The channels-last layout (lanes over output channels) where
+    ``config.direct_layout`` asks for it and a group has at least a vector of
+    output channels. "auto" takes the pixel layout: it measured faster on
+    every workload and neighbour tried (docs/performance.md)."""
+    return config.direct_layout == "channels" and plan.c_out // plan.groups >= lanes
 
 
 _PACKED = WeightCache("weight_cache_bytes")
@@ -322,6 +321,13 @@ class Geometry:
             self.vectors = self.block = block_rows(self.og, registers)
             self.px = vectors_for(self.block, registers) * lanes
         self.nob = -(-self.og // self.block)
+        # a pointwise conv at stride 1 without padding: the tile would be the input
+        self.inplace = (
+            not self.channels_last
+            and plan.kernel == (1, 1, 1)
+            and plan.stride == (1, 1, 1)
+            and all(lo == hi == 0 for lo, hi in plan.padding)
+        )
         self.taps = [(a, b * dh, c * dw) for a in range(kd) for b in range(kh) for c in range(kw)]
         self._split(plan, threads)
 
@@ -329,9 +335,11 @@ class Geometry:
         item = plan.dtype.itemsize
         od, oh, _ = plan.out_size
         limit = max(1, min(_TILE_BYTES, config.workspace_bytes // max(threads, 1)) // item)
-        base = plan.batch * plan.groups * od
+        base = max(1, plan.batch * plan.groups * od)
         want = _TASKS_PER_THREAD * threads
         band = oh if base >= want else max(1, oh * base // want)
+        if band < oh and self.nob > 1 and self._rounding(oh) < self._rounding(band) - 0.02:
+            band = oh  # whole planes waste less of the last pixel block; split the o-blocks instead
         while band > 1 and self.cg * self.channel_elements(band) > limit:
             band = -(-band // 2)
         self.band, self.nbands = band, -(-oh // band)
@@ -346,7 +354,12 @@ class Geometry:
         slack = self.px + self.wq * (len(self.ph) * len(self.pw_) + 1)
         self.tile = (self.ps * (self.cs + slack)) if self.channels_last else (self.cc * self.cs + slack)
         tasks = base * self.nbands
-        self.och = self.nob if tasks >= want else max(1, self.nob * tasks // want)
+        self.och = self.nob if tasks >= want else -(-self.nob // -(-want // tasks))
+
+    def _rounding(self, band):
+        """Pixels computed per pixel of a band (the last block's padding)."""
+        pixels = band * self.wq
+        return -(-pixels // self.px) * self.px / pixels
 
     def channel_elements(self, band):
         """Tile elements per input channel for a band of ``band`` output rows."""
@@ -391,7 +404,7 @@ class Geometry:
         return np.array(
             [p.kernel[0], len(self.ph), len(self.pw_), self.rq, self.wq, self.hq, self.sw, p.groups, self.cg,
              self.og, self.vectors, self.nob, self.band, self.nbands, self.cc, self.px, self.och, self.tile,
-             self.block, self.ps, self.cs],
+             self.block, self.ps, self.cs, int(self.inplace)],
             dtype=np.int64,
         )  # fmt: skip
 
@@ -442,10 +455,14 @@ def run(x5, w5, bias, plan, out5):
         return out5
     spec = spec_for(plan.dtype)
     geo = Geometry(plan, spec.lanes, spec.registers, numba.get_num_threads())
+    spec = spec.with_block(geo.vectors)  # one compiled kernel per block shape
     wp = packed_weights(w5, plan.groups, geo.block, geo.channels_last)
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
     md, mh, mw = geo.maps()
-    kernel = _conv_cl if geo.channels_last else _conv
-    kernel(x5, wp, bias, out5, geo.tap_offsets(), md, mh, mw, geo.runs(), spec, geo.args())
+    args = (wp, bias, out5, geo.tap_offsets(), md, mh, mw, geo.runs(), spec, geo.args())
+    if geo.channels_last:
+        _conv_cl(x5, *args)
+    else:
+        _conv(x5, x5.reshape(-1), *args)
     return out5

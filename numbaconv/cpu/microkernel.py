@@ -90,32 +90,39 @@ def rows_for(vectors: int, registers: int) -> int:
 
 
 class Spec:
-    """Lanes and registers of the micro-kernels, and the version of this file,
-    as a value whose Numba *type* carries them: a kernel taking a ``Spec``
-    argument is compiled (and cached on disk) once per spec, and an edit of
-    this file's IR generator changes the version, so no stale entry loads."""
+    """Lanes, registers and block of the micro-kernels, and the version of
+    this file, as a value whose Numba *type* carries them: a kernel taking a
+    ``Spec`` argument is compiled (and cached on disk) once per spec, with only
+    the block it asks for (``block``: rows for :func:`fma_taps` ``table=0``,
+    vectors for ``table=1``; 0 where the caller names it as a literal), and an
+    edit of this file's IR generator changes the version, so no stale entry
+    loads."""
 
-    __slots__ = ("lanes", "registers", "version")
+    __slots__ = ("lanes", "registers", "block", "version")
 
-    def __init__(self, lanes: int, registers: int):
-        self.lanes, self.registers, self.version = int(lanes), int(registers), SOURCE_KEY
+    def __init__(self, lanes: int, registers: int, block: int = 0):
+        self.lanes, self.registers, self.block = int(lanes), int(registers), int(block)
+        self.version = SOURCE_KEY
 
     def __repr__(self):
-        return f"Spec(lanes={self.lanes}, registers={self.registers})"
+        return f"Spec(lanes={self.lanes}, registers={self.registers}, block={self.block})"
+
+    def with_block(self, block: int) -> Spec:
+        return Spec(self.lanes, self.registers, block)
 
 
 SOURCE_KEY = zlib.crc32(Path(__file__).read_bytes())
 
 
 class SpecType(types.Type):
-    def __init__(self, lanes, registers, version):
-        self.lanes, self.registers, self.version = lanes, registers, version
-        super().__init__(name=f"SimdSpec({lanes}, {registers}, {version})")
+    def __init__(self, lanes, registers, block, version):
+        self.lanes, self.registers, self.block, self.version = lanes, registers, block, version
+        super().__init__(name=f"SimdSpec({lanes}, {registers}, {block}, {version})")
 
 
 @typeof_impl.register(Spec)
 def _typeof_spec(val, c):
-    return SpecType(val.lanes, val.registers, val.version)
+    return SpecType(val.lanes, val.registers, val.block, val.version)
 
 
 register_model(SpecType)(models.OpaqueModel)
@@ -230,6 +237,10 @@ class _TapBlock(_Block):
     def __init__(self, dtype, context, builder, signature, args):
         spec = signature.args[-4]
         self.rows_, vectors, self.table = (t.literal_value for t in signature.args[-3:])
+        if self.rows_ < 0:  # the spec's block
+            self.rows_ = spec.block
+        if vectors < 0:
+            vectors = spec.block
         vectors = vectors or vectors_for(self.rows_, spec.registers)
         self.rows_ = self.rows_ or rows_for(vectors, spec.registers)
         block = (dtype, self.rows_, vectors, spec.lanes, True, False)
@@ -313,7 +324,7 @@ def fma_taps(typingctx, a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, sp
     compiled with ``cache=True`` has one on-disk entry per spec); ``rows``,
     ``vectors`` and ``table`` are integer literals written in the code
     (``vectors=0``: :func:`vectors_for` ``(rows, registers)``; ``rows=0``:
-    :func:`rows_for` ``(vectors, registers)``).
+    :func:`rows_for` ``(vectors, registers)``; -1: the spec's ``block``).
     """
     if not isinstance(spec, SpecType):
         return None
