@@ -156,12 +156,17 @@ def _taps_reference(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, rows, 
 
 @njit
 def _call_taps_px(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec):
-    mk.fma_taps(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, 3, 0, 0)
+    mk.fma_taps(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, 3, 0, 0, 1)
+
+
+@njit
+def _call_taps_px_overwrite(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec):
+    mk.fma_taps(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, 3, 0, 0, 0)
 
 
 @njit
 def _call_taps_cl(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec):
-    mk.fma_taps(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, 0, 3, 1)
+    mk.fma_taps(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, 0, 3, 1, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -40,14 +40,17 @@ _TASKS_PER_THREAD = 8
 
 
 @njit(inline="always")
-def _fill(x, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst):
+def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst):
     # tile[c * cst + ((((kd * nph + i) * npw + j) * rq + r) * wq + q) * pst] =
     #   x[n, c0 + c, md[od * KD + kd], mh[i * hq + h0 + r], mw[j * wq + q]]
     # (0 where a map says -1 or the row is past the maps); i, j index the H
     # and W phases the taps use; runs[j] = (a, b, i0): mw[j * wq + q] =
     # i0 + (q - a) * sw for q in [a, b) (the interior, read in place).
-    # Unsigned indices in the copies: no wraparound test, so they vectorize.
+    # Unsigned indices in the copies: no wraparound test, so they vectorize;
+    # x read through xf (x flat) at computed offsets: a view per row would
+    # cost two atomic reference-count updates.
     kd_n, nph, npw, rq, wq, hq, sw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
+    C, D, H, W = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
     z = tile.dtype.type(0)
     up = np.uint64(pst)
     us = np.uint64(sw)
@@ -65,33 +68,33 @@ def _fill(x, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst):
                                 tile[o + q * pst] = z
                             o += wq * pst
                             continue
-                        src = x[n, c0 + c, idd, ih]
+                        so = (((n * C + c0 + c) * D + idd) * H + ih) * W
                         for q in range(a):
                             iw = mw[j * wq + q]
-                            tile[o + q * pst] = src[iw] if iw >= 0 else z
+                            tile[o + q * pst] = xf[so + iw] if iw >= 0 else z
                         ut = np.uint64(o + a * pst)
-                        ui = np.uint64(i0)
+                        ui = np.uint64(so + i0)
                         for q in range(np.uint64(b - a)):
-                            tile[ut + q * up] = src[ui + q * us]
+                            tile[ut + q * up] = xf[ui + q * us]
                         for q in range(b, wq):
                             iw = mw[j * wq + q]
-                            tile[o + q * pst] = src[iw] if iw >= 0 else z
+                            tile[o + q * pst] = xf[so + iw] if iw >= 0 else z
                         o += wq * pst
 
 
 @njit(parallel=True, cache=True)
-def _conv(x, xf, wp, bias, out, tb, md, mh, mw, runs, spec, geo):
+def _conv(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo):
     # lanes over output pixels; each task in _conv_task (a small parallel
     # region compiles in a third of the time of one holding the task's body)
     N, OD = out.shape[0], out.shape[2]
     G, nob, nbands, och = geo[7], geo[11], geo[13], geo[16]
     noc = (nob + och - 1) // och
     for t in prange(N * G * OD * nbands * noc):
-        _conv_task(x, xf, wp, bias, out, tb, md, mh, mw, runs, spec, geo, t)
+        _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _conv_task(x, xf, wp, bias, out, tb, md, mh, mw, runs, spec, geo, t):
+def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
     # One task: the tile channel by channel (channel stride cs), or, for a
     # pointwise conv whose tile would equal the input (geo[21]), the input
     # itself (xf: x flat) but in the very last plane, whose last block would
@@ -114,19 +117,18 @@ def _conv_task(x, xf, wp, bias, out, tb, md, mh, mw, runs, spec, geo, t):
         if inplace:
             src, base, cst = xf, (n * C + g * cg + c0) * plane + (od * OH + h0) * wq, plane
         else:
-            _fill(x, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
+            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
         # o-blocks outer: the block's weights stay in L1 over the pixel blocks
         for ob in range(oc * och, min(nob, (oc + 1) * och)):
             a0 = ((g * nob + ob) * cg + c0) * nt * rows
             nr = min(rows, og - ob * rows)
             for pb in range(npb):
                 p0 = pb * pw
-                cb[:] = 0
                 # rows output channels x pw pixels, every tap and channel (the spec's block)
                 fma_taps(
-                    wp, src, cb, tb, nt, rows, a0, base + p0, nc, nt * rows, 1, cst, 0, pw, spec, -1, 0, 0
+                    wp, src, cb, tb, nt, rows, a0, base + p0, nc, nt * rows, 1, cst, 0, pw, spec, -1, 0, 0, 0
                 )
-                _store(cb, bias, out, n, od, h0, g * og + ob * rows, nr, p0, pw, wq, noh, c0 > 0)
+                _store(cb, bias, out, of, n, od, h0, g * og + ob * rows, nr, p0, pw, wq, noh, c0 > 0)
 
 
 @njit(inline="always")
@@ -142,17 +144,17 @@ def _task(t, nbands, noc, OD, G):
 
 
 @njit(parallel=True, cache=True)
-def _conv_cl(x, wp, bias, out, tab, md, mh, mw, runs, spec, geo):
+def _conv_cl(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo):
     # lanes over output channels; each task in _conv_cl_task
     N, OD = out.shape[0], out.shape[2]
     G, nob, nbands, och = geo[7], geo[11], geo[13], geo[16]
     noc = (nob + och - 1) // och
     for t in prange(N * G * OD * nbands * noc):
-        _conv_cl_task(x, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t)
+        _conv_cl_task(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _conv_cl_task(x, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t):
+def _conv_cl_task(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t):
     # One task; the tile channels-last (pixel stride ps)
     G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
     OD, OH = out.shape[2], out.shape[3]
@@ -164,13 +166,12 @@ def _conv_cl_task(x, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t):
     cb = np.empty(px * vl, dtype=out.dtype)
     for c0 in range(0, cg, cc):
         nc = min(cc, cg - c0)
-        _fill(x, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, 1, ps)
+        _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, 1, ps)
         for p0 in range(0, noh * wq, px):
             for ob in range(oc * och, min(nob, (oc + 1) * och)):
-                cb[:] = 0
                 b0 = ((g * nob + ob) * nt * cg + c0) * vl
                 # rows_for(vectors) pixels x vl output channels (the spec's block)
-                fma_taps(tile, wp, cb, tab, nt, cg * vl, p0 * ps, b0, nc, 1, ps, vl, 0, vl, spec, 0, -1, 1)
+                fma_taps(tile, wp, cb, tab, nt, cg * vl, p0 * ps, b0, nc, 1, ps, vl, 0, vl, spec, 0, -1, 1, 0)
                 o0, no = g * og + ob * vl, min(vl, og - ob * vl)
                 _store_cl(cb, bias, out, n, od, h0, o0, no, p0, px, wq, noh, vl, c0 > 0)
 
@@ -195,10 +196,11 @@ def _store_cl(cb, bias, out, n, od, oh0, o0, no, p0, px, wq, noh, vl, add):
 
 
 @njit(inline="always")
-def _store(cb, bias, out, n, od, oh0, o0, nr, p0, pw, wq, noh, add):
+def _store(cb, bias, out, of, n, od, oh0, o0, nr, p0, pw, wq, noh, add):
     # pixels [p0, p0 + pw) of rows o0.. of the block into out (plus the bias,
-    # or added to it: a later channel chunk), row segment by row segment
-    ow_n = out.shape[4]
+    # or added to it: a later channel chunk), row segment by row segment,
+    # through of (out flat) at computed offsets (no views: no refcounts)
+    O, OD, OH, ow_n = out.shape[1], out.shape[2], out.shape[3], out.shape[4]
     for r in range(nr):
         bv = bias[o0 + r]
         p = p0
@@ -211,15 +213,14 @@ def _store(cb, bias, out, n, od, oh0, o0, nr, p0, pw, wq, noh, add):
             cnt = min(e - p, ow_n - ow)
             if cnt > 0:
                 # unsigned indices: no negative-index wraparound test, so the loops vectorize
-                dst = out[n, o0 + r, od, oh0 + oh]
                 k = np.uint64(r * pw + p - p0)
-                uo = np.uint64(ow)
+                uo = np.uint64((((n * O + o0 + r) * OD + od) * OH + oh0 + oh) * ow_n + ow)
                 if add:
                     for j in range(np.uint64(cnt)):
-                        dst[uo + j] += cb[k + j]
+                        of[uo + j] += cb[k + j]
                 else:
                     for j in range(np.uint64(cnt)):
-                        dst[uo + j] = cb[k + j] + bv
+                        of[uo + j] = cb[k + j] + bv
             p = e
 
 
@@ -461,8 +462,9 @@ def run(x5, w5, bias, plan, out5):
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
     md, mh, mw = geo.maps()
     args = (wp, bias, out5, geo.tap_offsets(), md, mh, mw, geo.runs(), spec, geo.args())
+    xf = x5.reshape(-1)
     if geo.channels_last:
-        _conv_cl(x5, *args)
+        _conv_cl(x5, xf, *args)
     else:
-        _conv(x5, x5.reshape(-1), *args)
+        _conv(x5, xf, wp, bias, out5, out5.reshape(-1), *args[3:])
     return out5

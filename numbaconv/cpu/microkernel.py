@@ -235,8 +235,8 @@ class _TapBlock(_Block):
     of ``table``), the accumulators live across both."""
 
     def __init__(self, dtype, context, builder, signature, args):
-        spec = signature.args[-4]
-        self.rows_, vectors, self.table = (t.literal_value for t in signature.args[-3:])
+        spec = signature.args[-5]
+        self.rows_, vectors, self.table, self.accumulate = (t.literal_value for t in signature.args[-4:])
         if self.rows_ < 0:  # the spec's block
             self.rows_ = spec.block
         if vectors < 0:
@@ -255,7 +255,10 @@ class _TapBlock(_Block):
         b, nv = self.builder, self.vectors
         cells = [(r, v) for r in range(self.rows) for v in range(nv)]
         entry = b.block
-        init = [b.load(self.c_ptr(r, v), align=self.align) for r, v in cells]
+        if self.accumulate:
+            init = [b.load(self.c_ptr(r, v), align=self.align) for r, v in cells]
+        else:  # C is overwritten: no load, no zeroing pass by the caller
+            init = [ir.Constant(self.vt, [0.0] * self.lanes) for _ in cells]
         outer = b.append_basic_block("ukernel.outer")
         inner = b.append_basic_block("ukernel.inner")
         latch = b.append_basic_block("ukernel.next")
@@ -306,10 +309,12 @@ class _TapBlock(_Block):
 
 
 @intrinsic
-def fma_taps(typingctx, a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table):
+def fma_taps(
+    typingctx, a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table, accumulate
+):
     """Broadcast-A x vector-B register block over k and taps, for njit code::
 
-        C[c0 + r*ldc + v*lanes + l] += sum_{i<k} sum_{t<nt}
+        C[c0 + r*ldc + v*lanes + l] (+)= sum_{i<k} sum_{t<nt}
             A[a0 + ta(t) + i*ak + r*ar] * B[b0 + tb(t) + i*bk + v*lanes + l]
 
     with the per-tap offsets from the int64 array ``tab`` on one side and
@@ -322,13 +327,14 @@ def fma_taps(typingctx, a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, sp
 
     ``spec`` is a :class:`Spec` (lanes and registers, in its type, so a caller
     compiled with ``cache=True`` has one on-disk entry per spec); ``rows``,
-    ``vectors`` and ``table`` are integer literals written in the code
+    ``vectors``, ``table`` and ``accumulate`` (1: add into C; 0: overwrite it)
+    are integer literals written in the code
     (``vectors=0``: :func:`vectors_for` ``(rows, registers)``; ``rows=0``:
     :func:`rows_for` ``(vectors, registers)``; -1: the spec's ``block``).
     """
     if not isinstance(spec, SpecType):
         return None
-    if not all(isinstance(t, types.IntegerLiteral) for t in (rows, vectors, table)):
+    if not all(isinstance(t, types.IntegerLiteral) for t in (rows, vectors, table, accumulate)):
         return None
     dtype = a.dtype.name
     if dtype not in _LLVM_TYPES or b.dtype != a.dtype or c.dtype != a.dtype:
@@ -338,7 +344,9 @@ def fma_taps(typingctx, a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, sp
         _TapBlock(dtype, context, builder, signature, args).emit()
         return context.get_dummy_value()
 
-    sig = types.void(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table)
+    sig = types.void(
+        a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table, accumulate
+    )
     return sig, codegen
 
 
