@@ -39,14 +39,11 @@ called between the njit-parallel lowering kernels. Measured here against
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from .. import config, costs
 from ..common import fold_workspace
-from ..runtime import njit, num_threads
+from ..runtime import njit, split_run
 from ..shapes import conv_tap_maps, scatter_tap_maps
 from .fold import with_fold
 
@@ -167,32 +164,6 @@ def _col2im(cols, out, r0, r1, o0, KD, KH, KW, D, H, W, fd, gd, fh, gh, sw, dw, 
                         hi = max(min(W, (OW - 1 - off) // sw + 1), lo)
                         for iw in range(lo, hi):
                             out[n, o0 + o, pd, ph, iw * sw + off] += cols[k, base + iw]
-
-
-_POOL: dict[int, ThreadPoolExecutor] = {}
-# a forked child inherits the pools but not their threads: it would wait forever
-os.register_at_fork(after_in_child=_POOL.clear)
-
-
-def _split(kernel, total: int, *args) -> None:
-    """Run ``kernel(*args, start, stop)`` over ``[0, total)`` split across
-    ``runtime.num_threads()`` Python threads (the kernels release the GIL).
-
-    Not a prange: numba's OpenMP workers spin for milliseconds after a
-    parallel region and starve the BLAS threads of the GEMM that follows
-    (a 6 ms GEMM took 10.6 ms right after a tiny prange kernel here).
-    """
-    nt = max(1, min(num_threads(), total))
-    if nt == 1:
-        kernel(*args, 0, total)
-        return
-    pool = _POOL.get(nt)
-    if pool is None:
-        pool = _POOL[nt] = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="numbaconv")
-    step = -(-total // nt)
-    futures = [pool.submit(kernel, *args, a, min(a + step, total)) for a in range(0, total, step)]
-    for f in futures:
-        f.result()
 
 
 def _matmul(a, b, out):
@@ -320,7 +291,7 @@ def run(x5, w5, bias, plan, out5):
         cols = cols_buf[: k * m].reshape(k, m)
         res = res_buf[: og * m].reshape(og, m)
         for i in range(g):
-            _split(
+            split_run(
                 _im2col,
                 k,
                 x5,
@@ -334,7 +305,7 @@ def run(x5, w5, bias, plan, out5):
                 plan.padding[2][0],
             )
             _matmul(wmat[i], cols, res)
-            _split(_store, og * (r1 - r0), res, out5, bias, r0, r1, i * og)
+            split_run(_store, og * (r1 - r0), res, out5, bias, r0, r1, i * og)
     return out5
 
 
@@ -365,9 +336,9 @@ def run_transpose(x5, w5, bias, plan, out5):
             xm = xm_buf[: cg * m].reshape(cg, m)
             cols = cols_buf[: og * taps * m].reshape(og * taps, m)
             for i in range(g):
-                _split(_gather_rows, cg * (r1 - r0), x, xm, r0, r1, i * cg)
+                split_run(_gather_rows, cg * (r1 - r0), x, xm, r0, r1, i * cg)
                 _matmul(wmat[i], xm, cols)
                 geo = (kd, kh, kw, d, h, w, fd, gd, fh, gh, plan.stride[2], plan.dilation[2], lo[2])
-                _split(_col2im, og, cols, target, r0, r1, i * og, *geo)
+                split_run(_col2im, og, cols, target, r0, r1, i * og, *geo)
 
     return with_fold(plan, x5, bias, out5, body)

@@ -82,15 +82,45 @@ def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst):
                         o += wq * pst
 
 
+@njit(inline="always")
+def _block(wp, src, cb, tb, spec, rows, k, a0, b0, cs, pw):
+    # rows output channels x pw pixels over k channels and every tap; every
+    # block shape in one kernel (one compile per dtype, not per shape)
+    nt = tb.shape[0]
+    if rows == 6:
+        fma_taps(wp, src, cb, tb, nt, 6, a0, b0, k, nt * 6, 1, cs, 0, pw, spec, 6, 0, 0, 0)
+    elif rows == 5:
+        fma_taps(wp, src, cb, tb, nt, 5, a0, b0, k, nt * 5, 1, cs, 0, pw, spec, 5, 0, 0, 0)
+    elif rows == 4:
+        fma_taps(wp, src, cb, tb, nt, 4, a0, b0, k, nt * 4, 1, cs, 0, pw, spec, 4, 0, 0, 0)
+    elif rows == 3:
+        fma_taps(wp, src, cb, tb, nt, 3, a0, b0, k, nt * 3, 1, cs, 0, pw, spec, 3, 0, 0, 0)
+    elif rows == 2:
+        fma_taps(wp, src, cb, tb, nt, 2, a0, b0, k, nt * 2, 1, cs, 0, pw, spec, 2, 0, 0, 0)
+    else:
+        fma_taps(wp, src, cb, tb, nt, 1, a0, b0, k, nt, 1, cs, 0, pw, spec, 1, 0, 0, 0)
+
+
+@njit(inline="always")
+def _block_cl(tile, wp, cb, tab, spec, vectors, k, a0, b0, ps, at, vl):
+    # rows_for(vectors) pixels x vectors * lanes output channels
+    nt = tab.shape[0]
+    if vectors == 4:
+        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 4, 1, 0)
+    elif vectors == 3:
+        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 3, 1, 0)
+    elif vectors == 2:
+        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 2, 1, 0)
+    else:
+        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 1, 1, 0)
+
+
 @njit(parallel=True, cache=True)
-def _conv(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo):
-    # lanes over output pixels; each task in _conv_task (a small parallel
-    # region compiles in a third of the time of one holding the task's body)
-    N, OD = out.shape[0], out.shape[2]
-    G, nob, nbands, och = geo[7], geo[11], geo[13], geo[16]
-    noc = (nob + och - 1) // och
-    for t in prange(N * G * OD * nbands * noc):
-        _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t)
+def _conv(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, tasks):
+    # lanes over output pixels; each task in _conv_task, compiled on its own
+    # (a parallel region holding the task's body compiled 2-3x slower)
+    for t in prange(tasks):
+        _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, np.int64(t))
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -124,10 +154,7 @@ def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
             nr = min(rows, og - ob * rows)
             for pb in range(npb):
                 p0 = pb * pw
-                # rows output channels x pw pixels, every tap and channel (the spec's block)
-                fma_taps(
-                    wp, src, cb, tb, nt, rows, a0, base + p0, nc, nt * rows, 1, cst, 0, pw, spec, -1, 0, 0, 0
-                )
+                _block(wp, src, cb, tb, spec, rows, nc, a0, base + p0, cst, pw)
                 _store(cb, bias, out, of, n, od, h0, g * og + ob * rows, nr, p0, pw, wq, noh, c0 > 0)
 
 
@@ -144,13 +171,10 @@ def _task(t, nbands, noc, OD, G):
 
 
 @njit(parallel=True, cache=True)
-def _conv_cl(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo):
+def _conv_cl(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo, tasks):
     # lanes over output channels; each task in _conv_cl_task
-    N, OD = out.shape[0], out.shape[2]
-    G, nob, nbands, och = geo[7], geo[11], geo[13], geo[16]
-    noc = (nob + och - 1) // och
-    for t in prange(N * G * OD * nbands * noc):
-        _conv_cl_task(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t)
+    for t in prange(tasks):
+        _conv_cl_task(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo, np.int64(t))
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -170,8 +194,7 @@ def _conv_cl_task(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t):
         for p0 in range(0, noh * wq, px):
             for ob in range(oc * och, min(nob, (oc + 1) * och)):
                 b0 = ((g * nob + ob) * nt * cg + c0) * vl
-                # rows_for(vectors) pixels x vl output channels (the spec's block)
-                fma_taps(tile, wp, cb, tab, nt, cg * vl, p0 * ps, b0, nc, 1, ps, vl, 0, vl, spec, 0, -1, 1, 0)
+                _block_cl(tile, wp, cb, tab, spec, vectors, nc, p0 * ps, b0, ps, cg * vl, vl)
                 o0, no = g * og + ob * vl, min(vl, og - ob * vl)
                 _store_cl(cb, bias, out, n, od, h0, o0, no, p0, px, wq, noh, vl, c0 > 0)
 
@@ -456,15 +479,16 @@ def run(x5, w5, bias, plan, out5):
         return out5
     spec = spec_for(plan.dtype)
     geo = Geometry(plan, spec.lanes, spec.registers, numba.get_num_threads())
-    spec = spec.with_block(geo.vectors)  # one compiled kernel per block shape
     wp = packed_weights(w5, plan.groups, geo.block, geo.channels_last)
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
     md, mh, mw = geo.maps()
-    args = (wp, bias, out5, geo.tap_offsets(), md, mh, mw, geo.runs(), spec, geo.args())
+    args = (geo.tap_offsets(), md, mh, mw, geo.runs(), spec, geo.args())
     xf = x5.reshape(-1)
+    od, noc = plan.out_size[0], -(-geo.nob // geo.och)
+    tasks = plan.batch * plan.groups * od * geo.nbands * noc
     if geo.channels_last:
-        _conv_cl(x5, xf, *args)
+        _conv_cl(x5, xf, wp, bias, out5, *args, tasks)
     else:
-        _conv(x5, xf, wp, bias, out5, out5.reshape(-1), *args[3:])
+        _conv(x5, xf, wp, bias, out5, out5.reshape(-1), *args, tasks)
     return out5
