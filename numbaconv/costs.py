@@ -28,62 +28,63 @@ from .files import read_json
 from .machine import fingerprint
 
 # Seconds per unit of each feature, fitted on the development machine (2 vCPUs
-# of an Intel Xeon, Emerald Rapids, float32) over calibrate.CASES, each
-# case's time the fastest of three `calibrate` runs: relative rms error per
-# method 7-27% (see docs/dispatch.md); regenerate with `numbaconv calibrate
-# --ship` after changing a kernel.
+# of an Intel Xeon, Emerald Rapids, float32) over calibrate.CASES by one
+# `numbaconv calibrate --ship` run after the direct path moved to the
+# micro-kernel (a second run agreed within 10-40% per constant on this shared
+# host); regenerate with `numbaconv calibrate --ship` after changing a kernel.
 SHIPPED: dict[str, dict[str, float]] = {
     "conv/direct": {
-        "call": 0.0001,
-        "outputs": 1e-09,
-        "tile": 1e-09,
-        "flops_px": 5e-12,
-        "flops_cl": 6e-12,
-        "blocks": 5e-08,
+        "call": 0.000276,
+        "outputs": 0,
+        "inputs": 3.18e-10,
+        "tile": 5.21e-10,
+        "flops_px": 5.14e-12,
+        "flops_cl": 0,
+        "blocks": 9.7e-08,
     },
     "conv/gemm": {
-        "call": 0.0002,
-        "outputs": 0,
-        "lowered": 6.06e-10,
-        "gemm_flops": 5.64e-12,
-        "gemm_flops_short": 2.48e-12,
-        "gemm_flops_thin": 6.44e-12,
-        "gemm_calls": 2.33e-05,
+        "call": 0.000268,
+        "outputs": 1.27e-10,
+        "lowered": 5.79e-10,
+        "gemm_flops": 6.83e-12,
+        "gemm_flops_short": 1.58e-12,
+        "gemm_flops_thin": 1.95e-11,
+        "gemm_calls": 3.62e-05,
     },
     "conv/fft": {
-        "call": 0.000204,
-        "fft_point_logs": 8.73e-11,
-        "cmacs": 3.22e-10,
-        "transforms": 2.35e-06,
+        "call": 0.000558,
+        "fft_point_logs": 1.03e-10,
+        "cmacs": 4.67e-10,
+        "transforms": 2.55e-06,
         "points": 0,
     },
     "conv_transpose/scatter": {
-        "call": 0.000148,
-        "outputs": 1.07e-09,
-        "flops": 7.12e-11,
+        "call": 0.000294,
+        "outputs": 2.94e-09,
+        "flops": 9.25e-11,
     },
     "conv_transpose/gather": {
-        "call": 0.000208,
-        "outputs": 2.6e-09,
-        "flops": 9.44e-12,
-        "flops_thin": 6.97e-11,
+        "call": 0.000456,
+        "outputs": 3.61e-09,
+        "flops": 1.27e-11,
+        "flops_thin": 1.56e-10,
         "cl_runs": 0,
     },
     "conv_transpose/gemm": {
-        "call": 0.000267,
-        "outputs": 5.25e-10,
-        "lowered": 1.09e-09,
-        "gemm_flops": 5.86e-12,
-        "gemm_flops_short": 9.32e-12,
-        "gemm_flops_thin": 1.53e-11,
-        "gemm_calls": 1.13e-05,
+        "call": 0.000223,
+        "outputs": 4.56e-10,
+        "lowered": 2.03e-09,
+        "gemm_flops": 1.97e-12,
+        "gemm_flops_short": 9.37e-12,
+        "gemm_flops_thin": 0,
+        "gemm_calls": 0.000106,
     },
     "conv_transpose/fft": {
-        "call": 0.000209,
-        "outputs": 3.59e-09,
-        "fft_point_logs": 1.37e-11,
-        "cmacs": 2.47e-10,
-        "transforms": 3.06e-06,
+        "call": 0.000466,
+        "outputs": 4.87e-09,
+        "fft_point_logs": 0,
+        "cmacs": 3.88e-10,
+        "transforms": 3.5e-06,
         "points": 0,
     },
 }

@@ -443,7 +443,8 @@ def cost_features(plan) -> dict[str, float]:
     """Operation counts of one call (float32 units, before ``costs.per_dtype``):
     the FLOPs the micro-kernel does (junk columns and padded blocks included)
     in either layout, the elements copied into tiles (halos included), the
-    register blocks (each loads and stores its accumulators) and the outputs."""
+    register blocks (each loads and stores its accumulators), the inputs and
+    the outputs (memory traffic: what bounds pointwise and depthwise layers)."""
     spec = spec_for(np.float32)
     geo = Geometry(plan, spec.lanes, spec.registers, numba.get_num_threads())
     od, oh, _ = plan.out_size
@@ -451,10 +452,14 @@ def cost_features(plan) -> dict[str, float]:
     pixels = base * geo.nbands * (-(-(geo.band * geo.wq) // geo.px) * geo.px)
     flops = 2.0 * pixels * geo.nob * geo.block * geo.cg * len(geo.taps)
     chunks = -(-geo.cg // geo.cc)
+    noc = -(-geo.nob // geo.och)  # each o-chunk of a band copies the band's tile
     return {
         "call": 1.0,
         "outputs": float(plan.batch * plan.c_out * int(np.prod(plan.out_size))),
-        "tile": float(base * geo.nbands * geo.cg * geo.channel_elements(geo.band) * (geo.nob // geo.och)),
+        "inputs": float(plan.batch * plan.c_in * int(np.prod(plan.in_size))),  # read from memory once
+        "tile": 0.0
+        if geo.inplace
+        else float(base * geo.nbands * geo.cg * geo.channel_elements(geo.band) * noc),
         "flops_px": 0.0 if geo.channels_last else flops,
         "flops_cl": flops if geo.channels_last else 0.0,
         "blocks": float(pixels // geo.px * geo.nob * chunks),
