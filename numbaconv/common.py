@@ -38,6 +38,13 @@ class WeightCache:
         self.lock = threading.Lock()
         self.serial = itertools.count()  # distinguishes entries of equal keys
 
+    def __len__(self):
+        return len(self.entries)
+
+    def clear(self):
+        with self.lock:
+            self.entries.clear()
+
     def get(self, w, key, make):
         """``make()``'s value for weight ``w`` under ``key`` (a tuple of the
         other things the value depends on), from the cache when kept."""

@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import threading
-from collections import OrderedDict
 
 import numba
 import numpy as np
@@ -39,7 +37,7 @@ from numba import prange, types
 from numba.extending import overload
 
 from .. import config, costs
-from ..common import dilated_flipped, flipped, fold_workspace, transposed_as_conv
+from ..common import WeightCache, dilated_flipped, flipped, fold_workspace, transposed_as_conv
 from ..runtime import njit
 from ..shapes import MODE_CODES
 from .fold import with_fold
@@ -374,9 +372,7 @@ def run_transpose(x5, w5, bias, plan, out5):
     return with_fold(plan, x5, bias, out5, body)
 
 
-_SPECTRA: OrderedDict = OrderedDict()  # kernel spectra of recent calls (LRU)
-_SPECTRA_LOCK = threading.Lock()
-_SPECTRA_SERIAL = itertools.count()  # distinguishes entries of equal shapes
+_SPECTRA = WeightCache("fft_kernel_cache_bytes")  # kernel spectra of recent calls
 
 
 def _kernel_spectrum(w5, cor, lens, workers):
@@ -385,46 +381,30 @@ def _kernel_spectrum(w5, cor, lens, workers):
     Transforming the kernel is often the largest single cost of a call (one
     spectrum per output x input channel), so the spectra of recent calls are
     kept with a copy of their weights, up to ``config.fft_kernel_cache_bytes``
-    in all (0 turns this off). A call whose weights equal a kept copy bit for
-    bit (compared in full: no hash, so no collisions; a memory compare is ~10x
-    cheaper than hashing the bytes) skips the transform.
+    in all (0 turns this off; :class:`numbaconv.common.WeightCache`: a call
+    whose weights equal a kept copy bit for bit skips the transform).
     """
-    real = cor.dtype.kind == "f"
-    key = None
-    limit = config.fft_kernel_cache_bytes
-    wbytes = np.ascontiguousarray(w5).view(np.uint8)
-    if limit > 0:
-        key = (w5.shape, w5.dtype.str, tuple(lens), cor.dilation)
-        with _SPECTRA_LOCK:
-            for k, (kw, result) in reversed(_SPECTRA.items()):
-                if k[0] == key and np.array_equal(kw, wbytes):
-                    _SPECTRA.move_to_end(k)
-                    return result
-    o, cg = w5.shape[0], w5.shape[1]
-    # the dilated kernel, flipped: correlation = convolution with the flip
-    wd = dilated_flipped(w5, cor.dilation, np.zeros)
-    # transform the small kernel axis by axis (the zero padding of the later
-    # axes is not transformed): 3x cheaper than rfftn for a 31x31 kernel at 288
-    if real:
-        kspec = sfft.rfft(wd, n=lens[2], axis=4, workers=workers)
-    else:
-        kspec = sfft.fft(wd, n=lens[2], axis=4, workers=workers)
-    for ax in (3, 2):  # length-1 axes need no transform (pocketfft would still copy)
-        if lens[ax - 2] > 1:
-            # along the last (contiguous) axis: a strided transform was 3x slower
-            moved = np.ascontiguousarray(np.moveaxis(kspec, ax, -1))
-            moved = sfft.fft(moved, n=lens[ax - 2], axis=-1, workers=workers, overwrite_x=True)
-            kspec = np.moveaxis(moved, -1, ax)
-    fshape = kspec.shape[2:]
-    kspec = np.ascontiguousarray(kspec.reshape(o, cg, -1))
-    kspec.flags.writeable = False
-    result = (kspec, fshape)
-    if key is not None and kspec.nbytes + wbytes.nbytes <= limit:
-        with _SPECTRA_LOCK:
-            _SPECTRA[key, next(_SPECTRA_SERIAL)] = (wbytes.copy(), result)
-            while sum(v[0].nbytes + v[1][0].nbytes for v in _SPECTRA.values()) > limit:
-                _SPECTRA.popitem(last=False)
-    return result
+
+    def transform():
+        o, cg = w5.shape[0], w5.shape[1]
+        # the dilated kernel, flipped: correlation = convolution with the flip
+        wd = dilated_flipped(w5, cor.dilation, np.zeros)
+        # transform the small kernel axis by axis (the zero padding of the later
+        # axes is not transformed): 3x cheaper than rfftn for a 31x31 kernel at 288
+        if cor.dtype.kind == "f":
+            kspec = sfft.rfft(wd, n=lens[2], axis=4, workers=workers)
+        else:
+            kspec = sfft.fft(wd, n=lens[2], axis=4, workers=workers)
+        for ax in (3, 2):  # length-1 axes need no transform (pocketfft would still copy)
+            if lens[ax - 2] > 1:
+                # along the last (contiguous) axis: a strided transform was 3x slower
+                moved = np.ascontiguousarray(np.moveaxis(kspec, ax, -1))
+                moved = sfft.fft(moved, n=lens[ax - 2], axis=-1, workers=workers, overwrite_x=True)
+                kspec = np.moveaxis(moved, -1, ax)
+        fshape = kspec.shape[2:]
+        return np.ascontiguousarray(kspec.reshape(o, cg, -1)), fshape
+
+    return _SPECTRA.get(w5, (tuple(lens), cor.dilation), transform)
 
 
 def _placement(cor, i: int, start: int, tile: int):

@@ -1,24 +1,27 @@
 """Direct convolution as implicit GEMM on the micro-kernel (real dtypes).
 
-The input of a slab (a chunk of samples; of output planes and rows where one
-sample's copy would exceed ``config.workspace_bytes``) is copied once into a
-padded, phase-split buffer: per sample, channel and padded D plane, the padded
-rows and columns split by the H and W stride into ``sh x sw`` phases of
-``rq x wq`` values. Padding modes enter here only, through the padded-position
-maps (``shapes.tap_table``); zero padding is stored as zeros, so NaN/Inf weights
-meet it as PyTorch's does. In that layout the input of kernel tap ``t`` for
-output pixel ``(oh, ow)`` of a plane lies at ``tb[t] + oh * wq + ow``: every tap
-at any stride and dilation is one offset, and the output pixels of a plane are
-one flat run (``wq - OW`` junk columns per row, discarded).
+A task owns one (sample, group, output plane, band of output rows) and a
+chunk of the group's blocks of output channels. It copies the input its band
+reads into a tile (:func:`_fill`): per input channel and kernel plane, the
+padded rows and columns split by the H and W strides into the phases the taps
+use (``rq x wq`` values each). Padding modes enter only here, through index
+maps sized by the output (:meth:`Geometry.maps`, ``shapes.fold_index``); zero
+padding is stored as zeros, so NaN/Inf weights meet it as PyTorch's does. In
+that tile the input of kernel tap ``t`` for output pixel ``(oh, ow)`` of the
+band lies at ``tb[t] + oh * wq + ow``: every tap at any stride and dilation is
+one offset, and the band's output pixels are one flat run (``wq - W_out`` junk
+columns per row, computed and discarded). A pointwise conv at stride 1
+without padding reads the input in place.
 
-Each task owns output pixel blocks of one (sample, group, output plane) and a
-range of blocks of ``rows`` output channels; per block the micro-kernel
+Per block of ``rows`` output channels x ``pw`` pixels the micro-kernel
 (:func:`numbaconv.cpu.microkernel.fma_taps`, lanes over output pixels, the
-weight broadcast) accumulates ``rows x pixels`` in registers over every tap
-and input channel of the group, and the block is stored straight into the
-NCHW output with the bias. Weights are packed once per weight
-(``[group][block][tap][channel][row]``, zero rows where the block passes the
-group's channels) and kept between calls (compared by content).
+weight broadcast) accumulates over every tap and input channel of the group
+in registers, and the block is stored straight into the NCHW output with the
+bias (:func:`_store`). Weights are packed once per weight
+(``[group][block][channel][tap][row]``, zero rows past the group's channels)
+and kept between calls, compared by content. ``config.direct_layout =
+"channels"`` selects the other layout (lanes over output channels, the tile
+channels-last, the input broadcast: :func:`_conv_cl`).
 """
 
 from __future__ import annotations
