@@ -25,6 +25,8 @@ from .shapes import make_plan
 CASES: tuple = (
     ("conv", (8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1)),
     ("conv", (4, 3, 112, 112), (32, 3, 7, 7), dict(stride=2, padding=3)),
+    ("conv", (4, 3, 160, 160), (24, 3, 3, 3), dict(stride=2, padding=1)),
+    ("conv", (2, 3, 192, 192), (48, 3, 5, 5), dict(stride=2, padding=2)),
     ("conv", (8, 128, 28, 28), (32, 128, 1, 1), dict()),
     ("conv", (8, 128, 56, 56), (96, 128, 1, 1), dict()),
     ("conv", (4, 512, 28, 28), (64, 512, 1, 1), dict()),

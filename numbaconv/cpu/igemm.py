@@ -463,7 +463,9 @@ def cost_features(plan) -> dict[str, float]:
         "tile": 0.0
         if geo.inplace
         else float(base * geo.nbands * geo.cg * geo.channel_elements(geo.band) * noc),
-        "flops_px": 0.0 if geo.channels_last else flops,
+        # one tap: no input vector is reused across taps (each k step streams new lines)
+        "flops_px": 0.0 if geo.channels_last or len(geo.taps) == 1 else flops,
+        "flops_px_1tap": flops if not geo.channels_last and len(geo.taps) == 1 else 0.0,
         "flops_cl": flops if geo.channels_last else 0.0,
         "blocks": float(pixels // geo.px * geo.nob * chunks),
     }
