@@ -144,10 +144,10 @@ _POOL: dict[int, ThreadPoolExecutor] = {}
 os.register_at_fork(after_in_child=_POOL.clear)
 
 
-def split_run(kernel, total: int, *args, pieces_per_thread: int = 1) -> None:
+def split_run(kernel, total: int, *args) -> None:
     """Run ``kernel(*args, start, stop)`` over ``[0, total)`` split across
     :func:`num_threads` Python threads (the kernels are ``nogil`` njit
-    functions), ``pieces_per_thread`` contiguous pieces per thread.
+    functions), one contiguous piece per thread.
 
     Not a prange: numba's OpenMP workers spin for milliseconds after a
     parallel region and starve the BLAS threads of a GEMM that follows (a
@@ -161,7 +161,7 @@ def split_run(kernel, total: int, *args, pieces_per_thread: int = 1) -> None:
     pool = _POOL.get(nt)
     if pool is None:
         pool = _POOL[nt] = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="numbaconv")
-    step = -(-total // (nt * max(1, pieces_per_thread)))
+    step = -(-total // nt)
     futures = [pool.submit(kernel, *args, a, min(a + step, total)) for a in range(0, total, step)]
     for f in futures:
         f.result()

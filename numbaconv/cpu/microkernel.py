@@ -90,39 +90,32 @@ def rows_for(vectors: int, registers: int) -> int:
 
 
 class Spec:
-    """Lanes, registers and block of the micro-kernels, and the version of
-    this file, as a value whose Numba *type* carries them: a kernel taking a
-    ``Spec`` argument is compiled (and cached on disk) once per spec, with only
-    the block it asks for (``block``: rows for :func:`fma_taps` ``table=0``,
-    vectors for ``table=1``; 0 where the caller names it as a literal), and an
-    edit of this file's IR generator changes the version, so no stale entry
-    loads."""
+    """Lanes and registers of the micro-kernels, and the version of this file,
+    as a value whose Numba *type* carries them: a kernel taking a ``Spec``
+    argument is compiled (and cached on disk) once per spec, and an edit of
+    this file's IR generator changes the version, so no stale entry loads."""
 
-    __slots__ = ("lanes", "registers", "block", "version")
+    __slots__ = ("lanes", "registers", "version")
 
-    def __init__(self, lanes: int, registers: int, block: int = 0):
-        self.lanes, self.registers, self.block = int(lanes), int(registers), int(block)
-        self.version = SOURCE_KEY
+    def __init__(self, lanes: int, registers: int):
+        self.lanes, self.registers, self.version = int(lanes), int(registers), SOURCE_KEY
 
     def __repr__(self):
-        return f"Spec(lanes={self.lanes}, registers={self.registers}, block={self.block})"
-
-    def with_block(self, block: int) -> Spec:
-        return Spec(self.lanes, self.registers, block)
+        return f"Spec(lanes={self.lanes}, registers={self.registers})"
 
 
 SOURCE_KEY = zlib.crc32(Path(__file__).read_bytes())
 
 
 class SpecType(types.Type):
-    def __init__(self, lanes, registers, block, version):
-        self.lanes, self.registers, self.block, self.version = lanes, registers, block, version
-        super().__init__(name=f"SimdSpec({lanes}, {registers}, {block}, {version})")
+    def __init__(self, lanes, registers, version):
+        self.lanes, self.registers, self.version = lanes, registers, version
+        super().__init__(name=f"SimdSpec({lanes}, {registers}, {version})")
 
 
 @typeof_impl.register(Spec)
 def _typeof_spec(val, c):
-    return SpecType(val.lanes, val.registers, val.block, val.version)
+    return SpecType(val.lanes, val.registers, val.version)
 
 
 register_model(SpecType)(models.OpaqueModel)
@@ -144,6 +137,13 @@ def spec_for(dtype) -> Spec:
 
 _LLVM_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
 _FMA_NAMES = {"float32": "f32", "float64": "f64"}
+
+
+def _incoming(phis, *sources):
+    """Add to each phi its value from each ``(values, block)`` source."""
+    for values, block in sources:
+        for phi, value in zip(phis, values):
+            phi.add_incoming(value, block)
 
 
 class _Block:
@@ -212,20 +212,16 @@ class _Block:
         step = b.phi(self.i64)
         step.add_incoming(self.const(0), entry)
         acc = [b.phi(self.vt) for _ in cells]
-        for phi, v in zip(acc, init):
-            phi.add_incoming(v, entry)
+        _incoming(acc, (init, entry))
         new = self.step(step, acc)
         nxt = b.add(step, self.const(1))
         end = b.block
         step.add_incoming(nxt, end)
-        for phi, v in zip(acc, new):
-            phi.add_incoming(v, end)
+        _incoming(acc, (new, end))
         b.cbranch(b.icmp_signed("<", nxt, self.k), loop, done)
         b.position_at_end(done)
         final = [b.phi(self.vt) for _ in cells]  # every phi first, then the stores
-        for phi, first, last in zip(final, init, new):
-            phi.add_incoming(first, entry)
-            phi.add_incoming(last, end)
+        _incoming(final, (init, entry), (new, end))
         for phi, (r, v) in zip(final, cells):
             b.store(phi, self.c_ptr(r, v), align=self.align)
 
@@ -237,10 +233,6 @@ class _TapBlock(_Block):
     def __init__(self, dtype, context, builder, signature, args):
         spec = signature.args[-5]
         self.rows_, vectors, self.table, self.accumulate = (t.literal_value for t in signature.args[-4:])
-        if self.rows_ < 0:  # the spec's block
-            self.rows_ = spec.block
-        if vectors < 0:
-            vectors = spec.block
         vectors = vectors or vectors_for(self.rows_, spec.registers)
         self.rows_ = self.rows_ or rows_for(vectors, spec.registers)
         block = (dtype, self.rows_, vectors, spec.lanes, True, False)
@@ -287,23 +279,17 @@ class _TapBlock(_Block):
         end = b.block
         v.add_incoming(zero, outer)
         v.add_incoming(nxt, end)
-        for phi, first, last in zip(acc, acc_u, new):
-            phi.add_incoming(first, outer)
-            phi.add_incoming(last, end)
+        _incoming(acc, (acc_u, outer), (new, end))
         b.cbranch(b.icmp_signed("<", nxt, n_inner), inner, latch)
         b.position_at_end(latch)
         u_next = b.add(u, self.const(1))
         u.add_incoming(zero, entry)
         u.add_incoming(u_next, latch)
-        for phi, first, last in zip(acc_u, init, new):
-            phi.add_incoming(first, entry)
-            phi.add_incoming(last, latch)
+        _incoming(acc_u, (init, entry), (new, latch))
         b.cbranch(b.icmp_signed("<", u_next, n_outer), outer, done)
         b.position_at_end(done)
         final = [b.phi(self.vt) for _ in cells]
-        for phi, first, last in zip(final, init, new):
-            phi.add_incoming(first, entry)
-            phi.add_incoming(last, latch)
+        _incoming(final, (init, entry), (new, latch))
         for phi, (r, v) in zip(final, cells):
             b.store(phi, self.c_ptr(r, v), align=self.align)
 
@@ -330,7 +316,7 @@ def fma_taps(
     ``vectors``, ``table`` and ``accumulate`` (1: add into C; 0: overwrite it)
     are integer literals written in the code
     (``vectors=0``: :func:`vectors_for` ``(rows, registers)``; ``rows=0``:
-    :func:`rows_for` ``(vectors, registers)``; -1: the spec's ``block``).
+    :func:`rows_for` ``(vectors, registers)``).
     """
     if not isinstance(spec, SpecType):
         return None
