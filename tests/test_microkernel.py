@@ -219,3 +219,55 @@ def test_spec_type_carries_lanes_registers_and_source_version():
     with config.override(simd_lanes=4, simd_block=(6, 2)):
         s = mk.spec_for(np.float32)
         assert s.lanes == 4 and s.registers == 6 * 2 + 2 + 1
+
+
+def _band_reference(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, rows, width, accumulate):
+    ref = c.astype(np.float64)
+    for r in range(rows):
+        acc = ref[c0 + r * ldc : c0 + r * ldc + width] if accumulate else np.zeros(width)
+        for i in range(k):
+            for h in range(kh):
+                for t in range(nt):
+                    o = b0 + i * bk + (r + h) * rp + tab[t]
+                    acc = acc + float(a[a0 + i * ak + h * nt + t]) * b[o : o + width]
+        ref[c0 + r * ldc : c0 + r * ldc + width] = acc
+    return ref
+
+
+@njit
+def _call_band6(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec):
+    mk.fma_band(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec, 6, 0, 1)
+
+
+@njit
+def _call_band3(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec):
+    mk.fma_band(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec, 3, 2, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("shape", [(6, 0, 1), (3, 2, 0)], ids=["6rows-auto-acc", "3rows-2vec-overwrite"])
+def test_fma_band_against_numpy(shape, lanes, dtype):
+    """The band block (rows of one output channel sharing each input row):
+    kernel rows from rows - 1 (no middle loop) up, several channels with
+    their own strides, an indirect tap table, k = 0 and nt = 0 (C kept when
+    accumulating, zeros when overwriting)."""
+    rows, vectors, accumulate = shape
+    vectors = vectors or mk.vectors_for(rows, 32)
+    width = vectors * lanes
+    rng = np.random.default_rng(11)
+    spec = mk.Spec(lanes, 32)
+    call = _call_band6 if rows == 6 else _call_band3
+    for kh, nt, k in [(rows - 1, 3, 1), (rows, 1, 2), (rows + 3, 4, 3), (rows + 1, 0, 2), (rows - 1, 2, 0)]:
+        tab = rng.integers(0, 20, size=max(nt, 1)).astype(np.int64)
+        a0, b0, c0, rp = 3, 5, 2, width + 7
+        ak, bk, ldc = kh * nt + 2, (rows + kh) * rp + 30, width + 3
+        a = rng.standard_normal(a0 + max(k, 1) * ak + 5).astype(dtype)
+        b = rng.standard_normal(b0 + max(k, 1) * bk + 40 + width).astype(dtype)
+        c = rng.standard_normal(c0 + rows * ldc + 3).astype(dtype)
+        ref = _band_reference(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, rows, width, accumulate)
+        call(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec)
+        scale = float(np.abs(a).max() * np.abs(b).max() * max(nt * k * kh, 1))
+        np.testing.assert_allclose(
+            c, ref, rtol=0, atol=_tol(dtype, nt * k * kh, scale) + 8 * np.finfo(dtype).eps * 4
+        )

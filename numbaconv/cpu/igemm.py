@@ -34,7 +34,7 @@ from .. import config
 from ..common import WeightCache
 from ..runtime import njit
 from ..shapes import fold_index
-from .microkernel import fma_taps, rows_for, spec_for, vectors_for
+from .microkernel import fma_band, fma_taps, rows_for, spec_for, vectors_for
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH (tested).
@@ -118,6 +118,46 @@ def _block_cl(tile, wp, cb, tab, spec, vectors, k, a0, b0, ps, at, vl):
         fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 1, 1, 0)
 
 
+@njit(inline="always")
+def _band(wp, tile, cb, tb, spec, vectors, kh, k, a0, b0, ak, cs, rp, px):
+    # BAND_ROWS output rows x vectors of pixels of one output channel
+    nt = tb.shape[0]
+    if vectors >= 4:
+        fma_band(wp, tile, cb, tb, nt, kh, a0, b0, k, ak, cs, rp, 0, px, spec, 6, 4, 0)
+    elif vectors >= 2:
+        fma_band(wp, tile, cb, tb, nt, kh, a0, b0, k, ak, cs, rp, 0, px, spec, 6, 2, 0)
+    else:
+        fma_band(wp, tile, cb, tb, nt, kh, a0, b0, k, ak, cs, rp, 0, px, spec, 6, 1, 0)
+
+
+@njit(inline="always")
+def _band_pass(wp, tile, cb, tb, spec, geo, bias, out, of, n, g, od, h0, noh, c0, nc):
+    # A band's output rows of output channel g (one per group) in blocks of
+    # 6 rows (dh apart: the rows that share input rows) x px pixels
+    R, kh, dh, px, V, cs, wq, cg = geo[22], geo[23], geo[24], geo[15], geo[10], geo[20], geo[4], geo[8]
+    O, OD, OH, OW = out.shape[1], out.shape[2], out.shape[3], out.shape[4]
+    ak = kh * tb.shape[0]
+    a0 = (g * cg + c0) * ak
+    bv = bias[g] if c0 == 0 else out.dtype.type(0)
+    for base in range(0, noh, R * dh):
+        for ph in range(min(dh, noh - base)):
+            for p0 in range(0, OW, px):
+                _band(wp, tile, cb, tb, spec, V, kh, nc, a0, (base + ph) * wq + p0, ak, cs, dh * wq, px)
+                cnt = np.uint64(min(px, OW - p0))
+                for r in range(R):
+                    oh = base + ph + r * dh
+                    if oh >= noh:
+                        break
+                    uo = np.uint64((((n * O + g) * OD + od) * OH + h0 + oh) * OW + p0)
+                    k = np.uint64(r * px)
+                    if c0 > 0:
+                        for j in range(cnt):
+                            of[uo + j] += cb[k + j]
+                    else:
+                        for j in range(cnt):
+                            of[uo + j] = cb[k + j] + bv
+
+
 @njit(parallel=True, cache=True)
 def _conv(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, tasks):
     # lanes over output pixels; each task in _conv_task, compiled on its own
@@ -143,7 +183,10 @@ def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
     npb = (noh * wq + pw - 1) // pw
     inplace = geo[21] == 1 and (n < N - 1 or g < G - 1 or od < OD - 1)
     tile = np.empty(1 if inplace else tsize, dtype=out.dtype)
-    cb = np.empty(rows * pw, dtype=out.dtype)
+    # the slack that junk pixels read: zeros, not whatever the allocator left
+    # (denormals there cost microcode assists: a 4x slower 5x5 float64 filter)
+    tile[min(cchunk * cs, tile.size) :] = 0
+    cb = np.empty(max(rows, geo[22]) * pw, dtype=out.dtype)
     for c0 in range(0, cg, cchunk):
         nc = min(cchunk, cg - c0)
         src, base, cst = tile, 0, cs
@@ -151,6 +194,9 @@ def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
             src, base, cst = xf, (n * C + g * cg + c0) * plane + (od * OH + h0) * wq, plane
         else:
             _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
+        if geo[22] > 0:
+            _band_pass(wp, tile, cb, tb, spec, geo, bias, out, of, n, g, od, h0, noh, c0, nc)
+            continue
         # o-blocks outer: the block's weights stay in L1 over the pixel blocks
         for ob in range(oc * och, min(nob, (oc + 1) * och)):
             a0 = ((g * nob + ob) * cg + c0) * nt * rows
@@ -190,6 +236,7 @@ def _conv_cl_task(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t):
     h0 = hb * band
     noh = min(band, OH - h0)
     tile = np.empty(tsize, dtype=out.dtype)
+    tile[ps * geo[20] :] = 0  # the slack junk pixels read (see _conv_task)
     cb = np.empty(px * vl, dtype=out.dtype)
     for c0 in range(0, cg, cc):
         nc = min(cc, cg - c0)
@@ -283,14 +330,37 @@ def uses_channels_last(plan, lanes: int) -> bool:
     return config.direct_layout == "channels" and plan.c_out // plan.groups >= lanes
 
 
+BAND_ROWS = 6  # output rows of a band block (fma_band's rows literal in _band)
+
+
+def uses_band(plan) -> bool:
+    """Band blocks (:func:`numbaconv.cpu.microkernel.fma_band`: rows of one
+    output channel sharing each loaded input row) for one output channel per
+    group (depthwise, single-channel filters) at H stride 1 with at least
+    ``BAND_ROWS - 1`` kernel rows. Below that a band block does as many
+    loads per FMA as the pixel layout's one-row block and measured no faster
+    (3x3: 34 vs 39 GFLOP/s on one core of the Emerald Rapids host)."""
+    return (
+        config.direct_layout != "channels"
+        and plan.c_out == plan.groups
+        and plan.stride[1] == 1
+        and plan.kernel[1] >= BAND_ROWS - 1
+    )
+
+
 _PACKED = WeightCache("weight_cache_bytes")
 
 
-def packed_weights(w5, groups: int, block: int, channels_last: bool) -> np.ndarray:
+def packed_weights(w5, groups: int, block: int, channels_last: bool, band: bool = False) -> np.ndarray:
     """``w5`` as ``[group][block][channel][tap][o]`` (pixel layout, ``block``
     output channels) or ``[group][block][tap][channel][o]`` (channels-last,
-    ``block`` lanes), zero past the group's channels, flat; kept between
-    calls (:class:`WeightCache`)."""
+    ``block`` lanes), zero past the group's channels, or (``band``: one
+    output channel per group) ``[group][channel][kh][kd][kw]``; flat; kept
+    between calls (:class:`WeightCache`)."""
+    if band:
+        return _PACKED.get(
+            w5, ("igemm-band",), lambda: np.ascontiguousarray(w5.transpose(0, 1, 3, 2, 4)).ravel()
+        )
 
     def pack():
         o, cg = w5.shape[:2]
@@ -340,7 +410,14 @@ class Geometry:
         self.og = plan.c_out // plan.groups
         self.cg = plan.c_in // plan.groups
         self.channels_last = uses_channels_last(plan, lanes)
-        if self.channels_last:
+        self.band_rows = BAND_ROWS if uses_band(plan) else 0
+        if self.band_rows:  # one output channel: blocks of rows x pixels of a row
+            vmax = vectors_for(BAND_ROWS, registers)
+            need = -(-ow // lanes)
+            self.vectors = min(v for v in (vmax, min(vmax, 2), 1) if v >= need or v == vmax)
+            self.block = 1
+            self.px = self.vectors * lanes
+        elif self.channels_last:
             self.vectors = block_vectors(self.og, lanes, registers)
             self.block = self.vectors * lanes  # output channels per block
             self.px = rows_for(self.vectors, registers)  # pixels per block
@@ -378,7 +455,9 @@ class Geometry:
         line = max(1, 64 // item)
         self.ps = self.cc if self.cc < line else (-(-self.cc // line) | 1) * line
         # past the last channel: the junk pixels of the last block of a band
-        slack = self.px + self.wq * (len(self.ph) * len(self.pw_) + 1)
+        # (band blocks: up to a block of rows past the band, dh apart)
+        rows = BAND_ROWS * plan.dilation[1] + 1 if self.band_rows else 1
+        slack = self.px + self.wq * (len(self.ph) * len(self.pw_) + rows)
         self.tile = (self.ps * (self.cs + slack)) if self.channels_last else (self.cc * self.cs + slack)
         tasks = base * self.nbands
         self.och = self.nob if tasks >= want else -(-self.nob // -(-want // tasks))
@@ -394,11 +473,13 @@ class Geometry:
         return self.plan.kernel[0] * len(self.ph) * len(self.pw_) * rq * self.wq
 
     def tap_offsets(self):
-        """Per tap, the tile offset of output pixel 0's input (elements)."""
+        """Per tap, the tile offset of output pixel 0's input (elements); in
+        band blocks, per (kd, kw) tap (the kernel rows are the block's)."""
         nph, npw, rq, wq = len(self.ph), len(self.pw_), self.rq, self.wq
         plane = nph * npw * rq * wq
         out = []
-        for a, b, c in self.taps:
+        taps = [(a, 0, c) for a, b, c in self.taps if b == 0] if self.band_rows else self.taps
+        for a, b, c in taps:
             i, j = self.ph.index(b % self.sh), self.pw_.index(c % self.sw)
             out.append(a * plane + (i * npw + j) * rq * wq + (b // self.sh) * wq + c // self.sw)
         return np.array(out, dtype=np.int64) * (self.ps if self.channels_last else 1)
@@ -431,7 +512,7 @@ class Geometry:
         return np.array(
             [p.kernel[0], len(self.ph), len(self.pw_), self.rq, self.wq, self.hq, self.sw, p.groups, self.cg,
              self.og, self.vectors, self.nob, self.band, self.nbands, self.cc, self.px, self.och, self.tile,
-             self.block, self.ps, self.cs, int(self.inplace)],
+             self.block, self.ps, self.cs, int(self.inplace), self.band_rows, p.kernel[1], p.dilation[1]],
             dtype=np.int64,
         )  # fmt: skip
 
@@ -439,7 +520,7 @@ class Geometry:
         """Bytes: one tile and accumulator block per thread, the packed weights."""
         item = self.plan.dtype.itemsize
         wbytes = self.plan.groups * self.nob * self.block * self.cg * len(self.taps)
-        return (threads * (self.tile + self.block * self.px) + wbytes) * item
+        return (threads * (self.tile + max(self.block, self.band_rows) * self.px) + wbytes) * item
 
 
 def cost_features(plan) -> dict[str, float]:
@@ -453,6 +534,9 @@ def cost_features(plan) -> dict[str, float]:
     od, oh, _ = plan.out_size
     base = plan.batch * plan.groups * od
     pixels = base * geo.nbands * (-(-(geo.band * geo.wq) // geo.px) * geo.px)
+    if geo.band_rows:  # blocks of rows (dh apart) x px columns of each row
+        rows = -(-geo.band // (geo.band_rows * plan.dilation[1])) * geo.band_rows * plan.dilation[1]
+        pixels = base * geo.nbands * rows * (-(-plan.out_size[2] // geo.px) * geo.px)
     flops = 2.0 * pixels * geo.nob * geo.block * geo.cg * len(geo.taps)
     chunks = -(-geo.cg // geo.cc)
     noc = -(-geo.nob // geo.och)  # each o-chunk of a band copies the band's tile
@@ -467,7 +551,7 @@ def cost_features(plan) -> dict[str, float]:
         "flops_px": 0.0 if geo.channels_last or len(geo.taps) == 1 else flops,
         "flops_px_1tap": flops if not geo.channels_last and len(geo.taps) == 1 else 0.0,
         "flops_cl": flops if geo.channels_last else 0.0,
-        "blocks": float(pixels // geo.px * geo.nob * chunks),
+        "blocks": float(pixels // (geo.px * max(1, geo.band_rows)) * geo.nob * chunks),
     }
 
 
@@ -489,7 +573,7 @@ def run(x5, w5, bias, plan, out5):
         return out5
     spec = spec_for(plan.dtype)
     geo = Geometry(plan, spec.lanes, spec.registers, numba.get_num_threads())
-    wp = packed_weights(w5, plan.groups, geo.block, geo.channels_last)
+    wp = packed_weights(w5, plan.groups, geo.block, geo.channels_last, geo.band_rows > 0)
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
     md, mh, mw = geo.maps()

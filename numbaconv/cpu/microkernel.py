@@ -336,6 +336,154 @@ def fma_taps(
     return sig, codegen
 
 
+class _BandBlock(_Block):
+    """The IR of :func:`fma_band`. Input row ``s`` of the block feeds output
+    rows ``max(0, s-kh+1) .. min(rows-1, s)``; with ``kh >= rows - 1`` the
+    rows come in three runs known when the code is generated: a prologue
+    (``s < rows-1``: rows ``0..s``), a loop over the middle rows (all rows)
+    and an epilogue (``s = kh-1+e``: rows ``e..rows-1``), inside a loop over
+    the taps. Each input row's vectors are loaded once and feed only its
+    rows' FMAs: no FMA on a zero weight, and no data-dependent branch for the
+    predictor to miss (a switch per input row measured 1.5-2x slower)."""
+
+    def __init__(self, dtype, context, builder, signature, args):
+        spec = signature.args[-4]
+        self.rows_, vectors, self.accumulate = (t.literal_value for t in signature.args[-3:])
+        vectors = vectors or vectors_for(self.rows_, spec.registers)
+        block = (dtype, self.rows_, vectors, spec.lanes, True, False)
+        # _Block's (k, a0, ak, ar, b0, bk, c0, ldc): ar is unused here
+        k_args = [args[8], args[6], args[9], args[9], args[7], args[10], args[12], args[13]]
+        super().__init__(block, context, builder, signature, list(args[:3]) + k_args)
+        self.tab = context.make_array(signature.args[3])(context, builder, args[3]).data
+        self.nt, self.kh, self.rp = args[4], args[5], args[11]
+
+    def _header(self, name, pred, values):
+        """A new block holding a counter phi (0 from ``pred``) and one phi
+        per value (``values`` from ``pred``); the builder left at its end."""
+        b = self.builder
+        block = b.append_basic_block(name)
+        b.position_at_end(block)
+        i = b.phi(self.i64)
+        i.add_incoming(self.const(0), pred)
+        phis = [b.phi(self.vt) for _ in values]
+        _incoming(phis, (values, pred))
+        return block, i, phis
+
+    def _row(self, lo, hi, s, ch, t, acc):
+        """Input row ``s`` (i64) at tap ``t``: its vectors loaded once, an FMA
+        into each of output rows lo..hi; returns every accumulator after."""
+        b, nv = self.builder, self.vectors
+        zero = self.const(0)
+        bb = b.add(b.add(self.b0, b.mul(ch, self.bk)), b.mul(s, self.rp))
+        bb = b.add(bb, b.load(b.gep(self.tab, [t]), align=8))
+        bvec = [self.operand(self.pb, bb, zero, zero, zero, 0, v, False) for v in range(nv)]
+        aa = b.add(b.add(self.a0, b.mul(ch, self.ak)), t)
+        out = list(acc)
+        for r in range(lo, hi + 1):
+            wa = b.add(aa, b.mul(b.sub(s, self.const(r)), self.nt))
+            w = self.operand(self.pa, wa, zero, zero, zero, 0, 0, True)
+            for v in range(nv):
+                out[r * nv + v] = b.call(self.fma, [w, bvec[v], acc[r * nv + v]])
+        return out
+
+    def _middle(self, ch, t, acc):
+        """The loop over input rows ``rows-1 .. kh-1`` (every output row)."""
+        b, R = self.builder, self.rows
+        pred = b.block
+        first = self.const(R - 1)
+        head, i, part = self._header("band.middle", pred, acc)
+        skip = b.append_basic_block("band.rest")
+        b.position_at_end(pred)
+        b.cbranch(b.icmp_signed(">", self.kh, first), head, skip)
+        b.position_at_end(head)
+        new = self._row(0, R - 1, b.add(first, i), ch, t, part)
+        nxt = b.add(i, self.const(1))
+        i.add_incoming(nxt, head)
+        _incoming(part, (new, head))
+        b.cbranch(b.icmp_signed("<", b.add(first, nxt), self.kh), head, skip)
+        b.position_at_end(skip)
+        out = [b.phi(self.vt) for _ in acc]
+        _incoming(out, (acc, pred), (new, head))
+        return out
+
+    def emit(self):
+        b, nv, R = self.builder, self.vectors, self.rows
+        cells = [(r, v) for r in range(R) for v in range(nv)]
+        entry = b.block
+        if self.accumulate:
+            init = [b.load(self.c_ptr(r, v), align=self.align) for r, v in cells]
+        else:
+            init = [ir.Constant(self.vt, [0.0] * self.lanes) for _ in cells]
+        zero, one = self.const(0), self.const(1)
+        go = b.and_(b.icmp_signed(">", self.nt, zero), b.icmp_signed(">", self.k, zero))
+        done = b.append_basic_block("band.done")
+        chans, ch, acc_c = self._header("band.k", entry, init)
+        b.position_at_end(entry)
+        b.cbranch(go, chans, done)
+        taps, t, acc_t = self._header("band.taps", chans, acc_c)
+        b.position_at_end(chans)
+        b.branch(taps)
+        b.position_at_end(taps)
+        acc = acc_t
+        for s in range(R - 1):  # prologue: rows 0..s
+            acc = self._row(0, s, self.const(s), ch, t, acc)
+        acc = self._middle(ch, t, acc)
+        last = b.sub(self.kh, one)
+        for e in range(1, R):  # epilogue: rows e..R-1
+            acc = self._row(e, R - 1, b.add(last, self.const(e)), ch, t, acc)
+        t_end = b.block
+        t_next = b.add(t, one)
+        t.add_incoming(t_next, t_end)
+        _incoming(acc_t, (acc, t_end))
+        latch = b.append_basic_block("band.knext")
+        b.cbranch(b.icmp_signed("<", t_next, self.nt), taps, latch)
+        b.position_at_end(latch)
+        ch_next = b.add(ch, one)
+        ch.add_incoming(ch_next, latch)
+        _incoming(acc_c, (acc, latch))
+        b.cbranch(b.icmp_signed("<", ch_next, self.k), chans, done)
+        b.position_at_end(done)
+        final = [b.phi(self.vt) for _ in cells]
+        _incoming(final, (init, entry), (acc, latch))
+        for phi, (r, v) in zip(final, cells):
+            b.store(phi, self.c_ptr(r, v), align=self.align)
+
+
+@intrinsic
+def fma_band(
+    typingctx, a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec, rows, vectors, accumulate
+):
+    """A block of ``rows`` output rows x ``vectors`` vectors of pixels of one
+    output channel, for njit code (lanes over the pixels of a row; the rows
+    share each loaded input row)::
+
+        C[c0 + r*ldc + v*lanes + l] (+)= sum_{i<k} sum_{h<kh} sum_{t<nt}
+            A[a0 + i*ak + h*nt + t] * B[b0 + i*bk + (r+h)*rp + tab[t] + v*lanes + l]
+
+    ``h``: the kernel rows (output row ``r`` reads input row ``r + h``, ``rp``
+    elements apart; ``kh >= rows - 1``: a shorter kernel is given zero rows),
+    ``tab``: the other taps' offsets (int64). Each input row
+    is loaded once per tap and feeds every output row it reaches, so a kernel
+    of ``kh`` rows does ``kh`` FMAs per load where a one-row block does one.
+    ``spec``, ``rows``, ``vectors`` (0: :func:`vectors_for`) and ``accumulate``
+    as in :func:`fma_taps`.
+    """
+    if not isinstance(spec, SpecType):
+        return None
+    if not all(isinstance(t, types.IntegerLiteral) for t in (rows, vectors, accumulate)):
+        return None
+    dtype = a.dtype.name
+    if dtype not in _LLVM_TYPES or b.dtype != a.dtype or c.dtype != a.dtype:
+        return None
+
+    def codegen(context, builder, signature, args):
+        _BandBlock(dtype, context, builder, signature, args).emit()
+        return context.get_dummy_value()
+
+    sig = types.void(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec, rows, vectors, accumulate)
+    return sig, codegen
+
+
 @functools.cache
 def fma_block(dtype: str, rows: int, vectors: int, lanes: int, a_bcast: bool, b_bcast: bool):
     """The intrinsic ``kernel(a, b, c, k, a0, ak, ar, b0, bk, c0, ldc)``:

@@ -1,0 +1,126 @@
+"""Band blocks of the direct path (numbaconv/cpu/igemm.py, ``uses_band``):
+one output channel per group (depthwise, single-channel filters), H stride 1,
+five or more kernel rows, computed by microkernel.fma_band in blocks of rows
+that share each loaded input row. The common grid's kernels are too short to
+reach them, so these cases are their own: every padding mode, W stride and
+dilation, H dilation (rows dh apart), 3-D, several input channels, channel
+chunks, bias, at 4, 8 and 16 lanes and with 16 registers, against the NumPy
+reference and PyTorch (float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+from numbaconv import config
+from numbaconv.cpu import igemm
+from numbaconv.shapes import make_conv_plan
+
+from .conftest import assert_close, random_array, tolerance, torch, torch_conv
+from .reference import conv_reference
+
+FUNCS = {2: nc.conv2d, 3: nc.conv3d}
+
+# (input shape, weight shape, stride, padding (lo, hi) per dim, dilation, groups, mode)
+CASES = {
+    "dw5x5": ((2, 4, 13, 17), (4, 1, 5, 5), (1, 1), [(2, 2), (2, 2)], (1, 1), 4, "zeros"),
+    "dw7x7-dil2x1-reflect": ((1, 3, 15, 11), (3, 1, 7, 7), (1, 1), [(6, 6), (3, 3)], (2, 1), 3, "reflect"),
+    "c3to1-6x5-sw2-circular": ((2, 3, 12, 14), (1, 3, 6, 5), (1, 2), [(2, 3), (1, 0)], (1, 1), 1, "circular"),
+    "dw9x9-tall": ((1, 2, 40, 37), (2, 1, 9, 9), (1, 1), [(4, 4), (4, 4)], (1, 1), 2, "zeros"),
+    "dw5x3-dil2x3-replicate": (
+        (2, 2, 21, 30),
+        (2, 1, 5, 3),
+        (1, 3),
+        [(4, 1), (0, 5)],
+        (2, 3),
+        2,
+        "replicate",
+    ),
+    "dw-narrow": ((1, 2, 19, 3), (2, 1, 5, 2), (1, 1), [(0, 0), (1, 1)], (1, 1), 2, "zeros"),
+    "3d-dw2x5x3": (
+        (2, 2, 4, 12, 10),
+        (2, 1, 2, 5, 3),
+        (2, 1, 1),
+        [(1, 0), (2, 2), (1, 1)],
+        (1, 1, 2),
+        2,
+        "replicate",
+    ),
+}
+
+VARIANTS = {
+    "host": {},
+    "lanes4": {"simd_lanes": 4},
+    "lanes8-16regs": {"simd_lanes": 8, "simd_block": (6, 2)},
+    "lanes16": {"simd_lanes": 16},
+}
+
+
+@pytest.fixture(params=list(VARIANTS), ids=list(VARIANTS))
+def variant(request, monkeypatch):
+    for name, value in VARIANTS[request.param].items():
+        monkeypatch.setattr(config, name, value)
+    return request.param
+
+
+def _run(case, dtype, rng):
+    xs, ws, stride, pads, dil, groups, mode = case
+    nd = len(xs) - 2
+    x = random_array(rng, xs, dtype)
+    w = random_array(rng, ws, dtype)
+    b = random_array(rng, (ws[0],), dtype)
+    plan = make_conv_plan(
+        xs, ws, (ws[0],), stride, [tuple(p) for p in pads], dil, groups, padding_mode=mode, dtype=dtype
+    )
+    assert igemm.uses_band(plan) and igemm.fits(plan)  # the case reaches the band blocks
+    got = FUNCS[nd](
+        x, w, b, stride, [tuple(p) for p in pads], dil, groups, padding_mode=mode, method="direct"
+    )
+    params = dict(stride=list(stride), pads=pads, dilation=list(dil), groups=groups, mode=mode)
+    ref = conv_reference(x, w, b, **params)
+    tol = tolerance(dtype, ws[1] * int(np.prod(ws[2:])), x, w, b, **params)
+    return got, ref, tol, (x, w, b, stride, pads, dil, groups, mode)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_band_float64_vs_reference_and_torch(name, variant):
+    got, ref, tol, (x, w, b, stride, pads, dil, groups, mode) = _run(
+        CASES[name], np.float64, np.random.default_rng(0)
+    )
+    assert got.dtype == np.float64
+    assert_close(got, ref, tol, "vs reference")
+    if torch is not None:
+        assert_close(got, torch_conv(x, w, b, stride, pads, dil, groups, mode), tol, "vs torch")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", list(CASES)[::2])
+def test_band_dtypes(name, dtype):
+    got, ref, tol, _ = _run(CASES[name], dtype, np.random.default_rng(1))
+    assert got.dtype == np.dtype(dtype)
+    assert_close(got, ref, tol)
+
+
+def test_band_channel_chunks_accumulate():
+    """Many input channels into one output channel, more than a tile holds:
+    they come in chunks, and the later chunks add into the output."""
+    case = ((1, 400, 20, 21), (1, 400, 5, 5), (1, 1), [(2, 2), (2, 2)], (1, 1), 1, "zeros")
+    plan = make_conv_plan(case[0], case[1], (1,), 1, [(2, 2), (2, 2)], 1, 1, dtype=np.float64)
+    geo = igemm.Geometry(plan, 8, 32, 2)
+    assert geo.cc < geo.cg  # more than one chunk
+    got, ref, tol, _ = _run(case, np.float64, np.random.default_rng(2))
+    assert_close(got, ref, tol)
+
+
+def test_band_only_where_it_pays():
+    """Band blocks need H stride 1, one output channel per group and at least
+    BAND_ROWS - 1 kernel rows; other shapes keep the row blocks."""
+
+    def plan(ws, stride=1, groups=1):
+        return make_conv_plan((1, 4, 16, 16), ws, None, stride, 0, 1, groups, dtype=np.float32)
+
+    assert igemm.uses_band(plan((4, 1, 5, 5), groups=4))
+    assert not igemm.uses_band(plan((4, 1, 3, 3), groups=4))  # too few kernel rows
+    assert not igemm.uses_band(plan((4, 1, 5, 5), stride=(2, 1), groups=4))  # H stride
+    assert not igemm.uses_band(plan((8, 2, 5, 5), groups=2))  # four output channels per group
