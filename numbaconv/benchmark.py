@@ -55,14 +55,6 @@ def gemm_peak_gflops(n: int = 2048, calls: int = 5) -> float:
     return 2 * n**3 / block_best(lambda: np.matmul(a, b, out=c), calls, rest=0.0) / 1e9
 
 
-def ukernel_peak_gflops() -> float:
-    """The micro-kernel's float32 rate on this machine (its reference GEMM,
-    ``microkernel.measure_rate``), GFLOP/s: the physical bar of the direct path."""
-    from .cpu import microkernel
-
-    return float(microkernel.measure_rate(n=1536, repeat=5)["ukernel_gflops"])
-
-
 def _peak_extra_bytes(fn, result_bytes: int) -> int:
     """Peak memory NumPy allocates during ``fn()`` beyond its result (tracemalloc)."""
     import tracemalloc
@@ -208,13 +200,16 @@ def _select(quick: bool, case: str | None, custom: tuple | None) -> list:
     return rows
 
 
-def _time_method(call, repeat, peer, cv):
-    """(block times, peer ratios, OpenCV ratios) of ``call``: alternate short
-    blocks A A A, B B B, ... and keep each block's best (strictly alternating
-    single calls measures the other runtime's OpenMP threads still spinning and
-    its allocator churn: PyTorch's depthwise conv measured 10 ms that way vs 2
-    ms in a block)."""
-    times, ratios, cv_ratios = [], [], []
+def _time_method(call, repeat, peer, cv, probe):
+    """(block times, peer ratios, OpenCV ratios, micro-kernel rates) of
+    ``call``: alternate short blocks A A A, B B B, ... and keep each block's
+    best (strictly alternating single calls measures the other runtime's
+    OpenMP threads still spinning and its allocator churn: PyTorch's depthwise
+    conv measured 10 ms that way vs 2 ms in a block). ``probe`` (``(call,
+    flops)``, :func:`~numbaconv.cpu.microkernel.rate_probe`) is timed in a
+    block after each of ``call``'s: the rate each block is compared with (the
+    host's speed drifts by 2x within a run here)."""
+    times, ratios, cv_ratios, rates = [], [], [], []
     for _ in range(repeat):
         t = _block_time(call)
         times.append(t)
@@ -222,7 +217,8 @@ def _time_method(call, repeat, peer, cv):
             ratios.append(_block_time(peer) / t)
         if cv is not None:
             cv_ratios.append(_block_time(cv) / t)
-    return times, ratios, cv_ratios
+        rates.append(probe[1] / _block_time(probe[0]) / 1e9)
+    return times, ratios, cv_ratios, rates
 
 
 def _run_case(name, op, xs, ws, kw, rng, torch_peer, repeat, peak) -> dict:
@@ -239,7 +235,7 @@ def _run_case(name, op, xs, ws, kw, rng, torch_peer, repeat, peak) -> dict:
         except dispatch.UnsupportedMethodError:
             continue
         first = time.perf_counter() - t0
-        times, ratios, cv_ratios = _time_method(call, repeat, peer, cv)
+        times, ratios, cv_ratios, rates = _time_method(call, repeat, peer, cv, peak["probe"])
         med = float(np.median(times))
         case_rows[method] = {
             "case": name,
@@ -251,8 +247,9 @@ def _run_case(name, op, xs, ws, kw, rng, torch_peer, repeat, peak) -> dict:
             "gflops": flops / med / 1e9,
             "fraction_of_gemm_peak": flops / med / 1e9 / peak["gemm"],
             "gemm_peak_gflops": peak["gemm"],
-            "fraction_of_ukernel_peak": flops / med / 1e9 / peak["ukernel"],
-            "ukernel_peak_gflops": peak["ukernel"],
+            # each block's rate over the micro-kernel's rate measured right after it
+            "fraction_of_ukernel_peak": float(np.median([flops / t / 1e9 / r for t, r in zip(times, rates)])),
+            "ukernel_peak_gflops": float(np.median(rates)),
             "peak_extra_bytes": _peak_extra_bytes(call, y.nbytes),
             "peer": peer_name if peer is not None else None,
             "peer_ratio": float(np.median(ratios)) if ratios else None,
@@ -291,7 +288,9 @@ def bench(
     cases = _select(quick, case, custom)
     torch_peer = _peer_torch()
     _settle_allocator()
-    peak = {"gemm": gemm_peak_gflops(), "ukernel": ukernel_peak_gflops()}
+    from .cpu import microkernel
+
+    peak = {"gemm": gemm_peak_gflops(), "probe": microkernel.rate_probe()}
     rng = np.random.default_rng(0)
     results = []
     bar = _Progress(len(cases), progress)
@@ -389,8 +388,10 @@ def print_table(results: list[dict]) -> None:
         )
     if results:
         print(
-            "uk / blas: GFLOP/s as a fraction of this machine's float32 micro-kernel rate "
-            f"({results[0]['ukernel_peak_gflops']:.0f} GFLOP/s, numbaconv info) / of NumPy's "
+            "uk / blas: GFLOP/s as a fraction of this machine's float32 micro-kernel rate, "
+            "measured in a block right after each of the method's (its 1024^3 GEMM; "
+            f"{min(r['ukernel_peak_gflops'] for r in results):.0f}-"
+            f"{max(r['ukernel_peak_gflops'] for r in results):.0f} GFLOP/s in this run) / of NumPy's "
             f"float32 GEMM ({results[0]['gemm_peak_gflops']:.0f} GFLOP/s); "
             "extra MiB: peak memory beyond the result (tracemalloc); max err: max |y - ref| / max |ref| "
             f"against a float64 reference ({results[0]['reference']})"

@@ -557,6 +557,19 @@ def gemm(a, b, *, lanes: int | None = None, block: tuple[int, int] | None = None
     return fn(np.asarray(a, dtype), np.asarray(b, dtype))[0]
 
 
+def rate_probe(n: int = 1024):
+    """``(call, flops)``: one float32 ``n x n x n`` product of the micro-kernel
+    GEMM on packed panels (packing done here, not in ``call``), to time in
+    step with another kernel (``numbaconv bench`` does, block by block, so a
+    fraction of the micro-kernel's rate compares rates measured together)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    rows, vectors = block_for(np.float32)
+    _, args, run = _gemm_driver("float32", rows, vectors, lanes_for(np.float32))(a, b)
+    return (lambda: run(*args)), 2.0 * n**3
+
+
 def measure_rate(n: int = 1536, repeat: int = 5) -> dict:
     """GFLOP/s of the micro-kernel GEMM (float32, n x n x n, packing excluded)
     beside numpy's float32 GEMM on the same product, best of ``repeat``."""
