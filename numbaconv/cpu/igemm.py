@@ -26,6 +26,8 @@ channels-last, the input broadcast: :func:`_conv_cl`).
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import prange
@@ -530,7 +532,14 @@ def cost_features(plan) -> dict[str, float]:
     register blocks (each loads and stores its accumulators), the inputs and
     the outputs (memory traffic: what bounds pointwise and depthwise layers)."""
     spec = spec_for(np.float32)
-    geo = Geometry(plan, spec.lanes, spec.registers, numba.get_num_threads())
+    geo = _geometry(
+        plan,
+        spec.lanes,
+        spec.registers,
+        numba.get_num_threads(),
+        config.direct_layout,
+        config.workspace_bytes,
+    )[0]
     od, oh, _ = plan.out_size
     base = plan.batch * plan.groups * od
     pixels = base * geo.nbands * (-(-(geo.band * geo.wq) // geo.px) * geo.px)
@@ -555,11 +564,30 @@ def cost_features(plan) -> dict[str, float]:
     }
 
 
+@functools.lru_cache(maxsize=256)
+def _geometry(plan, lanes, registers, threads, layout, budget):
+    """:class:`Geometry` and the kernels' index arrays, kept per plan and
+    setting (a call asked for them 4 times: ~40% of a small conv's time)."""
+    geo = Geometry(plan, lanes, registers, threads)
+    md, mh, mw = geo.maps()
+    arrays = (geo.tap_offsets(), md, mh, mw, geo.runs())
+    geo_args = geo.args()
+    for a in arrays + (geo_args,):
+        a.flags.writeable = False
+    return geo, arrays, geo_args
+
+
+def geometry(plan, threads: int | None = None):
+    """``(Geometry, index arrays, geo)`` of ``plan`` on this host and ``config``."""
+    spec = spec_for(plan.dtype)
+    threads = numba.get_num_threads() if threads is None else threads
+    return _geometry(plan, spec.lanes, spec.registers, threads, config.direct_layout, config.workspace_bytes)
+
+
 def workspace_bytes(plan) -> int:
     """The tasks' tiles, one per thread at a time, and the packed weights."""
-    spec = spec_for(plan.dtype)
     threads = numba.get_num_threads()
-    return Geometry(plan, spec.lanes, spec.registers, threads).workspace(threads)
+    return geometry(plan, threads)[0].workspace(threads)
 
 
 def fits(plan) -> bool:
@@ -572,12 +600,11 @@ def run(x5, w5, bias, plan, out5):
     if out5.size == 0:
         return out5
     spec = spec_for(plan.dtype)
-    geo = Geometry(plan, spec.lanes, spec.registers, numba.get_num_threads())
+    geo, arrays, geo_args = geometry(plan)
     wp = packed_weights(w5, plan.groups, geo.block, geo.channels_last, geo.band_rows > 0)
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
-    md, mh, mw = geo.maps()
-    args = (geo.tap_offsets(), md, mh, mw, geo.runs(), spec, geo.args())
+    args = (*arrays, spec, geo_args)
     xf = x5.reshape(-1)
     od, noc = plan.out_size[0], -(-geo.nob // geo.och)
     tasks = plan.batch * plan.groups * od * geo.nbands * noc
