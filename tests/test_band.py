@@ -25,7 +25,7 @@ FUNCS = {2: nc.conv2d, 3: nc.conv3d}
 # (input shape, weight shape, stride, padding (lo, hi) per dim, dilation, groups, mode)
 CASES = {
     "dw5x5": ((2, 4, 13, 17), (4, 1, 5, 5), (1, 1), [(2, 2), (2, 2)], (1, 1), 4, "zeros"),
-    "dw7x7-dil2x1-reflect": ((1, 3, 15, 11), (3, 1, 7, 7), (1, 1), [(6, 6), (3, 3)], (2, 1), 3, "reflect"),
+    "dw7x7-dil2x1-reflect": ((1, 3, 20, 11), (3, 1, 7, 7), (1, 1), [(6, 6), (3, 3)], (2, 1), 3, "reflect"),
     "c3to1-6x5-sw2-circular": ((2, 3, 12, 14), (1, 3, 6, 5), (1, 2), [(2, 3), (1, 0)], (1, 1), 1, "circular"),
     "dw9x9-tall": ((1, 2, 40, 37), (2, 1, 9, 9), (1, 1), [(4, 4), (4, 4)], (1, 1), 2, "zeros"),
     "dw5x3-dil2x3-replicate": (
@@ -114,8 +114,9 @@ def test_band_channel_chunks_accumulate():
 
 
 def test_band_only_where_it_pays():
-    """Band blocks need H stride 1, one output channel per group and at least
-    BAND_ROWS - 1 kernel rows; other shapes keep the row blocks."""
+    """Band blocks need H stride 1, one output channel per group, at least
+    BAND_ROWS - 1 kernel rows and enough output rows; other shapes keep the
+    row blocks."""
 
     def plan(ws, stride=1, groups=1):
         return make_conv_plan((1, 4, 16, 16), ws, None, stride, 0, 1, groups, dtype=np.float32)
@@ -124,3 +125,5 @@ def test_band_only_where_it_pays():
     assert not igemm.uses_band(plan((4, 1, 3, 3), groups=4))  # too few kernel rows
     assert not igemm.uses_band(plan((4, 1, 5, 5), stride=(2, 1), groups=4))  # H stride
     assert not igemm.uses_band(plan((8, 2, 5, 5), groups=2))  # four output channels per group
+    # 14 rows in blocks of 6 rows 2 apart: 24 computed, more than 1.5x
+    assert not igemm.uses_band(make_conv_plan((1, 2, 16, 16), (2, 1, 5, 5), None, 1, 3, 2, 2))

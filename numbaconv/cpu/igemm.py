@@ -339,14 +339,19 @@ def uses_band(plan) -> bool:
     """Band blocks (:func:`numbaconv.cpu.microkernel.fma_band`: rows of one
     output channel sharing each loaded input row) for one output channel per
     group (depthwise, single-channel filters) at H stride 1 with at least
-    ``BAND_ROWS - 1`` kernel rows. Below that a band block does as many
-    loads per FMA as the pixel layout's one-row block and measured no faster
-    (3x3: 34 vs 39 GFLOP/s on one core of the Emerald Rapids host)."""
+    ``BAND_ROWS - 1`` kernel rows, and output rows enough that a block's junk
+    rows past the plane stay under half of them. With fewer kernel rows a
+    band block does as many loads per FMA as the pixel layout's one-row block
+    and measured no faster (3x3: 34 vs 39 GFLOP/s on one core of the Emerald
+    Rapids host)."""
+    unit = BAND_ROWS * plan.dilation[1]
+    rows = plan.out_size[1]
     return (
         config.direct_layout != "channels"
         and plan.c_out == plan.groups
         and plan.stride[1] == 1
         and plan.kernel[1] >= BAND_ROWS - 1
+        and -(-rows // unit) * unit <= 1.5 * rows  # few rows: the last block's junk rows outweigh it
     )
 
 
@@ -399,7 +404,7 @@ class Geometry:
     taps use), its per-tap offsets, the register block, the split into tasks.
     Everything here is sized by the output and the kernel, never by the padding."""
 
-    def __init__(self, plan, lanes, registers, threads):
+    def __init__(self, plan, lanes, registers, threads, band=True):
         self.plan = plan
         kd, kh, kw = plan.kernel
         _, dh, dw = plan.dilation
@@ -412,7 +417,7 @@ class Geometry:
         self.og = plan.c_out // plan.groups
         self.cg = plan.c_in // plan.groups
         self.channels_last = uses_channels_last(plan, lanes)
-        self.band_rows = BAND_ROWS if uses_band(plan) else 0
+        self.band_rows = BAND_ROWS if band and uses_band(plan) else 0
         if self.band_rows:  # one output channel: blocks of rows x pixels of a row
             vmax = vectors_for(BAND_ROWS, registers)
             need = -(-ow // lanes)
@@ -436,6 +441,8 @@ class Geometry:
         )
         self.taps = [(a, b * dh, c * dw) for a in range(kd) for b in range(kh) for c in range(kw)]
         self._split(plan, threads)
+        if self.band_rows and self.workspace(threads) > config.workspace_bytes:
+            self.__init__(plan, lanes, registers, threads, band=False)  # row blocks need less
 
     def _split(self, plan, threads):
         item = plan.dtype.itemsize
@@ -446,8 +453,10 @@ class Geometry:
         band = oh if base >= want else max(1, oh * base // want)
         if band < oh and self.nob > 1 and self._rounding(oh) < self._rounding(band) - 0.02:
             band = oh  # whole planes waste less of the last pixel block; split the o-blocks instead
-        while band > 1 and self.cg * self.channel_elements(band) > limit:
-            band = -(-band // 2)
+        unit = BAND_ROWS * plan.dilation[1] if self.band_rows else 1  # rows a block covers
+        band = min(oh, -(-band // unit) * unit)
+        while band > unit and self.cg * self.channel_elements(band) > limit:
+            band = -(-((band + 1) // 2) // unit) * unit
         self.band, self.nbands = band, -(-oh // band)
         self.rq = band + plan.dilation[1] * (plan.kernel[1] - 1) // self.sh
         self.cs = self.channel_elements(band)
