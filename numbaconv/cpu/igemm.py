@@ -188,7 +188,7 @@ def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
     # the slack that junk pixels read: zeros, not whatever the allocator left
     # (denormals there cost microcode assists: a 4x slower 5x5 float64 filter)
     tile[min(cchunk * cs, tile.size) :] = 0
-    cb = np.empty(max(rows, geo[22]) * pw, dtype=out.dtype)
+    cb = np.empty(rows * pw, dtype=out.dtype)
     for c0 in range(0, cg, cchunk):
         nc = min(cchunk, cg - c0)
         src, base, cst = tile, 0, cs
@@ -196,9 +196,6 @@ def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
             src, base, cst = xf, (n * C + g * cg + c0) * plane + (od * OH + h0) * wq, plane
         else:
             _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
-        if geo[22] > 0:
-            _band_pass(wp, tile, cb, tb, spec, geo, bias, out, of, n, g, od, h0, noh, c0, nc)
-            continue
         # o-blocks outer: the block's weights stay in L1 over the pixel blocks
         for ob in range(oc * och, min(nob, (oc + 1) * och)):
             a0 = ((g * nob + ob) * cg + c0) * nt * rows
@@ -207,6 +204,41 @@ def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
                 p0 = pb * pw
                 _block(wp, src, cb, tb, spec, rows, nc, a0, base + p0, cst, pw)
                 _store(cb, bias, out, of, n, od, h0, g * og + ob * rows, nr, p0, pw, wq, noh, c0 > 0)
+
+
+@njit(parallel=True, cache=True)
+def _conv_band(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, tasks):
+    # band blocks (one output channel per group); a kernel of its own, so
+    # that the other convs do not compile it
+    for t in prange(tasks):
+        _band_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, np.int64(t))
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _band_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
+    # One task of band blocks: the tile channel chunk by chunk, each chunk's
+    # blocks of rows (the later chunks add into the output)
+    G, cg, band, nbands, cchunk, pw, tsize, cs = (
+        geo[7],
+        geo[8],
+        geo[12],
+        geo[13],
+        geo[14],
+        geo[15],
+        geo[17],
+        geo[20],
+    )
+    OD, OH = out.shape[2], out.shape[3]
+    n, g, od, hb, _ = _task(t, nbands, 1, OD, G)
+    h0 = hb * band
+    noh = min(band, OH - h0)
+    tile = np.empty(tsize, dtype=out.dtype)
+    tile[cchunk * cs :] = 0  # the slack junk pixels read (see _conv_task)
+    cb = np.empty(geo[22] * pw, dtype=out.dtype)
+    for c0 in range(0, cg, cchunk):
+        nc = min(cchunk, cg - c0)
+        _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
+        _band_pass(wp, tile, cb, tb, spec, geo, bias, out, of, n, g, od, h0, noh, c0, nc)
 
 
 @njit(inline="always")
@@ -619,6 +651,8 @@ def run(x5, w5, bias, plan, out5):
     tasks = plan.batch * plan.groups * od * geo.nbands * noc
     if geo.channels_last:
         _conv_cl(x5, xf, wp, bias, out5, *args, tasks)
+    elif geo.band_rows:
+        _conv_band(x5, xf, wp, bias, out5, out5.reshape(-1), *args, tasks)
     else:
         _conv(x5, xf, wp, bias, out5, out5.reshape(-1), *args, tasks)
     return out5
