@@ -21,7 +21,9 @@ bias (:func:`_store`). Weights are packed once per weight
 (``[group][block][channel][tap][row]``, zero rows past the group's channels)
 and kept between calls, compared by content. ``config.direct_layout =
 "channels"`` selects the other layout (lanes over output channels, the tile
-channels-last, the input broadcast: :func:`_conv_cl`).
+channels-last, the input broadcast: :func:`_conv_cl_task`). Each kind of task runs through
+:func:`numbaconv.cpu.tasks.parallel_tasks` (one parallel region, the task
+function called by its address).
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ import functools
 
 import numba
 import numpy as np
-from numba import prange
 
 from .. import config
 from ..common import WeightCache
 from ..runtime import njit
 from ..shapes import fold_index
 from .microkernel import fma_band, fma_taps, rows_for, spec_for, vectors_for
+from .tasks import parallel_tasks
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH (tested).
@@ -160,14 +162,6 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, out, of, n, g, od, h0, noh, c0
                             of[uo + j] = cb[k + j] + bv
 
 
-@njit(parallel=True, cache=True)
-def _conv(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, tasks):
-    # lanes over output pixels; each task in _conv_task, compiled on its own
-    # (a parallel region holding the task's body compiled 2-3x slower)
-    for t in prange(tasks):
-        _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, np.int64(t))
-
-
 @njit(cache=True, fastmath=_FASTMATH)
 def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
     # One task: the tile channel by channel (channel stride cs), or, for a
@@ -204,14 +198,6 @@ def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
                 p0 = pb * pw
                 _block(wp, src, cb, tb, spec, rows, nc, a0, base + p0, cst, pw)
                 _store(cb, bias, out, of, n, od, h0, g * og + ob * rows, nr, p0, pw, wq, noh, c0 > 0)
-
-
-@njit(parallel=True, cache=True)
-def _conv_band(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, tasks):
-    # band blocks (one output channel per group); a kernel of its own, so
-    # that the other convs do not compile it
-    for t in prange(tasks):
-        _band_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, np.int64(t))
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -251,13 +237,6 @@ def _task(t, nbands, noc, OD, G):
     od = r2 % OD
     r3 = r2 // OD
     return r3 // G, r3 % G, od, hb, oc
-
-
-@njit(parallel=True, cache=True)
-def _conv_cl(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo, tasks):
-    # lanes over output channels; each task in _conv_cl_task
-    for t in prange(tasks):
-        _conv_cl_task(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo, np.int64(t))
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -649,10 +628,12 @@ def run(x5, w5, bias, plan, out5):
     xf = x5.reshape(-1)
     od, noc = plan.out_size[0], -(-geo.nob // geo.och)
     tasks = plan.batch * plan.groups * od * geo.nbands * noc
+    # each task function compiled once, called from one parallel region by
+    # its address (tasks.py: a prange calling it directly compiles it twice)
     if geo.channels_last:
-        _conv_cl(x5, xf, wp, bias, out5, *args, tasks)
+        parallel_tasks(_conv_cl_task, tasks, x5, xf, wp, bias, out5, *args)
     elif geo.band_rows:
-        _conv_band(x5, xf, wp, bias, out5, out5.reshape(-1), *args, tasks)
+        parallel_tasks(_band_task, tasks, x5, xf, wp, bias, out5, out5.reshape(-1), *args)
     else:
-        _conv(x5, xf, wp, bias, out5, out5.reshape(-1), *args, tasks)
+        parallel_tasks(_conv_task, tasks, x5, xf, wp, bias, out5, out5.reshape(-1), *args)
     return out5

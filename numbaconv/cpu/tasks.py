@@ -1,0 +1,84 @@
+"""A parallel region over tasks that calls the task function by its address.
+
+A ``prange`` loop that calls an njit function links that function's module
+into the region's and optimizes and compiles it again: for the direct path's
+task body (every register-block shape of the micro-kernel) that doubled the
+cold compile (a first ``conv2d`` 9.6 s, 5 s of it the region). Here the
+region (:func:`run_tasks`, compiled once per argument types) receives the
+task function's address as an integer and calls it through Numba's own
+calling convention (:func:`call_task`), so the body is compiled once, in its
+own cached kernel. The address is a run-time argument, so the region caches
+on disk like any kernel. A task that fails (an allocation that raised) sets
+a flag that :func:`parallel_tasks` turns into a ``MemoryError``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange, types
+from numba.extending import intrinsic
+
+from ..runtime import njit
+
+
+@intrinsic
+def call_task(typingctx, addr, args, err):
+    """Call the njit function at ``addr`` (an int64 from :func:`task_address`)
+    with the elements of the tuple ``args``; on an error status, ``err[0] = 1``."""
+    if not isinstance(args, types.BaseTuple) or not isinstance(addr, types.Integer):
+        return None
+    argtys = list(args.types)
+
+    def codegen(context, builder, signature, llargs):
+        fnty = context.call_conv.get_function_type(types.none, argtys)
+        fptr = builder.inttoptr(llargs[0], fnty.as_pointer())
+        values = [builder.extract_value(llargs[1], i) for i in range(len(argtys))]
+        status, _ = context.call_conv.call_function(builder, fptr, types.none, argtys, values)
+        with builder.if_then(status.is_error, likely=False):
+            flag = context.make_array(signature.args[2])(context, builder, llargs[2]).data
+            builder.store(context.get_constant(types.int64, 1), flag)
+        return context.get_dummy_value()
+
+    return types.void(addr, args, err), codegen
+
+
+@njit(parallel=True, cache=True)
+def run_tasks(addr, args, tasks, err):
+    """``task(*args, t)`` for every task ``t``, in parallel."""
+    for t in prange(tasks):
+        call_task(addr, args + (np.int64(t),), err)
+
+
+_ADDRESSES: dict = {}
+
+
+def _key(args) -> tuple:
+    # what Numba's type of each argument depends on, cheaply
+    return tuple(
+        (a.dtype.str, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous, a.flags.writeable, a.flags.aligned)
+        if isinstance(a, np.ndarray)
+        else numba.typeof(a)
+        for a in args
+    )
+
+
+def task_address(task, args) -> int:
+    """The address of ``task`` compiled for ``args`` + an int64 task index
+    (compiled, or loaded from Numba's cache, on first use)."""
+    key = (task, _key(args))
+    addr = _ADDRESSES.get(key)
+    if addr is None:
+        sig = tuple(numba.typeof(a) for a in args) + (types.int64,)
+        task.compile(sig)
+        cres = task.overloads[sig]
+        addr = _ADDRESSES[key] = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+    return addr
+
+
+def parallel_tasks(task, tasks: int, *args) -> None:
+    """Run ``task(*args, t)`` for ``t`` in ``range(tasks)`` on Numba's threads."""
+    err = np.zeros(1, dtype=np.int64)
+    run_tasks(task_address(task, args), args, tasks, err)
+    if err[0]:
+        raise MemoryError(f"a task of {task.py_func.__name__} failed (out of memory)")
