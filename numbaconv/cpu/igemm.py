@@ -240,8 +240,9 @@ def _task(t, nbands, noc, OD, G):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _conv_cl_task(x, xf, wp, bias, out, tab, md, mh, mw, runs, spec, geo, t):
-    # One task; the tile channels-last (pixel stride ps)
+def _conv_cl_task(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t):
+    # One task; the tile channels-last (pixel stride ps); of (out flat): unused,
+    # the arguments of every kind of task alike (tasks.run_tasks)
     G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
     OD, OH = out.shape[2], out.shape[3]
     nt, wq = tab.shape[0], geo[4]
@@ -631,7 +632,7 @@ def run(x5, w5, bias, plan, out5):
     # each task function compiled once, called from one parallel region by
     # its address (tasks.py: a prange calling it directly compiles it twice)
     if geo.channels_last:
-        parallel_tasks(_conv_cl_task, tasks, x5, xf, wp, bias, out5, *args)
+        parallel_tasks(_conv_cl_task, tasks, x5, xf, wp, bias, out5, out5.reshape(-1), *args)
     elif geo.band_rows:
         parallel_tasks(_band_task, tasks, x5, xf, wp, bias, out5, out5.reshape(-1), *args)
     else:
