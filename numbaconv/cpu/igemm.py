@@ -552,15 +552,7 @@ def cost_features(plan) -> dict[str, float]:
     in either layout, the elements copied into tiles (halos included), the
     register blocks (each loads and stores its accumulators), the inputs and
     the outputs (memory traffic: what bounds pointwise and depthwise layers)."""
-    spec = spec_for(np.float32)
-    geo = _geometry(
-        plan,
-        spec.lanes,
-        spec.registers,
-        numba.get_num_threads(),
-        config.direct_layout,
-        config.workspace_bytes,
-    )[0]
+    geo = geometry(plan, dtype=np.float32)[0]
     od, oh, _ = plan.out_size
     base = plan.batch * plan.groups * od
     pixels = base * geo.nbands * (-(-(geo.band * geo.wq) // geo.px) * geo.px)
@@ -598,9 +590,10 @@ def _geometry(plan, lanes, registers, threads, layout, budget):
     return geo, arrays, geo_args
 
 
-def geometry(plan, threads: int | None = None):
-    """``(Geometry, index arrays, geo)`` of ``plan`` on this host and ``config``."""
-    spec = spec_for(plan.dtype)
+def geometry(plan, threads: int | None = None, dtype=None):
+    """``(Geometry, index arrays, geo)`` of ``plan`` on this host and ``config``
+    (with the lanes of ``dtype`` if given, else of the plan's dtype)."""
+    spec = spec_for(plan.dtype if dtype is None else dtype)
     threads = numba.get_num_threads() if threads is None else threads
     return _geometry(plan, spec.lanes, spec.registers, threads, config.direct_layout, config.workspace_bytes)
 

@@ -200,11 +200,26 @@ class _Block:
                 new.append(self.builder.call(self.fma, [av, bvec[v], acc[r * nv + v]]))
         return new
 
+    def initial(self, cells, accumulate=True):
+        """The accumulators' start: C loaded, or zeros where C is overwritten
+        (no load, no zeroing pass by the caller)."""
+        if accumulate:
+            return [self.builder.load(self.c_ptr(r, v), align=self.align) for r, v in cells]
+        return [ir.Constant(self.vt, [0.0] * self.lanes) for _ in cells]
+
+    def store_final(self, cells, *sources):
+        """At the exit block: one phi per accumulator over ``sources``
+        (``(values, block)`` pairs; every phi first), then C stored."""
+        final = [self.builder.phi(self.vt) for _ in cells]
+        _incoming(final, *sources)
+        for phi, (r, v) in zip(final, cells):
+            self.builder.store(phi, self.c_ptr(r, v), align=self.align)
+
     def emit(self):
         b, nv = self.builder, self.vectors
         cells = [(r, v) for r in range(self.rows) for v in range(nv)]
         entry = b.block
-        init = [b.load(self.c_ptr(r, v), align=self.align) for r, v in cells]
+        init = self.initial(cells)
         loop = b.append_basic_block("ukernel.loop")
         done = b.append_basic_block("ukernel.done")
         b.cbranch(b.icmp_signed(">", self.k, self.const(0)), loop, done)
@@ -220,10 +235,7 @@ class _Block:
         _incoming(acc, (new, end))
         b.cbranch(b.icmp_signed("<", nxt, self.k), loop, done)
         b.position_at_end(done)
-        final = [b.phi(self.vt) for _ in cells]  # every phi first, then the stores
-        _incoming(final, (init, entry), (new, end))
-        for phi, (r, v) in zip(final, cells):
-            b.store(phi, self.c_ptr(r, v), align=self.align)
+        self.store_final(cells, (init, entry), (new, end))
 
 
 class _TapBlock(_Block):
@@ -247,10 +259,7 @@ class _TapBlock(_Block):
         b, nv = self.builder, self.vectors
         cells = [(r, v) for r in range(self.rows) for v in range(nv)]
         entry = b.block
-        if self.accumulate:
-            init = [b.load(self.c_ptr(r, v), align=self.align) for r, v in cells]
-        else:  # C is overwritten: no load, no zeroing pass by the caller
-            init = [ir.Constant(self.vt, [0.0] * self.lanes) for _ in cells]
+        init = self.initial(cells, self.accumulate)
         outer = b.append_basic_block("ukernel.outer")
         inner = b.append_basic_block("ukernel.inner")
         latch = b.append_basic_block("ukernel.next")
@@ -288,10 +297,7 @@ class _TapBlock(_Block):
         _incoming(acc_u, (init, entry), (new, latch))
         b.cbranch(b.icmp_signed("<", u_next, n_outer), outer, done)
         b.position_at_end(done)
-        final = [b.phi(self.vt) for _ in cells]
-        _incoming(final, (init, entry), (new, latch))
-        for phi, (r, v) in zip(final, cells):
-            b.store(phi, self.c_ptr(r, v), align=self.align)
+        self.store_final(cells, (init, entry), (new, latch))
 
 
 @intrinsic
@@ -410,10 +416,7 @@ class _BandBlock(_Block):
         b, nv, R = self.builder, self.vectors, self.rows
         cells = [(r, v) for r in range(R) for v in range(nv)]
         entry = b.block
-        if self.accumulate:
-            init = [b.load(self.c_ptr(r, v), align=self.align) for r, v in cells]
-        else:
-            init = [ir.Constant(self.vt, [0.0] * self.lanes) for _ in cells]
+        init = self.initial(cells, self.accumulate)
         zero, one = self.const(0), self.const(1)
         go = b.and_(b.icmp_signed(">", self.nt, zero), b.icmp_signed(">", self.k, zero))
         done = b.append_basic_block("band.done")
@@ -443,10 +446,7 @@ class _BandBlock(_Block):
         _incoming(acc_c, (acc, latch))
         b.cbranch(b.icmp_signed("<", ch_next, self.k), chans, done)
         b.position_at_end(done)
-        final = [b.phi(self.vt) for _ in cells]
-        _incoming(final, (init, entry), (acc, latch))
-        for phi, (r, v) in zip(final, cells):
-            b.store(phi, self.c_ptr(r, v), align=self.align)
+        self.store_final(cells, (init, entry), (acc, latch))
 
 
 @intrinsic
@@ -557,17 +557,23 @@ def gemm(a, b, *, lanes: int | None = None, block: tuple[int, int] | None = None
     return fn(np.asarray(a, dtype), np.asarray(b, dtype))[0]
 
 
-def rate_probe(n: int = 1024):
-    """``(call, flops)``: one float32 ``n x n x n`` product of the micro-kernel
-    GEMM on packed panels (packing done here, not in ``call``), to time in
-    step with another kernel (``numbaconv bench`` does, block by block, so a
-    fraction of the micro-kernel's rate compares rates measured together)."""
+def _probe(n: int):
+    """``(a, b, call)``: random float32 ``n x n`` operands and a call of the
+    micro-kernel GEMM on them (packed here, not in ``call``)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(np.float32)
     b = rng.standard_normal((n, n)).astype(np.float32)
     rows, vectors = block_for(np.float32)
     _, args, run = _gemm_driver("float32", rows, vectors, lanes_for(np.float32))(a, b)
-    return (lambda: run(*args)), 2.0 * n**3
+    return a, b, lambda: run(*args)
+
+
+def rate_probe(n: int = 1024):
+    """``(call, flops)``: one float32 ``n x n x n`` product of the micro-kernel
+    GEMM on packed panels, to time in step with another kernel (``numbaconv
+    bench`` does, block by block, so a fraction of the micro-kernel's rate
+    compares rates measured together)."""
+    return _probe(n)[2], 2.0 * n**3
 
 
 def measure_rate(n: int = 1536, repeat: int = 5) -> dict:
@@ -575,25 +581,24 @@ def measure_rate(n: int = 1536, repeat: int = 5) -> dict:
     beside numpy's float32 GEMM on the same product, best of ``repeat``."""
     import time
 
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    b = rng.standard_normal((n, n)).astype(np.float32)
-    rows, vectors = block_for(np.float32)
-    lanes = lanes_for(np.float32)
-    fn = _gemm_driver("float32", rows, vectors, lanes)
-    _, args, run = fn(a, b)
+    a, b, call = _probe(n)
 
-    def best(call):
+    def best(fn):
         t = float("inf")
         for _ in range(repeat):
             t0 = time.perf_counter()
-            call()
+            fn()
             t = min(t, time.perf_counter() - t0)
         return 2 * n**3 / t / 1e9
 
-    uk = best(lambda: run(*args))
+    uk = best(call)
     np_rate = best(lambda: a @ b)
-    return {"lanes": lanes, "block": [rows, vectors], "ukernel_gflops": uk, "numpy_gflops": np_rate}
+    return {
+        "lanes": lanes_for(np.float32),
+        "block": list(block_for(np.float32)),
+        "ukernel_gflops": uk,
+        "numpy_gflops": np_rate,
+    }
 
 
 @functools.cache
