@@ -67,10 +67,14 @@ SHIPPED: dict[str, dict[str, float]] = {
     },
     "conv_transpose/gather": {
         "call": 0.000208,
-        "outputs": 2.6e-09,
-        "flops": 9.44e-12,
-        "flops_thin": 6.97e-11,
-        "cl_runs": 0,
+        "phases": 0.000402,
+        "outputs": 5.12e-10,
+        "inputs": 0,
+        "tile": 7.17e-11,
+        "flops_px": 5.39e-12,
+        "flops_px_1tap": 7.64e-12,
+        "flops_cl": 0,
+        "blocks": 0,
     },
     "conv_transpose/gemm": {
         "call": 0.000267,

@@ -1,28 +1,116 @@
 """Transposed convolution by gathering on the CPU (``method="gather"``).
 
-Every output element sums the inputs that reach it: the "zero-inserted input,
-stride-1 conv" view done by index arithmetic (a gather map of output position
-x tap -> input index or -1, ``shapes.gather_tap_map``; no zero-inserted
-copy). It runs the channels-last kernel of :mod:`numbaconv.cpu.direct` with
-those maps, register tiles of two output pixels one stride apart (same phase,
-so the same taps are valid for both), and for one group with dilation 1 the
-taps of each phase as one contiguous run (:func:`_gather_runs`). Non-zero
-padding modes go through the extended output and its fold (:mod:`.fold`).
+Every output element sums the inputs that reach it. Real dtypes split the
+output by phase: with stride ``s`` the outputs ``o`` of one residue ``o mod
+s`` (per dim) gather the same taps ``k`` (those with ``k * dilation``
+of that residue), from inputs one apart. Each phase is a stride-1 conv of
+the undilated input with a sub-kernel of those taps, reversed (dilation
+``dilation / gcd(stride, dilation)``, a padding that may be negative:
+:func:`phase_plans`), run on the implicit-GEMM direct path
+(:mod:`numbaconv.cpu.igemm`) straight into the output's phase, a strided
+view (no zero-inserted input, no scatter, no interleaving copy): ``s^d``
+convs doing exactly the multiplications the op needs. Phases no tap reaches
+(stride above the kernel's span) hold the bias.
+
+Complex dtypes, and a plan whose phases do not fit ``config.workspace_bytes``
+there, run the channels-last kernel of :mod:`numbaconv.cpu.direct` with gather
+maps (output position x tap -> input index or -1, ``shapes.gather_tap_map``),
+register tiles of two output pixels one stride apart, and for one group with
+dilation 1 the taps of each phase as one contiguous run (:func:`_gather_runs`).
+Non-zero padding modes go through the extended output and its fold
+(:mod:`.fold`) on either path.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 
 from .. import config, costs
-from ..common import fold_workspace, transposed_as_conv
+from ..common import fold_chunk, fold_workspace, transposed_as_conv
 from ..shapes import gather_tap_maps
-from . import direct
+from . import direct, igemm
 from .fold import with_fold
+
+
+def _phase_dim(stride, dilation, kernel, lo, size, residue):
+    """One dim of the phase of outputs at full positions ``o + lo`` ``=
+    residue (mod stride)``: (first target index, count, its taps from the
+    last, sub-kernel dilation, sub-conv low padding). Output ``t0 + stride * j``
+    gathers tap ``taps[m]`` from input ``j - pad + m * dil``."""
+    t0 = (residue - lo) % stride
+    count = max(0, -(-(size - t0) // stride))
+    taps = [k for k in range(kernel - 1, -1, -1) if (k * dilation - residue) % stride == 0]
+    if not taps:
+        return t0, count, taps, 1, 0
+    first = (t0 + lo - taps[0] * dilation) // stride  # exact: both sides are the residue
+    return t0, count, taps, dilation // math.gcd(stride, dilation), -first
+
+
+def phase_plans(plan, batch: int, lo, size):
+    """The phases of a transposed op's output region ``[lo, lo + size)`` (full
+    positions): ``(start, conv plan or None, taps)`` per phase with outputs,
+    ``start`` its first target index per dim, the plan a stride-1 conv of the
+    input (None: no tap reaches the phase), ``taps`` the kernel indices of its
+    sub-kernel per dim."""
+    dims = [
+        [
+            _phase_dim(plan.stride[i], plan.dilation[i], plan.kernel[i], lo[i], size[i], r)
+            for r in range(plan.stride[i])
+        ]
+        for i in range(3)
+    ]
+    out = []
+    for pd in dims[0]:
+        for ph in dims[1]:
+            for pw in dims[2]:
+                ps = (pd, ph, pw)
+                count = tuple(p[1] for p in ps)
+                if 0 in count:
+                    continue
+                taps = tuple(p[2] for p in ps)
+                start = tuple(p[0] for p in ps)
+                if not all(taps):
+                    out.append((start, None, taps))
+                    continue
+                kernel = tuple(len(t) for t in taps)
+                dil = tuple(p[3] for p in ps)
+                pad = tuple(
+                    (p[4], count[i] + dil[i] * (kernel[i] - 1) - plan.in_size[i] - p[4])
+                    for i, p in enumerate(ps)
+                )
+                sub = dataclasses.replace(
+                    plan, op="conv", batch=batch, kernel=kernel, out_size=count, stride=(1, 1, 1),
+                    dilation=dil, padding=pad, padding_mode="zeros", output_padding=(0, 0, 0),
+                )  # fmt: skip
+                out.append((start, sub, taps))
+    return out
+
+
+def _phased(plan) -> bool:
+    """Whether the plan runs as phases on the implicit-GEMM path."""
+    if plan.dtype.kind != "f":
+        return False
+    return all(
+        sub is None or igemm.fits(sub)
+        for _, sub, _ in phase_plans(plan, plan.batch if not plan.folds else fold_chunk(plan), *_region(plan))
+    )
+
+
+def _region(plan):
+    """The output region the body computes: the output itself (zeros mode)
+    or the extended output the fold adds back."""
+    if plan.folds:
+        return (0, 0, 0), plan.extended_size
+    return plan.padding_lo, plan.out_size
 
 
 def supports(plan) -> str | None:
     """None when ``method="gather"`` can run the plan, else why not."""
+    if _phased(plan):
+        return None
     if not direct.channels_last_fits(plan):
         return (
             f"its channels-last copy of one input sample ({direct.sample_bytes(plan)} bytes) exceeds "
@@ -31,29 +119,46 @@ def supports(plan) -> str | None:
     return None
 
 
+def _phases(plan):
+    """:func:`phase_plans` of the region the body computes (per fold chunk)."""
+    batch = fold_chunk(plan) if plan.folds else plan.batch
+    return phase_plans(plan, batch, *_region(plan))
+
+
 def workspace_bytes(plan) -> int:
-    """The channels-last input copy and the extended buffer of the non-zero modes."""
-    return direct.channels_last_workspace(plan) + fold_workspace(plan)
+    """Phases: the largest phase's (one at a time); else the channels-last
+    input copy. Plus the extended buffer of the non-zero modes."""
+    if _phased(plan):
+        work = max((igemm.workspace_bytes(sub) for _, sub, _ in _phases(plan) if sub is not None), default=0)
+    else:
+        work = direct.channels_last_workspace(plan)
+    return work + fold_workspace(plan)
 
 
 def cost_features(plan) -> dict[str, float]:
-    """One call, outputs, FLOPs (split by whether a group has few channels:
-    those run far below the peak) and channel runs (float32 units)."""
-    kd, kh, _ = plan.kernel
-    outputs = plan.batch * plan.c_out * int(np.prod(plan.out_size))
-    thin = plan.c_in // plan.groups < config.direct_channels_last_min
-    f = {
-        "call": 1.0,
-        "outputs": float(outputs),
-        "flops": 0.0 if thin else float(plan.flops),
-        "flops_thin": float(plan.flops) if thin else 0.0,
-        "cl_runs": float(outputs * kd * kh),
-    }
+    """The implicit-GEMM path's counts (:func:`numbaconv.cpu.igemm.cost_features`)
+    summed over the phases, one parallel region per phase and fold chunk
+    (float32 units). Complex dtypes, on the channels-last kernel, are counted
+    the same (scaled by the item size), as the direct path counts them."""
+    chunks = -(-plan.batch // fold_chunk(plan)) if plan.folds else 1
+    f = {"call": 1.0, "phases": 0.0}
+    for _, sub, _ in _phases(plan):
+        f["phases"] += chunks
+        if sub is not None:
+            for k, v in igemm.cost_features(sub).items():
+                if k != "call":
+                    f[k] = f.get(k, 0.0) + v * chunks
+    for k in igemm.FEATURES:
+        f.setdefault(k, 0.0)
     return costs.per_dtype(f, plan)
 
 
 def run(x5, w5, bias, plan, out5):
     """Transposed convolution by gathering (canonical 5-D arrays, see module doc)."""
+    if _phased(plan):
+        return with_fold(
+            plan, x5, bias, out5, lambda x, b, target, lo, size: _run_phases(x, w5, b, plan, target, lo, size)
+        )
     cg = plan.c_in // plan.groups
     kd, kh, kw = plan.kernel
     # the conv-layout weight (C_out, Cg, k), channels innermost: (C_out, KD, KH, KW * Cg)
@@ -66,6 +171,22 @@ def run(x5, w5, bias, plan, out5):
         direct.run_channels_last(x, wc, b, target, tables, runs, plan.stride[2])
 
     return with_fold(plan, x5, bias, out5, body)
+
+
+def _run_phases(x, w5, bias, plan, target, lo, size):
+    """Each phase of ``target`` (the region ``[lo, lo + size)``) as a stride-1
+    conv on the implicit-GEMM path, written through a strided view."""
+    wconv = transposed_as_conv(w5, plan.groups)  # (C_out, Cg, KD, KH, KW)
+    for start, sub, taps in phase_plans(plan, x.shape[0], lo, size):
+        view = target[
+            (slice(None), slice(None)) + tuple(slice(a, None, s) for a, s in zip(start, plan.stride))
+        ]
+        if sub is None:
+            view[...] = bias.reshape(-1, 1, 1, 1)
+            continue
+        ws = wconv.take(taps[0], axis=2).take(taps[1], axis=3).take(taps[2], axis=4)
+        igemm.run(x, ws, bias, sub, view, base=target)
+    return target
 
 
 def _gather_runs(plan, w5, lo: int, size: int):

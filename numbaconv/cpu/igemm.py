@@ -135,14 +135,14 @@ def _band(wp, tile, cb, tb, spec, vectors, kh, k, a0, b0, ak, cs, rp, px):
 
 
 @njit(inline="always")
-def _band_pass(wp, tile, cb, tb, spec, geo, bias, out, of, n, g, od, h0, noh, c0, nc):
+def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc):
     # A band's output rows of output channel g (one per group) in blocks of
     # 6 rows (dh apart: the rows that share input rows) x px pixels
     R, kh, dh, px, V, cs, wq, cg = geo[22], geo[23], geo[24], geo[15], geo[10], geo[20], geo[4], geo[8]
-    O, OD, OH, OW = out.shape[1], out.shape[2], out.shape[3], out.shape[4]
+    OW = geo[29]
     ak = kh * tb.shape[0]
     a0 = (g * cg + c0) * ak
-    bv = bias[g] if c0 == 0 else out.dtype.type(0)
+    bv = bias[g] if c0 == 0 else of.dtype.type(0)
     for base in range(0, noh, R * dh):
         for ph in range(min(dh, noh - base)):
             for p0 in range(0, OW, px):
@@ -152,14 +152,7 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, out, of, n, g, od, h0, noh, c0
                     oh = base + ph + r * dh
                     if oh >= noh:
                         break
-                    uo = np.uint64((((n * O + g) * OD + od) * OH + h0 + oh) * OW + p0)
-                    k = np.uint64(r * px)
-                    if c0 > 0:
-                        for j in range(cnt):
-                            of[uo + j] += cb[k + j]
-                    else:
-                        for j in range(cnt):
-                            of[uo + j] = cb[k + j] + bv
+                    _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[35], cb, r * px, cnt, bv, c0 > 0)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -170,7 +163,7 @@ def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
     # read past the array. geo: see Geometry.args
     G, cg, og, rows, nob, band, nbands, cchunk, pw, och, tsize = geo[7:18]
     wq, cs = geo[4], geo[20]
-    N, OD, OH = out.shape[0], out.shape[2], out.shape[3]
+    N, OD, OH = geo[25], geo[27], geo[28]
     C, plane = x.shape[1], x.shape[2] * x.shape[3] * x.shape[4]
     nt = tb.shape[0]
     n, g, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, G)
@@ -197,7 +190,7 @@ def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
             for pb in range(npb):
                 p0 = pb * pw
                 _block(wp, src, cb, tb, spec, rows, nc, a0, base + p0, cst, pw)
-                _store(cb, bias, out, of, n, od, h0, g * og + ob * rows, nr, p0, pw, wq, noh, c0 > 0)
+                _store(cb, bias, of, geo, n, od, h0, g * og + ob * rows, nr, p0, pw, noh, c0 > 0)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -214,7 +207,7 @@ def _band_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
         geo[17],
         geo[20],
     )
-    OD, OH = out.shape[2], out.shape[3]
+    OD, OH = geo[27], geo[28]
     n, g, od, hb, _ = _task(t, nbands, 1, OD, G)
     h0 = hb * band
     noh = min(band, OH - h0)
@@ -224,7 +217,7 @@ def _band_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
     for c0 in range(0, cg, cchunk):
         nc = min(cchunk, cg - c0)
         _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
-        _band_pass(wp, tile, cb, tb, spec, geo, bias, out, of, n, g, od, h0, noh, c0, nc)
+        _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
 
 
 @njit(inline="always")
@@ -244,7 +237,7 @@ def _conv_cl_task(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t)
     # One task; the tile channels-last (pixel stride ps); of (out flat): unused,
     # the arguments of every kind of task alike (tasks.run_tasks)
     G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
-    OD, OH = out.shape[2], out.shape[3]
+    OD, OH = geo[27], geo[28]
     nt, wq = tab.shape[0], geo[4]
     n, g, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, G)
     h0 = hb * band
@@ -260,14 +253,43 @@ def _conv_cl_task(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t)
                 b0 = ((g * nob + ob) * nt * cg + c0) * vl
                 _block_cl(tile, wp, cb, tab, spec, vectors, nc, p0 * ps, b0, ps, cg * vl, vl)
                 o0, no = g * og + ob * vl, min(vl, og - ob * vl)
-                _store_cl(cb, bias, out, n, od, h0, o0, no, p0, px, wq, noh, vl, c0 > 0)
+                _store_cl(cb, bias, of, geo, n, od, h0, o0, no, p0, px, noh, vl, c0 > 0)
 
 
 @njit(inline="always")
-def _store_cl(cb, bias, out, n, od, oh0, o0, no, p0, px, wq, noh, vl, add):
+def _offset(geo, n, o, od, oh, ow):
+    # element offset of out[n, o, od, oh, ow] in the flat target (geo[30:36]:
+    # its offset and strides, a phase of a transposed op's output included)
+    return geo[30] + n * geo[31] + o * geo[32] + od * geo[33] + oh * geo[34] + ow * geo[35]
+
+
+@njit(inline="always")
+def _put(of, uo, sw, cb, k, cnt, bv, add):
+    # cnt values cb[k:] (plus bv, or added) into of from uo, sw apart;
+    # unsigned indices: no negative-index wraparound test, so the loops vectorize
+    u, uk, un = np.uint64(uo), np.uint64(k), np.uint64(cnt)
+    if sw == 1:
+        if add:
+            for j in range(un):
+                of[u + j] += cb[uk + j]
+        else:
+            for j in range(un):
+                of[u + j] = cb[uk + j] + bv
+    else:
+        us = np.uint64(sw)
+        if add:
+            for j in range(un):
+                of[u + j * us] += cb[uk + j]
+        else:
+            for j in range(un):
+                of[u + j * us] = cb[uk + j] + bv
+
+
+@njit(inline="always")
+def _store_cl(cb, bias, of, geo, n, od, oh0, o0, no, p0, px, noh, vl, add):
     # pixels [p0, p0 + px) x channels [o0, o0 + no) of a channels-last block
-    # (cb[r * vl + j]) into out, channel by channel (runs along the output row)
-    ow_n = out.shape[4]
+    # (cb[r * vl + j]) into the target, channel by channel
+    wq, ow_n = geo[4], geo[29]
     for j in range(no):
         bv = bias[o0 + j]
         for r in range(px):
@@ -276,18 +298,19 @@ def _store_cl(cb, bias, out, n, od, oh0, o0, no, p0, px, wq, noh, vl, add):
             if oh >= noh:
                 break
             if ow < ow_n:
+                u = _offset(geo, n, o0 + j, od, oh0 + oh, ow)
                 if add:
-                    out[n, o0 + j, od, oh0 + oh, ow] += cb[r * vl + j]
+                    of[u] += cb[r * vl + j]
                 else:
-                    out[n, o0 + j, od, oh0 + oh, ow] = cb[r * vl + j] + bv
+                    of[u] = cb[r * vl + j] + bv
 
 
 @njit(inline="always")
-def _store(cb, bias, out, of, n, od, oh0, o0, nr, p0, pw, wq, noh, add):
-    # pixels [p0, p0 + pw) of rows o0.. of the block into out (plus the bias,
-    # or added to it: a later channel chunk), row segment by row segment,
-    # through of (out flat) at computed offsets (no views: no refcounts)
-    O, OD, OH, ow_n = out.shape[1], out.shape[2], out.shape[3], out.shape[4]
+def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add):
+    # pixels [p0, p0 + pw) of rows o0.. of the block into the target (plus
+    # the bias, or added to it: a later channel chunk), row segment by row
+    # segment, through of (flat) at computed offsets (no views: no refcounts)
+    wq, ow_n = geo[4], geo[29]
     for r in range(nr):
         bv = bias[o0 + r]
         p = p0
@@ -299,15 +322,9 @@ def _store(cb, bias, out, of, n, od, oh0, o0, nr, p0, pw, wq, noh, add):
             e = min(p0 + pw, p + wq - ow)  # end of this row's part of the block
             cnt = min(e - p, ow_n - ow)
             if cnt > 0:
-                # unsigned indices: no negative-index wraparound test, so the loops vectorize
-                k = np.uint64(r * pw + p - p0)
-                uo = np.uint64((((n * O + o0 + r) * OD + od) * OH + oh0 + oh) * ow_n + ow)
-                if add:
-                    for j in range(np.uint64(cnt)):
-                        of[uo + j] += cb[k + j]
-                else:
-                    for j in range(np.uint64(cnt)):
-                        of[uo + j] = cb[k + j] + bv
+                _put(
+                    of, _offset(geo, n, o0 + r, od, oh0 + oh, ow), geo[35], cb, r * pw + p - p0, cnt, bv, add
+                )
             p = e
 
 
@@ -530,7 +547,8 @@ class Geometry:
         return md, mh, mw
 
     def args(self):
-        """The integers the kernels take (``geo``), in this order."""
+        """The integers the kernels take (``geo``), in this order; :func:`run`
+        appends the target's shape, offset and strides (:func:`target_desc`)."""
         p = self.plan
         return np.array(
             [p.kernel[0], len(self.ph), len(self.pw_), self.rq, self.wq, self.hq, self.sw, p.groups, self.cg,
@@ -544,6 +562,9 @@ class Geometry:
         item = self.plan.dtype.itemsize
         wbytes = self.plan.groups * self.nob * self.block * self.cg * len(self.taps)
         return (threads * (self.tile + max(self.block, self.band_rows) * self.px) + wbytes) * item
+
+
+FEATURES = ("call", "outputs", "inputs", "tile", "flops_px", "flops_px_1tap", "flops_cl", "blocks")
 
 
 def cost_features(plan) -> dict[str, float]:
@@ -609,25 +630,33 @@ def fits(plan) -> bool:
     return workspace_bytes(plan) <= config.workspace_bytes
 
 
-def run(x5, w5, bias, plan, out5):
-    """Implicit-GEMM direct convolution of canonical 5-D real arrays into ``out5``."""
+def target_desc(base: np.ndarray, view: np.ndarray) -> np.ndarray:
+    """``geo[25:36]`` of a call writing ``view``, a view of the C-contiguous
+    ``base`` (any strides: a phase of a transposed op's output): its shape,
+    then its offset and strides in elements."""
+    item = base.itemsize
+    off = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // item
+    return np.array(view.shape + (off,) + tuple(s // item for s in view.strides), dtype=np.int64)
+
+
+def run(x5, w5, bias, plan, out5, base=None):
+    """Implicit-GEMM direct convolution of canonical 5-D real arrays into
+    ``out5``, a C-contiguous array or (``base`` given) a view with any
+    strides of the C-contiguous ``base``."""
     if out5.size == 0:
         return out5
+    base = out5 if base is None else base
     spec = spec_for(plan.dtype)
     geo, arrays, geo_args = geometry(plan)
     wp = packed_weights(w5, plan.groups, geo.block, geo.channels_last, geo.band_rows > 0)
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
-    args = (*arrays, spec, geo_args)
+    args = (*arrays, spec, np.concatenate((geo_args, target_desc(base, out5))))
     xf = x5.reshape(-1)
     od, noc = plan.out_size[0], -(-geo.nob // geo.och)
     tasks = plan.batch * plan.groups * od * geo.nbands * noc
     # each task function compiled once, called from one parallel region by
     # its address (tasks.py: a prange calling it directly compiles it twice)
-    if geo.channels_last:
-        parallel_tasks(_conv_cl_task, tasks, x5, xf, wp, bias, out5, out5.reshape(-1), *args)
-    elif geo.band_rows:
-        parallel_tasks(_band_task, tasks, x5, xf, wp, bias, out5, out5.reshape(-1), *args)
-    else:
-        parallel_tasks(_conv_task, tasks, x5, xf, wp, bias, out5, out5.reshape(-1), *args)
+    task = _conv_cl_task if geo.channels_last else _band_task if geo.band_rows else _conv_task
+    parallel_tasks(task, tasks, x5, xf, wp, bias, base, base.reshape(-1), *args)
     return out5
