@@ -24,79 +24,79 @@ Non-zero padding modes go through the extended output and its fold
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 
+import numba
 import numpy as np
 
 from .. import config, costs
-from ..common import fold_chunk, fold_workspace, transposed_as_conv
+from ..common import WeightCache, fold_chunk, fold_workspace, transposed_as_conv
 from ..shapes import gather_tap_maps
 from . import direct, igemm
 from .fold import with_fold
 
 
-def _phase_dim(stride, dilation, kernel, lo, size, residue):
-    """One dim of the phase of outputs at full positions ``o + lo`` ``=
-    residue (mod stride)``: (first target index, count, its taps from the
-    last, sub-kernel dilation, sub-conv low padding). Output ``t0 + stride * j``
+def _phase_dim(stride, dilation, kernel, lo, t0):
+    """One dim of the phase whose first target index is ``t0 < stride``
+    (full positions ``t0 + lo + j * stride``): (its taps from the last, the
+    sub-kernel dilation, the sub-conv low padding). Output ``t0 + stride * j``
     gathers tap ``taps[m]`` from input ``j - pad + m * dil``."""
-    t0 = (residue - lo) % stride
-    count = max(0, -(-(size - t0) // stride))
-    taps = [k for k in range(kernel - 1, -1, -1) if (k * dilation - residue) % stride == 0]
+    residue = (t0 + lo) % stride
+    taps = tuple(k for k in range(kernel - 1, -1, -1) if (k * dilation - residue) % stride == 0)
     if not taps:
-        return t0, count, taps, 1, 0
+        return taps, 1, 0
     first = (t0 + lo - taps[0] * dilation) // stride  # exact: both sides are the residue
-    return t0, count, taps, dilation // math.gcd(stride, dilation), -first
+    return taps, dilation // math.gcd(stride, dilation), -first
 
 
-def phase_plans(plan, batch: int, lo, size):
+@functools.lru_cache(maxsize=64)
+def phase_plans(plan, batch: int, lo, size) -> tuple:
     """The phases of a transposed op's output region ``[lo, lo + size)`` (full
     positions): ``(start, conv plan or None, taps)`` per phase with outputs,
     ``start`` its first target index per dim, the plan a stride-1 conv of the
     input (None: no tap reaches the phase), ``taps`` the kernel indices of its
-    sub-kernel per dim."""
+    sub-kernel per dim. At most ``min(stride, size)`` phases per dim."""
     dims = [
         [
-            _phase_dim(plan.stride[i], plan.dilation[i], plan.kernel[i], lo[i], size[i], r)
-            for r in range(plan.stride[i])
+            (t0,) + _phase_dim(plan.stride[i], plan.dilation[i], plan.kernel[i], lo[i], t0)
+            for t0 in range(min(plan.stride[i], size[i]))
         ]
         for i in range(3)
     ]
     out = []
-    for pd in dims[0]:
-        for ph in dims[1]:
-            for pw in dims[2]:
-                ps = (pd, ph, pw)
-                count = tuple(p[1] for p in ps)
-                if 0 in count:
-                    continue
-                taps = tuple(p[2] for p in ps)
-                start = tuple(p[0] for p in ps)
-                if not all(taps):
-                    out.append((start, None, taps))
-                    continue
-                kernel = tuple(len(t) for t in taps)
-                dil = tuple(p[3] for p in ps)
-                pad = tuple(
-                    (p[4], count[i] + dil[i] * (kernel[i] - 1) - plan.in_size[i] - p[4])
-                    for i, p in enumerate(ps)
-                )
-                sub = dataclasses.replace(
-                    plan, op="conv", batch=batch, kernel=kernel, out_size=count, stride=(1, 1, 1),
-                    dilation=dil, padding=pad, padding_mode="zeros", output_padding=(0, 0, 0),
-                )  # fmt: skip
-                out.append((start, sub, taps))
-    return out
+    for ps in itertools.product(*dims):
+        start = tuple(p[0] for p in ps)
+        taps = tuple(p[1] for p in ps)
+        if not all(taps):
+            out.append((start, None, taps))
+            continue
+        count = tuple(-(-(size[i] - start[i]) // plan.stride[i]) for i in range(3))
+        kernel = tuple(len(t) for t in taps)
+        dil = tuple(p[2] for p in ps)
+        pad = tuple(
+            (p[3], count[i] + dil[i] * (kernel[i] - 1) - plan.in_size[i] - p[3]) for i, p in enumerate(ps)
+        )
+        sub = dataclasses.replace(
+            plan, op="conv", batch=batch, kernel=kernel, out_size=count, stride=(1, 1, 1),
+            dilation=dil, padding=pad, padding_mode="zeros", output_padding=(0, 0, 0),
+        )  # fmt: skip
+        out.append((start, sub, taps))
+    return tuple(out)
 
 
 def _phased(plan) -> bool:
     """Whether the plan runs as phases on the implicit-GEMM path."""
-    if plan.dtype.kind != "f":
-        return False
-    return all(
-        sub is None or igemm.fits(sub)
-        for _, sub, _ in phase_plans(plan, plan.batch if not plan.folds else fold_chunk(plan), *_region(plan))
+    return plan.dtype.kind == "f" and _fit(
+        plan, numba.get_num_threads(), config.workspace_bytes, config.direct_layout
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _fit(plan, threads, budget, layout) -> bool:
+    # every phase fits igemm's budget (kept per setting: a phase's geometry depends on them)
+    return all(sub is None or igemm.fits(sub) for _, sub, _ in _phases(plan))
 
 
 def _region(plan):
@@ -173,19 +173,46 @@ def run(x5, w5, bias, plan, out5):
     return with_fold(plan, x5, bias, out5, body)
 
 
+_PACKED = WeightCache("weight_cache_bytes")
+
+
+def _packed(w5, groups: int, phases) -> tuple:
+    """Each phase's sub-kernel packed for its implicit-GEMM call (None for a
+    phase without taps), kept between calls for the weight (one content
+    compare per call, not one per phase)."""
+    geos = [None if sub is None else igemm.geometry(sub)[0] for _, sub, _ in phases]
+    key = tuple(
+        None if g is None else (taps, g.block, g.channels_last, g.band_rows > 0)
+        for (_, _, taps), g in zip(phases, geos)
+    )
+
+    def make():
+        wconv = transposed_as_conv(w5, groups)
+        out = []
+        for (_, sub, taps), g in zip(phases, geos):
+            if sub is None:
+                out.append(None)
+                continue
+            ws = wconv.take(taps[0], axis=2).take(taps[1], axis=3).take(taps[2], axis=4)
+            out.append(igemm.pack(ws, sub.groups, g.block, g.channels_last, g.band_rows > 0))
+        return tuple(out)
+
+    return _PACKED.get(w5, ("phases", groups, key), make)
+
+
 def _run_phases(x, w5, bias, plan, target, lo, size):
     """Each phase of ``target`` (the region ``[lo, lo + size)``) as a stride-1
-    conv on the implicit-GEMM path, written through a strided view."""
-    wconv = transposed_as_conv(w5, plan.groups)  # (C_out, Cg, KD, KH, KW)
-    for start, sub, taps in phase_plans(plan, x.shape[0], lo, size):
-        view = target[
-            (slice(None), slice(None)) + tuple(slice(a, None, s) for a, s in zip(start, plan.stride))
-        ]
-        if sub is None:
-            view[...] = bias.reshape(-1, 1, 1, 1)
-            continue
-        ws = wconv.take(taps[0], axis=2).take(taps[1], axis=3).take(taps[2], axis=4)
-        igemm.run(x, ws, bias, sub, view, base=target)
+    conv on the implicit-GEMM path, written through a strided view; the
+    phases no tap reaches hold the bias (the whole target filled first)."""
+    phases = phase_plans(plan, x.shape[0], lo, size)
+    if any(sub is None for _, sub, _ in phases):
+        target[...] = bias.reshape(-1, 1, 1, 1)
+    for (start, sub, _), wp in zip(phases, _packed(w5, plan.groups, phases)):
+        if sub is not None:
+            view = target[
+                (slice(None), slice(None)) + tuple(slice(a, None, s) for a, s in zip(start, plan.stride))
+            ]
+            igemm.run(x, None, bias, sub, view, base=target, wp=wp)
     return target
 
 

@@ -10,8 +10,9 @@ padding is stored as zeros, so NaN/Inf weights meet it as PyTorch's does. In
 that tile the input of kernel tap ``t`` for output pixel ``(oh, ow)`` of the
 band lies at ``tb[t] + oh * wq + ow``: every tap at any stride and dilation is
 one offset, and the band's output pixels are one flat run (``wq - W_out`` junk
-columns per row, computed and discarded). A pointwise conv at stride 1
-without padding reads the input in place.
+columns per row, computed and discarded). The output is written through
+its offset and strides (:func:`target_desc`): a C-contiguous array, or a
+phase of a transposed op's output (:mod:`numbaconv.cpu.gather`).
 
 Per block of ``rows`` output channels x ``pw`` pixels the micro-kernel
 (:func:`numbaconv.cpu.microkernel.fma_taps`, lanes over output pixels, the
@@ -138,8 +139,8 @@ def _band(wp, tile, cb, tb, spec, vectors, kh, k, a0, b0, ak, cs, rp, px):
 def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc):
     # A band's output rows of output channel g (one per group) in blocks of
     # 6 rows (dh apart: the rows that share input rows) x px pixels
-    R, kh, dh, px, V, cs, wq, cg = geo[22], geo[23], geo[24], geo[15], geo[10], geo[20], geo[4], geo[8]
-    OW = geo[29]
+    R, kh, dh, px, V, cs, wq, cg = geo[21], geo[22], geo[23], geo[15], geo[10], geo[20], geo[4], geo[8]
+    OW = geo[28]
     ak = kh * tb.shape[0]
     a0 = (g * cg + c0) * ak
     bv = bias[g] if c0 == 0 else of.dtype.type(0)
@@ -152,44 +153,39 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
                     oh = base + ph + r * dh
                     if oh >= noh:
                         break
-                    _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[35], cb, r * px, cnt, bv, c0 > 0)
+                    _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[34], cb, r * px, cnt, bv, c0 > 0)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
-    # One task: the tile channel by channel (channel stride cs), or, for a
-    # pointwise conv whose tile would equal the input (geo[21]), the input
-    # itself (xf: x flat) but in the very last plane, whose last block would
-    # read past the array. geo: see Geometry.args
+    # One task: the tile channel chunk by channel chunk (channel stride cs),
+    # each chunk's blocks (the later chunks add into the output). The tile
+    # is copied even where it would equal the input (a pointwise conv):
+    # reading the input in place measured 1.1-1.8x slower (a block's loads
+    # one input plane apart). geo: see Geometry.args
     G, cg, og, rows, nob, band, nbands, cchunk, pw, och, tsize = geo[7:18]
     wq, cs = geo[4], geo[20]
-    N, OD, OH = geo[25], geo[27], geo[28]
-    C, plane = x.shape[1], x.shape[2] * x.shape[3] * x.shape[4]
+    OD, OH = geo[26], geo[27]
     nt = tb.shape[0]
     n, g, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, G)
     h0 = hb * band
     noh = min(band, OH - h0)
     npb = (noh * wq + pw - 1) // pw
-    inplace = geo[21] == 1 and (n < N - 1 or g < G - 1 or od < OD - 1)
-    tile = np.empty(1 if inplace else tsize, dtype=out.dtype)
+    tile = np.empty(tsize, dtype=out.dtype)
     # the slack that junk pixels read: zeros, not whatever the allocator left
     # (denormals there cost microcode assists: a 4x slower 5x5 float64 filter)
-    tile[min(cchunk * cs, tile.size) :] = 0
+    tile[cchunk * cs :] = 0
     cb = np.empty(rows * pw, dtype=out.dtype)
     for c0 in range(0, cg, cchunk):
         nc = min(cchunk, cg - c0)
-        src, base, cst = tile, 0, cs
-        if inplace:
-            src, base, cst = xf, (n * C + g * cg + c0) * plane + (od * OH + h0) * wq, plane
-        else:
-            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
+        _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
         # o-blocks outer: the block's weights stay in L1 over the pixel blocks
         for ob in range(oc * och, min(nob, (oc + 1) * och)):
             a0 = ((g * nob + ob) * cg + c0) * nt * rows
             nr = min(rows, og - ob * rows)
             for pb in range(npb):
                 p0 = pb * pw
-                _block(wp, src, cb, tb, spec, rows, nc, a0, base + p0, cst, pw)
+                _block(wp, tile, cb, tb, spec, rows, nc, a0, p0, cs, pw)
                 _store(cb, bias, of, geo, n, od, h0, g * og + ob * rows, nr, p0, pw, noh, c0 > 0)
 
 
@@ -207,13 +203,13 @@ def _band_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
         geo[17],
         geo[20],
     )
-    OD, OH = geo[27], geo[28]
+    OD, OH = geo[26], geo[27]
     n, g, od, hb, _ = _task(t, nbands, 1, OD, G)
     h0 = hb * band
     noh = min(band, OH - h0)
     tile = np.empty(tsize, dtype=out.dtype)
     tile[cchunk * cs :] = 0  # the slack junk pixels read (see _conv_task)
-    cb = np.empty(geo[22] * pw, dtype=out.dtype)
+    cb = np.empty(geo[21] * pw, dtype=out.dtype)
     for c0 in range(0, cg, cchunk):
         nc = min(cchunk, cg - c0)
         _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
@@ -237,7 +233,7 @@ def _conv_cl_task(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t)
     # One task; the tile channels-last (pixel stride ps); of (out flat): unused,
     # the arguments of every kind of task alike (tasks.run_tasks)
     G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
-    OD, OH = geo[27], geo[28]
+    OD, OH = geo[26], geo[27]
     nt, wq = tab.shape[0], geo[4]
     n, g, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, G)
     h0 = hb * band
@@ -258,9 +254,9 @@ def _conv_cl_task(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t)
 
 @njit(inline="always")
 def _offset(geo, n, o, od, oh, ow):
-    # element offset of out[n, o, od, oh, ow] in the flat target (geo[30:36]:
+    # element offset of out[n, o, od, oh, ow] in the flat target (geo[29:35]:
     # its offset and strides, a phase of a transposed op's output included)
-    return geo[30] + n * geo[31] + o * geo[32] + od * geo[33] + oh * geo[34] + ow * geo[35]
+    return geo[29] + n * geo[30] + o * geo[31] + od * geo[32] + oh * geo[33] + ow * geo[34]
 
 
 @njit(inline="always")
@@ -289,7 +285,7 @@ def _put(of, uo, sw, cb, k, cnt, bv, add):
 def _store_cl(cb, bias, of, geo, n, od, oh0, o0, no, p0, px, noh, vl, add):
     # pixels [p0, p0 + px) x channels [o0, o0 + no) of a channels-last block
     # (cb[r * vl + j]) into the target, channel by channel
-    wq, ow_n = geo[4], geo[29]
+    wq, ow_n = geo[4], geo[28]
     for j in range(no):
         bv = bias[o0 + j]
         for r in range(px):
@@ -310,7 +306,7 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add):
     # pixels [p0, p0 + pw) of rows o0.. of the block into the target (plus
     # the bias, or added to it: a later channel chunk), row segment by row
     # segment, through of (flat) at computed offsets (no views: no refcounts)
-    wq, ow_n = geo[4], geo[29]
+    wq, ow_n = geo[4], geo[28]
     for r in range(nr):
         bv = bias[o0 + r]
         p = p0
@@ -323,7 +319,7 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add):
             cnt = min(e - p, ow_n - ow)
             if cnt > 0:
                 _put(
-                    of, _offset(geo, n, o0 + r, od, oh0 + oh, ow), geo[35], cb, r * pw + p - p0, cnt, bv, add
+                    of, _offset(geo, n, o0 + r, od, oh0 + oh, ow), geo[34], cb, r * pw + p - p0, cnt, bv, add
                 )
             p = e
 
@@ -393,23 +389,26 @@ def packed_weights(w5, groups: int, block: int, channels_last: bool, band: bool 
     ``block`` lanes), zero past the group's channels, or (``band``: one
     output channel per group) ``[group][channel][kh][kd][kw]``; flat; kept
     between calls (:class:`WeightCache`)."""
+    return _PACKED.get(
+        w5,
+        ("igemm", groups, block, channels_last, band),
+        lambda: pack(w5, groups, block, channels_last, band),
+    )
+
+
+def pack(w5, groups: int, block: int, channels_last: bool, band: bool = False) -> np.ndarray:
+    """:func:`packed_weights` without the cache."""
     if band:
-        return _PACKED.get(
-            w5, ("igemm-band",), lambda: np.ascontiguousarray(w5.transpose(0, 1, 3, 2, 4)).ravel()
-        )
-
-    def pack():
-        o, cg = w5.shape[:2]
-        og = o // groups
-        nob = -(-og // block)
-        w = w5.reshape(groups, og, cg, -1)
-        wpad = np.zeros((groups, nob * block, cg, w.shape[3]), w5.dtype)
-        wpad[:, :og] = w
-        order = (0, 1, 4, 3, 2) if channels_last else (0, 1, 3, 4, 2)
-        packed = wpad.reshape(groups, nob, block, cg, -1).transpose(order)
-        return np.ascontiguousarray(packed).ravel()
-
-    return _PACKED.get(w5, ("igemm", groups, block, channels_last), pack)
+        return np.ascontiguousarray(w5.transpose(0, 1, 3, 2, 4)).ravel()
+    o, cg = w5.shape[:2]
+    og = o // groups
+    nob = -(-og // block)
+    w = w5.reshape(groups, og, cg, -1)
+    wpad = np.zeros((groups, nob * block, cg, w.shape[3]), w5.dtype)
+    wpad[:, :og] = w
+    order = (0, 1, 4, 3, 2) if channels_last else (0, 1, 3, 4, 2)
+    packed = wpad.reshape(groups, nob, block, cg, -1).transpose(order)
+    return np.ascontiguousarray(packed).ravel()
 
 
 _TILE_BYTES = 384 * 1024  # a task's input tile: well inside a core's L2
@@ -461,13 +460,6 @@ class Geometry:
             self.vectors = self.block = block_rows(self.og, registers)
             self.px = vectors_for(self.block, registers) * lanes
         self.nob = -(-self.og // self.block)
-        # a pointwise conv at stride 1 without padding: the tile would be the input
-        self.inplace = (
-            not self.channels_last
-            and plan.kernel == (1, 1, 1)
-            and plan.stride == (1, 1, 1)
-            and all(lo == hi == 0 for lo, hi in plan.padding)
-        )
         self.taps = [(a, b * dh, c * dw) for a in range(kd) for b in range(kh) for c in range(kw)]
         self._split(plan, threads)
         if self.band_rows and self.workspace(threads) > config.workspace_bytes:
@@ -553,7 +545,7 @@ class Geometry:
         return np.array(
             [p.kernel[0], len(self.ph), len(self.pw_), self.rq, self.wq, self.hq, self.sw, p.groups, self.cg,
              self.og, self.vectors, self.nob, self.band, self.nbands, self.cc, self.px, self.och, self.tile,
-             self.block, self.ps, self.cs, int(self.inplace), self.band_rows, p.kernel[1], p.dilation[1]],
+             self.block, self.ps, self.cs, self.band_rows, p.kernel[1], p.dilation[1]],
             dtype=np.int64,
         )  # fmt: skip
 
@@ -587,9 +579,7 @@ def cost_features(plan) -> dict[str, float]:
         "call": 1.0,
         "outputs": float(plan.batch * plan.c_out * int(np.prod(plan.out_size))),
         "inputs": float(plan.batch * plan.c_in * int(np.prod(plan.in_size))),  # read from memory once
-        "tile": 0.0
-        if geo.inplace
-        else float(base * geo.nbands * geo.cg * geo.channel_elements(geo.band) * noc),
+        "tile": float(base * geo.nbands * geo.cg * geo.channel_elements(geo.band) * noc),
         # one tap: no input vector is reused across taps (each k step streams new lines)
         "flops_px": 0.0 if geo.channels_last or len(geo.taps) == 1 else flops,
         "flops_px_1tap": flops if not geo.channels_last and len(geo.taps) == 1 else 0.0,
@@ -631,7 +621,7 @@ def fits(plan) -> bool:
 
 
 def target_desc(base: np.ndarray, view: np.ndarray) -> np.ndarray:
-    """``geo[25:36]`` of a call writing ``view``, a view of the C-contiguous
+    """``geo[24:35]`` of a call writing ``view``, a view of the C-contiguous
     ``base`` (any strides: a phase of a transposed op's output): its shape,
     then its offset and strides in elements."""
     item = base.itemsize
@@ -639,16 +629,18 @@ def target_desc(base: np.ndarray, view: np.ndarray) -> np.ndarray:
     return np.array(view.shape + (off,) + tuple(s // item for s in view.strides), dtype=np.int64)
 
 
-def run(x5, w5, bias, plan, out5, base=None):
+def run(x5, w5, bias, plan, out5, base=None, wp=None):
     """Implicit-GEMM direct convolution of canonical 5-D real arrays into
     ``out5``, a C-contiguous array or (``base`` given) a view with any
-    strides of the C-contiguous ``base``."""
+    strides of the C-contiguous ``base``; ``wp``: the weight already packed
+    (:func:`pack` for this plan's geometry), else ``w5`` is."""
     if out5.size == 0:
         return out5
     base = out5 if base is None else base
     spec = spec_for(plan.dtype)
     geo, arrays, geo_args = geometry(plan)
-    wp = packed_weights(w5, plan.groups, geo.block, geo.channels_last, geo.band_rows > 0)
+    if wp is None:
+        wp = packed_weights(w5, plan.groups, geo.block, geo.channels_last, geo.band_rows > 0)
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
     args = (*arrays, spec, np.concatenate((geo_args, target_desc(base, out5))))

@@ -1,0 +1,173 @@
+"""The transposed op's phase split (cpu/gather.py on the implicit-GEMM path):
+the phases tile the output exactly, each phase's sub-conv matches the
+reference at the edges the split creates (strides above the kernel, dilations
+sharing a factor with the stride, paddings past the kernel's span: negative
+sub-conv padding), igemm writes a strided view and nothing else, and the
+packed sub-kernels follow an edited weight."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+from numbaconv import shapes
+from numbaconv.cpu import gather, igemm
+
+from .cases import transpose_tolerance
+from .conftest import assert_close, random_array
+from .reference import conv_reference, conv_transpose_reference
+
+FUNCS = {1: nc.conv_transpose1d, 2: nc.conv_transpose2d, 3: nc.conv_transpose3d}
+
+
+@pytest.mark.parametrize(
+    "stride, kernel, dilation, lo, size",
+    [
+        (2, 3, 1, 1, 13),
+        (4, 2, 1, 0, 17),  # phases no tap reaches
+        (4, 3, 2, 1, 20),  # gcd(stride, dilation) = 2
+        (6, 4, 3, 2, 25),
+        (2, 2, 2, 0, 9),  # every tap in the even phase
+        (3, 5, 1, 7, 11),  # padding past the kernel's span
+        (1, 4, 3, 2, 10),
+        (5, 1, 1, 0, 3),  # fewer outputs than the stride
+    ],
+)
+def test_phases_tile_the_region_once_with_the_right_taps(stride, kernel, dilation, lo, size):
+    plan = shapes.make_plan(
+        "conv_transpose", (1, 2, 6), (2, 3, kernel), None, dtype=np.float32, stride=stride, dilation=dilation
+    )
+    region = ((0, 0, lo), (1, 1, size))
+    seen = np.zeros(size, dtype=np.int64)
+    for start, sub, taps in gather.phase_plans(plan, 1, *region):
+        outputs = np.arange(start[2], size, stride)
+        seen[outputs] += 1
+        # the taps are exactly those with k * dilation = o + lo (mod stride), last first
+        want = [k for k in range(kernel - 1, -1, -1) if (k * dilation - (start[2] + lo)) % stride == 0]
+        assert list(taps[2]) == want
+        if sub is None:
+            assert not want
+            continue
+        assert sub.stride == (1, 1, 1) and sub.out_size[2] == len(outputs)
+        # sub-conv output j, tap m reads input j - pad + m * dil: the input the
+        # transposed op pairs with that output and tap
+        pad, dil = sub.padding[2][0], sub.dilation[2]
+        for j, o in enumerate(outputs):
+            for m, k in enumerate(taps[2]):
+                assert (j - pad + m * dil) * stride + k * dilation == o + lo
+    np.testing.assert_array_equal(seen, 1)
+
+
+EDGES = [
+    dict(stride=4, kernel=2, dilation=1, padding=0, output_padding=0),
+    dict(stride=4, kernel=3, dilation=2, padding=1, output_padding=1),
+    dict(stride=2, kernel=2, dilation=2, padding=0, output_padding=1),
+    dict(stride=3, kernel=5, dilation=1, padding=5, output_padding=2),
+    dict(stride=2, kernel=4, dilation=3, padding=4, output_padding=0),
+    dict(stride=1, kernel=3, dilation=2, padding=2, output_padding=0),
+]
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("edge", range(len(EDGES)))
+def test_phase_split_edges_match_the_reference(nd, dtype, edge):
+    e = EDGES[edge]
+    rng = np.random.default_rng(10 * nd + edge)
+    sizes = {1: (9,), 2: (5, 6), 3: (3, 4, 3)}[nd]
+    cin, cout, groups = (6, 14, 2) if edge % 2 else (5, 7, 1)  # several register blocks, groups
+    x = random_array(rng, (2, cin) + sizes, dtype)
+    w = random_array(rng, (cin, cout // groups) + (e["kernel"],) * nd, dtype)
+    b = random_array(rng, (cout,), dtype)
+    s, d, p, op = e["stride"], e["dilation"], e["padding"], e["output_padding"]
+    params = dict(
+        stride=[s] * nd, pads=[(p, p)] * nd, dilation=[d] * nd, groups=groups, output_padding=[op] * nd
+    )
+    got = FUNCS[nd](x, w, b, s, p, op, groups, d, method="gather")
+    ref = conv_transpose_reference(x, w, b, **params)
+    assert got.dtype == dtype and got.shape == ref.shape
+    assert_close(got, ref, transpose_tolerance(dtype, x, w, b, **params))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_phase_split_under_the_fold_is_the_adjoint_of_conv(mode, dtype):
+    # the non-zero modes: phases of the extended output, folded back; checked
+    # by <conv(x, w), y> == <x, conv_transpose(y, w)> with the same mode
+    rng = np.random.default_rng(5)
+    w = random_array(rng, (6, 4, 3, 3), np.float64)
+    y = random_array(rng, (2, 6, 5, 6), np.float64)
+    kw = dict(stride=(2, 3), padding=(1, 2), dilation=(1, 2))
+    xt = nc.conv_transpose(
+        y.astype(dtype),
+        w.astype(dtype),
+        None,
+        output_padding=(1, 0),
+        padding_mode=mode,
+        method="gather",
+        **kw,
+    )
+    assert xt.dtype == dtype
+    x = rng.standard_normal(xt.shape)
+    cy = nc.conv2d(x, w, None, padding_mode=mode, method="direct", **kw)
+    assert cy.shape == y.shape
+    lhs, rhs = float(np.sum(cy * y)), float(np.sum(x * xt))
+    scale = float(np.sum(np.abs(cy * y)) + np.sum(np.abs(x * xt)))
+    assert abs(lhs - rhs) <= (1e-5 if dtype == np.float32 else 1e-12) * scale
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_igemm_writes_a_strided_view_and_nothing_else(dtype):
+    rng = np.random.default_rng(2)
+    x = random_array(rng, (2, 5, 7, 9), dtype)
+    w = random_array(rng, (11, 5, 3, 2), dtype)
+    b = random_array(rng, (11,), dtype)
+    plan = shapes.make_plan("conv", x.shape, w.shape, b.shape, dtype=dtype, padding=1)
+    base = np.full((2, 11, 1) + tuple(3 * s + 1 for s in plan.out_size[1:]), 7.0, dtype=dtype)
+    view = base[:, :, :, 1::3, 2::3]
+    assert view.shape[2:] == plan.out_size
+    igemm.run(x.reshape(plan.input_shape5), w.reshape(plan.weight_shape5), b, plan, view, base=base)
+    ref = conv_reference(x, w, b, stride=[1, 1], pads=[(1, 1), (1, 1)], dilation=[1, 1])
+    np.testing.assert_allclose(view[:, :, 0], ref, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
+    rest = np.ones(base.shape, dtype=bool)
+    rest[:, :, :, 1::3, 2::3] = False
+    assert np.all(base[rest] == 7.0)
+
+
+def test_an_edited_weight_is_not_served_from_the_packed_phases():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    kw = dict(stride=2, padding=1, output_padding=1, method="gather")
+    first = nc.conv_transpose2d(x, w, **kw)
+    w[3, 2, 1, 0] += 5.0  # in place: the same array object
+    second = nc.conv_transpose2d(x, w, **kw)
+    ref = conv_transpose_reference(
+        x, w, None, stride=[2, 2], pads=[(1, 1)] * 2, dilation=[1, 1], output_padding=[1, 1]
+    )
+    assert_close(
+        second,
+        ref,
+        transpose_tolerance(
+            np.float32, x, w, None, stride=[2, 2], pads=[(1, 1)] * 2, dilation=[1, 1], output_padding=[1, 1]
+        ),
+    )
+    assert not np.allclose(first, second)
+
+
+def test_gather_is_phased_for_real_dtypes_and_not_for_complex():
+    for dtype, phased in ((np.float32, True), (np.float64, True), (np.complex64, False)):
+        plan = shapes.make_plan("conv_transpose", (2, 8, 6, 6), (8, 4, 3, 3), None, dtype=dtype, stride=2)
+        assert gather._phased(plan) is phased
+
+
+@pytest.mark.parametrize("stride, kernel", list(itertools.product([1, 2, 3], [1, 2, 3])))
+def test_phase_count_is_bounded_by_stride_and_size(stride, kernel):
+    plan = shapes.make_plan(
+        "conv_transpose", (1, 1, 4, 4), (1, 1, kernel, kernel), None, dtype=np.float32, stride=stride
+    )
+    phases = gather.phase_plans(plan, 1, plan.padding_lo, plan.out_size)
+    assert len(phases) == min(stride, plan.out_size[1]) * min(stride, plan.out_size[2])
