@@ -88,15 +88,19 @@ def phase_plans(plan, batch: int, lo, size) -> tuple:
 
 def _phased(plan) -> bool:
     """Whether the plan runs as phases on the implicit-GEMM path."""
-    return plan.dtype.kind == "f" and _fit(
-        plan, numba.get_num_threads(), config.workspace_bytes, config.direct_layout
-    )
+    return plan.dtype.kind == "f" and _fit(plan, *igemm.setting(plan.dtype))
 
 
 @functools.lru_cache(maxsize=64)
-def _fit(plan, threads, budget, layout) -> bool:
+def _fit(plan, *setting) -> bool:
     # every phase fits igemm's budget (kept per setting: a phase's geometry depends on them)
-    return all(sub is None or igemm.fits(sub) for _, sub, _ in _phases(plan))
+    share = _share(_phases(plan))
+    return all(sub is None or igemm.fits(sub, share) for _, sub, _ in _phases(plan))
+
+
+def _share(phases) -> int:
+    """The phases run together (their tasks in one parallel region)."""
+    return max(1, sum(sub is not None for _, sub, _ in phases))
 
 
 def _region(plan):
@@ -126,10 +130,16 @@ def _phases(plan):
 
 
 def workspace_bytes(plan) -> int:
-    """Phases: the largest phase's (one at a time); else the channels-last
-    input copy. Plus the extended buffer of the non-zero modes."""
+    """Phases: one tile per thread (the largest phase's) and every phase's
+    packed sub-kernel; else the channels-last input copy. Plus the extended
+    buffer of the non-zero modes."""
     if _phased(plan):
-        work = max((igemm.workspace_bytes(sub) for _, sub, _ in _phases(plan) if sub is not None), default=0)
+        phases = _phases(plan)
+        threads = numba.get_num_threads()
+        geos = [
+            igemm.geometry(sub, threads, share=_share(phases))[0] for _, sub, _ in phases if sub is not None
+        ]
+        work = max((g.tile_bytes(threads) for g in geos), default=0) + sum(g.weight_bytes() for g in geos)
     else:
         work = direct.channels_last_workspace(plan)
     return work + fold_workspace(plan)
@@ -142,10 +152,11 @@ def cost_features(plan) -> dict[str, float]:
     the same (scaled by the item size), as the direct path counts them."""
     chunks = -(-plan.batch // fold_chunk(plan)) if plan.folds else 1
     f = {"call": 1.0, "phases": 0.0}
-    for _, sub, _ in _phases(plan):
+    phases = _phases(plan)
+    for _, sub, _ in phases:
         f["phases"] += chunks
         if sub is not None:
-            for k, v in igemm.cost_features(sub).items():
+            for k, v in igemm.cost_features(sub, _share(phases)).items():
                 if k != "call":
                     f[k] = f.get(k, 0.0) + v * chunks
     for k in igemm.FEATURES:
@@ -177,42 +188,62 @@ _PACKED = WeightCache("weight_cache_bytes")
 
 
 def _packed(w5, groups: int, phases) -> tuple:
-    """Each phase's sub-kernel packed for its implicit-GEMM call (None for a
-    phase without taps), kept between calls for the weight (one content
-    compare per call, not one per phase)."""
-    geos = [None if sub is None else igemm.geometry(sub)[0] for _, sub, _ in phases]
-    key = tuple(
-        None if g is None else (taps, g.block, g.channels_last, g.band_rows > 0)
-        for (_, _, taps), g in zip(phases, geos)
-    )
+    """The phases' sub-kernels packed for the implicit-GEMM path, one after
+    another, and each one's offset (None for a phase without taps); kept
+    between calls for the weight (one content compare a call)."""
+    key = _pack_key(phases, *igemm.setting(w5.dtype))
 
     def make():
         wconv = transposed_as_conv(w5, groups)
-        out = []
-        for (_, sub, taps), g in zip(phases, geos):
-            if sub is None:
-                out.append(None)
+        packs, offsets, n = [], [], 0
+        for k in key:
+            if k is None:
+                offsets.append(None)
                 continue
+            taps, block, channels_last, band = k
             ws = wconv.take(taps[0], axis=2).take(taps[1], axis=3).take(taps[2], axis=4)
-            out.append(igemm.pack(ws, sub.groups, g.block, g.channels_last, g.band_rows > 0))
-        return tuple(out)
+            packs.append(igemm.pack(ws, groups, block, channels_last, band))
+            offsets.append(n)
+            n += packs[-1].size
+        return np.concatenate(packs) if packs else np.zeros(1, w5.dtype), tuple(offsets)
 
     return _PACKED.get(w5, ("phases", groups, key), make)
 
 
+@functools.lru_cache(maxsize=64)
+def _pack_key(phases, threads, *setting) -> tuple:
+    """Per phase, what its packed sub-kernel depends on (None: no taps)."""
+    share = _share(phases)
+    out = []
+    for _, sub, taps in phases:
+        g = None if sub is None else igemm.geometry(sub, threads, share=share)[0]
+        out.append(None if g is None else (taps, g.block, g.channels_last, g.band_rows > 0))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _runs(phases, offsets, shape, stride) -> tuple:
+    """:func:`numbaconv.cpu.igemm.run_phases`'s phases: each tapped phase's
+    plan, view of the target and weight offset."""
+    return tuple(
+        (sub, igemm.phase_desc(shape, start, stride), off)
+        for (start, sub, _), off in zip(phases, offsets)
+        if sub is not None
+    )
+
+
 def _run_phases(x, w5, bias, plan, target, lo, size):
-    """Each phase of ``target`` (the region ``[lo, lo + size)``) as a stride-1
-    conv on the implicit-GEMM path, written through a strided view; the
-    phases no tap reaches hold the bias (the whole target filled first)."""
+    """The phases of ``target`` (the region ``[lo, lo + size)``) as stride-1
+    convs on the implicit-GEMM path in one parallel region, each written
+    through a strided view; the phases no tap reaches hold the bias (the
+    whole target filled first)."""
     phases = phase_plans(plan, x.shape[0], lo, size)
     if any(sub is None for _, sub, _ in phases):
         target[...] = bias.reshape(-1, 1, 1, 1)
-    for (start, sub, _), wp in zip(phases, _packed(w5, plan.groups, phases)):
-        if sub is not None:
-            view = target[
-                (slice(None), slice(None)) + tuple(slice(a, None, s) for a, s in zip(start, plan.stride))
-            ]
-            igemm.run(x, None, bias, sub, view, base=target, wp=wp)
+    wp, offsets = _packed(w5, plan.groups, phases)
+    runs = _runs(phases, offsets, target.shape, plan.stride)
+    if runs:
+        igemm.run_phases(x, bias, runs, wp, target)
     return target
 
 

@@ -156,8 +156,8 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
                     _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[34], cb, r * px, cnt, bv, c0 > 0)
 
 
-@njit(cache=True, fastmath=_FASTMATH)
-def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
+@njit(fastmath=_FASTMATH)
+def _conv_body(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
     # One task: the tile channel chunk by channel chunk (channel stride cs),
     # each chunk's blocks (the later chunks add into the output). The tile
     # is copied even where it would equal the input (a pointwise conv):
@@ -189,8 +189,8 @@ def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
                 _store(cb, bias, of, geo, n, od, h0, g * og + ob * rows, nr, p0, pw, noh, c0 > 0)
 
 
-@njit(cache=True, fastmath=_FASTMATH)
-def _band_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
+@njit(fastmath=_FASTMATH)
+def _band_body(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
     # One task of band blocks: the tile channel chunk by chunk, each chunk's
     # blocks of rows (the later chunks add into the output)
     G, cg, band, nbands, cchunk, pw, tsize, cs = (
@@ -208,12 +208,52 @@ def _band_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
     h0 = hb * band
     noh = min(band, OH - h0)
     tile = np.empty(tsize, dtype=out.dtype)
-    tile[cchunk * cs :] = 0  # the slack junk pixels read (see _conv_task)
+    tile[cchunk * cs :] = 0  # the slack junk pixels read (see _conv_body)
     cb = np.empty(geo[21] * pw, dtype=out.dtype)
     for c0 in range(0, cg, cchunk):
         nc = min(cchunk, cg - c0)
         _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
         _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
+
+
+# The three kinds of task: one call's phases (convs of one input into views
+# of one output: the phases of a transposed op, or a plain conv's one), each
+# task body reading its phase's slices of the concatenated arguments.
+_HEADER = 9  # per phase: tb offset, length; md, mh, mw offsets; runs offset, rows; wp offset; geo offset
+
+
+@njit(inline="always")
+def _phase(wp, tb, md, mh, mw, runs, geo, t):
+    # geo = [phases P, tasks T, P headers, T (phase, task in phase) pairs, each phase's geo]
+    h = 2 + geo[2 + geo[0] * _HEADER + 2 * t] * _HEADER
+    return (
+        wp[geo[h + 7] :],
+        tb[geo[h] : geo[h] + geo[h + 1]],
+        md[geo[h + 2] :],
+        mh[geo[h + 3] :],
+        mw[geo[h + 4] :],
+        runs[geo[h + 5] : geo[h + 5] + geo[h + 6]],
+        geo[geo[h + 8] :],
+        geo[3 + geo[0] * _HEADER + 2 * t],
+    )
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
+    wp1, tb1, md1, mh1, mw1, runs1, geo1, t1 = _phase(wp, tb, md, mh, mw, runs, geo, t)
+    _conv_body(x, xf, wp1, bias, out, of, tb1, md1, mh1, mw1, runs1, spec, geo1, t1)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _band_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
+    wp1, tb1, md1, mh1, mw1, runs1, geo1, t1 = _phase(wp, tb, md, mh, mw, runs, geo, t)
+    _band_body(x, xf, wp1, bias, out, of, tb1, md1, mh1, mw1, runs1, spec, geo1, t1)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _conv_cl_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
+    wp1, tb1, md1, mh1, mw1, runs1, geo1, t1 = _phase(wp, tb, md, mh, mw, runs, geo, t)
+    _conv_cl_body(x, xf, wp1, bias, out, of, tb1, md1, mh1, mw1, runs1, spec, geo1, t1)
 
 
 @njit(inline="always")
@@ -228,8 +268,8 @@ def _task(t, nbands, noc, OD, G):
     return r3 // G, r3 % G, od, hb, oc
 
 
-@njit(cache=True, fastmath=_FASTMATH)
-def _conv_cl_task(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t):
+@njit(fastmath=_FASTMATH)
+def _conv_cl_body(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t):
     # One task; the tile channels-last (pixel stride ps); of (out flat): unused,
     # the arguments of every kind of task alike (tasks.run_tasks)
     G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
@@ -239,7 +279,7 @@ def _conv_cl_task(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t)
     h0 = hb * band
     noh = min(band, OH - h0)
     tile = np.empty(tsize, dtype=out.dtype)
-    tile[ps * geo[20] :] = 0  # the slack junk pixels read (see _conv_task)
+    tile[ps * geo[20] :] = 0  # the slack junk pixels read (see _conv_body)
     cb = np.empty(px * vl, dtype=out.dtype)
     for c0 in range(0, cg, cc):
         nc = min(cc, cg - c0)
@@ -432,8 +472,9 @@ class Geometry:
     taps use), its per-tap offsets, the register block, the split into tasks.
     Everything here is sized by the output and the kernel, never by the padding."""
 
-    def __init__(self, plan, lanes, registers, threads, band=True):
+    def __init__(self, plan, lanes, registers, threads, band=True, share=1):
         self.plan = plan
+        self.share = share  # plans whose tasks run in one region (phases): each wants that much fewer
         kd, kh, kw = plan.kernel
         _, dh, dw = plan.dilation
         _, self.sh, self.sw = plan.stride
@@ -463,14 +504,14 @@ class Geometry:
         self.taps = [(a, b * dh, c * dw) for a in range(kd) for b in range(kh) for c in range(kw)]
         self._split(plan, threads)
         if self.band_rows and self.workspace(threads) > config.workspace_bytes:
-            self.__init__(plan, lanes, registers, threads, band=False)  # row blocks need less
+            self.__init__(plan, lanes, registers, threads, band=False, share=share)  # row blocks need less
 
     def _split(self, plan, threads):
         item = plan.dtype.itemsize
         od, oh, _ = plan.out_size
         limit = max(1, min(_TILE_BYTES, config.workspace_bytes // max(threads, 1)) // item)
         base = max(1, plan.batch * plan.groups * od)
-        want = _TASKS_PER_THREAD * threads
+        want = max(1, _TASKS_PER_THREAD * threads // self.share)
         band = oh if base >= want else max(1, oh * base // want)
         if band < oh and self.nob > 1 and self._rounding(oh) < self._rounding(band) - 0.02:
             band = oh  # whole planes waste less of the last pixel block; split the o-blocks instead
@@ -551,21 +592,27 @@ class Geometry:
 
     def workspace(self, threads):
         """Bytes: one tile and accumulator block per thread, the packed weights."""
-        item = self.plan.dtype.itemsize
-        wbytes = self.plan.groups * self.nob * self.block * self.cg * len(self.taps)
-        return (threads * (self.tile + max(self.block, self.band_rows) * self.px) + wbytes) * item
+        return self.tile_bytes(threads) + self.weight_bytes()
+
+    def tile_bytes(self, threads):
+        """Bytes of one tile and accumulator block per thread."""
+        return threads * (self.tile + max(self.block, self.band_rows) * self.px) * self.plan.dtype.itemsize
+
+    def weight_bytes(self):
+        """Bytes of the packed weights."""
+        return self.plan.groups * self.nob * self.block * self.cg * len(self.taps) * self.plan.dtype.itemsize
 
 
 FEATURES = ("call", "outputs", "inputs", "tile", "flops_px", "flops_px_1tap", "flops_cl", "blocks")
 
 
-def cost_features(plan) -> dict[str, float]:
+def cost_features(plan, share: int = 1) -> dict[str, float]:
     """Operation counts of one call (float32 units, before ``costs.per_dtype``):
     the FLOPs the micro-kernel does (junk columns and padded blocks included)
     in either layout, the elements copied into tiles (halos included), the
     register blocks (each loads and stores its accumulators), the inputs and
     the outputs (memory traffic: what bounds pointwise and depthwise layers)."""
-    geo = geometry(plan, dtype=np.float32)[0]
+    geo = geometry(plan, dtype=np.float32, share=share)[0]
     od, oh, _ = plan.out_size
     base = plan.batch * plan.groups * od
     pixels = base * geo.nbands * (-(-(geo.band * geo.wq) // geo.px) * geo.px)
@@ -589,10 +636,10 @@ def cost_features(plan) -> dict[str, float]:
 
 
 @functools.lru_cache(maxsize=256)
-def _geometry(plan, lanes, registers, threads, layout, budget):
+def _geometry(plan, lanes, registers, threads, layout, budget, share):
     """:class:`Geometry` and the kernels' index arrays, kept per plan and
     setting (a call asked for them 4 times: ~40% of a small conv's time)."""
-    geo = Geometry(plan, lanes, registers, threads)
+    geo = Geometry(plan, lanes, registers, threads, share=share)
     md, mh, mw = geo.maps()
     arrays = (geo.tap_offsets(), md, mh, mw, geo.runs())
     geo_args = geo.args()
@@ -601,32 +648,46 @@ def _geometry(plan, lanes, registers, threads, layout, budget):
     return geo, arrays, geo_args
 
 
-def geometry(plan, threads: int | None = None, dtype=None):
+def geometry(plan, threads: int | None = None, dtype=None, share: int = 1):
     """``(Geometry, index arrays, geo)`` of ``plan`` on this host and ``config``
-    (with the lanes of ``dtype`` if given, else of the plan's dtype)."""
+    (with the lanes of ``dtype`` if given, else of the plan's dtype; ``share``
+    plans' tasks in one parallel region: :func:`run_phases`)."""
     spec = spec_for(plan.dtype if dtype is None else dtype)
     threads = numba.get_num_threads() if threads is None else threads
-    return _geometry(plan, spec.lanes, spec.registers, threads, config.direct_layout, config.workspace_bytes)
+    return _geometry(
+        plan, spec.lanes, spec.registers, threads, config.direct_layout, config.workspace_bytes, share
+    )
 
 
-def workspace_bytes(plan) -> int:
+def workspace_bytes(plan, share: int = 1) -> int:
     """The tasks' tiles, one per thread at a time, and the packed weights."""
     threads = numba.get_num_threads()
-    return geometry(plan, threads)[0].workspace(threads)
+    return geometry(plan, threads, share=share)[0].workspace(threads)
 
 
-def fits(plan) -> bool:
+def fits(plan, share: int = 1) -> bool:
     """Whether :func:`workspace_bytes` is within ``config.workspace_bytes``."""
-    return workspace_bytes(plan) <= config.workspace_bytes
+    return workspace_bytes(plan, share) <= config.workspace_bytes
 
 
-def target_desc(base: np.ndarray, view: np.ndarray) -> np.ndarray:
+def target_desc(base: np.ndarray, view: np.ndarray) -> tuple:
     """``geo[24:35]`` of a call writing ``view``, a view of the C-contiguous
-    ``base`` (any strides: a phase of a transposed op's output): its shape,
-    then its offset and strides in elements."""
+    ``base`` (any strides): its shape, then its offset and strides in elements."""
     item = base.itemsize
     off = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // item
-    return np.array(view.shape + (off,) + tuple(s // item for s in view.strides), dtype=np.int64)
+    return view.shape + (off,) + tuple(s // item for s in view.strides)
+
+
+def phase_desc(shape, start, step) -> tuple:
+    """:func:`target_desc` of ``base[:, :, d0::sd, h0::sh, w0::sw]`` for a
+    C-contiguous ``base`` of ``shape`` (``start = (d0, h0, w0)``, ``step =
+    (sd, sh, sw)``), without making the view."""
+    cs = [1] * 5
+    for i in range(3, -1, -1):
+        cs[i] = cs[i + 1] * shape[i + 1]
+    count = tuple(-(-(shape[2 + i] - start[i]) // step[i]) for i in range(3))
+    off = sum(start[i] * cs[2 + i] for i in range(3))
+    return tuple(shape[:2]) + count + (off, cs[0], cs[1]) + tuple(cs[2 + i] * step[i] for i in range(3))
 
 
 def run(x5, w5, bias, plan, out5, base=None, wp=None):
@@ -636,19 +697,88 @@ def run(x5, w5, bias, plan, out5, base=None, wp=None):
     (:func:`pack` for this plan's geometry), else ``w5`` is."""
     if out5.size == 0:
         return out5
-    base = out5 if base is None else base
-    spec = spec_for(plan.dtype)
-    geo, arrays, geo_args = geometry(plan)
     if wp is None:
+        geo = geometry(plan)[0]  # share 1, as run_phases has for one plan
         wp = packed_weights(w5, plan.groups, geo.block, geo.channels_last, geo.band_rows > 0)
-    if bias is None:
-        bias = np.zeros(plan.c_out, dtype=plan.dtype)
-    args = (*arrays, spec, np.concatenate((geo_args, target_desc(base, out5))))
-    xf = x5.reshape(-1)
-    od, noc = plan.out_size[0], -(-geo.nob // geo.och)
-    tasks = plan.batch * plan.groups * od * geo.nbands * noc
-    # each task function compiled once, called from one parallel region by
-    # its address (tasks.py: a prange calling it directly compiles it twice)
-    task = _conv_cl_task if geo.channels_last else _band_task if geo.band_rows else _conv_task
-    parallel_tasks(task, tasks, x5, xf, wp, bias, base, base.reshape(-1), *args)
+    base = out5 if base is None else base
+    run_phases(x5, bias, ((plan, target_desc(base, out5), 0),), wp, base)
     return out5
+
+
+def run_phases(x5, bias, phases: tuple, wp, base) -> None:
+    """Convs of one input ``x5`` into views of the C-contiguous ``base``:
+    ``phases`` are ``(plan, view, offset)``, the view as :func:`target_desc`
+    gives it, the plan's weight packed at ``offset`` of ``wp`` (:func:`pack`).
+    Each kind of task runs in one parallel region
+    (:func:`numbaconv.cpu.tasks.parallel_tasks`, the task function called by
+    its address: a prange calling it directly compiles it twice), its tasks
+    interleaved so that each thread's share holds the same fraction of every
+    phase."""
+    spec = spec_for(base.dtype)
+    if bias is None:
+        bias = np.zeros(base.shape[1], dtype=base.dtype)
+    for task, tasks, args in _regions(phases, *setting(base.dtype)):
+        parallel_tasks(
+            task, tasks, x5, x5.reshape(-1), wp, bias, base, base.reshape(-1), *args[:5], spec, args[5]
+        )
+
+
+def setting(dtype) -> tuple:
+    """What a geometry depends on besides the plan: threads, the config's
+    layout and budget, the dtype's lanes and registers (a cache key)."""
+    spec = spec_for(dtype)
+    return numba.get_num_threads(), config.direct_layout, config.workspace_bytes, spec.lanes, spec.registers
+
+
+@functools.lru_cache(maxsize=128)
+def _regions(phases, threads, layout, budget, lanes, registers) -> list:
+    """``(task function, task count, (tb, md, mh, mw, runs, geo))`` per kind
+    of task among ``phases`` (see :func:`_phase`), kept per phases and
+    :func:`setting` (the geometry reads the setting itself)."""
+    kinds: dict = {}
+    for plan, desc, off in phases:
+        geo = geometry(plan, threads, share=len(phases))[0]
+        task = _conv_cl_task if geo.channels_last else _band_task if geo.band_rows else _conv_task
+        kinds.setdefault(task, []).append((plan, desc, off))
+    return [(task,) + _combined(group, threads, len(phases)) for task, group in kinds.items()]
+
+
+def _combined(group, threads, share):
+    """The task count and (tb, md, mh, mw, runs, geo) of phases run together."""
+    parts = [[] for _ in range(5)]
+    geos, headers, counts = [], [], []
+    lens = [0] * 5
+    glen = 0
+    for plan, desc, off in group:
+        geo, arrays, geo_args = geometry(plan, threads, share=share)
+        g = np.concatenate((geo_args, np.asarray(desc, dtype=np.int64)))
+        headers.append(
+            [lens[0], len(arrays[0]), lens[1], lens[2], lens[3], lens[4], len(arrays[4]), off, glen]
+        )
+        for i, a in enumerate(arrays):
+            parts[i].append(a)
+            lens[i] += len(a)
+        geos.append(g)
+        glen += len(g)
+        counts.append(plan.batch * plan.groups * plan.out_size[0] * geo.nbands * -(-geo.nob // geo.och))
+    P, T = len(group), sum(counts)
+    phase = np.repeat(np.arange(P, dtype=np.int64), counts)
+    local = np.concatenate([np.arange(c, dtype=np.int64) for c in counts])
+    # interleaved: ordered by the position within the phase (static scheduling
+    # gives each thread a contiguous range of tasks)
+    order = np.argsort((local + 0.5) / np.repeat(np.asarray(counts, dtype=np.float64), counts), kind="stable")
+    head = 2 + P * _HEADER + 2 * T
+    table = np.concatenate(
+        (
+            [P, T],
+            np.asarray(headers, dtype=np.int64).ravel(),
+            np.stack((phase[order], local[order]), 1).ravel(),
+        )
+    )
+    table[2 + 8 : 2 + P * _HEADER : _HEADER] += head
+    out = tuple(np.concatenate(p) if len(p) > 1 else p[0] for p in parts) + (
+        np.concatenate([table] + geos).astype(np.int64),
+    )
+    for a in out:
+        a.flags.writeable = False
+    return T, out
