@@ -156,8 +156,10 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
                     _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[34], cb, r * px, cnt, bv, c0 > 0)
 
 
-@njit(fastmath=_FASTMATH)
-def _conv_body(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
+@njit(cache=True, fastmath=_FASTMATH)
+def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc, tc):
+    # the phase of task tc (see _phase); the arguments below are its slices
+    wp, tb, md, mh, mw, runs, geo, t = _phase(wpc, tbc, mdc, mhc, mwc, runsc, geoc, tc)
     # One task: the tile channel chunk by channel chunk (channel stride cs),
     # each chunk's blocks (the later chunks add into the output). The tile
     # is copied even where it would equal the input (a pointwise conv):
@@ -189,8 +191,10 @@ def _conv_body(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
                 _store(cb, bias, of, geo, n, od, h0, g * og + ob * rows, nr, p0, pw, noh, c0 > 0)
 
 
-@njit(fastmath=_FASTMATH)
-def _band_body(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
+@njit(cache=True, fastmath=_FASTMATH)
+def _band_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc, tc):
+    # the phase of task tc (see _phase); the arguments below are its slices
+    wp, tb, md, mh, mw, runs, geo, t = _phase(wpc, tbc, mdc, mhc, mwc, runsc, geoc, tc)
     # One task of band blocks: the tile channel chunk by chunk, each chunk's
     # blocks of rows (the later chunks add into the output)
     G, cg, band, nbands, cchunk, pw, tsize, cs = (
@@ -208,7 +212,7 @@ def _band_body(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
     h0 = hb * band
     noh = min(band, OH - h0)
     tile = np.empty(tsize, dtype=out.dtype)
-    tile[cchunk * cs :] = 0  # the slack junk pixels read (see _conv_body)
+    tile[cchunk * cs :] = 0  # the slack junk pixels read (see _conv_task)
     cb = np.empty(geo[21] * pw, dtype=out.dtype)
     for c0 in range(0, cg, cchunk):
         nc = min(cchunk, cg - c0)
@@ -222,7 +226,7 @@ def _band_body(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
 _HEADER = 9  # per phase: tb offset, length; md, mh, mw offsets; runs offset, rows; wp offset; geo offset
 
 
-@njit(inline="always")
+@njit
 def _phase(wp, tb, md, mh, mw, runs, geo, t):
     # geo = [phases P, tasks T, P headers, T (phase, task in phase) pairs, each phase's geo]
     h = 2 + geo[2 + geo[0] * _HEADER + 2 * t] * _HEADER
@@ -238,24 +242,6 @@ def _phase(wp, tb, md, mh, mw, runs, geo, t):
     )
 
 
-@njit(cache=True, fastmath=_FASTMATH)
-def _conv_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
-    wp1, tb1, md1, mh1, mw1, runs1, geo1, t1 = _phase(wp, tb, md, mh, mw, runs, geo, t)
-    _conv_body(x, xf, wp1, bias, out, of, tb1, md1, mh1, mw1, runs1, spec, geo1, t1)
-
-
-@njit(cache=True, fastmath=_FASTMATH)
-def _band_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
-    wp1, tb1, md1, mh1, mw1, runs1, geo1, t1 = _phase(wp, tb, md, mh, mw, runs, geo, t)
-    _band_body(x, xf, wp1, bias, out, of, tb1, md1, mh1, mw1, runs1, spec, geo1, t1)
-
-
-@njit(cache=True, fastmath=_FASTMATH)
-def _conv_cl_task(x, xf, wp, bias, out, of, tb, md, mh, mw, runs, spec, geo, t):
-    wp1, tb1, md1, mh1, mw1, runs1, geo1, t1 = _phase(wp, tb, md, mh, mw, runs, geo, t)
-    _conv_cl_body(x, xf, wp1, bias, out, of, tb1, md1, mh1, mw1, runs1, spec, geo1, t1)
-
-
 @njit(inline="always")
 def _task(t, nbands, noc, OD, G):
     # (n, g, od, band, o-chunk) of task t
@@ -268,8 +254,10 @@ def _task(t, nbands, noc, OD, G):
     return r3 // G, r3 % G, od, hb, oc
 
 
-@njit(fastmath=_FASTMATH)
-def _conv_cl_body(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t):
+@njit(cache=True, fastmath=_FASTMATH)
+def _conv_cl_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc, tc):
+    # the phase of task tc (see _phase); the arguments below are its slices
+    wp, tab, md, mh, mw, runs, geo, t = _phase(wpc, tbc, mdc, mhc, mwc, runsc, geoc, tc)
     # One task; the tile channels-last (pixel stride ps); of (out flat): unused,
     # the arguments of every kind of task alike (tasks.run_tasks)
     G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
@@ -279,7 +267,7 @@ def _conv_cl_body(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t)
     h0 = hb * band
     noh = min(band, OH - h0)
     tile = np.empty(tsize, dtype=out.dtype)
-    tile[ps * geo[20] :] = 0  # the slack junk pixels read (see _conv_body)
+    tile[ps * geo[20] :] = 0  # the slack junk pixels read (see _conv_task)
     cb = np.empty(px * vl, dtype=out.dtype)
     for c0 in range(0, cg, cc):
         nc = min(cc, cg - c0)
@@ -292,14 +280,14 @@ def _conv_cl_body(x, xf, wp, bias, out, of, tab, md, mh, mw, runs, spec, geo, t)
                 _store_cl(cb, bias, of, geo, n, od, h0, o0, no, p0, px, noh, vl, c0 > 0)
 
 
-@njit(inline="always")
+@njit
 def _offset(geo, n, o, od, oh, ow):
     # element offset of out[n, o, od, oh, ow] in the flat target (geo[29:35]:
     # its offset and strides, a phase of a transposed op's output included)
     return geo[29] + n * geo[30] + o * geo[31] + od * geo[32] + oh * geo[33] + ow * geo[34]
 
 
-@njit(inline="always")
+@njit
 def _put(of, uo, sw, cb, k, cnt, bv, add):
     # cnt values cb[k:] (plus bv, or added) into of from uo, sw apart;
     # unsigned indices: no negative-index wraparound test, so the loops vectorize
