@@ -47,10 +47,7 @@ def test_phases_tile_the_region_once_with_the_right_taps(stride, kernel, dilatio
         seen[outputs] += 1
         # the taps are exactly those with k * dilation = o + lo (mod stride), last first
         want = [k for k in range(kernel - 1, -1, -1) if (k * dilation - (start[2] + lo)) % stride == 0]
-        assert list(taps[2]) == want
-        if sub is None:
-            assert not want
-            continue
+        assert want and list(taps[2]) == want
         assert sub.stride == (1, 1, 1) and sub.out_size[2] == len(outputs)
         # sub-conv output j, tap m reads input j - pad + m * dil: the input the
         # transposed op pairs with that output and tap
@@ -58,7 +55,10 @@ def test_phases_tile_the_region_once_with_the_right_taps(stride, kernel, dilatio
         for j, o in enumerate(outputs):
             for m, k in enumerate(taps[2]):
                 assert (j - pad + m * dil) * stride + k * dilation == o + lo
-    np.testing.assert_array_equal(seen, 1)
+    # every other output is one no tap reaches, and untapped() says there are such
+    reached = {o for o in range(size) if any((o + lo - k * dilation) % stride == 0 for k in range(kernel))}
+    np.testing.assert_array_equal(seen, [int(o in reached) for o in range(size)])
+    assert gather.untapped(plan, *region) == (len(reached) < size)
 
 
 EDGES = [
@@ -165,9 +165,21 @@ def test_gather_is_phased_for_real_dtypes_and_not_for_complex():
 
 
 @pytest.mark.parametrize("stride, kernel", list(itertools.product([1, 2, 3], [1, 2, 3])))
-def test_phase_count_is_bounded_by_stride_and_size(stride, kernel):
+def test_phase_count_is_bounded_by_kernel_stride_and_size(stride, kernel):
     plan = shapes.make_plan(
         "conv_transpose", (1, 1, 4, 4), (1, 1, kernel, kernel), None, dtype=np.float32, stride=stride
     )
     phases = gather.phase_plans(plan, 1, plan.padding_lo, plan.out_size)
-    assert len(phases) == min(stride, plan.out_size[1]) * min(stride, plan.out_size[2])
+    assert len(phases) == min(stride, kernel) ** 2
+    assert gather.untapped(plan, plan.padding_lo, plan.out_size) == (kernel < stride)
+
+
+def test_a_huge_stride_splits_into_few_phases():
+    # stride 1000 with a 2-tap kernel: 2 x 2 phases, not 1000 x 1000; the rest is bias
+    x = np.ones((1, 1, 3, 3))
+    w = np.ones((1, 1, 2, 2))
+    plan = shapes.make_plan("conv_transpose", x.shape, w.shape, (1,), dtype=np.float64, stride=1000)
+    assert len(gather.phase_plans(plan, 1, plan.padding_lo, plan.out_size)) == 4
+    got = nc.conv_transpose2d(x, w, np.array([0.5]), stride=1000, method="gather")
+    assert got.shape == (1, 1, 2002, 2002)
+    assert np.count_nonzero(got == 1.5) == 36 and np.count_nonzero(got == 0.5) == 2002**2 - 36

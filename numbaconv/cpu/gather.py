@@ -51,17 +51,30 @@ def _phase_dim(stride, dilation, kernel, lo, t0):
     return taps, dilation // math.gcd(stride, dilation), -first
 
 
+def _tapped(plan, i: int, lo: int, size: int) -> list[int]:
+    """The first target indices ``t0 < min(stride, size)`` of dim ``i`` whose
+    phase some tap reaches (at most ``min(kernel, stride)`` of them)."""
+    s = plan.stride[i]
+    return sorted({(k * plan.dilation[i] - lo) % s for k in range(plan.kernel[i])} & set(range(min(s, size))))
+
+
+def untapped(plan, lo, size) -> bool:
+    """Whether some output of the region ``[lo, lo + size)`` is in a phase no
+    tap reaches (a stride above the kernel's span): those hold the bias."""
+    return any(len(_tapped(plan, i, lo[i], size[i])) < min(plan.stride[i], size[i]) for i in range(3))
+
+
 @functools.lru_cache(maxsize=64)
 def phase_plans(plan, batch: int, lo, size) -> tuple:
     """The phases of a transposed op's output region ``[lo, lo + size)`` (full
-    positions): ``(start, conv plan or None, taps)`` per phase with outputs,
+    positions) that some tap reaches: ``(start, conv plan, taps)`` per phase,
     ``start`` its first target index per dim, the plan a stride-1 conv of the
-    input (None: no tap reaches the phase), ``taps`` the kernel indices of its
-    sub-kernel per dim. At most ``min(stride, size)`` phases per dim."""
+    input, ``taps`` the kernel indices of its sub-kernel per dim (at most
+    ``min(kernel, stride, size)`` phases per dim; the others: :func:`untapped`)."""
     dims = [
         [
             (t0,) + _phase_dim(plan.stride[i], plan.dilation[i], plan.kernel[i], lo[i], t0)
-            for t0 in range(min(plan.stride[i], size[i]))
+            for t0 in _tapped(plan, i, lo[i], size[i])
         ]
         for i in range(3)
     ]
@@ -69,9 +82,6 @@ def phase_plans(plan, batch: int, lo, size) -> tuple:
     for ps in itertools.product(*dims):
         start = tuple(p[0] for p in ps)
         taps = tuple(p[1] for p in ps)
-        if not all(taps):
-            out.append((start, None, taps))
-            continue
         count = tuple(-(-(size[i] - start[i]) // plan.stride[i]) for i in range(3))
         kernel = tuple(len(t) for t in taps)
         dil = tuple(p[2] for p in ps)
@@ -95,12 +105,12 @@ def _phased(plan) -> bool:
 def _fit(plan, *setting) -> bool:
     # every phase fits igemm's budget (kept per setting: a phase's geometry depends on them)
     share = _share(_phases(plan))
-    return all(sub is None or igemm.fits(sub, share) for _, sub, _ in _phases(plan))
+    return all(igemm.fits(sub, share) for _, sub, _ in _phases(plan))
 
 
 def _share(phases) -> int:
     """The phases run together (their tasks in one parallel region)."""
-    return max(1, sum(sub is not None for _, sub, _ in phases))
+    return max(1, len(phases))
 
 
 def _region(plan):
@@ -136,9 +146,7 @@ def workspace_bytes(plan) -> int:
     if _phased(plan):
         phases = _phases(plan)
         threads = numba.get_num_threads()
-        geos = [
-            igemm.geometry(sub, threads, share=_share(phases))[0] for _, sub, _ in phases if sub is not None
-        ]
+        geos = [igemm.geometry(sub, threads, share=_share(phases))[0] for _, sub, _ in phases]
         work = max((g.tile_bytes(threads) for g in geos), default=0) + sum(g.weight_bytes() for g in geos)
     else:
         work = direct.channels_last_workspace(plan)
@@ -147,18 +155,21 @@ def workspace_bytes(plan) -> int:
 
 def cost_features(plan) -> dict[str, float]:
     """The implicit-GEMM path's counts (:func:`numbaconv.cpu.igemm.cost_features`)
-    summed over the phases, one parallel region per phase and fold chunk
-    (float32 units). Complex dtypes, on the channels-last kernel, are counted
-    the same (scaled by the item size), as the direct path counts them."""
+    summed over the phases and fold chunks, the phases of a chunk (all in
+    one parallel region) and the outputs the bias fills first where some
+    phase has no tap (float32 units). Complex dtypes, on the channels-last
+    kernel, are counted the same (scaled by the item size), as the direct
+    path counts them."""
     chunks = -(-plan.batch // fold_chunk(plan)) if plan.folds else 1
     f = {"call": 1.0, "phases": 0.0}
     phases = _phases(plan)
     for _, sub, _ in phases:
         f["phases"] += chunks
-        if sub is not None:
-            for k, v in igemm.cost_features(sub, _share(phases)).items():
-                if k != "call":
-                    f[k] = f.get(k, 0.0) + v * chunks
+        for k, v in igemm.cost_features(sub, _share(phases)).items():
+            if k != "call":
+                f[k] = f.get(k, 0.0) + v * chunks
+    if untapped(plan, *_region(plan)):
+        f["outputs"] = f.get("outputs", 0.0) + float(plan.batch * plan.c_out * int(np.prod(plan.out_size)))
     for k in igemm.FEATURES:
         f.setdefault(k, 0.0)
     return costs.per_dtype(f, plan)
@@ -189,18 +200,14 @@ _PACKED = WeightCache("weight_cache_bytes")
 
 def _packed(w5, groups: int, phases) -> tuple:
     """The phases' sub-kernels packed for the implicit-GEMM path, one after
-    another, and each one's offset (None for a phase without taps); kept
-    between calls for the weight (one content compare a call)."""
+    another, and each one's offset; kept between calls for the weight (one
+    content compare a call)."""
     key = _pack_key(phases, *igemm.setting(w5.dtype))
 
     def make():
         wconv = transposed_as_conv(w5, groups)
         packs, offsets, n = [], [], 0
-        for k in key:
-            if k is None:
-                offsets.append(None)
-                continue
-            taps, block, channels_last, band = k
+        for taps, block, channels_last, band in key:
             ws = wconv.take(taps[0], axis=2).take(taps[1], axis=3).take(taps[2], axis=4)
             packs.append(igemm.pack(ws, groups, block, channels_last, band))
             offsets.append(n)
@@ -212,23 +219,21 @@ def _packed(w5, groups: int, phases) -> tuple:
 
 @functools.lru_cache(maxsize=64)
 def _pack_key(phases, threads, *setting) -> tuple:
-    """Per phase, what its packed sub-kernel depends on (None: no taps)."""
+    """Per phase, what its packed sub-kernel depends on."""
     share = _share(phases)
     out = []
     for _, sub, taps in phases:
-        g = None if sub is None else igemm.geometry(sub, threads, share=share)[0]
-        out.append(None if g is None else (taps, g.block, g.channels_last, g.band_rows > 0))
+        g = igemm.geometry(sub, threads, share=share)[0]
+        out.append((taps, g.block, g.channels_last, g.band_rows > 0))
     return tuple(out)
 
 
 @functools.lru_cache(maxsize=64)
 def _runs(phases, offsets, shape, stride) -> tuple:
-    """:func:`numbaconv.cpu.igemm.run_phases`'s phases: each tapped phase's
-    plan, view of the target and weight offset."""
+    """:func:`numbaconv.cpu.igemm.run_phases`'s phases: each phase's plan,
+    view of the target and weight offset."""
     return tuple(
-        (sub, igemm.phase_desc(shape, start, stride), off)
-        for (start, sub, _), off in zip(phases, offsets)
-        if sub is not None
+        (sub, igemm.phase_desc(shape, start, stride), off) for (start, sub, _), off in zip(phases, offsets)
     )
 
 
@@ -238,7 +243,7 @@ def _run_phases(x, w5, bias, plan, target, lo, size):
     through a strided view; the phases no tap reaches hold the bias (the
     whole target filled first)."""
     phases = phase_plans(plan, x.shape[0], lo, size)
-    if any(sub is None for _, sub, _ in phases):
+    if untapped(plan, lo, size):
         target[...] = bias.reshape(-1, 1, 1, 1)
     wp, offsets = _packed(w5, plan.groups, phases)
     runs = _runs(phases, offsets, target.shape, plan.stride)
