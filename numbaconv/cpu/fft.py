@@ -31,8 +31,6 @@ import itertools
 
 import numba
 import numpy as np
-import rocket_fft  # noqa: F401  (makes scipy.fft callable inside njit)
-import scipy.fft as sfft
 from numba import types
 from numba.extending import overload
 
@@ -94,6 +92,25 @@ def _valid_len(cor, i: int) -> int:
 _ODD = (1, 3, 5, 9, 15, 25, 27, 45, 75, 135, 225)
 
 
+def _smooth(m: int) -> bool:
+    for p in (2, 3, 5):
+        while m % p == 0:
+            m //= p
+    return m == 1
+
+
+def _sfft():
+    """scipy.fft, with rocket-fft imported (it makes scipy.fft callable in njit
+    code and registers the symbols cached kernels link to), imported on first
+    use rather than with this module: the dispatcher imports the module for
+    its cost estimates. (Numba itself imports rocket-fft, a numba extension
+    entry point, when its CPU target first initializes.)"""
+    import rocket_fft  # noqa: F401
+    import scipy.fft
+
+    return scipy.fft
+
+
 @functools.lru_cache(maxsize=4096)
 def _fast_len(n: int) -> int:
     """The smallest ``m * 2**a >= n`` with a small odd ``m`` and ``2**a >= 16``.
@@ -101,8 +118,8 @@ def _fast_len(n: int) -> int:
     pocketfft's real transforms ran at ~0.26 ns per point*log2(points) here for
     such lengths and at ~0.40 for 5-smooth lengths with many factors 3 or 5
     (3125, 9375, 67500), so ``next_fast_len`` alone is not the fastest choice."""
-    if n <= 16:
-        return sfft.next_fast_len(n, real=True)
+    if n <= 16:  # the next 5-smooth length (scipy.fft.next_fast_len's, without importing it)
+        return next(m for m in range(max(n, 1), 17) if _smooth(m))
     best = None
     for m in _ODD:
         q = -(-n // m)  # 2**a >= ceil(n / m)
@@ -387,6 +404,7 @@ def _kernel_spectrum(w5, cor, lens, workers):
     """
 
     def transform():
+        sfft = _sfft()
         o, cg = w5.shape[0], w5.shape[1]
         # the dilated kernel, flipped: correlation = convolution with the flip
         wd = dilated_flipped(w5, cor.dilation, np.zeros)
@@ -427,6 +445,7 @@ def _spectrum(buf, axes):  # pragma: no cover - replaced by the overload in njit
 
 @overload(_spectrum)
 def _spectrum_impl(buf, axes):
+    sfft = _sfft()
     if isinstance(buf.dtype, types.Complex):
         return lambda buf, axes: sfft.fftn(buf, axes=axes, workers=1)
     return lambda buf, axes: sfft.rfftn(buf, axes=axes, workers=1)
@@ -439,6 +458,7 @@ def _signal(spec, lens, axes, out):  # pragma: no cover - replaced by the overlo
 @overload(_signal)
 def _signal_impl(spec, lens, axes, out):
     # the inverse transform, real or complex as the output array ``out`` is
+    sfft = _sfft()
     if isinstance(out.dtype, types.Complex):
         return lambda spec, lens, axes, out: sfft.ifftn(spec, axes=axes, workers=1)
     return lambda spec, lens, axes, out: sfft.irfftn(spec, s=lens, axes=axes, workers=1)
@@ -590,6 +610,7 @@ def _correlate(x5, w5, bias, cor, out5, window):
     gathers and transforms every (tile, sample, channel) of the batch, one
     contracts the channels for all of them (reading the kernel spectra once),
     one inverts each (tile, sample, output channel) and writes its outputs."""
+    _sfft()  # rocket-fft's symbols, before a kernel is compiled or loaded from the cache
     tiles, lens = _tile_plan(cor)
     spans = [_span(cor, i) for i in range(3)]
     kspec, fshape = _kernel_spectrum(w5, cor, lens, numba.get_num_threads())
