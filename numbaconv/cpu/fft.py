@@ -36,10 +36,9 @@ from numba.extending import overload
 
 from .. import config, costs
 from ..common import WeightCache, dilated_flipped, flipped, fold_workspace, transposed_as_conv
-from ..runtime import njit
+from ..runtime import njit, split_run
 from ..shapes import MODE_CODES
 from .fold import with_fold
-from .tasks import parallel_tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,62 +463,62 @@ def _signal_impl(spec, lens, axes, out):
     return lambda spec, lens, axes, out: sfft.irfftn(spec, s=lens, axes=axes, workers=1)
 
 
-@njit(cache=True)
-def _forward_task(x, X, maps0, maps1, maps2, run2, lens, axes, group, _a, _b, _c, _d, task):
+@njit(cache=True, nogil=True)
+def _forward_tasks(x, X, maps0, maps1, maps2, run2, lens, axes, group, start, stop):
     # X[t * N + n, c, :] = spectrum of tile t of x[n, c] (padded positions read
     # through the tile's maps, -1 = zero; in the last dim positions
     # run2[t, 0] .. run2[t, 1] - 1 read the contiguous inputs from run2[t, 2]
     # on). A task transforms `group` consecutive signals (t, n, c) in one call
     # (pocketfft vectorizes 1-D transforms across a batch: 2.4x faster than one
-    # at a time), workers=1: the tasks are the parallelism. One task of
-    # tasks.parallel_tasks (_a.._d: unused; the task function compiles once,
-    # not again inside a parallel region)
+    # at a time), workers=1: the tasks are the parallelism. Tasks [start,
+    # stop), a piece of runtime.split_run (nogil, on Python threads: no
+    # parallel region to compile, and the tasks are milliseconds long)
     N, C = x.shape[0], x.shape[1]
     E0, E1, E2 = maps0.shape[1], maps1.shape[1], maps2.shape[1]
     S = maps0.shape[0] * N * C
     Xs = X.reshape(X.shape[0] * C, X.shape[2])
-    s0 = task * group
-    g = min(group, S - s0)
-    buf = np.zeros((g, lens[0], lens[1], lens[2]), dtype=x.dtype)
-    for j in range(g):
-        c = (s0 + j) % C
-        r = (s0 + j) // C
-        n = r % N
-        tl = r // N
-        lo, hi, base = run2[tl, 0], run2[tl, 1], run2[tl, 2]
-        for a in range(E0):
-            idd = maps0[tl, a]
-            if idd < 0:
-                continue
-            for b in range(E1):
-                ih = maps1[tl, b]
-                if ih < 0:
+    for task in range(start, stop):
+        s0 = task * group
+        g = min(group, S - s0)
+        buf = np.zeros((g, lens[0], lens[1], lens[2]), dtype=x.dtype)
+        for j in range(g):
+            c = (s0 + j) % C
+            r = (s0 + j) // C
+            n = r % N
+            tl = r // N
+            lo, hi, base = run2[tl, 0], run2[tl, 1], run2[tl, 2]
+            for a in range(E0):
+                idd = maps0[tl, a]
+                if idd < 0:
                     continue
-                src = x[n, c, idd, ih]
-                dst = buf[j, a, b]
-                for e in range(lo):
-                    iw = maps2[tl, e]
-                    if iw >= 0:
-                        dst[e] = src[iw]
-                # loops, not array slice assignments (those compile Numba's
-                # string-formatting error path: ~4 s); unsigned indices: no
-                # negative-index wraparound test, so the copies vectorize
-                ul, ub = np.uint64(lo), np.uint64(base)
-                for e in range(np.uint64(hi - lo)):
-                    dst[ul + e] = src[ub + e]
-                for e in range(hi, E2):
-                    iw = maps2[tl, e]
-                    if iw >= 0:
-                        dst[e] = src[iw]
-    spec = _spectrum(buf, axes).reshape(-1)
-    Xf = X.reshape(-1)
-    u0 = np.uint64(s0 * Xs.shape[1])
-    for q in range(np.uint64(spec.size)):
-        Xf[u0 + q] = spec[q]
+                for b in range(E1):
+                    ih = maps1[tl, b]
+                    if ih < 0:
+                        continue
+                    src = x[n, c, idd, ih]
+                    dst = buf[j, a, b]
+                    for e in range(lo):
+                        iw = maps2[tl, e]
+                        if iw >= 0:
+                            dst[e] = src[iw]
+                    # loops, not array slice assignments (those compile Numba's
+                    # string-formatting error path: ~4 s); unsigned indices: no
+                    # negative-index wraparound test, so the copies vectorize
+                    ul, ub = np.uint64(lo), np.uint64(base)
+                    for e in range(np.uint64(hi - lo)):
+                        dst[ul + e] = src[ub + e]
+                    for e in range(hi, E2):
+                        iw = maps2[tl, e]
+                        if iw >= 0:
+                            dst[e] = src[iw]
+        spec = _spectrum(buf, axes).reshape(-1)
+        Xf = X.reshape(-1)
+        u0 = np.uint64(s0 * Xs.shape[1])
+        for q in range(np.uint64(spec.size)):
+            Xf[u0 + q] = spec[q]
 
 
 _FB = 256  # frequencies per task of the channel contraction
-_PAD = (0,) * 9  # the unused arguments of a task (tasks.run_tasks takes 13)
 _GROUP_1D = 8  # 1-D signals transformed per call (8 measured as fast as 16, 2.4x one)
 
 
@@ -540,8 +539,8 @@ def _batch_maps(window, batch, ext):
     return maps[0][0], maps[1][0], maps[2][0], maps[2][1]
 
 
-@njit(cache=True)
-def _contract_task(X, K, Y, G, _a, _b, _c, _d, _e, _f, _g, _h, _i, blk):
+@njit(cache=True, nogil=True)
+def _contract_tasks(X, K, Y, G, start, stop):
     # Y[b, o, f] = sum_{c in group of o} X[b, c, f] * K[o, c - g * Cg, f], in
     # blocks of frequencies: a task reads its part of K once for all tiles.
     # Four channels per pass over y (1.5x faster than one: y is loaded and
@@ -550,56 +549,58 @@ def _contract_task(X, K, Y, G, _a, _b, _c, _d, _e, _f, _g, _h, _i, blk):
     F = X.shape[2]
     O, Cg = K.shape[0], K.shape[1]
     Og = O // G
-    f0 = blk * _FB
-    f1 = min(F, f0 + _FB)
-    for o in range(O):
-        g0 = (o // Og) * Cg
-        for b in range(X.shape[0]):
-            y = Y[b, o, f0:f1]
-            y[:] = 0
-            cl = 0
-            while cl + 4 <= Cg:
-                x0, x1 = X[b, g0 + cl, f0:f1], X[b, g0 + cl + 1, f0:f1]
-                x2, x3 = X[b, g0 + cl + 2, f0:f1], X[b, g0 + cl + 3, f0:f1]
-                k0, k1 = K[o, cl, f0:f1], K[o, cl + 1, f0:f1]
-                k2, k3 = K[o, cl + 2, f0:f1], K[o, cl + 3, f0:f1]
-                for j in range(y.shape[0]):
-                    y[j] += x0[j] * k0[j] + x1[j] * k1[j] + x2[j] * k2[j] + x3[j] * k3[j]
-                cl += 4
-            while cl < Cg:
-                x = X[b, g0 + cl, f0:f1]
-                k = K[o, cl, f0:f1]
-                for j in range(y.shape[0]):
-                    y[j] += x[j] * k[j]
-                cl += 1
+    for blk in range(start, stop):
+        f0 = blk * _FB
+        f1 = min(F, f0 + _FB)
+        for o in range(O):
+            g0 = (o // Og) * Cg
+            for b in range(X.shape[0]):
+                y = Y[b, o, f0:f1]
+                y[:] = 0
+                cl = 0
+                while cl + 4 <= Cg:
+                    x0, x1 = X[b, g0 + cl, f0:f1], X[b, g0 + cl + 1, f0:f1]
+                    x2, x3 = X[b, g0 + cl + 2, f0:f1], X[b, g0 + cl + 3, f0:f1]
+                    k0, k1 = K[o, cl, f0:f1], K[o, cl + 1, f0:f1]
+                    k2, k3 = K[o, cl + 2, f0:f1], K[o, cl + 3, f0:f1]
+                    for j in range(y.shape[0]):
+                        y[j] += x0[j] * k0[j] + x1[j] * k1[j] + x2[j] * k2[j] + x3[j] * k3[j]
+                    cl += 4
+                while cl < Cg:
+                    x = X[b, g0 + cl, f0:f1]
+                    k = K[o, cl, f0:f1]
+                    for j in range(y.shape[0]):
+                        y[j] += x[j] * k[j]
+                    cl += 1
 
 
-@njit(cache=True)
-def _inverse_task(Y, fshape, out, bias, place, lens, axes, stride, group, _a, _b, _c, _d, task):
+@njit(cache=True, nogil=True)
+def _inverse_tasks(Y, fshape, out, bias, place, lens, axes, stride, group, start, stop):
     # the inverse transform of each (tile, n, o), `group` signals per call, and
     # its strided outputs (+ bias) into out; place[t, dim] = (first output,
     # count, offset in the tile)
     N, O = out.shape[0], out.shape[1]
     S = place.shape[0] * N * O
     Ys = Y.reshape(Y.shape[0] * O, Y.shape[2])
-    s0 = task * group
-    g = min(group, S - s0)
-    full = _signal(Ys[s0 : s0 + g].reshape((g, fshape[0], fshape[1], fshape[2])), lens, axes, out)
-    for j in range(g):
-        o = (s0 + j) % O
-        r = (s0 + j) // O
-        n = r % N
-        tl = r // N
-        b0 = bias[o] if bias.shape[0] > 0 else 0
-        q0, c0, a0 = place[tl, 0, 0], place[tl, 0, 1], place[tl, 0, 2]
-        q1, c1, a1 = place[tl, 1, 0], place[tl, 1, 1], place[tl, 1, 2]
-        q2, c2, a2 = place[tl, 2, 0], place[tl, 2, 1], place[tl, 2, 2]
-        for p0 in range(c0):
-            for p1 in range(c1):
-                for p2 in range(c2):
-                    out[n, o, q0 + p0, q1 + p1, q2 + p2] = (
-                        full[j, a0 + p0 * stride[0], a1 + p1 * stride[1], a2 + p2 * stride[2]] + b0
-                    )
+    for task in range(start, stop):
+        s0 = task * group
+        g = min(group, S - s0)
+        full = _signal(Ys[s0 : s0 + g].reshape((g, fshape[0], fshape[1], fshape[2])), lens, axes, out)
+        for j in range(g):
+            o = (s0 + j) % O
+            r = (s0 + j) // O
+            n = r % N
+            tl = r // N
+            b0 = bias[o] if bias.shape[0] > 0 else 0
+            q0, c0, a0 = place[tl, 0, 0], place[tl, 0, 1], place[tl, 0, 2]
+            q1, c1, a1 = place[tl, 1, 0], place[tl, 1, 1], place[tl, 1, 2]
+            q2, c2, a2 = place[tl, 2, 0], place[tl, 2, 1], place[tl, 2, 2]
+            for p0 in range(c0):
+                for p1 in range(c1):
+                    for p2 in range(c2):
+                        out[n, o, q0 + p0, q1 + p1, q2 + p2] = (
+                            full[j, a0 + p0 * stride[0], a1 + p1 * stride[1], a2 + p2 * stride[2]] + b0
+                        )
 
 
 def _correlate(x5, w5, bias, cor, out5, window):
@@ -633,15 +634,13 @@ def _correlate(x5, w5, bias, cor, out5, window):
         group = _group(lens, cnt * n * cor.c_in)
         signals = cnt * n * cor.c_in
         maps = _batch_maps(window, batch, ext)
-        parallel_tasks(
-            _forward_task, -(-signals // group), x5, X[: cnt * n], *maps, lens_t, axes, group, *_PAD[:4]
-        )
-        parallel_tasks(_contract_task, -(-nf // _FB), X[: cnt * n], kspec, Y[: cnt * n], cor.groups, *_PAD)
+        split_run(_forward_tasks, -(-signals // group), x5, X[: cnt * n], *maps, lens_t, axes, group)
+        split_run(_contract_tasks, -(-nf // _FB), X[: cnt * n], kspec, Y[: cnt * n], cor.groups)
         place = np.array([[_placement(cor, i, s[i], tiles[i]) for i in range(3)] for s in batch], np.int64)
         group = _group(lens, cnt * n * cor.c_out)
         signals = cnt * n * cor.c_out
-        parallel_tasks(
-            _inverse_task,
+        split_run(
+            _inverse_tasks,
             -(-signals // group),
             Y,
             fshape,
@@ -652,6 +651,5 @@ def _correlate(x5, w5, bias, cor, out5, window):
             axes,
             stride,
             group,
-            *_PAD[:4],
         )
     return out5
