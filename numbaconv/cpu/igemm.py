@@ -69,6 +69,19 @@ def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst):
             for i in range(nph):
                 for j in range(npw):
                     a, b, i0 = runs[j, 0], runs[j, 1], runs[j, 2]
+                    if idd >= 0 and a == 0 and b == wq and i0 == 0 and sw == 1 and wq == W:
+                        # tile rows are whole input rows: consecutive ones are one run
+                        ih0 = mh[i * hq + h0] if h0 + rq <= hq else -1
+                        r = 1 if ih0 >= 0 else rq
+                        while r < rq and mh[i * hq + h0 + r] == ih0 + r:
+                            r += 1
+                        if ih0 >= 0 and r == rq:
+                            ut = np.uint64(o)
+                            ui = np.uint64((((n * C + c0 + c) * D + idd) * H + ih0) * W)
+                            for q in range(np.uint64(rq * wq)):
+                                tile[ut + q * up] = xf[ui + q]
+                            o += rq * wq * pst
+                            continue
                     for r in range(rq):
                         ih = mh[i * hq + h0 + r] if h0 + r < hq else -1
                         if idd < 0 or ih < 0:
@@ -335,6 +348,13 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add):
     # the bias, or added to it: a later channel chunk), row segment by row
     # segment, through of (flat) at computed offsets (no views: no refcounts)
     wq, ow_n = geo[4], geo[28]
+    if wq == ow_n and geo[33] == ow_n * geo[34]:
+        # no junk columns and the rows one run in the target: the block is one run
+        cnt = min(pw, noh * wq - p0)
+        for r in range(nr):
+            u = _offset(geo, n, o0 + r, od, oh0, 0) + p0 * geo[34]
+            _put(of, u, geo[34], cb, r * pw, cnt, bias[o0 + r], add)
+        return
     for r in range(nr):
         bv = bias[o0 + r]
         p = p0
