@@ -12,6 +12,7 @@ and the bad value.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import operator
 from dataclasses import dataclass
@@ -187,6 +188,19 @@ class ConvPlan:
     dtype: np.dtype
     has_bias: bool
     output_padding: tuple[int, int, int] = (0, 0, 0)
+
+    def __hash__(self) -> int:
+        # computed once: plans key several caches a call (a dataclass's
+        # generated hash rebuilds and hashes the tuple of every field each time)
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self):
+        # without the kept hash: str hashes differ between processes
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
 
     @property
     def output_shape(self) -> tuple[int, ...]:

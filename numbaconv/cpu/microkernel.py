@@ -128,6 +128,12 @@ def _unbox_spec(typ, obj, c):
 
 def spec_for(dtype) -> Spec:
     """The :class:`Spec` for ``dtype`` on this host (or as ``config`` says)."""
+    return _spec(np.dtype(dtype), config.simd_lanes, config.simd_block)
+
+
+@functools.lru_cache(maxsize=64)
+def _spec(dtype, lanes, block) -> Spec:
+    # kept per dtype and setting (spec_for is asked several times a call)
     _, registers = host_simd()
     if config.simd_block:
         rows, vectors = block_for(dtype)

@@ -57,11 +57,9 @@ _ADDRESSES: dict = {}
 
 def _key(args) -> tuple:
     # what Numba's type of each argument depends on, cheaply
+    # (flags.num: contiguity, writeable, aligned and the rest as one int)
     return tuple(
-        (a.dtype.str, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous, a.flags.writeable, a.flags.aligned)
-        if isinstance(a, np.ndarray)
-        else numba.typeof(a)
-        for a in args
+        (a.dtype, a.ndim, a.flags.num) if isinstance(a, np.ndarray) else numba.typeof(a) for a in args
     )
 
 
