@@ -8,9 +8,11 @@ the undilated input with a sub-kernel of those taps, reversed (dilation
 ``dilation / gcd(stride, dilation)``, a padding that may be negative:
 :func:`phase_plans`), run on the implicit-GEMM direct path
 (:mod:`numbaconv.cpu.igemm`) straight into the output's phase, a strided
-view (no zero-inserted input, no scatter, no interleaving copy): ``s^d``
-convs doing exactly the multiplications the op needs. Phases no tap reaches
-(stride above the kernel's span) hold the bias.
+view (no zero-inserted input, no scatter, no interleaving copy): up to
+``s^d`` convs doing exactly the multiplications the op needs, all tasks of
+one parallel region (:func:`numbaconv.cpu.igemm.run_phases`). Phases no tap
+reaches (a stride above the kernel's span) are not planned; they hold the
+bias.
 
 Complex dtypes, and a plan whose phases do not fit ``config.workspace_bytes``
 there, run the channels-last kernel of :mod:`numbaconv.cpu.direct` with gather

@@ -239,7 +239,7 @@ def _band_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
 _HEADER = 9  # per phase: tb offset, length; md, mh, mw offsets; runs offset, rows; wp offset; geo offset
 
 
-@njit
+@njit(inline="always")
 def _phase(wp, tb, md, mh, mw, runs, geo, t):
     # geo = [phases P, tasks T, P headers, T (phase, task in phase) pairs, each phase's geo]
     h = 2 + geo[2 + geo[0] * _HEADER + 2 * t] * _HEADER
@@ -293,33 +293,25 @@ def _conv_cl_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, ge
                 _store_cl(cb, bias, of, geo, n, od, h0, o0, no, p0, px, noh, vl, c0 > 0)
 
 
-@njit
+@njit(inline="always")
 def _offset(geo, n, o, od, oh, ow):
     # element offset of out[n, o, od, oh, ow] in the flat target (geo[29:35]:
     # its offset and strides, a phase of a transposed op's output included)
     return geo[29] + n * geo[30] + o * geo[31] + od * geo[32] + oh * geo[33] + ow * geo[34]
 
 
-@njit
+@njit(inline="always")
 def _put(of, uo, sw, cb, k, cnt, bv, add):
     # cnt values cb[k:] (plus bv, or added) into of from uo, sw apart;
     # unsigned indices: no negative-index wraparound test, so the loops vectorize
-    u, uk, un = np.uint64(uo), np.uint64(k), np.uint64(cnt)
-    if sw == 1:
-        if add:
-            for j in range(un):
-                of[u + j] += cb[uk + j]
-        else:
-            for j in range(un):
-                of[u + j] = cb[uk + j] + bv
+    # (LLVM versions the loops for sw == 1: contiguous stores vectorize)
+    u, uk, un, us = np.uint64(uo), np.uint64(k), np.uint64(cnt), np.uint64(sw)
+    if add:
+        for j in range(un):
+            of[u + j * us] += cb[uk + j]
     else:
-        us = np.uint64(sw)
-        if add:
-            for j in range(un):
-                of[u + j * us] += cb[uk + j]
-        else:
-            for j in range(un):
-                of[u + j * us] = cb[uk + j] + bv
+        for j in range(un):
+            of[u + j * us] = cb[uk + j] + bv
 
 
 @njit(inline="always")
@@ -348,13 +340,8 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add):
     # the bias, or added to it: a later channel chunk), row segment by row
     # segment, through of (flat) at computed offsets (no views: no refcounts)
     wq, ow_n = geo[4], geo[28]
-    if wq == ow_n and geo[33] == ow_n * geo[34]:
-        # no junk columns and the rows one run in the target: the block is one run
-        cnt = min(pw, noh * wq - p0)
-        for r in range(nr):
-            u = _offset(geo, n, o0 + r, od, oh0, 0) + p0 * geo[34]
-            _put(of, u, geo[34], cb, r * pw, cnt, bias[o0 + r], add)
-        return
+    # no junk columns and the target's rows one run: the block is one segment
+    flat = wq == ow_n and geo[33] == ow_n * geo[34]
     for r in range(nr):
         bv = bias[o0 + r]
         p = p0
@@ -363,9 +350,13 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add):
             if oh >= noh:
                 break
             ow = p - oh * wq
-            e = min(p0 + pw, p + wq - ow)  # end of this row's part of the block
-            cnt = min(e - p, ow_n - ow)
-            if cnt > 0:
+            if flat:
+                e = p0 + pw
+                cnt = min(e, noh * wq) - p
+            else:
+                e = min(p0 + pw, p + wq - ow)  # end of this row's part of the block
+                cnt = min(e - p, ow_n - ow)
+            if cnt > 0:  # one call site: each inlined copy of _put is four vectorized loops to compile
                 _put(
                     of, _offset(geo, n, o0 + r, od, oh0 + oh, ow), geo[34], cb, r * pw + p - p0, cnt, bv, add
                 )
