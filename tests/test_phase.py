@@ -183,3 +183,25 @@ def test_a_huge_stride_splits_into_few_phases():
     got = nc.conv_transpose2d(x, w, np.array([0.5]), stride=1000, method="gather")
     assert got.shape == (1, 1, 2002, 2002)
     assert np.count_nonzero(got == 1.5) == 36 and np.count_nonzero(got == 0.5) == 2002**2 - 36
+
+
+@pytest.mark.parametrize(
+    "start, step", [((0, 0, 0), (1, 1, 1)), ((0, 1, 2), (1, 2, 3)), ((1, 0, 1), (2, 3, 2))]
+)
+def test_phase_desc_is_the_views_offset_and_strides(start, step):
+    base = np.zeros((2, 3, 4, 7, 9), dtype=np.float64)
+    view = base[(slice(None), slice(None)) + tuple(slice(a, None, s) for a, s in zip(start, step))]
+    assert igemm.phase_desc(base.shape, start, step) == igemm.target_desc(base, view)
+
+
+def test_a_plan_keeps_its_hash_but_does_not_pickle_it():
+    import pickle
+
+    plan = shapes.make_plan("conv_transpose", (2, 8, 6, 6), (8, 4, 3, 3), None, dtype=np.float32, stride=2)
+    h = hash(plan)
+    assert hash(plan) == h and "_hash" in plan.__dict__
+    copy = pickle.loads(pickle.dumps(plan))
+    assert "_hash" not in copy.__dict__  # str hashes differ between processes
+    assert copy == plan and hash(copy) == h and {plan: 1}[copy] == 1
+    other = gather.phase_plans(plan, 2, plan.padding_lo, plan.out_size)[0][1]
+    assert other != plan and hash(other) != h
