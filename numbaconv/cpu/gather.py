@@ -57,7 +57,9 @@ def _tapped(plan, i: int, lo: int, size: int) -> list[int]:
     """The first target indices ``t0 < min(stride, size)`` of dim ``i`` whose
     phase some tap reaches (at most ``min(kernel, stride)`` of them)."""
     s = plan.stride[i]
-    return sorted({(k * plan.dilation[i] - lo) % s for k in range(plan.kernel[i])} & set(range(min(s, size))))
+    return sorted(
+        t for t in {(k * plan.dilation[i] - lo) % s for k in range(plan.kernel[i])} if t < min(s, size)
+    )
 
 
 def untapped(plan, lo, size) -> bool:
