@@ -306,6 +306,25 @@ class _TapBlock(_Block):
         self.store_final(cells, (init, entry), (new, latch))
 
 
+def _block_codegen(block, a, b, c, spec, literals):
+    """The codegen of an intrinsic emitting ``block``'s IR, or None when the
+    arguments do not type (not a Spec, a non-literal shape, mixed or
+    unsupported dtypes)."""
+    if not isinstance(spec, SpecType):
+        return None
+    if not all(isinstance(t, types.IntegerLiteral) for t in literals):
+        return None
+    dtype = a.dtype.name
+    if dtype not in _LLVM_TYPES or b.dtype != a.dtype or c.dtype != a.dtype:
+        return None
+
+    def codegen(context, builder, signature, args):
+        block(dtype, context, builder, signature, args).emit()
+        return context.get_dummy_value()
+
+    return codegen
+
+
 @intrinsic
 def fma_taps(
     typingctx, a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table, accumulate
@@ -330,18 +349,9 @@ def fma_taps(
     (``vectors=0``: :func:`vectors_for` ``(rows, registers)``; ``rows=0``:
     :func:`rows_for` ``(vectors, registers)``).
     """
-    if not isinstance(spec, SpecType):
+    codegen = _block_codegen(_TapBlock, a, b, c, spec, (rows, vectors, table, accumulate))
+    if codegen is None:
         return None
-    if not all(isinstance(t, types.IntegerLiteral) for t in (rows, vectors, table, accumulate)):
-        return None
-    dtype = a.dtype.name
-    if dtype not in _LLVM_TYPES or b.dtype != a.dtype or c.dtype != a.dtype:
-        return None
-
-    def codegen(context, builder, signature, args):
-        _TapBlock(dtype, context, builder, signature, args).emit()
-        return context.get_dummy_value()
-
     sig = types.void(
         a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table, accumulate
     )
@@ -474,18 +484,9 @@ def fma_band(
     ``spec``, ``rows``, ``vectors`` (0: :func:`vectors_for`) and ``accumulate``
     as in :func:`fma_taps`.
     """
-    if not isinstance(spec, SpecType):
+    codegen = _block_codegen(_BandBlock, a, b, c, spec, (rows, vectors, accumulate))
+    if codegen is None:
         return None
-    if not all(isinstance(t, types.IntegerLiteral) for t in (rows, vectors, accumulate)):
-        return None
-    dtype = a.dtype.name
-    if dtype not in _LLVM_TYPES or b.dtype != a.dtype or c.dtype != a.dtype:
-        return None
-
-    def codegen(context, builder, signature, args):
-        _BandBlock(dtype, context, builder, signature, args).emit()
-        return context.get_dummy_value()
-
     sig = types.void(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec, rows, vectors, accumulate)
     return sig, codegen
 
