@@ -149,12 +149,8 @@ def _convolve_core(a, b, mode, axes, method, flip_conj=False):
     sp_b = b_t.shape[len(batch_axes) :]
     # flip the kernel: numbaconv's conv is a correlation
     b_t = b_t[(Ellipsis,) + (slice(None, None, -1),) * len(axes)]
-    if kernel_batched:
-        a5 = np.broadcast_to(a_t, tuple(bshape) + sp_a).reshape(xs)
-        b5 = np.broadcast_to(b_t, tuple(bshape) + sp_b).reshape(ws)
-    else:
-        a5 = np.broadcast_to(a_t, tuple(bshape) + sp_a).reshape(xs)
-        b5 = b_t.reshape(ws)
+    a5 = _batched(a_t, tuple(bshape) + sp_a).reshape(xs)
+    b5 = (_batched(b_t, tuple(bshape) + sp_b) if kernel_batched else b_t).reshape(ws)
     nb = xs[0] * xs[1]
     if min(a5.size, b5.size) == 0:
         y = np.zeros((nb,) + tuple(out_sp), dtype=np.result_type(a5, b5))
@@ -162,6 +158,13 @@ def _convolve_core(a, b, mode, axes, method, flip_conj=False):
         y = api.conv(a5, b5, None, 1, tuple(pads), 1, groups, method=method)
     y = y.reshape(tuple(bshape) + tuple(out_sp))
     return np.transpose(y, np.argsort(order))
+
+
+def _batched(a: np.ndarray, shape: tuple) -> np.ndarray:
+    """``a`` broadcast to ``shape``, or ``a`` itself where it has that shape: a
+    broadcast view is read-only, and the conv API copies read-only inputs (a
+    2048 x 2048 float64 filter spent as long in that copy as in its kernel)."""
+    return a if a.shape == shape else np.broadcast_to(a, shape)
 
 
 def _compute_dtype(dt):

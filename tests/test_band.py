@@ -127,3 +127,31 @@ def test_band_only_where_it_pays():
     assert not igemm.uses_band(plan((8, 2, 5, 5), groups=2))  # four output channels per group
     # 14 rows in blocks of 6 rows 2 apart: 24 computed, more than 1.5x
     assert not igemm.uses_band(make_conv_plan((1, 2, 16, 16), (2, 1, 5, 5), None, 1, 3, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "ws, pads, layout",
+    [
+        ((37, 1, 5, 5), [(2, 2), (2, 2)], "pixels"),  # band blocks (depthwise 5x5)
+        ((74, 2, 3, 3), [(1, 1), (1, 1)], "pixels"),  # row blocks (2 in, 2 out per group)
+        ((148, 1, 1, 3), [(0, 0), (1, 1)], "channels"),  # channels-last, 4 out per group
+    ],
+    ids=["band", "rows", "channels-last"],
+)
+def test_groups_share_a_task(ws, pads, layout, monkeypatch):
+    """Many small groups: a task takes several in turn, reusing its tile (the
+    last task's chunk shorter), in each kind of task."""
+    monkeypatch.setattr(config, "simd_lanes", 4)
+    monkeypatch.setattr(config, "direct_layout", "auto" if layout == "pixels" else "channels")
+    groups = 37
+    xs = (3, ws[1] * groups, 9, 11)
+    plan = make_conv_plan(xs, ws, (ws[0],), 1, pads, 1, groups, dtype=np.float64)
+    geo = igemm.geometry(plan)[0]
+    assert geo.gpt > 1 and groups % geo.gpt != 0
+    assert geo.channels_last == (layout == "channels") and (geo.band_rows > 0) == (ws[2] == 5)
+    rng = np.random.default_rng(5)
+    x, w, b = (random_array(rng, s, np.float64) for s in (xs, ws, (ws[0],)))
+    got = nc.conv2d(x, w, b, 1, pads, 1, groups, method="direct")
+    params = dict(stride=[1, 1], pads=pads, dilation=[1, 1], groups=groups, mode="zeros")
+    ref = conv_reference(x, w, b, **params)
+    assert_close(got, ref, tolerance(np.float64, ws[1] * ws[2] * ws[3], x, w, b, **params))

@@ -271,3 +271,44 @@ def test_fma_band_against_numpy(shape, lanes, dtype):
         np.testing.assert_allclose(
             c, ref, rtol=0, atol=_tol(dtype, nt * k * kh, scale) + 8 * np.finfo(dtype).eps * 4
         )
+
+
+@njit
+def _run_set(d, d0, s, s0, n, bias, spec):
+    mk.vector_run(d, d0, s, s0, n, bias, 1, spec)
+
+
+@njit
+def _run_copy(d, d0, s, s0, n, spec):
+    mk.vector_run(d, d0, s, s0, n, 0.0, 0, spec)
+
+
+@njit
+def _run_add(d, d0, s, s0, n, spec):
+    mk.vector_run(d, d0, s, s0, n, 0.0, 2, spec)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_vector_run_every_length(lanes, dtype):
+    """Copy, copy plus a scalar and add of n values for every n up to three
+    vectors and a bit (whole vectors, then one masked vector): exactly
+    [d0, d0 + n) changes, NaN and Inf pass through."""
+    rng = np.random.default_rng(3)
+    spec = mk.Spec(lanes, 32)
+    for n in range(3 * lanes + 2):
+        src = rng.standard_normal(n + 9).astype(dtype)
+        src[min(n, 5) - 1 :: 7] = np.nan if n % 2 else np.inf
+        for d0, s0 in [(0, 0), (3, 7)]:
+            dst = rng.standard_normal(n + 12).astype(dtype)
+            want = dst.copy()
+            want[d0 : d0 + n] = src[s0 : s0 + n]
+            got = dst.copy()
+            _run_copy(got, d0, src, s0, n, spec)
+            np.testing.assert_array_equal(got, want)
+            want[d0 : d0 + n] = src[s0 : s0 + n] + np.dtype(dtype).type(0.5)
+            _run_set(got, d0, src, s0, n, 0.5, spec)
+            np.testing.assert_array_equal(got, want)
+            want[d0 : d0 + n] += src[s0 : s0 + n]
+            _run_add(got, d0, src, s0, n, spec)
+            np.testing.assert_array_equal(got, want)

@@ -38,7 +38,7 @@ from .. import config
 from ..common import WeightCache
 from ..runtime import njit
 from ..shapes import fold_index
-from .microkernel import fma_band, fma_taps, rows_for, spec_for, vectors_for
+from .microkernel import fma_band, fma_taps, rows_for, spec_for, vector_run, vectors_for
 from .tasks import parallel_tasks
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
@@ -48,7 +48,7 @@ _TASKS_PER_THREAD = 8
 
 
 @njit(inline="always")
-def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst):
+def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst, spec):
     # tile[c * cst + ((((kd * nph + i) * npw + j) * rq + r) * wq + q) * pst] =
     #   x[n, c0 + c, md[od * KD + kd], mh[i * hq + h0 + r], mw[j * wq + q]]
     # (0 where a map says -1 or the row is past the maps); i, j index the H
@@ -93,10 +93,13 @@ def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst):
                         for q in range(a):
                             iw = mw[j * wq + q]
                             tile[o + q * pst] = xf[so + iw] if iw >= 0 else z
-                        ut = np.uint64(o + a * pst)
-                        ui = np.uint64(so + i0)
-                        for q in range(np.uint64(b - a)):
-                            tile[ut + q * up] = xf[ui + q * us]
+                        if pst == 1 and sw == 1:  # vectors and a masked one (short rows)
+                            vector_run(tile, o + a, xf, so + i0, b - a, z, 0, spec)
+                        else:
+                            ut = np.uint64(o + a * pst)
+                            ui = np.uint64(so + i0)
+                            for q in range(np.uint64(b - a)):
+                                tile[ut + q * up] = xf[ui + q * us]
                         for q in range(b, wq):
                             iw = mw[j * wq + q]
                             tile[o + q * pst] = xf[so + iw] if iw >= 0 else z
@@ -153,7 +156,7 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
     # A band's output rows of output channel g (one per group) in blocks of
     # 6 rows (dh apart: the rows that share input rows) x px pixels
     R, kh, dh, px, V, cs, wq, cg = geo[21], geo[22], geo[23], geo[15], geo[10], geo[20], geo[4], geo[8]
-    OW = geo[28]
+    OW = geo[29]
     ak = kh * tb.shape[0]
     a0 = (g * cg + c0) * ak
     bv = bias[g] if c0 == 0 else of.dtype.type(0)
@@ -166,7 +169,7 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
                     oh = base + ph + r * dh
                     if oh >= noh:
                         break
-                    _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[34], cb, r * px, cnt, bv, c0 > 0)
+                    _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[35], cb, r * px, cnt, bv, c0 > 0, spec)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -179,10 +182,10 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     # reading the input in place measured 1.1-1.8x slower (a block's loads
     # one input plane apart). geo: see Geometry.args
     G, cg, og, rows, nob, band, nbands, cchunk, pw, och, tsize = geo[7:18]
-    wq, cs = geo[4], geo[20]
-    OD, OH = geo[26], geo[27]
+    wq, cs, gpt = geo[4], geo[20], geo[24]
+    OD, OH = geo[27], geo[28]
     nt = tb.shape[0]
-    n, g, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, G)
+    n, gc, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, (G + gpt - 1) // gpt)
     h0 = hb * band
     noh = min(band, OH - h0)
     npb = (noh * wq + pw - 1) // pw
@@ -191,17 +194,18 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     # (denormals there cost microcode assists: a 4x slower 5x5 float64 filter)
     tile[cchunk * cs :] = 0
     cb = np.empty(rows * pw, dtype=out.dtype)
-    for c0 in range(0, cg, cchunk):
-        nc = min(cchunk, cg - c0)
-        _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
-        # o-blocks outer: the block's weights stay in L1 over the pixel blocks
-        for ob in range(oc * och, min(nob, (oc + 1) * och)):
-            a0 = ((g * nob + ob) * cg + c0) * nt * rows
-            nr = min(rows, og - ob * rows)
-            for pb in range(npb):
-                p0 = pb * pw
-                _block(wp, tile, cb, tb, spec, rows, nc, a0, p0, cs, pw)
-                _store(cb, bias, of, geo, n, od, h0, g * og + ob * rows, nr, p0, pw, noh, c0 > 0)
+    for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
+        for c0 in range(0, cg, cchunk):
+            nc = min(cchunk, cg - c0)
+            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec)
+            # o-blocks outer: the block's weights stay in L1 over the pixel blocks
+            for ob in range(oc * och, min(nob, (oc + 1) * och)):
+                a0 = ((g * nob + ob) * cg + c0) * nt * rows
+                nr = min(rows, og - ob * rows)
+                for pb in range(npb):
+                    p0 = pb * pw
+                    _block(wp, tile, cb, tb, spec, rows, nc, a0, p0, cs, pw)
+                    _store(cb, bias, of, geo, n, od, h0, g * og + ob * rows, nr, p0, pw, noh, c0 > 0, spec)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -220,17 +224,18 @@ def _band_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
         geo[17],
         geo[20],
     )
-    OD, OH = geo[26], geo[27]
-    n, g, od, hb, _ = _task(t, nbands, 1, OD, G)
+    OD, OH, gpt = geo[27], geo[28], geo[24]
+    n, gc, od, hb, _ = _task(t, nbands, 1, OD, (G + gpt - 1) // gpt)
     h0 = hb * band
     noh = min(band, OH - h0)
     tile = np.empty(tsize, dtype=out.dtype)
     tile[cchunk * cs :] = 0  # the slack junk pixels read (see _conv_task)
     cb = np.empty(geo[21] * pw, dtype=out.dtype)
-    for c0 in range(0, cg, cchunk):
-        nc = min(cchunk, cg - c0)
-        _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1)
-        _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
+    for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
+        for c0 in range(0, cg, cchunk):
+            nc = min(cchunk, cg - c0)
+            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec)
+            _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
 
 
 # The three kinds of task: one call's phases (convs of one input into views
@@ -274,37 +279,45 @@ def _conv_cl_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, ge
     # One task; the tile channels-last (pixel stride ps); of (out flat): unused,
     # the arguments of every kind of task alike (tasks.run_tasks)
     G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
-    OD, OH = geo[26], geo[27]
+    OD, OH, gpt = geo[27], geo[28], geo[24]
     nt, wq = tab.shape[0], geo[4]
-    n, g, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, G)
+    n, gc, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, (G + gpt - 1) // gpt)
     h0 = hb * band
     noh = min(band, OH - h0)
     tile = np.empty(tsize, dtype=out.dtype)
     tile[ps * geo[20] :] = 0  # the slack junk pixels read (see _conv_task)
     cb = np.empty(px * vl, dtype=out.dtype)
-    for c0 in range(0, cg, cc):
-        nc = min(cc, cg - c0)
-        _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, 1, ps)
-        for p0 in range(0, noh * wq, px):
-            for ob in range(oc * och, min(nob, (oc + 1) * och)):
-                b0 = ((g * nob + ob) * nt * cg + c0) * vl
-                _block_cl(tile, wp, cb, tab, spec, vectors, nc, p0 * ps, b0, ps, cg * vl, vl)
-                o0, no = g * og + ob * vl, min(vl, og - ob * vl)
-                _store_cl(cb, bias, of, geo, n, od, h0, o0, no, p0, px, noh, vl, c0 > 0)
+    for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
+        for c0 in range(0, cg, cc):
+            nc = min(cc, cg - c0)
+            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, 1, ps, spec)
+            for p0 in range(0, noh * wq, px):
+                for ob in range(oc * och, min(nob, (oc + 1) * och)):
+                    b0 = ((g * nob + ob) * nt * cg + c0) * vl
+                    _block_cl(tile, wp, cb, tab, spec, vectors, nc, p0 * ps, b0, ps, cg * vl, vl)
+                    o0, no = g * og + ob * vl, min(vl, og - ob * vl)
+                    _store_cl(cb, bias, of, geo, n, od, h0, o0, no, p0, px, noh, vl, c0 > 0)
 
 
 @njit(inline="always")
 def _offset(geo, n, o, od, oh, ow):
-    # element offset of out[n, o, od, oh, ow] in the flat target (geo[29:35]:
+    # element offset of out[n, o, od, oh, ow] in the flat target (geo[30:36]:
     # its offset and strides, a phase of a transposed op's output included)
-    return geo[29] + n * geo[30] + o * geo[31] + od * geo[32] + oh * geo[33] + ow * geo[34]
+    return geo[30] + n * geo[31] + o * geo[32] + od * geo[33] + oh * geo[34] + ow * geo[35]
 
 
 @njit(inline="always")
-def _put(of, uo, sw, cb, k, cnt, bv, add):
-    # cnt values cb[k:] (plus bv, or added) into of from uo, sw apart;
-    # unsigned indices: no negative-index wraparound test, so the loops vectorize
-    # (LLVM versions the loops for sw == 1: contiguous stores vectorize)
+def _put(of, uo, sw, cb, k, cnt, bv, add, spec):
+    # cnt values cb[k:] (plus bv, or added) into of from uo, sw apart: at a
+    # unit stride as vectors and one masked vector (rows of 14-60 values ran
+    # mostly in a compiled loop's scalar remainder); else one by one, unsigned
+    # indices (no negative-index wraparound test)
+    if sw == 1:
+        if add:
+            vector_run(of, uo, cb, k, cnt, bv, 2, spec)
+        else:
+            vector_run(of, uo, cb, k, cnt, bv, 1, spec)
+        return
     u, uk, un, us = np.uint64(uo), np.uint64(k), np.uint64(cnt), np.uint64(sw)
     if add:
         for j in range(un):
@@ -318,7 +331,7 @@ def _put(of, uo, sw, cb, k, cnt, bv, add):
 def _store_cl(cb, bias, of, geo, n, od, oh0, o0, no, p0, px, noh, vl, add):
     # pixels [p0, p0 + px) x channels [o0, o0 + no) of a channels-last block
     # (cb[r * vl + j]) into the target, channel by channel
-    wq, ow_n = geo[4], geo[28]
+    wq, ow_n = geo[4], geo[29]
     for j in range(no):
         bv = bias[o0 + j]
         for r in range(px):
@@ -335,13 +348,13 @@ def _store_cl(cb, bias, of, geo, n, od, oh0, o0, no, p0, px, noh, vl, add):
 
 
 @njit(inline="always")
-def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add):
+def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
     # pixels [p0, p0 + pw) of rows o0.. of the block into the target (plus
     # the bias, or added to it: a later channel chunk), row segment by row
     # segment, through of (flat) at computed offsets (no views: no refcounts)
-    wq, ow_n = geo[4], geo[28]
+    wq, ow_n = geo[4], geo[29]
     # no junk columns and the target's rows one run: the block is one segment
-    flat = wq == ow_n and geo[33] == ow_n * geo[34]
+    flat = wq == ow_n and geo[34] == ow_n * geo[35]
     for r in range(nr):
         bv = bias[o0 + r]
         p = p0
@@ -358,7 +371,15 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add):
                 cnt = min(e - p, ow_n - ow)
             if cnt > 0:  # one call site: each inlined copy of _put is four vectorized loops to compile
                 _put(
-                    of, _offset(geo, n, o0 + r, od, oh0 + oh, ow), geo[34], cb, r * pw + p - p0, cnt, bv, add
+                    of,
+                    _offset(geo, n, o0 + r, od, oh0 + oh, ow),
+                    geo[35],
+                    cb,
+                    r * pw + p - p0,
+                    cnt,
+                    bv,
+                    add,
+                    spec,
                 )
             p = e
 
@@ -533,6 +554,15 @@ class Geometry:
         self.tile = (self.ps * (self.cs + slack)) if self.channels_last else (self.cc * self.cs + slack)
         tasks = base * self.nbands
         self.och = self.nob if tasks >= want else -(-self.nob // -(-want // tasks))
+        # groups per task: many small groups (depthwise, grouped) share a task,
+        # its tile and its set-up (one plane a task: 14x14 depthwise planes
+        # spent more in the tasks' entry than in their FMAs)
+        self.gpt = max(1, min(plan.groups, tasks // want))
+
+    def tasks(self):
+        """Tasks of a call: (sample, chunk of groups, output plane, band, chunk of blocks)."""
+        p = self.plan
+        return p.batch * -(-p.groups // self.gpt) * p.out_size[0] * self.nbands * -(-self.nob // self.och)
 
     def _rounding(self, band):
         """Pixels computed per pixel of a band (the last block's padding)."""
@@ -585,7 +615,7 @@ class Geometry:
         return np.array(
             [p.kernel[0], len(self.ph), len(self.pw_), self.rq, self.wq, self.hq, self.sw, p.groups, self.cg,
              self.og, self.vectors, self.nob, self.band, self.nbands, self.cc, self.px, self.och, self.tile,
-             self.block, self.ps, self.cs, self.band_rows, p.kernel[1], p.dilation[1]],
+             self.block, self.ps, self.cs, self.band_rows, p.kernel[1], p.dilation[1], self.gpt],
             dtype=np.int64,
         )  # fmt: skip
 
@@ -670,7 +700,7 @@ def fits(plan, share: int = 1) -> bool:
 
 
 def target_desc(base: np.ndarray, view: np.ndarray) -> tuple:
-    """``geo[24:35]`` of a call writing ``view``, a view of the C-contiguous
+    """``geo[25:36]`` of a call writing ``view``, a view of the C-contiguous
     ``base`` (any strides): its shape, then its offset and strides in elements."""
     item = base.itemsize
     off = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // item
@@ -759,7 +789,7 @@ def _combined(group, threads, share):
             lens[i] += len(a)
         geos.append(g)
         glen += len(g)
-        counts.append(plan.batch * plan.groups * plan.out_size[0] * geo.nbands * -(-geo.nob // geo.och))
+        counts.append(geo.tasks())
     P, T = len(group), sum(counts)
     phase = np.repeat(np.arange(P, dtype=np.int64), counts)
     local = np.concatenate([np.arange(c, dtype=np.int64) for c in counts])

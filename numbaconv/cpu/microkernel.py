@@ -491,6 +491,125 @@ def fma_band(
     return sig, codegen
 
 
+class _Run:
+    """The IR of :func:`vector_run`: whole vectors, then one masked vector."""
+
+    def __init__(self, dtype, context, builder, signature, args):
+        self.builder = builder
+        self.lanes = signature.args[-1].lanes
+        self.mode = signature.args[-2].literal_value
+        self.align = np.dtype(dtype).itemsize
+        self.et = _LLVM_TYPES[dtype]
+        self.name = _FMA_NAMES[dtype]
+        self.vt = ir.VectorType(self.et, self.lanes)
+        self.i64 = ir.IntType(64)
+        self.pd = context.make_array(signature.args[0])(context, builder, args[0]).data
+        self.ps = context.make_array(signature.args[2])(context, builder, args[2]).data
+        self.d0, self.s0, self.n, self.bias = args[1], args[3], args[4], args[5]
+
+    def _ptr(self, base, off, i):
+        b = self.builder
+        return b.bitcast(b.gep(base, [b.add(off, i)]), self.vt.as_pointer())
+
+    def _splat(self, value):
+        b = self.builder
+        one = b.insert_element(ir.Constant(self.vt, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes)
+        return b.shuffle_vector(one, ir.Constant(self.vt, ir.Undefined), zeros)
+
+    def _value(self, src, dst):
+        """The vector stored: src, src + bias or dst + src (by mode)."""
+        b = self.builder
+        if self.mode == 1:
+            return b.fadd(src, self._splat(self.bias))
+        if self.mode == 2:
+            return b.fadd(dst(), src)
+        return src
+
+    def emit(self):
+        b, L = self.builder, self.lanes
+        mask_t = ir.VectorType(ir.IntType(1), L)
+        suffix = f"v{L}{self.name}.p0"
+        load = cgutils.get_or_insert_function(
+            b.module,
+            ir.FunctionType(self.vt, [self.vt.as_pointer(), ir.IntType(32), mask_t, self.vt]),
+            f"llvm.masked.load.{suffix}",
+        )
+        store = cgutils.get_or_insert_function(
+            b.module,
+            ir.FunctionType(ir.VoidType(), [self.vt, self.vt.as_pointer(), ir.IntType(32), mask_t]),
+            f"llvm.masked.store.{suffix}",
+        )
+        align = ir.Constant(ir.IntType(32), self.align)
+        zero = ir.Constant(self.i64, 0)
+        full = b.and_(self.n, ir.Constant(self.i64, -L))  # lanes: a power of two
+        entry = b.block
+        loop = b.append_basic_block("run.loop")
+        tail = b.append_basic_block("run.tail")
+        masked = b.append_basic_block("run.masked")
+        done = b.append_basic_block("run.done")
+        b.cbranch(b.icmp_signed(">", full, zero), loop, tail)
+        b.position_at_end(loop)
+        i = b.phi(self.i64)
+        i.add_incoming(zero, entry)
+        src = b.load(self._ptr(self.ps, self.s0, i), align=self.align)
+        value = self._value(src, lambda: b.load(self._ptr(self.pd, self.d0, i), align=self.align))
+        b.store(value, self._ptr(self.pd, self.d0, i), align=self.align)
+        nxt = b.add(i, ir.Constant(self.i64, L))
+        i.add_incoming(nxt, loop)
+        b.cbranch(b.icmp_signed("<", nxt, full), loop, tail)
+        b.position_at_end(tail)
+        b.cbranch(b.icmp_signed("<", full, self.n), masked, done)
+        b.position_at_end(masked)
+        step = ir.Constant(ir.VectorType(self.i64, L), list(range(L)))
+        room = b.sub(self.n, full)
+        mask = b.icmp_signed("<", step, self._splat_i64(room))
+        none = ir.Constant(self.vt, [0.0] * L)
+        src = b.call(load, [self._ptr(self.ps, self.s0, full), align, mask, none])
+        dptr = self._ptr(self.pd, self.d0, full)
+        value = self._value(src, lambda: b.call(load, [dptr, align, mask, none]))
+        b.call(store, [value, dptr, align, mask])
+        b.branch(done)
+        b.position_at_end(done)
+
+    def _splat_i64(self, value):
+        b = self.builder
+        vt = ir.VectorType(self.i64, self.lanes)
+        one = b.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes)
+        return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), zeros)
+
+
+@intrinsic
+def vector_run(typingctx, dst, d0, src, s0, n, bias, mode, spec):
+    """For njit code, ``n`` consecutive values (unit strides)::
+
+        dst[d0 + i] = src[s0 + i]            (mode 0)
+        dst[d0 + i] = src[s0 + i] + bias     (mode 1)
+        dst[d0 + i] += src[s0 + i]           (mode 2)
+
+    for ``i < n``, as whole vectors of ``spec.lanes`` and one masked vector
+    (``llvm.masked.load/store``: no scalar remainder loop; a compiled loop of
+    short rows, 14-60 values, otherwise runs mostly in its scalar
+    remainder). ``mode`` is an integer literal."""
+    if not isinstance(spec, SpecType) or not isinstance(mode, types.IntegerLiteral):
+        return None
+    dtype = dst.dtype.name
+    if dtype not in _LLVM_TYPES or src.dtype != dst.dtype:
+        return None
+    sig = types.void(dst, d0, src, s0, n, bias, mode, spec)
+
+    def codegen(context, builder, signature, args):
+        args = list(args)
+        for i in (1, 3, 4):
+            args[i] = context.cast(builder, args[i], signature.args[i], types.int64)
+        args[5] = context.cast(builder, args[5], signature.args[5], dst.dtype)
+        _Run(dtype, context, builder, signature, args).emit()
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @functools.cache
 def fma_block(dtype: str, rows: int, vectors: int, lanes: int, a_bcast: bool, b_bcast: bool):
     """The intrinsic ``kernel(a, b, c, k, a0, ak, ar, b0, bk, c0, ldc)``:
