@@ -259,7 +259,10 @@ def resolve(op: str, plan, method: str, device: str = "cpu") -> MethodRow:
     forced method after its own ``supports`` check (no estimates are made);
     UnsupportedMethodError for a forced misfit."""
     if method == "auto":
-        return row(op, choose(op, plan, method, device).method, device)
+        estimates, _, over = _estimate_all(op, plan, device, None, _settings_key())
+        if not estimates:  # choose says why
+            return row(op, choose(op, plan, method, device).method, device)
+        return row(op, _pick(estimates, over), device)  # choose's pick, without its reason text
     r = row(op, method, device)
     why = r.supports(plan)
     if why is not None:

@@ -327,7 +327,8 @@ def workspace_bytes(plan) -> int:
     """Extra memory :func:`run` allocates for this plan (tiles and packed
     weights; the channels-last copy for complex dtypes)."""
     if plan.dtype.kind == "f":
-        return igemm.workspace_bytes(plan) if igemm.fits(plan) else 0
+        need = igemm.workspace_bytes(plan)
+        return need if need <= config.workspace_bytes else 0  # igemm.fits
     return channels_last_workspace(plan) if uses_channels_last(plan) else 0
 
 
