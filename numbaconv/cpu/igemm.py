@@ -48,7 +48,7 @@ _TASKS_PER_THREAD = 8
 
 
 @njit(inline="always")
-def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst, spec):
+def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst, spec, edges):
     # tile[c * cst + ((((kd * nph + i) * npw + j) * rq + r) * wq + q) * pst] =
     #   x[n, c0 + c, md[od * KD + kd], mh[i * hq + h0 + r], mw[j * wq + q]]
     # (0 where a map says -1 or the row is past the maps); i, j index the H
@@ -56,7 +56,10 @@ def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst, spec)
     # i0 + (q - a) * sw for q in [a, b) (the interior, read in place).
     # Unsigned indices in the copies: no wraparound test, so they vectorize;
     # x read through xf (x flat) at computed offsets: a view per row would
-    # cost two atomic reference-count updates.
+    # cost two atomic reference-count updates. edges=False: the zero rows and
+    # columns are in the tile already (zero padding: a task's later fills of
+    # the same positions; 5x5 depthwise on 14x14 planes copied more zeros
+    # than input)
     kd_n, nph, npw, rq, wq, hq, sw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
     C, D, H, W = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
     z = tile.dtype.type(0)
@@ -85,12 +88,13 @@ def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst, spec)
                     for r in range(rq):
                         ih = mh[i * hq + h0 + r] if h0 + r < hq else -1
                         if idd < 0 or ih < 0:
-                            for q in range(wq):
-                                tile[o + q * pst] = z
+                            if edges:
+                                for q in range(wq):
+                                    tile[o + q * pst] = z
                             o += wq * pst
                             continue
                         so = (((n * C + c0 + c) * D + idd) * H + ih) * W
-                        for q in range(a):
+                        for q in range(a if edges else 0):
                             iw = mw[j * wq + q]
                             tile[o + q * pst] = xf[so + iw] if iw >= 0 else z
                         if pst == 1 and sw == 1:  # vectors and a masked one (short rows)
@@ -100,7 +104,7 @@ def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst, spec)
                             ui = np.uint64(so + i0)
                             for q in range(np.uint64(b - a)):
                                 tile[ut + q * up] = xf[ui + q * us]
-                        for q in range(b, wq):
+                        for q in range(b, wq if edges else b):
                             iw = mw[j * wq + q]
                             tile[o + q * pst] = xf[so + iw] if iw >= 0 else z
                         o += wq * pst
@@ -156,7 +160,7 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
     # A band's output rows of output channel g (one per group) in blocks of
     # 6 rows (dh apart: the rows that share input rows) x px pixels
     R, kh, dh, px, V, cs, wq, cg = geo[21], geo[22], geo[23], geo[15], geo[10], geo[20], geo[4], geo[8]
-    OW = geo[29]
+    OW = geo[30]
     ak = kh * tb.shape[0]
     a0 = (g * cg + c0) * ak
     bv = bias[g] if c0 == 0 else of.dtype.type(0)
@@ -169,7 +173,7 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
                     oh = base + ph + r * dh
                     if oh >= noh:
                         break
-                    _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[35], cb, r * px, cnt, bv, c0 > 0, spec)
+                    _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[36], cb, r * px, cnt, bv, c0 > 0, spec)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -183,7 +187,7 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     # one input plane apart). geo: see Geometry.args
     G, cg, og, rows, nob, band, nbands, cchunk, pw, och, tsize = geo[7:18]
     wq, cs, gpt = geo[4], geo[20], geo[24]
-    OD, OH = geo[27], geo[28]
+    OD, OH = geo[28], geo[29]
     nt = tb.shape[0]
     n, gc, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, (G + gpt - 1) // gpt)
     h0 = hb * band
@@ -197,7 +201,8 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cchunk):
             nc = min(cchunk, cg - c0)
-            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec)
+            edges = g == gc * gpt and c0 == 0 or geo[25] == 0  # see _fill
+            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec, edges)
             # o-blocks outer: the block's weights stay in L1 over the pixel blocks
             for ob in range(oc * och, min(nob, (oc + 1) * och)):
                 a0 = ((g * nob + ob) * cg + c0) * nt * rows
@@ -224,7 +229,7 @@ def _band_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
         geo[17],
         geo[20],
     )
-    OD, OH, gpt = geo[27], geo[28], geo[24]
+    OD, OH, gpt = geo[28], geo[29], geo[24]
     n, gc, od, hb, _ = _task(t, nbands, 1, OD, (G + gpt - 1) // gpt)
     h0 = hb * band
     noh = min(band, OH - h0)
@@ -234,7 +239,8 @@ def _band_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cchunk):
             nc = min(cchunk, cg - c0)
-            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec)
+            edges = g == gc * gpt and c0 == 0 or geo[25] == 0  # see _fill
+            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec, edges)
             _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
 
 
@@ -279,7 +285,7 @@ def _conv_cl_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, ge
     # One task; the tile channels-last (pixel stride ps); of (out flat): unused,
     # the arguments of every kind of task alike (tasks.run_tasks)
     G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
-    OD, OH, gpt = geo[27], geo[28], geo[24]
+    OD, OH, gpt = geo[28], geo[29], geo[24]
     nt, wq = tab.shape[0], geo[4]
     n, gc, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, (G + gpt - 1) // gpt)
     h0 = hb * band
@@ -290,7 +296,8 @@ def _conv_cl_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, ge
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cc):
             nc = min(cc, cg - c0)
-            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, 1, ps, spec)
+            edges = g == gc * gpt and c0 == 0 or geo[25] == 0  # see _fill
+            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, 1, ps, spec, edges)
             for p0 in range(0, noh * wq, px):
                 for ob in range(oc * och, min(nob, (oc + 1) * och)):
                     b0 = ((g * nob + ob) * nt * cg + c0) * vl
@@ -301,9 +308,9 @@ def _conv_cl_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, ge
 
 @njit(inline="always")
 def _offset(geo, n, o, od, oh, ow):
-    # element offset of out[n, o, od, oh, ow] in the flat target (geo[30:36]:
+    # element offset of out[n, o, od, oh, ow] in the flat target (geo[31:37]:
     # its offset and strides, a phase of a transposed op's output included)
-    return geo[30] + n * geo[31] + o * geo[32] + od * geo[33] + oh * geo[34] + ow * geo[35]
+    return geo[31] + n * geo[32] + o * geo[33] + od * geo[34] + oh * geo[35] + ow * geo[36]
 
 
 @njit(inline="always")
@@ -331,7 +338,7 @@ def _put(of, uo, sw, cb, k, cnt, bv, add, spec):
 def _store_cl(cb, bias, of, geo, n, od, oh0, o0, no, p0, px, noh, vl, add):
     # pixels [p0, p0 + px) x channels [o0, o0 + no) of a channels-last block
     # (cb[r * vl + j]) into the target, channel by channel
-    wq, ow_n = geo[4], geo[29]
+    wq, ow_n = geo[4], geo[30]
     for j in range(no):
         bv = bias[o0 + j]
         for r in range(px):
@@ -352,9 +359,9 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
     # pixels [p0, p0 + pw) of rows o0.. of the block into the target (plus
     # the bias, or added to it: a later channel chunk), row segment by row
     # segment, through of (flat) at computed offsets (no views: no refcounts)
-    wq, ow_n = geo[4], geo[29]
+    wq, ow_n = geo[4], geo[30]
     # no junk columns and the target's rows one run: the block is one segment
-    flat = wq == ow_n and geo[34] == ow_n * geo[35]
+    flat = wq == ow_n and geo[35] == ow_n * geo[36]
     for r in range(nr):
         bv = bias[o0 + r]
         p = p0
@@ -373,7 +380,7 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
                 _put(
                     of,
                     _offset(geo, n, o0 + r, od, oh0 + oh, ow),
-                    geo[35],
+                    geo[36],
                     cb,
                     r * pw + p - p0,
                     cnt,
@@ -615,7 +622,8 @@ class Geometry:
         return np.array(
             [p.kernel[0], len(self.ph), len(self.pw_), self.rq, self.wq, self.hq, self.sw, p.groups, self.cg,
              self.og, self.vectors, self.nob, self.band, self.nbands, self.cc, self.px, self.och, self.tile,
-             self.block, self.ps, self.cs, self.band_rows, p.kernel[1], p.dilation[1], self.gpt],
+             self.block, self.ps, self.cs, self.band_rows, p.kernel[1], p.dilation[1], self.gpt,
+             int(p.padding_mode == "zeros")],
             dtype=np.int64,
         )  # fmt: skip
 
@@ -700,7 +708,7 @@ def fits(plan, share: int = 1) -> bool:
 
 
 def target_desc(base: np.ndarray, view: np.ndarray) -> tuple:
-    """``geo[25:36]`` of a call writing ``view``, a view of the C-contiguous
+    """``geo[26:37]`` of a call writing ``view``, a view of the C-contiguous
     ``base`` (any strides): its shape, then its offset and strides in elements."""
     item = base.itemsize
     off = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // item
