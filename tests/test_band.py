@@ -138,20 +138,23 @@ def test_band_only_where_it_pays():
     ],
     ids=["band", "rows", "channels-last"],
 )
-def test_groups_share_a_task(ws, pads, layout, monkeypatch):
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_groups_share_a_task(ws, pads, layout, mode, monkeypatch):
     """Many small groups: a task takes several in turn, reusing its tile (the
-    last task's chunk shorter), in each kind of task."""
+    last task's chunk shorter), in each kind of task; with zero padding the
+    later fills leave the tile's zero rows and columns as they are, with
+    another mode they copy them again."""
     monkeypatch.setattr(config, "simd_lanes", 4)
     monkeypatch.setattr(config, "direct_layout", "auto" if layout == "pixels" else "channels")
     groups = 37
     xs = (3, ws[1] * groups, 9, 11)
-    plan = make_conv_plan(xs, ws, (ws[0],), 1, pads, 1, groups, dtype=np.float64)
+    plan = make_conv_plan(xs, ws, (ws[0],), 1, pads, 1, groups, padding_mode=mode, dtype=np.float64)
     geo = igemm.geometry(plan)[0]
     assert geo.gpt > 1 and groups % geo.gpt != 0
     assert geo.channels_last == (layout == "channels") and (geo.band_rows > 0) == (ws[2] == 5)
     rng = np.random.default_rng(5)
     x, w, b = (random_array(rng, s, np.float64) for s in (xs, ws, (ws[0],)))
-    got = nc.conv2d(x, w, b, 1, pads, 1, groups, method="direct")
-    params = dict(stride=[1, 1], pads=pads, dilation=[1, 1], groups=groups, mode="zeros")
+    got = nc.conv2d(x, w, b, 1, pads, 1, groups, padding_mode=mode, method="direct")
+    params = dict(stride=[1, 1], pads=pads, dilation=[1, 1], groups=groups, mode=mode)
     ref = conv_reference(x, w, b, **params)
     assert_close(got, ref, tolerance(np.float64, ws[1] * ws[2] * ws[3], x, w, b, **params))

@@ -167,3 +167,20 @@ def test_compact_tap_maps_equal_the_tables(seed):
         np.testing.assert_array_equal(expand(f, geo), gather_table(tout, k, s, d, lo, size))
         f, geo = scatter_tap_map(size, tout, k, s, d, lo)
         np.testing.assert_array_equal(expand(f, geo), tap_table(size, k, s, d, lo, tout, "zeros"))
+
+
+def test_plans_are_kept_per_arguments_and_bad_ones_still_raise():
+    """The same arguments give the same plan object; values that compare
+    equal across types (True == 1, 1.0 == 1) are still refused after the int
+    was planned; unhashable arguments (lists) are planned, not kept."""
+    args = ((2, 4, 9, 9), (6, 4, 3, 3), None)
+    p = make_conv_plan(*args, 1, 1, dtype=np.float32, ndim=2)
+    assert make_conv_plan(*args, 1, 1, dtype=np.float32, ndim=2) is p
+    assert make_conv_plan(*args, 2, 1, dtype=np.float32, ndim=2) is not p
+    for bad in (True, 1.0, (1, True)):
+        with pytest.raises(TypeError, match="stride"):
+            make_conv_plan(*args, bad, 1, dtype=np.float32, ndim=2)
+    q = make_conv_plan(*args, [1, 1], [1, 1], dtype=np.float32, ndim=2)
+    assert q == p and q is not p
+    with pytest.raises(ValueError, match="padding"):
+        make_conv_plan(*args, 1, -1, dtype=np.float32, ndim=2)

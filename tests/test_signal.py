@@ -189,3 +189,23 @@ def test_direct_and_fft_agree(mode):
         d = ns.convolve(a, b, mode, "direct")
         f = ns.convolve(a, b, mode, "fft")
         np.testing.assert_allclose(d, f, atol=1e-12 * np.linalg.norm(a) * np.linalg.norm(b))
+
+
+def test_direct_2d_filter_reads_the_input_in_place():
+    """A 2-D filter of a writeable array allocates its result and the direct
+    path's tiles only: no copy of the input (a broadcast view of it is
+    read-only, and the conv API copies read-only inputs)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((512, 512))
+    k = rng.standard_normal((5, 5))
+    ns.convolve(x[:64, :64], k, mode="same", method="direct")  # load the kernel first
+    tracemalloc.start()
+    try:
+        y = ns.convolve(x, k, mode="same", method="direct")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - y.nbytes < x.nbytes // 2
+    np.testing.assert_allclose(y, ss.convolve(x, k, mode="same", method="direct"), rtol=1e-12, atol=1e-12)
