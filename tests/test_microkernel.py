@@ -236,12 +236,12 @@ def _band_reference(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, rows, 
 
 @njit
 def _call_band6(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec):
-    mk.fma_band(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec, 6, 0, 1)
+    mk.fma_band(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, 0, 0, 0.0, 0, spec, 6, 0, 1)
 
 
 @njit
 def _call_band3(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec):
-    mk.fma_band(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec, 3, 2, 0)
+    mk.fma_band(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, 0, 0, 0.0, 0, spec, 3, 2, 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -271,6 +271,67 @@ def test_fma_band_against_numpy(shape, lanes, dtype):
         np.testing.assert_allclose(
             c, ref, rtol=0, atol=_tol(dtype, nt * k * kh, scale) + 8 * np.finfo(dtype).eps * 4
         )
+
+
+@njit
+def _call_band_target(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, cnt, nrows, bias, add, spec):
+    mk.fma_band(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, cnt, nrows, bias, add, spec, 6, 0, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_fma_band_into_the_target(lanes, dtype):
+    """Mode 2: the block read and written in place in C (the output) through
+    masks: rows below nrows, columns below cnt; from the bias, or added to
+    C (add); nothing else of C changes, NaN and Inf in the block reach C."""
+    rows, vectors = 6, mk.vectors_for(6, 32)
+    width = vectors * lanes
+    rng = np.random.default_rng(12)
+    spec = mk.Spec(lanes, 32)
+    kh, nt, k = 7, 3, 2
+    tab = rng.integers(0, 20, size=nt).astype(np.int64)
+    a0, b0, c0, rp = 3, 5, 2, width + 7
+    ak, bk, ldc = kh * nt + 2, (rows + kh) * rp + 30, width + 5
+    a = rng.standard_normal(a0 + k * ak + 5).astype(dtype)
+    b = rng.standard_normal(b0 + k * bk + 40 + width).astype(dtype)
+    b[b0 + 2 * rp + 1] = np.nan
+    full = _band_reference(
+        a,
+        b,
+        np.zeros(c0 + rows * ldc + 3, dtype),
+        tab,
+        nt,
+        kh,
+        a0,
+        b0,
+        k,
+        ak,
+        bk,
+        rp,
+        c0,
+        ldc,
+        rows,
+        width,
+        0,
+    )
+    tol = _tol(dtype, nt * k * kh, float(np.abs(a).max() * np.nanmax(np.abs(b)) * nt * k * kh))
+    nans = 0
+    for cnt, nrows, add in [
+        (width, rows, 0),
+        (width - lanes // 2 - 1, 4, 0),
+        (1, 1, 1),
+        (lanes + 1, 9, 1),
+        (3, 0, 0),
+    ]:
+        c = rng.standard_normal(c0 + rows * ldc + 3).astype(dtype)
+        want = c.astype(np.float64)
+        for r in range(min(rows, nrows)):
+            seg = slice(c0 + r * ldc, c0 + r * ldc + min(cnt, width))
+            want[seg] = full[seg] + (want[seg] if add else 0.75)
+        _call_band_target(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, cnt, nrows, 0.75, add, spec)
+        np.testing.assert_allclose(c, want, rtol=0, atol=tol)
+        nans += np.isnan(want).sum()  # NaN where the reference has it (assert_allclose)
+    assert nans > 0
 
 
 @njit

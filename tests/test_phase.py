@@ -120,20 +120,31 @@ def test_phase_split_under_the_fold_is_the_adjoint_of_conv(mode, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_igemm_writes_a_strided_view_and_nothing_else(dtype):
+@pytest.mark.parametrize(
+    "ws, groups, wstep",
+    [((11, 5, 3, 2), 1, 3), ((5, 1, 5, 5), 5, 3), ((5, 1, 5, 5), 5, 1)],
+    ids=["rows", "band-strided", "band-unit"],
+)
+def test_igemm_writes_a_strided_view_and_nothing_else(ws, groups, wstep, dtype):
+    """Row blocks and band blocks (through a scratch block where the view's
+    W stride is not 1, with masked stores straight into it where it is)."""
     rng = np.random.default_rng(2)
-    x = random_array(rng, (2, 5, 7, 9), dtype)
-    w = random_array(rng, (11, 5, 3, 2), dtype)
-    b = random_array(rng, (11,), dtype)
-    plan = shapes.make_plan("conv", x.shape, w.shape, b.shape, dtype=dtype, padding=1)
-    base = np.full((2, 11, 1) + tuple(3 * s + 1 for s in plan.out_size[1:]), 7.0, dtype=dtype)
-    view = base[:, :, :, 1::3, 2::3]
+    x = random_array(rng, (2, 5, 13, 9), dtype)
+    w = random_array(rng, ws, dtype)
+    b = random_array(rng, (ws[0],), dtype)
+    pad = ws[2] // 2
+    plan = shapes.make_plan("conv", x.shape, w.shape, b.shape, dtype=dtype, padding=pad, groups=groups)
+    assert igemm.geometry(plan)[0].band_rows == (6 if ws[2] == 5 else 0)
+    oh, ow = plan.out_size[1:]
+    base = np.full((2, ws[0], 1, 3 * oh + 1, wstep * ow + 2), 7.0, dtype=dtype)
+    cols = slice(2, None, 3) if wstep == 3 else slice(1, 1 + ow)
+    view = base[:, :, :, 1::3, cols]
     assert view.shape[2:] == plan.out_size
     igemm.run(x.reshape(plan.input_shape5), w.reshape(plan.weight_shape5), b, plan, view, base=base)
-    ref = conv_reference(x, w, b, stride=[1, 1], pads=[(1, 1), (1, 1)], dilation=[1, 1])
+    ref = conv_reference(x, w, b, stride=[1, 1], pads=[(pad, pad)] * 2, dilation=[1, 1], groups=groups)
     np.testing.assert_allclose(view[:, :, 0], ref, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
     rest = np.ones(base.shape, dtype=bool)
-    rest[:, :, :, 1::3, 2::3] = False
+    rest[:, :, :, 1::3, cols] = False
     assert np.all(base[rest] == 7.0)
 
 

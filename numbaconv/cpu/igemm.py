@@ -144,35 +144,69 @@ def _block_cl(tile, wp, cb, tab, spec, vectors, k, a0, b0, ps, at, vl):
 
 
 @njit(inline="always")
-def _band(wp, tile, cb, tb, spec, vectors, kh, k, a0, b0, ak, cs, rp, px):
-    # BAND_ROWS output rows x vectors of pixels of one output channel
+def _band(wp, tile, c, tb, spec, vectors, kh, k, a0, b0, ak, cs, rp, c0, ldc, cnt, nrows, bias, add):
+    # BAND_ROWS output rows x vectors of pixels of one output channel, into
+    # c (the target or a scratch block) through masks
     nt = tb.shape[0]
     if vectors >= 4:
-        fma_band(wp, tile, cb, tb, nt, kh, a0, b0, k, ak, cs, rp, 0, px, spec, 6, 4, 0)
+        fma_band(
+            wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 6, 4, 2
+        )
     elif vectors >= 2:
-        fma_band(wp, tile, cb, tb, nt, kh, a0, b0, k, ak, cs, rp, 0, px, spec, 6, 2, 0)
+        fma_band(
+            wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 6, 2, 2
+        )
     else:
-        fma_band(wp, tile, cb, tb, nt, kh, a0, b0, k, ak, cs, rp, 0, px, spec, 6, 1, 0)
+        fma_band(
+            wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 6, 1, 2
+        )
 
 
 @njit(inline="always")
 def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc):
     # A band's output rows of output channel g (one per group) in blocks of
-    # 6 rows (dh apart: the rows that share input rows) x px pixels
+    # 6 rows (dh apart: the rows that share input rows) x px pixels: written
+    # straight into a target with unit W stride (masked: rows past the band,
+    # columns past the row), else into cb and copied
     R, kh, dh, px, V, cs, wq, cg = geo[21], geo[22], geo[23], geo[15], geo[10], geo[20], geo[4], geo[8]
     OW = geo[30]
     ak = kh * tb.shape[0]
     a0 = (g * cg + c0) * ak
     bv = bias[g] if c0 == 0 else of.dtype.type(0)
+    unit = geo[36] == 1
     for base in range(0, noh, R * dh):
         for ph in range(min(dh, noh - base)):
+            rows = (noh - base - ph + dh - 1) // dh  # of the band, from this block's first
             for p0 in range(0, OW, px):
-                _band(wp, tile, cb, tb, spec, V, kh, nc, a0, (base + ph) * wq + p0, ak, cs, dh * wq, px)
+                b0 = (base + ph) * wq + p0
+                if unit:
+                    u = _offset(geo, n, g, od, h0 + base + ph, p0)
+                    _band(
+                        wp,
+                        tile,
+                        of,
+                        tb,
+                        spec,
+                        V,
+                        kh,
+                        nc,
+                        a0,
+                        b0,
+                        ak,
+                        cs,
+                        dh * wq,
+                        u,
+                        geo[35] * dh,
+                        OW - p0,
+                        rows,
+                        bv,
+                        c0 > 0,
+                    )
+                    continue
+                _band(wp, tile, cb, tb, spec, V, kh, nc, a0, b0, ak, cs, dh * wq, 0, px, px, R, 0.0, 0)
                 cnt = np.uint64(min(px, OW - p0))
-                for r in range(R):
+                for r in range(min(R, rows)):
                     oh = base + ph + r * dh
-                    if oh >= noh:
-                        break
                     _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[36], cb, r * px, cnt, bv, c0 > 0, spec)
 
 

@@ -152,6 +152,38 @@ def _incoming(phis, *sources):
             phi.add_incoming(value, block)
 
 
+def _splat(builder, vt, value):
+    """``value`` in every lane of a ``vt`` vector (insertelement + shuffle)."""
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), vt.count), [0] * vt.count)
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), zeros)
+
+
+def _masked(builder, vt, name):
+    """``llvm.masked.load`` and ``llvm.masked.store`` for ``vt`` vectors
+    (``name``: f32 or f64), declared in the builder's module."""
+    mask_t = ir.VectorType(ir.IntType(1), vt.count)
+    suffix = f"v{vt.count}{name}.p0"
+    load = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vt, [vt.as_pointer(), ir.IntType(32), mask_t, vt]),
+        f"llvm.masked.load.{suffix}",
+    )
+    store = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), ir.IntType(32), mask_t]),
+        f"llvm.masked.store.{suffix}",
+    )
+    return load, store
+
+
+def _lane_mask(builder, lanes, first, count):
+    """Lanes ``first + l < count`` (i64 ``count``; ``first`` a Python int)."""
+    i64 = ir.IntType(64)
+    step = ir.Constant(ir.VectorType(i64, lanes), [first + lane for lane in range(lanes)])
+    return builder.icmp_signed("<", step, _splat(builder, ir.VectorType(i64, lanes), count))
+
+
 class _Block:
     """The IR of one register block (see :func:`fma_block`): C loaded into
     accumulators, the k loop of FMAs (accumulators as phis), C stored."""
@@ -378,6 +410,42 @@ class _BandBlock(_Block):
         super().__init__(block, context, builder, signature, list(args[:3]) + k_args)
         self.tab = context.make_array(signature.args[3])(context, builder, args[3]).data
         self.nt, self.kh, self.rp = args[4], args[5], args[11]
+        self.cnt, self.nrows, self.bias, self.add = args[14], args[15], args[16], args[17]
+
+    def _mask(self, r, v):
+        """Block cell (r, v) in the target: lanes below cnt, rows below nrows."""
+        b = self.builder
+        lanes = _lane_mask(b, self.lanes, v * self.lanes, self.cnt)
+        row = b.icmp_signed("<", self.const(r), self.nrows)
+        return b.and_(lanes, _splat(b, ir.VectorType(ir.IntType(1), self.lanes), row))
+
+    def initial(self, cells, accumulate=True):
+        """Mode 2 (C is the target): C's cells in the target (masked loads)
+        where ``add``, else the bias."""
+        if self.accumulate < 2:
+            return super().initial(cells, self.accumulate == 1)
+        b = self.builder
+        load, _ = _masked(b, self.vt, _FMA_NAMES[self.dtype])
+        align = ir.Constant(ir.IntType(32), self.align)
+        none = ir.Constant(self.vt, [0.0] * self.lanes)
+        add = b.icmp_signed("!=", self.add, self.const(0))
+        start = _splat(b, self.vt, self.bias)
+        return [
+            b.select(add, b.call(load, [self.c_ptr(r, v), align, self._mask(r, v), none]), start)
+            for r, v in cells
+        ]
+
+    def store_final(self, cells, *sources):
+        """Mode 2: masked stores of the cells in the target."""
+        if self.accumulate < 2:
+            return super().store_final(cells, *sources)
+        b = self.builder
+        final = [b.phi(self.vt) for _ in cells]
+        _incoming(final, *sources)
+        _, store = _masked(b, self.vt, _FMA_NAMES[self.dtype])
+        align = ir.Constant(ir.IntType(32), self.align)
+        for phi, (r, v) in zip(final, cells):
+            b.call(store, [phi, self.c_ptr(r, v), align, self._mask(r, v)])
 
     def _header(self, name, pred, values):
         """A new block holding a counter phi (0 from ``pred``) and one phi
@@ -467,7 +535,29 @@ class _BandBlock(_Block):
 
 @intrinsic
 def fma_band(
-    typingctx, a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec, rows, vectors, accumulate
+    typingctx,
+    a,
+    b,
+    c,
+    tab,
+    nt,
+    kh,
+    a0,
+    b0,
+    k,
+    ak,
+    bk,
+    rp,
+    c0,
+    ldc,
+    cnt,
+    nrows,
+    bias,
+    add,
+    spec,
+    rows,
+    vectors,
+    accumulate,
 ):
     """A block of ``rows`` output rows x ``vectors`` vectors of pixels of one
     output channel, for njit code (lanes over the pixels of a row; the rows
@@ -481,13 +571,42 @@ def fma_band(
     ``tab``: the other taps' offsets (int64). Each input row
     is loaded once per tap and feeds every output row it reaches, so a kernel
     of ``kh`` rows does ``kh`` FMAs per load where a one-row block does one.
-    ``spec``, ``rows``, ``vectors`` (0: :func:`vectors_for`) and ``accumulate``
-    as in :func:`fma_taps`.
+    ``spec``, ``rows`` and ``vectors`` (0: :func:`vectors_for`) as in
+    :func:`fma_taps`; ``accumulate`` 0 or 1 as there (``cnt``, ``nrows``,
+    ``bias``, ``add`` unused), or 2: C is the target, an output with unit
+    stride along the rows: only rows below ``nrows`` and columns below
+    ``cnt`` of the block are read and written (masked vectors), starting from
+    ``bias`` or (``add`` nonzero: a later chunk of channels) adding into C.
+    No scratch block, no copy.
     """
     codegen = _block_codegen(_BandBlock, a, b, c, spec, (rows, vectors, accumulate))
-    if codegen is None:
+    if codegen is None or not all(isinstance(t, (types.Integer, types.Boolean)) for t in (cnt, nrows, add)):
         return None
-    sig = types.void(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, spec, rows, vectors, accumulate)
+    i64 = types.int64
+    sig = types.void(
+        a,
+        b,
+        c,
+        tab,
+        nt,
+        kh,
+        a0,
+        b0,
+        k,
+        ak,
+        bk,
+        rp,
+        c0,
+        ldc,
+        i64,
+        i64,
+        c.dtype,
+        i64,
+        spec,
+        rows,
+        vectors,
+        accumulate,
+    )
     return sig, codegen
 
 
@@ -511,35 +630,18 @@ class _Run:
         b = self.builder
         return b.bitcast(b.gep(base, [b.add(off, i)]), self.vt.as_pointer())
 
-    def _splat(self, value):
-        b = self.builder
-        one = b.insert_element(ir.Constant(self.vt, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-        zeros = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes)
-        return b.shuffle_vector(one, ir.Constant(self.vt, ir.Undefined), zeros)
-
     def _value(self, src, dst):
         """The vector stored: src, src + bias or dst + src (by mode)."""
         b = self.builder
         if self.mode == 1:
-            return b.fadd(src, self._splat(self.bias))
+            return b.fadd(src, _splat(b, self.vt, self.bias))
         if self.mode == 2:
             return b.fadd(dst(), src)
         return src
 
     def emit(self):
         b, L = self.builder, self.lanes
-        mask_t = ir.VectorType(ir.IntType(1), L)
-        suffix = f"v{L}{self.name}.p0"
-        load = cgutils.get_or_insert_function(
-            b.module,
-            ir.FunctionType(self.vt, [self.vt.as_pointer(), ir.IntType(32), mask_t, self.vt]),
-            f"llvm.masked.load.{suffix}",
-        )
-        store = cgutils.get_or_insert_function(
-            b.module,
-            ir.FunctionType(ir.VoidType(), [self.vt, self.vt.as_pointer(), ir.IntType(32), mask_t]),
-            f"llvm.masked.store.{suffix}",
-        )
+        load, store = _masked(b, self.vt, self.name)
         align = ir.Constant(ir.IntType(32), self.align)
         zero = ir.Constant(self.i64, 0)
         full = b.and_(self.n, ir.Constant(self.i64, -L))  # lanes: a power of two
@@ -561,9 +663,7 @@ class _Run:
         b.position_at_end(tail)
         b.cbranch(b.icmp_signed("<", full, self.n), masked, done)
         b.position_at_end(masked)
-        step = ir.Constant(ir.VectorType(self.i64, L), list(range(L)))
-        room = b.sub(self.n, full)
-        mask = b.icmp_signed("<", step, self._splat_i64(room))
+        mask = _lane_mask(b, L, 0, b.sub(self.n, full))
         none = ir.Constant(self.vt, [0.0] * L)
         src = b.call(load, [self._ptr(self.ps, self.s0, full), align, mask, none])
         dptr = self._ptr(self.pd, self.d0, full)
@@ -571,13 +671,6 @@ class _Run:
         b.call(store, [value, dptr, align, mask])
         b.branch(done)
         b.position_at_end(done)
-
-    def _splat_i64(self, value):
-        b = self.builder
-        vt = ir.VectorType(self.i64, self.lanes)
-        one = b.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-        zeros = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes)
-        return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), zeros)
 
 
 @intrinsic
