@@ -158,3 +158,20 @@ def test_groups_share_a_task(ws, pads, layout, mode, monkeypatch):
     params = dict(stride=[1, 1], pads=pads, dilation=[1, 1], groups=groups, mode=mode)
     ref = conv_reference(x, w, b, **params)
     assert_close(got, ref, tolerance(np.float64, ws[1] * ws[2] * ws[3], x, w, b, **params))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tall_row_blocks_on_small_planes(dtype, variant):
+    """Small planes with enough output channels per group take tall row
+    blocks (TALL_ROWS channels x fewer pixels) where those pad less; the
+    last block's channels and pixels are partial; against the reference."""
+    xs, ws, pads = (2, 6, 3, 3), (2 * 28, 3, 3, 3), [(1, 1), (1, 1)]
+    plan = make_conv_plan(xs, ws, (ws[0],), 1, pads, 1, 2, dtype=dtype)
+    geo = igemm.geometry(plan)[0]
+    assert geo.block == (igemm.TALL_ROWS if variant != "lanes8-16regs" else 4)
+    rng = np.random.default_rng(9)
+    x, w, b = (random_array(rng, s, dtype) for s in (xs, ws, (ws[0],)))
+    got = nc.conv2d(x, w, b, 1, pads, 1, 2, method="direct")
+    params = dict(stride=[1, 1], pads=pads, dilation=[1, 1], groups=2, mode="zeros")
+    ref = conv_reference(x, w, b, **params)
+    assert_close(got, ref, tolerance(dtype, 27, x, w, b, **params))

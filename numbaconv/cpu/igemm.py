@@ -125,6 +125,10 @@ def _block(wp, src, cb, tb, spec, rows, k, a0, b0, cs, pw):
         fma_taps(wp, src, cb, tb, nt, 3, a0, b0, k, nt * 3, 1, cs, 0, pw, spec, 3, 0, 0, 0)
     elif rows == 2:
         fma_taps(wp, src, cb, tb, nt, 2, a0, b0, k, nt * 2, 1, cs, 0, pw, spec, 2, 0, 0, 0)
+    elif rows == TALL_ROWS:
+        fma_taps(
+            wp, src, cb, tb, nt, TALL_ROWS, a0, b0, k, nt * TALL_ROWS, 1, cs, 0, pw, spec, TALL_ROWS, 0, 0, 0
+        )
     else:
         fma_taps(wp, src, cb, tb, nt, 1, a0, b0, k, nt, 1, cs, 0, pw, spec, 1, 0, 0, 0)
 
@@ -425,6 +429,15 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
             p = e
 
 
+TALL_ROWS = 14  # output channels of the tall row block (2 vectors with 32 registers)
+
+
+def _useful(og: int, rows: int, pixels: int, px: int) -> float:
+    """The fraction of a plane's row blocks that is output: ``og`` channels in
+    blocks of ``rows``, ``pixels`` in blocks of ``px``."""
+    return og / (-(-og // rows) * rows) * pixels / (-(-pixels // px) * px)
+
+
 def block_rows(og: int, registers: int) -> int:
     """Output channels per register block of the pixel layout: ``og`` itself
     below 4, else the one of 4, 5, 6 with the most useful work per load (the
@@ -561,6 +574,16 @@ class Geometry:
         else:
             self.vectors = self.block = block_rows(self.og, registers)
             self.px = vectors_for(self.block, registers) * lanes
+            # small planes: tall blocks (more output channels, fewer pixels)
+            # where they pad the plane's pixels and the group's channels less
+            tall = vectors_for(TALL_ROWS, registers) * lanes
+            pixels = plan.out_size[1] * self.wq
+            better = _useful(self.og, TALL_ROWS, pixels, tall) > 1.05 * _useful(
+                self.og, self.block, pixels, self.px
+            )
+            if better and registers >= TALL_ROWS + 2:  # 14 accumulators, a B vector, a broadcast
+                self.vectors = self.block = TALL_ROWS
+                self.px = tall
         self.nob = -(-self.og // self.block)
         self.taps = [(a, b * dh, c * dw) for a in range(kd) for b in range(kh) for c in range(kw)]
         self._split(plan, threads)
