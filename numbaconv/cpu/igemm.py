@@ -177,37 +177,19 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
     ak = kh * tb.shape[0]
     a0 = (g * cg + c0) * ak
     bv = bias[g] if c0 == 0 else of.dtype.type(0)
-    unit = geo[36] == 1
+    unit, rp = geo[36] == 1, dh * wq
     for base in range(0, noh, R * dh):
         for ph in range(min(dh, noh - base)):
             rows = (noh - base - ph + dh - 1) // dh  # of the band, from this block's first
             for p0 in range(0, OW, px):
                 b0 = (base + ph) * wq + p0
                 if unit:
-                    u = _offset(geo, n, g, od, h0 + base + ph, p0)
+                    u, ldc, add = _offset(geo, n, g, od, h0 + base + ph, p0), geo[35] * dh, c0 > 0
                     _band(
-                        wp,
-                        tile,
-                        of,
-                        tb,
-                        spec,
-                        V,
-                        kh,
-                        nc,
-                        a0,
-                        b0,
-                        ak,
-                        cs,
-                        dh * wq,
-                        u,
-                        geo[35] * dh,
-                        OW - p0,
-                        rows,
-                        bv,
-                        c0 > 0,
+                        wp, tile, of, tb, spec, V, kh, nc, a0, b0, ak, cs, rp, u, ldc, OW - p0, rows, bv, add
                     )
                     continue
-                _band(wp, tile, cb, tb, spec, V, kh, nc, a0, b0, ak, cs, dh * wq, 0, px, px, R, 0.0, 0)
+                _band(wp, tile, cb, tb, spec, V, kh, nc, a0, b0, ak, cs, rp, 0, px, px, R, 0.0, 0)
                 cnt = np.uint64(min(px, OW - p0))
                 for r in range(min(R, rows)):
                     oh = base + ph + r * dh
