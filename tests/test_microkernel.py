@@ -295,25 +295,8 @@ def test_fma_band_into_the_target(lanes, dtype):
     a = rng.standard_normal(a0 + k * ak + 5).astype(dtype)
     b = rng.standard_normal(b0 + k * bk + 40 + width).astype(dtype)
     b[b0 + 2 * rp + 1] = np.nan
-    full = _band_reference(
-        a,
-        b,
-        np.zeros(c0 + rows * ldc + 3, dtype),
-        tab,
-        nt,
-        kh,
-        a0,
-        b0,
-        k,
-        ak,
-        bk,
-        rp,
-        c0,
-        ldc,
-        rows,
-        width,
-        0,
-    )
+    zeros = np.zeros(c0 + rows * ldc + 3, dtype)
+    full = _band_reference(a, b, zeros, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, rows, width, 0)
     tol = _tol(dtype, nt * k * kh, float(np.abs(a).max() * np.nanmax(np.abs(b)) * nt * k * kh))
     nans = 0
     for cnt, nrows, add in [

@@ -215,10 +215,7 @@ class _Block:
         b = self.builder
         off = b.add(base, b.add(b.mul(step, sk), b.mul(self.const(r), sr)))
         if bcast:
-            s = b.load(b.gep(ptr, [off]), align=self.align)
-            one = b.insert_element(ir.Constant(self.vt, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
-            splat = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes)
-            return b.shuffle_vector(one, ir.Constant(self.vt, ir.Undefined), splat)
+            return _splat(b, self.vt, b.load(b.gep(ptr, [off]), align=self.align))
         off = b.add(off, self.const(v * self.lanes))
         return b.load(b.bitcast(b.gep(ptr, [off]), self.vt.as_pointer()), align=self.align)
 
@@ -533,32 +530,13 @@ class _BandBlock(_Block):
         self.store_final(cells, (init, entry), (acc, latch))
 
 
+# fmt: off
 @intrinsic
 def fma_band(
-    typingctx,
-    a,
-    b,
-    c,
-    tab,
-    nt,
-    kh,
-    a0,
-    b0,
-    k,
-    ak,
-    bk,
-    rp,
-    c0,
-    ldc,
-    cnt,
-    nrows,
-    bias,
-    add,
-    spec,
-    rows,
-    vectors,
+    typingctx, a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, cnt, nrows, bias, add, spec, rows, vectors,
     accumulate,
 ):
+    # fmt: on
     """A block of ``rows`` output rows x ``vectors`` vectors of pixels of one
     output channel, for njit code (lanes over the pixels of a row; the rows
     share each loaded input row)::
@@ -583,31 +561,8 @@ def fma_band(
     if codegen is None or not all(isinstance(t, (types.Integer, types.Boolean)) for t in (cnt, nrows, add)):
         return None
     i64 = types.int64
-    sig = types.void(
-        a,
-        b,
-        c,
-        tab,
-        nt,
-        kh,
-        a0,
-        b0,
-        k,
-        ak,
-        bk,
-        rp,
-        c0,
-        ldc,
-        i64,
-        i64,
-        c.dtype,
-        i64,
-        spec,
-        rows,
-        vectors,
-        accumulate,
-    )
-    return sig, codegen
+    args = (a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, i64, i64, c.dtype, i64, spec, rows, vectors)
+    return types.void(*args, accumulate), codegen
 
 
 class _Run:
