@@ -60,6 +60,13 @@ SHIPPED: dict[str, dict[str, float]] = {
         "transforms": 4.1e-06,
         "points": 0,
     },
+    "conv/winograd": {
+        "call": 0.000137,
+        "gemm_flops": 4.42e-12,
+        "transformed": 6.0e-11,
+        "gathered": 6.0e-10,
+        "outputs": 6.0e-10,
+    },
     "conv_transpose/scatter": {
         "call": 0.000276,
         "outputs": 1.93e-09,

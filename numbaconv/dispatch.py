@@ -94,6 +94,7 @@ TABLE: tuple[MethodRow, ...] = (
     MethodRow("direct", "conv", "cpu", ".cpu.direct"),
     MethodRow("gemm", "conv", "cpu", ".cpu.gemm"),
     MethodRow("fft", "conv", "cpu", ".cpu.fft", error="norm"),
+    MethodRow("winograd", "conv", "cpu", ".cpu.winograd"),
     MethodRow("scatter", "conv_transpose", "cpu", ".cpu.scatter"),
     MethodRow("gather", "conv_transpose", "cpu", ".cpu.gather"),
     MethodRow("gemm", "conv_transpose", "cpu", ".cpu.gemm", "run_transpose"),

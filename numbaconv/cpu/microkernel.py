@@ -586,12 +586,20 @@ class _Run:
         return b.bitcast(b.gep(base, [b.add(off, i)]), self.vt.as_pointer())
 
     def _value(self, src, dst):
-        """The vector stored: src, src + bias or dst + src (by mode)."""
+        """The vector stored: src, src + bias, dst + src, bias * src or
+        dst + bias * src (by mode)."""
         b = self.builder
         if self.mode == 1:
             return b.fadd(src, _splat(b, self.vt, self.bias))
         if self.mode == 2:
             return b.fadd(dst(), src)
+        if self.mode == 3:
+            return b.fmul(src, _splat(b, self.vt, self.bias))
+        if self.mode == 4:
+            fma = cgutils.get_or_insert_function(
+                b.module, ir.FunctionType(self.vt, [self.vt] * 3), f"llvm.fma.v{self.lanes}{self.name}"
+            )
+            return b.call(fma, [src, _splat(b, self.vt, self.bias), dst()])
         return src
 
     def emit(self):
@@ -635,6 +643,8 @@ def vector_run(typingctx, dst, d0, src, s0, n, bias, mode, spec):
         dst[d0 + i] = src[s0 + i]            (mode 0)
         dst[d0 + i] = src[s0 + i] + bias     (mode 1)
         dst[d0 + i] += src[s0 + i]           (mode 2)
+        dst[d0 + i] = bias * src[s0 + i]     (mode 3)
+        dst[d0 + i] += bias * src[s0 + i]    (mode 4, fused)
 
     for ``i < n``, as whole vectors of ``spec.lanes`` and one masked vector
     (``llvm.masked.load/store``: no scalar remainder loop; a compiled loop of
@@ -653,6 +663,129 @@ def vector_run(typingctx, dst, d0, src, s0, n, bias, mode, spec):
             args[i] = context.cast(builder, args[i], signature.args[i], types.int64)
         args[5] = context.cast(builder, args[5], signature.args[5], dst.dtype)
         _Run(dtype, context, builder, signature, args).emit()
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+class _Comb:
+    """The IR of :func:`vector_comb`: blocks of 4 vectors, then single
+    vectors, then one masked vector; per block a loop over the terms with
+    the accumulators as phis."""
+
+    def __init__(self, dtype, context, builder, signature, args):
+        self.b = builder
+        self.lanes = signature.args[-1].lanes
+        self.align = np.dtype(dtype).itemsize
+        self.vt = ir.VectorType(_LLVM_TYPES[dtype], self.lanes)
+        self.i64 = ir.IntType(64)
+        self.fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(self.vt, [self.vt] * 3), f"llvm.fma.v{self.lanes}{_FMA_NAMES[dtype]}"
+        )
+        self.load, self.store = _masked(builder, self.vt, _FMA_NAMES[dtype])
+        arr = [context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 2, 5)]
+        self.pd, self.ps, self.pc = arr
+        self.d0, self.s0, self.ss, self.c0, self.n, self.inner = (args[i] for i in (1, 3, 4, 6, 7, 8))
+
+    def _ptr(self, base, off):
+        return self.b.bitcast(self.b.gep(base, [off]), self.vt.as_pointer())
+
+    def _block(self, at, count, mask=None):
+        """Outputs ``at .. at + count*lanes`` (a masked single vector when
+        ``mask``): the term loop, then the stores."""
+        b, L = self.b, self.lanes
+        align = ir.Constant(ir.IntType(32), self.align)
+        zero_v = ir.Constant(self.vt, [0.0] * L)
+        entry = b.block
+        loop = b.append_basic_block("comb.terms")
+        done = b.append_basic_block("comb.stores")
+        b.cbranch(b.icmp_signed(">", self.n, ir.Constant(self.i64, 0)), loop, done)
+        b.position_at_end(loop)
+        i = b.phi(self.i64)
+        i.add_incoming(ir.Constant(self.i64, 0), entry)
+        acc = [b.phi(self.vt) for _ in range(count)]
+        for a in acc:
+            a.add_incoming(zero_v, entry)
+        cf = _splat(b, self.vt, b.load(b.gep(self.pc, [b.add(self.c0, i)]), align=self.align))
+        row = b.add(b.add(self.s0, b.mul(i, self.ss)), at)
+        new = []
+        for u, a in enumerate(acc):
+            ptr = self._ptr(self.ps, b.add(row, ir.Constant(self.i64, u * L)))
+            v = b.call(self.load, [ptr, align, mask, zero_v]) if mask else b.load(ptr, align=self.align)
+            new.append(b.call(self.fma, [cf, v, a]))
+        nxt = b.add(i, ir.Constant(self.i64, 1))
+        for a, v in zip(acc, new):
+            a.add_incoming(v, b.block)
+        i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, self.n), loop, done)
+        b.position_at_end(done)
+        finals = []
+        for v in new:
+            phi = b.phi(self.vt)
+            phi.add_incoming(zero_v, entry)
+            phi.add_incoming(v, loop)
+            finals.append(phi)
+        for u, v in enumerate(finals):
+            ptr = self._ptr(self.pd, b.add(b.add(self.d0, at), ir.Constant(self.i64, u * L)))
+            if mask:
+                b.call(self.store, [v, ptr, align, mask])
+            else:
+                b.store(v, ptr, align=self.align)
+
+    def emit(self):
+        b, L = self.b, self.lanes
+        zero = ir.Constant(self.i64, 0)
+        cur = zero
+        for count in (4, 1):
+            cur = self._run(cur, count)
+        rest = b.sub(self.inner, cur)
+        with b.if_then(b.icmp_signed(">", rest, zero)):
+            self._block(cur, 1, _lane_mask(b, L, 0, rest))
+
+    def _run(self, start, count):
+        """Blocks of ``count`` vectors from ``start`` while whole; returns where they end."""
+        b, step = self.b, count * self.lanes
+        entry = b.block
+        body = b.append_basic_block("comb.loop")
+        after = b.append_basic_block("comb.after")
+        stepc = ir.Constant(self.i64, step)
+        b.cbranch(b.icmp_signed("<=", b.add(start, stepc), self.inner), body, after)
+        b.position_at_end(body)
+        at = b.phi(self.i64)
+        at.add_incoming(start, entry)
+        self._block(at, count)
+        nxt = b.add(at, stepc)
+        last = b.block
+        at.add_incoming(nxt, last)
+        b.cbranch(b.icmp_signed("<=", b.add(nxt, stepc), self.inner), body, after)
+        b.position_at_end(after)
+        end = b.phi(self.i64)
+        end.add_incoming(start, entry)
+        end.add_incoming(nxt, last)
+        return end
+
+
+@intrinsic
+def vector_comb(typingctx, dst, d0, src, s0, ss, coef, c0, n, inner, spec):
+    """For njit code, a combination of ``n`` runs (unit strides within a run)::
+
+        dst[d0 + l] = sum_{i < n} coef[c0 + i] * src[s0 + i*ss + l]    (l < inner)
+
+    as explicit vectors of ``spec.lanes`` (4 accumulators at a time, each
+    term loaded once, the result stored once; a masked last vector). The
+    transforms of :mod:`numbaconv.cpu.winograd` are made of these."""
+    if not isinstance(spec, SpecType):
+        return None
+    dtype = dst.dtype.name
+    if dtype not in _LLVM_TYPES or src.dtype != dst.dtype or coef.dtype != dst.dtype:
+        return None
+    sig = types.void(dst, d0, src, s0, ss, coef, c0, n, inner, spec)
+
+    def codegen(context, builder, signature, args):
+        args = list(args)
+        for i in (1, 3, 4, 6, 7, 8):
+            args[i] = context.cast(builder, args[i], signature.args[i], types.int64)
+        _Comb(dtype, context, builder, signature, args).emit()
         return context.get_dummy_value()
 
     return sig, codegen
