@@ -263,6 +263,40 @@ def run_transpose_case(c, dtype, method, rng, batched=True, bias=True):
     return got, ref, transpose_tolerance(dtype, x, w, b, **params), (x, w, b, params)
 
 
+def conv_case_plan(c, dtype=np.float64):
+    """The plan of conv case ``c`` (for a row's ``supports``)."""
+    from numbaconv import shapes
+
+    nd = c["nd"]
+    return shapes.make_conv_plan(
+        (c["n"], c["cin"]) + c["size"], (c["cout"], c["cin"] // c["groups"]) + c["k"], (c["cout"],),
+        c["stride"], c["padding"], c["dilation"], c["groups"], padding_mode=c["mode"], dtype=dtype, ndim=nd,
+    )  # fmt: skip
+
+
+def row_cases(rows, cases, supported=True, dtypes=None):
+    """``(case, row item)`` pairs of ``rows`` (:func:`cpu_rows` items) and
+    ``cases`` that the row supports (or, ``supported=False``, does not), as
+    pytest params with ids; with ``dtypes``, ``(case, dtype, row item)``
+    triples, the support checked per dtype."""
+    import pytest
+
+    out = []
+    for item in rows:
+        for c in cases:
+            for dt in dtypes or (None,):
+                plan = conv_case_plan(c, np.float64 if dt is None else dt)
+                if (item[0].supports(plan) is None) != supported:
+                    continue
+                if dt is None:
+                    out.append(pytest.param(c, item, id=f"{conv_id(c)}-{row_id(item)}"))
+                else:
+                    out.append(
+                        pytest.param(c, dt, item, id=f"{conv_id(c)}-{np.dtype(dt).name}-{row_id(item)}")
+                    )
+    return out
+
+
 def run_conv_row(row, c, dtype, rng, **kw):
     """A conv case through ``row`` with the tolerance of the row's error model."""
     return run_conv_case(c, dtype, rng, method=row.name, error=row.error, **kw)

@@ -6,6 +6,8 @@ groups, every dtype, unbatched, without bias. The rows come from
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -15,9 +17,10 @@ from numbaconv import config
 from .cases import (
     CONV_GRID,
     TRANSPOSE_GRID,
-    conv_id,
+    conv_case_plan,
     conv_valid,
     cpu_rows,
+    row_cases,
     row_id,
     run_conv_row,
     run_transpose_case,
@@ -43,8 +46,7 @@ transpose_row = conv_row
 _dtype_id = lambda d: np.dtype(d).name  # noqa: E731
 
 
-@pytest.mark.parametrize("conv_row", CONV_ROWS, ids=row_id, indirect=True)
-@pytest.mark.parametrize("case", VALID_CONV, ids=conv_id)
+@pytest.mark.parametrize(("case", "conv_row"), row_cases(CONV_ROWS, VALID_CONV), indirect=["conv_row"])
 def test_conv_grid_float64_vs_reference_and_torch(case, conv_row):
     got, ref, tol, (x, w, b, stride, pads, dil) = run_conv_row(
         conv_row, case, np.float64, np.random.default_rng(0)
@@ -56,19 +58,31 @@ def test_conv_grid_float64_vs_reference_and_torch(case, conv_row):
         assert_close(got, tref, tol, "vs torch")
 
 
-@pytest.mark.parametrize("conv_row", CONV_ROWS, ids=row_id, indirect=True)
-@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
-@pytest.mark.parametrize("case", VALID_CONV[::6], ids=conv_id)
+@pytest.mark.parametrize(
+    ("case", "dtype", "conv_row"), row_cases(CONV_ROWS, VALID_CONV[::6], dtypes=DTYPES), indirect=["conv_row"]
+)
 def test_conv_grid_dtypes(case, dtype, conv_row):
     got, ref, tol, _ = run_conv_row(conv_row, case, dtype, np.random.default_rng(1))
     assert got.dtype == np.dtype(dtype)
     assert_close(got, ref, tol)
 
 
+@pytest.mark.parametrize(
+    ("case", "conv_row"), row_cases(CONV_ROWS, VALID_CONV, supported=False), indirect=["conv_row"]
+)
+def test_conv_grid_unsupported_cases_raise(case, conv_row):
+    """A forced method that cannot run a case says why, before any work."""
+    from numbaconv.dispatch import UnsupportedMethodError
+
+    why = conv_row.supports(conv_case_plan(case))
+    with pytest.raises(UnsupportedMethodError, match=re.escape(why)):
+        run_conv_row(conv_row, case, np.float64, np.random.default_rng(0))
+
+
 @pytest.mark.parametrize("conv_row", CONV_ROWS, ids=row_id, indirect=True)
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_conv_unbatched_and_no_bias(nd, conv_row):
-    c = next(c for c in VALID_CONV if c["nd"] == nd)
+    c = next(c for c in VALID_CONV if c["nd"] == nd and conv_row.supports(conv_case_plan(c)) is None)
     got, ref, tol, _ = run_conv_row(conv_row, c, np.float64, np.random.default_rng(2), batched=False)
     assert got.shape == ref.shape and got.ndim == nd + 1
     assert_close(got, ref, tol)

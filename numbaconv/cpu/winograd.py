@@ -198,9 +198,19 @@ class Geometry:
     def args(self) -> np.ndarray:
         return np.array(
             [self.cig, self.cog, self.cop, self.R, self.nblk, self.kc, *self.alpha, *self.m, *self.ntiles,
-             self.total, self.rows, _VECTORS * self.lanes],
+             self.total, self.rows, _VECTORS * self.lanes, *self.matrix_offsets()],
             dtype=np.int64,
         )  # fmt: skip
+
+    def matrix_offsets(self) -> list[int]:
+        """Where :func:`_maps`' ``mats`` holds B^T (alpha x alpha) and A^T
+        (m x alpha) of each dim: ``[bt_D, bt_H, bt_W, at_D, at_H, at_W]``."""
+        bt, at, at_ = [], [], 0
+        for a, m in zip(self.alpha, self.m):
+            bt.append(at_)
+            at.append(at_ + a * a)
+            at_ += a * a + m * a
+        return bt + at
 
     def workspace_bytes(self, itemsize: int, threads: int) -> int:
         """Per-task buffers on every thread (gathered and transformed inputs,
@@ -265,6 +275,8 @@ def cost_features(plan) -> dict[str, float]:
 def _transformed_weight(w5, plan, geo) -> tuple[np.ndarray, bool]:
     """``U = G w G^T`` per dim, as ``[group][point][block][channel][row]``
     (flat, zero rows past the group's outputs), and whether ``w5`` is finite."""
+    if not np.isfinite(w5).all():
+        return np.zeros(0, dtype=plan.dtype), False
     g_d, g_h, g_w = (matrices(m, k)[1] for m, k in zip(geo.m, plan.kernel))
     w = w5.astype(np.float64).reshape(plan.groups, geo.cog, geo.cig, *plan.kernel)
     u = np.einsum("ai,bj,ck,goxijk->gabcxo", g_d, g_h, g_w, w, optimize=True)
@@ -272,7 +284,7 @@ def _transformed_weight(w5, plan, geo) -> tuple[np.ndarray, bool]:
     packed = np.zeros((plan.groups, geo.points, geo.cig, geo.cop), dtype=plan.dtype)
     packed[..., : geo.cog] = u
     packed = packed.reshape(plan.groups, geo.points, geo.cig, geo.nob, geo.rows).transpose(0, 1, 3, 2, 4)
-    return np.ascontiguousarray(packed).ravel(), bool(np.isfinite(w5).all())
+    return np.ascontiguousarray(packed).ravel(), True
 
 
 _PACKED = WeightCache("weight_cache_bytes")
@@ -283,67 +295,55 @@ def packed_weight(w5, plan, geo) -> tuple[np.ndarray, bool]:
     return _PACKED.get(w5, key, lambda: _transformed_weight(w5, plan, geo))
 
 
-@njit(inline="always")
-def _apply(src, so, s_outer, s_i, dst, do, d_outer, d_i, mats, mo, nout, nin, outer, inner, spec):
-    # dst[do + o*d_outer + j*d_i + l] = sum_i mats[mo + j*nin + i] * src[so + o*s_outer + i*s_i + l]
-    # for o < outer, j < nout, l < inner: explicit vectors, each term loaded
-    # once and each result stored once (microkernel.vector_comb)
-    for o in range(outer):
-        for j in range(nout):
-            vector_comb(dst, do + o * d_outer + j * d_i, src, so + o * s_outer, s_i, mats, mo + j * nin, nin,
-                        inner, spec)  # fmt: skip
-
-
-@njit(inline="always")
+@njit(nogil=True, cache=True)
 def _pass(src, so, sps, dst, do, dps, mats, mo, nout, nin, outer, q, R, spec):
-    # one dim: positions [outer][nin][q] (each R lanes, ``sps`` apart in src)
-    # -> [outer][nout][q] (``dps`` apart in dst)
-    if sps == R and dps == R:
-        _apply(
-            src, so, nin * q * R, q * R, dst, do, nout * q * R, q * R, mats, mo, nout, nin, outer, q * R, spec
-        )
-    else:
-        for k in range(q):
-            _apply(src, so + k * sps, nin * q * sps, q * sps, dst, do + k * dps, nout * q * dps, q * dps, mats,
-                   mo, nout, nin, outer, R, spec)  # fmt: skip
+    # one dim of a transform: positions [outer][nin][q] of src (R lanes each,
+    # ``sps`` apart) -> [outer][nout][q] of dst (``dps`` apart):
+    # dst[.., j, ..] = sum_i mats[mo + j*nin + i] * src[.., i, ..], as explicit
+    # vectors (microkernel.vector_comb: each term loaded once, each result
+    # stored once; an auto-vectorized loop takes 256-bit vectors on Intel
+    # AVX-512 hosts)
+    if sps == R and dps == R:  # contiguous positions: one run per (o, j)
+        R, sps, dps, q = q * R, q * R, q * R, 1
+    for k in range(q):
+        for o in range(outer):
+            for j in range(nout):
+                vector_comb(dst, do + k * dps + (o * nout + j) * q * dps, src, so + k * sps + o * nin * q * sps,
+                            q * sps, mats, mo + j * nin, nin, R, spec)  # fmt: skip
 
 
-@njit(inline="always")
-def _transform(src, so, sps, dst, do, dps, t1, t2, mats, mo, a, b, R, spec):
+@njit(nogil=True, cache=True)
+def _transform(src, so, sps, dst, do, dps, t1, t2, mats, geo, side, R, spec):
     # src positions [a0][a1][a2] (R lanes each, sps apart) -> dst [b0][b1][b2]
-    # (dps apart): matrices (b x a) along dims 2, 1, 0 at mats[mo[k]:] (a dim
-    # with a == 1 is the identity); between passes in t1 / t2 (contiguous)
-    n = int(a[2] > 1) + int(a[1] > 1) + int(a[0] > 1)
-    d0, d1, d2 = a[0], a[1], a[2]
-    cur, co, cps = src, so, sps
+    # (dps apart), one dim at a time (W, H, D; a dim with a == 1 is the
+    # identity), between passes in t1 / t2 (contiguous). side 0: the input
+    # transform (B^T, b = a = alpha); side 1: the output transform (A^T, b = m)
+    a0, a1, a2 = geo[6], geo[7], geo[8]
+    b0, b1, b2 = (geo[9], geo[10], geo[11]) if side else (a0, a1, a2)
+    m0, m1, m2 = (geo[21], geo[22], geo[23]) if side else (geo[18], geo[19], geo[20])
+    n = int(a2 > 1) + int(a1 > 1) + int(a0 > 1)
+    zero, one = np.int64(0), np.int64(1)
     k = 0
-    for axis in (2, 1, 0):
-        if a[axis] == 1:
-            continue
+    if a2 > 1:  # W: [a0*a1][a2][1] -> [a0*a1][b2][1]
         k += 1
-        if axis == 2:
-            outer, q = d0 * d1, 1
-        elif axis == 1:
-            outer, q = d0, d2
-        else:
-            outer, q = 1, d1 * d2
         if k == n:
-            nxt, no, nps = dst, do, dps
-        elif k % 2 == 1:
-            nxt, no, nps = t1, 0, R
+            _pass(src, so, sps, dst, do, dps, mats, m2, b2, a2, a0 * a1, one, R, spec)
         else:
-            nxt, no, nps = t2, 0, R
-        _pass(cur, co, cps, nxt, no, nps, mats, mo[axis], b[axis], a[axis], outer, q, R, spec)
-        if axis == 2:
-            d2 = b[2]
-        elif axis == 1:
-            d1 = b[1]
+            _pass(src, so, sps, t1, zero, R, mats, m2, b2, a2, a0 * a1, one, R, spec)
+    if a1 > 1:  # H: [a0][a1][b2] -> [a0][b1][b2]
+        k += 1
+        src_, so_, sps_ = (src, so, sps) if k == 1 else (t1, zero, R)
+        if k == n:
+            _pass(src_, so_, sps_, dst, do, dps, mats, m1, b1, a1, a0, b2, R, spec)
         else:
-            d0 = b[0]
-        cur, co, cps = nxt, no, nps
+            _pass(src_, so_, sps_, t2, zero, R, mats, m1, b1, a1, a0, b2, R, spec)
+    if a0 > 1:  # D: [1][a0][b1*b2] -> [1][b0][b1*b2]
+        k += 1
+        src_, so_, sps_ = (src, so, sps) if k == 1 else ((t1, zero, R) if k == 2 else (t2, zero, R))
+        _pass(src_, so_, sps_, dst, do, dps, mats, m0, b0, a0, one, b1 * b2, R, spec)
 
 
-@njit(inline="always")
+@njit(nogil=True, cache=True)
 def _gemm(U, V, M, tab, g, p, nc, c0, spec, geo, acc):
     # M[p][o][tile] (+)= sum_{c < nc} U[g][p][o // rows][c0 + c][o % rows] * V[p][c][tile]
     cig, cop, R, kc, rows, vw = geo[0], geo[2], geo[3], geo[5], geo[16], geo[17]
@@ -416,9 +416,6 @@ def _task(x, xf, U, bias, out, of, inm, outm, mats, geo, bad, tab, spec, t):
     xo = np.empty(T * R, dtype=np.int64)
     oo = np.empty(MO * R, dtype=np.int64)
     _offsets(x, out, inm, outm, geo, (t - g * nblk) * R, xo, oo)
-    mo_in = (0, al[0] * al[0] + ms[0] * al[0], 0)
-    mo_in = (0, mo_in[1], mo_in[1] + al[1] * al[1] + ms[1] * al[1])
-    mo_out = (mo_in[0] + al[0] * al[0], mo_in[1] + al[1] * al[1], mo_in[2] + al[2] * al[2])
     L = _GROUP * R  # lanes of a transform: _GROUP channels of R tiles
     d = np.empty(T * L, dtype=xf.dtype)
     t1 = np.empty(T * L, dtype=xf.dtype)
@@ -440,16 +437,14 @@ def _task(x, xf, U, bias, out, of, inm, outm, mats, geo, bad, tab, spec, t):
                         if o >= 0:
                             v = xf[np.uint64(o + cx)]
                         d[db + l] = v
-            _transform(d, 0, ng * R, V, cg * R, kc * R, t1, t2, mats, mo_in, al, al, ng * R, spec)
-        if c0 == 0:
-            for p in range(T):
-                _gemm(U, V, M, tab, g, p, nc, c0, spec, geo, False)
-        else:
-            for p in range(T):
-                _gemm(U, V, M, tab, g, p, nc, c0, spec, geo, True)
+            _transform(
+                d, np.int64(0), ng * R, V, cg * R, kc * R, t1, t2, mats, geo, np.int64(0), ng * R, spec
+            )
+        for p in range(T):
+            _gemm(U, V, M, tab, g, p, nc, c0, spec, geo, c0 > 0)
     for og in range(0, cog, _GROUP):
         ng = min(_GROUP, cog - og)
-        _transform(M, og * R, cop * R, d, 0, ng * R, t1, t2, mats, mo_out, al, ms, ng * R, spec)
+        _transform(M, og * R, cop * R, d, np.int64(0), ng * R, t1, t2, mats, geo, np.int64(1), ng * R, spec)
         for o in range(ng):
             oc = (g * cog + og + o) * out.shape[2] * out.shape[3] * out.shape[4]
             bv = bias[g * cog + og + o]
