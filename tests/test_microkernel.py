@@ -332,6 +332,74 @@ def _run_add(d, d0, s, s0, n, spec):
     mk.vector_run(d, d0, s, s0, n, 0.0, 2, spec)
 
 
+@njit
+def _run_scale(d, d0, s, s0, n, c, spec):
+    mk.vector_run(d, d0, s, s0, n, c, 3, spec)
+
+
+@njit
+def _run_axpy(d, d0, s, s0, n, c, spec):
+    mk.vector_run(d, d0, s, s0, n, c, 4, spec)
+
+
+@njit
+def _comb(d, d0, s, s0, ss, coef, c0, n, inner, spec):
+    mk.vector_comb(d, d0, s, s0, ss, coef, c0, n, inner, spec)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_vector_run_scale_and_axpy(lanes, dtype):
+    """Modes 3 (c * src) and 4 (dst + c * src, fused): exactly [d0, d0 + n)
+    changes, every length up to three vectors and a bit."""
+    rng = np.random.default_rng(4)
+    spec = mk.Spec(lanes, 32)
+    c = np.dtype(dtype).type(-1.25)
+    for n in range(3 * lanes + 2):
+        src = rng.standard_normal(n + 9).astype(dtype)
+        dst = rng.standard_normal(n + 12).astype(dtype)
+        want = dst.copy()
+        want[3 : 3 + n] = c * src[5 : 5 + n]
+        got = dst.copy()
+        _run_scale(got, 3, src, 5, n, c, spec)
+        np.testing.assert_array_equal(got, want)
+        want[3 : 3 + n] += c * src[5 : 5 + n]
+        _run_axpy(got, 3, src, 5, n, c, spec)
+        np.testing.assert_allclose(got, want, rtol=4 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_vector_comb_every_length_and_term_count(lanes, dtype):
+    """dst[d0 + l] = sum_i coef[c0 + i] * src[s0 + i*ss + l]: every run length
+    through blocks of 4 vectors, single vectors and the masked tail, 0 to 8
+    terms (0: zeros), overlapping term strides; only [d0, d0 + inner) changes;
+    NaN and Inf propagate (0 * Inf is NaN, as in a sum)."""
+    rng = np.random.default_rng(5)
+    spec = mk.Spec(lanes, 32)
+    for inner in list(range(0, 2 * lanes + 2)) + [4 * lanes, 9 * lanes + 3]:
+        for n in (0, 1, 3, 8):
+            for ss in (inner + 2, max(inner // 2, 1)):
+                coef = rng.standard_normal(n + 4).astype(dtype)
+                coef[2] = 0
+                src = rng.standard_normal(7 + n * ss + inner).astype(dtype)
+                if inner > 3 and n:
+                    src[7 + 2] = np.inf
+                dst = rng.standard_normal(inner + 10).astype(dtype)
+                want = dst.copy()
+                with np.errstate(invalid="ignore"):
+                    runs = [src[7 + i * ss : 7 + i * ss + inner].astype(np.float64) for i in range(n)]
+                    terms = [coef[1 + i] * run for i, run in enumerate(runs)]
+                    want[4 : 4 + inner] = np.sum(terms, axis=0) if n else 0
+                got = dst.copy()
+                _comb(got, 4, src, 7, ss, coef, 1, n, inner, spec)
+                np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+                ok = np.isfinite(want)
+                absterms = np.abs(np.array(terms).reshape(n, inner))[:, ok[4 : 4 + inner]]
+                scale = max(float(absterms.sum(axis=0).max(initial=0)), 1.0)
+                np.testing.assert_allclose(got[ok], want[ok], rtol=0, atol=_tol(dtype, n, scale))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lanes", LANES)
 def test_vector_run_every_length(lanes, dtype):

@@ -1,0 +1,243 @@
+"""Winograd convolution (numbaconv/cpu/winograd.py): the transform matrices
+exactly, accuracy within the direct path's bound at realistic reduction
+lengths, tiles and channel chunks with ragged edges, every padding form and
+mode, dilation by interleaved grids, groups, lanes 4/8/16, non-finite
+values as PyTorch gives them, and what it does not support (and why)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import numbaconv as nc
+from numbaconv import config, dispatch, shapes
+from numbaconv.cpu import winograd as wg
+
+from .conftest import assert_close, tolerance, torch, torch_conv
+from .reference import conv_reference
+
+FUNCS = {1: nc.conv1d, 2: nc.conv2d, 3: nc.conv3d}
+
+
+@pytest.mark.parametrize("m, r", [(m, r) for m in range(1, 7) for r in range(1, 6) if m + r - 2 <= 11])
+def test_matrices_compute_the_correlation(m, r):
+    """A^T ((G g) * (B^T d)) = sum_k g[k] d[i + k] for every F(m, r) the
+    module can make; B^T has integer entries (the scale is in G)."""
+    at, g, bt = wg.matrices(m, r)
+    alpha = m + r - 1
+    assert at.shape == (m, alpha) and g.shape == (alpha, r) and bt.shape == (alpha, alpha)
+    np.testing.assert_array_equal(bt, np.round(bt))
+    rng = np.random.default_rng(m * 10 + r)
+    for _ in range(3):
+        gk, d = rng.standard_normal(r), rng.standard_normal(alpha)
+        want = np.array([gk @ d[i : i + r] for i in range(m)])
+        got = at @ ((g @ gk) * (bt @ d))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * (1 + np.abs(d).sum() * np.abs(gk).sum()))
+
+
+def test_f43_is_lavins():
+    """F(4, 3) on the points 0, +-1, +-2 is the classic B^T of Lavin & Gray."""
+    bt = wg.matrices(4, 3)[2]
+    lavin = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+             [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]  # fmt: skip
+    # the same rows up to sign
+    for row, want in zip(bt, np.array(lavin, dtype=float)):
+        assert np.array_equal(row, want) or np.array_equal(row, -want)
+
+
+def _case(rng, nd, n, cin, cout, groups, size, k, dtype, **kw):
+    x = rng.standard_normal((n, cin) + size).astype(dtype)
+    w = rng.standard_normal((cout, cin // groups) + k).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype)
+    return x, w, b
+
+
+def _check(x, w, b, dtype, padding=0, dilation=1, groups=1, mode="zeros", method="winograd"):
+    nd = w.ndim - 2
+    got = FUNCS[nd](x, w, b, 1, padding, dilation, groups, padding_mode=mode, method=method)
+    plan = shapes.make_plan(
+        "conv", x, w, b, padding=padding, dilation=dilation, groups=groups, padding_mode=mode
+    )
+    pads = [plan.padding[i] for i in range(3 - nd, 3)]
+    params = dict(stride=[1] * nd, pads=pads, dilation=[dilation] * nd, groups=groups, mode=mode)
+    ref = conv_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **params)
+    K = w.shape[1] * int(np.prod(w.shape[2:]))
+    tol = tolerance(dtype, K, x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **params)
+    assert got.dtype == np.dtype(dtype)
+    assert_close(got, ref, tol, "vs reference")
+    if torch is not None and dtype == np.float64:
+        assert_close(got, torch_conv(x, w, b, [1] * nd, pads, [dilation] * nd, groups, mode), tol, "vs torch")
+    return got
+
+
+ACCURACY = [
+    (1, (64,), (3,)), (1, (64,), (5,)), (1, (32,), (2,)), (1, (32,), (4,)),
+    (2, (64,), (3, 3)), (2, (16,), (5, 5)), (2, (16,), (2, 2)), (2, (16,), (4, 4)), (2, (32,), (3, 1)),
+    (3, (16,), (3, 3, 3)), (3, (8,), (5, 3, 2)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nd, cin, k", ACCURACY, ids=lambda v: str(v))
+def test_accuracy_within_the_direct_bound(nd, cin, k, dtype):
+    """The tile sizes of wg.TILE keep the error inside the bound the direct
+    path is tested with (8 eps sqrt(K) max(|x| (*) |w|)), at reduction
+    lengths of real layers, for normal and all-positive data."""
+    rng = np.random.default_rng(7)
+    size = {1: (150,), 2: (21, 19), 3: (9, 10, 11)}[nd]
+    for positive in (False, True):
+        x, w, b = _case(rng, nd, 2, cin[0], 8, 1, size, k, dtype)
+        if positive:
+            x, w = np.abs(x), np.abs(w)
+        _check(x, w, b, dtype, padding="same")
+
+
+KERNELS = {1: (3,), 2: (3, 2), 3: (2, 3, 3)}
+SIZES = {1: (17,), 2: (11, 13), 3: (7, 6, 9)}
+
+
+def _padding(nd, padding):
+    return tuple((2, 0) if i % 2 else (0, 1) for i in range(nd)) if padding == "asym" else padding
+
+
+def _valid(nd, ncg, dilation, padding, mode):
+    """Cases whose padding the mode can take (reflect narrower than the input...)."""
+    n, cin, cout, groups = ncg
+    try:
+        shapes.make_conv_plan(
+            (n, cin) + SIZES[nd], (cout, cin // groups) + KERNELS[nd], None, 1, _padding(nd, padding),
+            dilation, groups, padding_mode=mode,
+        )  # fmt: skip
+    except ValueError:
+        return False
+    return True
+
+
+GRID = [
+    c
+    for c in itertools.product(
+        [1, 2, 3],  # dims
+        [(1, 5, 7, 1), (3, 12, 13, 1), (2, 6, 9, 3), (1, 70, 6, 2)],  # N, C_in, C_out, groups
+        [1, 2, 3],  # dilation
+        [0, "same", "asym"],
+        ["zeros", "reflect", "replicate", "circular"],
+    )
+    if _valid(*c)
+]
+
+
+@pytest.mark.parametrize("nd, ncg, dilation, padding, mode", GRID[::3])
+def test_ragged_tiles_channels_groups_padding_and_dilation(nd, ncg, dilation, padding, mode):
+    """Outputs that do not fill their tiles, tiles that do not fill a block
+    of lanes (over the batch), output channels that do not fill a register
+    block, input channels across chunks (a small chunk forced) and
+    transform groups, every padding form and mode, dilation 2 and 3."""
+    n, cin, cout, groups = ncg
+    k = {1: (3,), 2: (3, 2), 3: (2, 3, 3)}[nd]
+    size = {1: (17,), 2: (11, 13), 3: (7, 6, 9)}[nd]
+    if padding == "asym":
+        padding = tuple((2, 0) if i % 2 else (0, 1) for i in range(nd))
+    rng = np.random.default_rng(hash((nd, ncg, dilation, str(padding), mode)) % 2**32)
+    x, w, b = _case(rng, nd, n, cin, cout, groups, size, k, np.float64)
+    if mode != "zeros" and padding == "same" and dilation * 2 >= min(size):
+        padding = 1
+    try:
+        shapes.make_plan(
+            "conv", x, w, b, padding=padding, dilation=dilation, padding_mode=mode, groups=groups
+        )
+    except ValueError:
+        return  # a padding the mode cannot take (e.g. reflect wider than the input): the API says so
+    _check(x, w, b, np.float64, padding, dilation, groups, mode)
+    wg._geometry.cache_clear()
+    wg._maps.cache_clear()
+    old = wg._CHUNK_BYTES
+    try:
+        wg._CHUNK_BYTES = 1  # one channel per chunk: every GEMM after the first accumulates
+        _check(
+            x.astype(np.float32),
+            w.astype(np.float32),
+            b.astype(np.float32),
+            np.float32,
+            padding,
+            dilation,
+            groups,
+            mode,
+        )
+    finally:
+        wg._CHUNK_BYTES = old
+        wg._geometry.cache_clear()
+        wg._maps.cache_clear()
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_lane_count(lanes, dtype, monkeypatch):
+    """AVX2- and NEON-sized vectors (blocks of 4 x lanes tiles) on any host."""
+    monkeypatch.setattr(config, "simd_lanes", lanes)
+    rng = np.random.default_rng(lanes)
+    x, w, b = _case(rng, 2, 3, 10, 15, 1, (13, 10), (3, 3), dtype)
+    _check(x, w, b, dtype, padding=1)
+
+
+def test_nonfinite_values_give_pytorchs_answer():
+    """The transforms would spread an Inf or NaN over its tile; the call is
+    then the direct path's, whose NaN/Inf pattern is PyTorch's."""
+    rng = np.random.default_rng(9)
+    for dtype in (np.float32, np.float64):
+        x, w, b = _case(rng, 2, 2, 6, 5, 1, (12, 14), (3, 3), dtype)
+        x[0, 1, 5, 6] = np.inf
+        x[1, 3, 0, 0] = np.nan
+        got = nc.conv2d(x, w, b, padding=1, method="winograd")
+        want = nc.conv2d(x, w, b, padding=1, method="direct")
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        assert np.isfinite(got).sum() > got.size // 2
+        if torch is not None:
+            ref = torch_conv(x, w, b, (1, 1), [(1, 1), (1, 1)], (1, 1), 1, "zeros")
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        x2 = x.copy()
+        x2[~np.isfinite(x2)] = 0
+        w[2, 1, 0, 0] = np.inf
+        got = nc.conv2d(x2, w, b, padding=1, method="winograd")
+        np.testing.assert_array_equal(
+            np.isnan(got), np.isnan(nc.conv2d(x2, w, b, padding=1, method="direct"))
+        )
+
+
+def test_an_edited_weight_is_not_served_stale():
+    rng = np.random.default_rng(10)
+    x, w, b = _case(rng, 2, 2, 8, 8, 1, (10, 10), (3, 3), np.float64)
+    first = nc.conv2d(x, w, b, padding=1, method="winograd")
+    w[3, 2, 1, 1] += 1.0
+    second = _check(x, w, b, np.float64, padding=1)
+    assert not np.allclose(first, second)
+
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(11)
+    x, w, b = _case(rng, 2, 2, 8, 8, 2, (9, 9), (3, 3), np.float32)
+    copies = [a.copy() for a in (x, w, b)]
+    nc.conv2d(x, w, b, padding="same", groups=2, padding_mode="reflect", method="winograd")
+    for a, c in zip((x, w, b), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "xs, ws, kw, why",
+    [
+        ((1, 2, 9, 9), (2, 2, 3, 3), dict(stride=2), "stride 1"),
+        ((1, 2, 9, 9), (2, 2, 7, 7), dict(), "kernel extents up to 5"),
+        ((1, 2, 9, 9), (2, 2, 1, 1), dict(), "1x1 kernel"),
+    ],
+)
+def test_what_it_does_not_run_says_why(xs, ws, kw, why):
+    plan = shapes.make_plan("conv", xs, ws, None, dtype=np.float32, **kw)
+    assert why in wg.supports(plan)
+    with pytest.raises(dispatch.UnsupportedMethodError, match=why):
+        nc.conv2d(np.ones(xs, np.float32), np.ones(ws, np.float32), method="winograd", **kw)
+    cplan = shapes.make_plan("conv", (1, 2, 9, 9), (2, 2, 3, 3), None, dtype=np.complex64)
+    assert "float32 and float64" in wg.supports(cplan)
+    tplan = shapes.make_plan("conv_transpose", (1, 2, 9, 9), (2, 2, 3, 3), None, dtype=np.float32)
+    assert wg.supports(tplan) is not None
