@@ -791,6 +791,138 @@ def vector_comb(typingctx, dst, d0, src, s0, ss, coef, c0, n, inner, spec):
     return sig, codegen
 
 
+class _Indexed:
+    """The IR of :func:`gather_run` and :func:`scatter_run`: per vector of
+    lanes, the int64 offsets loaded, the lanes with an offset >= 0 (and
+    inside ``n``) gathered from or scattered to ``base + offset`` with
+    ``llvm.masked.gather/scatter`` (AVX-512 and AVX2 have instructions for
+    them; elsewhere LLVM expands them lane by lane)."""
+
+    def __init__(self, dtype, context, builder, signature, args, gather):
+        self.b = builder
+        self.gather = gather
+        self.lanes = signature.args[-1].lanes
+        self.align = np.dtype(dtype).itemsize
+        self.et = _LLVM_TYPES[dtype]
+        self.vt = ir.VectorType(self.et, self.lanes)
+        self.i64 = ir.IntType(64)
+        self.it = ir.VectorType(self.i64, self.lanes)
+        arrays = [context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 5)]
+        self.pv, self.pidx, self.pdense = arrays  # indexed array, offsets, dense array
+        self.base, self.i0, self.d0, self.n, self.bias = args[1], args[4], args[6], args[7], args[2]
+        name = _FMA_NAMES[dtype]
+        L = self.lanes
+        self.ptrs_t = ir.VectorType(self.et.as_pointer(), L)
+        mask_t = ir.VectorType(ir.IntType(1), L)
+        i32 = ir.IntType(32)
+        if gather:
+            fnty = ir.FunctionType(self.vt, [self.ptrs_t, i32, mask_t, self.vt])
+            self.fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.gather.v{L}{name}.v{L}p0")
+        else:
+            fnty = ir.FunctionType(ir.VoidType(), [self.vt, self.ptrs_t, i32, mask_t])
+            self.fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.scatter.v{L}{name}.v{L}p0")
+        self.mload, self.mstore = _masked(builder, self.vt, name)
+        self.iload, _ = _masked(builder, self.it, "i64")
+
+    def _vec(self, ptr, off, vt):
+        b = self.b
+        return b.bitcast(b.gep(ptr, [off]), vt.as_pointer())
+
+    def _one(self, at, tail):
+        """Lanes ``at .. at + lanes`` (``tail``: only those below ``n``)."""
+        b, L = self.b, self.lanes
+        align = ir.Constant(ir.IntType(32), self.align)
+        i_ptr = self._vec(self.pidx, b.add(self.i0, at), self.it)
+        if tail:
+            inside = _lane_mask(b, L, 0, b.sub(self.n, at))
+            offs = b.call(self.iload, [i_ptr, ir.Constant(ir.IntType(32), 8), inside, ir.Constant(self.it, [-1] * L)])
+        else:
+            offs = b.load(i_ptr, align=8)
+        mask = b.icmp_signed(">=", offs, ir.Constant(self.it, [0] * L))
+        base = b.ptrtoint(b.gep(self.pv, [self.base]), self.i64)
+        size = ir.Constant(self.it, [self.align] * L)
+        addr = b.add(_splat(b, self.it, base), b.mul(offs, size))
+        ptrs = b.inttoptr(addr, self.ptrs_t)
+        d_ptr = self._vec(self.pdense, b.add(self.d0, at), self.vt)
+        zero = ir.Constant(self.vt, [0.0] * L)
+        if self.gather:
+            v = b.call(self.fn, [ptrs, align, mask, zero])
+            if tail:
+                b.call(self.mstore, [v, d_ptr, align, _lane_mask(b, L, 0, b.sub(self.n, at))])
+            else:
+                b.store(v, d_ptr, align=self.align)
+        else:
+            if tail:
+                v = b.call(self.mload, [d_ptr, align, _lane_mask(b, L, 0, b.sub(self.n, at)), zero])
+            else:
+                v = b.load(d_ptr, align=self.align)
+            v = b.fadd(v, _splat(b, self.vt, self.bias))
+            b.call(self.fn, [v, ptrs, align, mask])
+
+    def emit(self):
+        b, L = self.b, self.lanes
+        zero = ir.Constant(self.i64, 0)
+        full = b.and_(self.n, ir.Constant(self.i64, -L))
+        entry = b.block
+        loop = b.append_basic_block("indexed.loop")
+        after = b.append_basic_block("indexed.after")
+        b.cbranch(b.icmp_signed(">", full, zero), loop, after)
+        b.position_at_end(loop)
+        at = b.phi(self.i64)
+        at.add_incoming(zero, entry)
+        self._one(at, False)
+        nxt = b.add(at, ir.Constant(self.i64, L))
+        at.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, full), loop, after)
+        b.position_at_end(after)
+        with b.if_then(b.icmp_signed("<", full, self.n)):
+            self._one(full, True)
+
+
+def _indexed_intrinsic(gather):
+    def typer(typingctx, arr, base, bias, idx, i0, dense, d0, n, spec):
+        if not isinstance(spec, SpecType):
+            return None
+        dtype = arr.dtype.name
+        if dtype not in _LLVM_TYPES or dense.dtype != arr.dtype or idx.dtype != types.int64:
+            return None
+        sig = types.void(arr, base, bias, idx, i0, dense, d0, n, spec)
+
+        def codegen(context, builder, signature, args):
+            args = list(args)
+            for i in (1, 4, 6, 7):
+                args[i] = context.cast(builder, args[i], signature.args[i], types.int64)
+            args[2] = context.cast(builder, args[2], signature.args[2], arr.dtype)
+            _Indexed(dtype, context, builder, signature, args, gather).emit()
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return typer
+
+
+def _gather_typer(typingctx, src, base, bias, idx, i0, dst, d0, n, spec):
+    return _indexed_intrinsic(True)(typingctx, src, base, bias, idx, i0, dst, d0, n, spec)
+
+
+def _scatter_typer(typingctx, dst, base, bias, idx, i0, src, s0, n, spec):
+    return _indexed_intrinsic(False)(typingctx, dst, base, bias, idx, i0, src, s0, n, spec)
+
+
+gather_run = intrinsic(_gather_typer)
+gather_run.__doc__ = """For njit code, ``n`` values gathered through int64 offsets::
+
+    dst[d0 + l] = src[base + idx[i0 + l]]  if idx[i0 + l] >= 0  else 0     (l < n)
+
+as vectors of ``spec.lanes`` (``llvm.masked.gather``; ``bias`` unused)."""
+scatter_run = intrinsic(_scatter_typer)
+scatter_run.__doc__ = """For njit code, ``n`` values scattered through int64 offsets::
+
+    dst[base + idx[i0 + l]] = src[s0 + l] + bias  where idx[i0 + l] >= 0     (l < n)
+
+as vectors of ``spec.lanes`` (``llvm.masked.scatter``; distinct offsets)."""
+
+
 @functools.cache
 def fma_block(dtype: str, rows: int, vectors: int, lanes: int, a_bcast: bool, b_bcast: bool):
     """The intrinsic ``kernel(a, b, c, k, a0, ak, ar, b0, bk, c0, ldc)``:

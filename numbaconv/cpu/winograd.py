@@ -57,7 +57,7 @@ from .. import costs
 from ..common import WeightCache
 from ..runtime import njit
 from ..shapes import fold_index
-from .microkernel import fma_taps, rows_for, spec_for, vector_comb
+from .microkernel import fma_taps, gather_run, rows_for, scatter_run, spec_for, vector_comb
 from .tasks import parallel_tasks
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
@@ -430,13 +430,7 @@ def _task(x, xf, U, bias, out, of, inm, outm, mats, geo, bad, tab, spec, t):
             for ci in range(ng):
                 cx = (g * cig + c0 + cg + ci) * plane
                 for p in range(T):
-                    xb, db = p * R, np.uint64(p * ng * R + ci * R)
-                    for l in range(R):
-                        o = xo[xb + l]
-                        v = z
-                        if o >= 0:
-                            v = xf[np.uint64(o + cx)]
-                        d[db + l] = v
+                    gather_run(xf, cx, z, xo, p * R, d, p * ng * R + ci * R, R, spec)
             _transform(
                 d, np.int64(0), ng * R, V, cg * R, kc * R, t1, t2, mats, geo, np.int64(0), ng * R, spec
             )
@@ -449,11 +443,7 @@ def _task(x, xf, U, bias, out, of, inm, outm, mats, geo, bad, tab, spec, t):
             oc = (g * cog + og + o) * out.shape[2] * out.shape[3] * out.shape[4]
             bv = bias[g * cog + og + o]
             for j in range(MO):
-                ob, db = j * R, j * ng * R + o * R
-                for l in range(R):
-                    q = oo[ob + l]
-                    if q >= 0:
-                        of[np.uint64(q + oc)] = d[db + l] + bv
+                scatter_run(of, oc, bv, oo, j * R, d, j * ng * R + o * R, R, spec)
 
 
 def run(x5, w5, bias, plan, out5):
