@@ -102,6 +102,7 @@ TABLE: tuple[MethodRow, ...] = (
     MethodRow("direct", "conv", "cuda", ".cuda.direct"),
     MethodRow("gemm", "conv", "cuda", ".cuda.gemm"),
     MethodRow("fft", "conv", "cuda", ".cuda.fft", error="norm"),
+    MethodRow("winograd", "conv", "cuda", ".cuda.winograd"),
     MethodRow("scatter", "conv_transpose", "cuda", ".cuda.scatter"),
     MethodRow("gather", "conv_transpose", "cuda", ".cuda.gather"),
     MethodRow("gemm", "conv_transpose", "cuda", ".cuda.gemm", "run_transpose"),

@@ -57,8 +57,9 @@ from .. import costs
 from ..common import WeightCache
 from ..runtime import njit
 from ..shapes import fold_index
-from .microkernel import fma_taps, gather_run, rows_for, scatter_run, spec_for, vector_comb
+from .microkernel import fma_taps, rows_for, spec_for
 from .tasks import parallel_tasks
+from .winotile import Tile, tile_in, tile_out
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH (tested).
@@ -75,7 +76,6 @@ TILE = {
 }
 _VECTORS = 4  # vectors per micro-kernel block (lanes over tiles); rows from the registers
 _CHUNK_BYTES = 1024 * 1024
-_GROUP = 8  # channels transformed together (longer vector loops)  # a task's transformed inputs per channel chunk (L2-sized)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -129,9 +129,10 @@ def matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def tile_sizes(plan) -> tuple[int, int, int]:
     """Outputs per tile in (D, H, W): :data:`TILE` for dims with a kernel
-    extent above 1, else 1."""
-    table = TILE[plan.dtype.name]
-    return tuple(table[k] if k > 1 else 1 for k in plan.kernel)
+    extent above 1, else 1 (and 1 where the method does not run: the counts
+    of ``cost_features`` stay defined)."""
+    table = TILE.get(plan.dtype.name, TILE["float64"])
+    return tuple(table.get(k, 1) if k > 1 else 1 for k in plan.kernel)
 
 
 def supports(plan) -> str | None:
@@ -151,12 +152,54 @@ def supports(plan) -> str | None:
     return None
 
 
+def tile_counts(plan, m) -> tuple[int, int, int]:
+    """Tiles per dim (D, H, W) of one sample: per residue grid of the
+    dilation, its outputs in tiles of ``m``."""
+    return tuple(
+        sum(_ceil(_ceil(o - rho, d), mi) for rho in range(min(d, o)))
+        for o, d, mi in zip(plan.out_size, plan.dilation, m)
+    )
+
+
+def tile_maps(plan, m) -> tuple[np.ndarray, np.ndarray]:
+    """Per dim and tile (residue grids of the dilation in turn, tiles of ``m``
+    outputs each), the input index of each of its ``m + r - 1`` positions
+    (folded by the padding mode; -1 for a zero, or past the padded extent:
+    such a position only feeds outputs past the end) and the output index of
+    each of its ``m`` outputs (-1 past the end); D, H, W concatenated."""
+    ins, outs = [], []
+    for i in range(3):
+        o, d, mi, k = plan.out_size[i], plan.dilation[i], m[i], plan.kernel[i]
+        lo, hi = plan.padding[i]
+        extent = lo + plan.in_size[i] + hi
+        for rho in range(min(d, o)):
+            for t in range(_ceil(_ceil(o - rho, d), mi)):
+                q = rho + d * (t * mi + np.arange(mi + k - 1, dtype=np.int64))  # padded positions
+                idx = fold_index(q - lo, plan.in_size[i], plan.padding_mode)
+                ins.append(np.where(q < extent, idx, -1))
+                oo = rho + d * (t * mi + np.arange(mi, dtype=np.int64))
+                outs.append(np.where(oo < o, oo, -1))
+    return np.concatenate(ins), np.concatenate(outs)
+
+
+def weight_transform(w5, plan, m) -> np.ndarray:
+    """``U = (G_D (x) G_H (x) G_W) w`` in float64, as
+    ``[group][point][in channel][out channel]``."""
+    g_d, g_h, g_w = (matrices(mi, k)[1] for mi, k in zip(m, plan.kernel))
+    cog, cig = plan.c_out // plan.groups, plan.c_in // plan.groups
+    w = np.asarray(w5, dtype=np.float64).reshape(plan.groups, cog, cig, *plan.kernel)
+    u = np.einsum("ai,bj,ck,goxijk->gabcxo", g_d, g_h, g_w, w, optimize=True)
+    points = int(np.prod([mi + k - 1 for mi, k in zip(m, plan.kernel)]))
+    return u.reshape(plan.groups, points, cig, cog)
+
+
 class Geometry:
     """A plan's tiles, blocks and tasks for ``lanes`` and ``registers``."""
 
     def __init__(self, plan, lanes: int, registers: int):
         self.m = tile_sizes(plan)
         self.alpha = tuple(m + k - 1 for m, k in zip(self.m, plan.kernel))
+        self.tile = Tile(self.m, plan.kernel)
         self.points = int(np.prod(self.alpha))
         self.outs = int(np.prod(self.m))
         self.cig = plan.c_in // plan.groups
@@ -165,7 +208,7 @@ class Geometry:
         self.lanes = lanes
         self.nob = -(-self.cog // self.rows)
         self.cop = self.nob * self.rows
-        self.ntiles = tuple(self._tiles(plan, i) for i in range(3))
+        self.ntiles = tile_counts(plan, self.m)
         self.total = plan.batch * int(np.prod(self.ntiles))
         self.R = _VECTORS * lanes  # tiles per task: one block of the micro-kernel
         self.nblk = -(-self.total // self.R)
@@ -173,49 +216,20 @@ class Geometry:
         kc = max(1, _CHUNK_BYTES // (self.points * self.R * plan.dtype.itemsize))
         self.kc = -(-self.cig // -(-self.cig // kc))  # balanced channel chunks
 
-    def _tiles(self, plan, i: int) -> int:
-        o, d, m = plan.out_size[i], plan.dilation[i], self.m[i]
-        return sum(_ceil(_ceil(o - rho, d), m) for rho in range(min(d, o)))
-
     def maps(self, plan) -> tuple[np.ndarray, np.ndarray]:
-        """The input maps (tile x alpha) and output maps (tile x m) of D, H, W,
-        each concatenated."""
-        ins, outs = [], []
-        for i in range(3):
-            o, d, m, a, k = plan.out_size[i], plan.dilation[i], self.m[i], self.alpha[i], plan.kernel[i]
-            lo, hi = plan.padding[i]
-            extent = lo + plan.in_size[i] + hi
-            for rho in range(min(d, o)):
-                for t in range(_ceil(_ceil(o - rho, d), m)):
-                    q = rho + d * (t * m + np.arange(a, dtype=np.int64))  # padded positions
-                    idx = fold_index(q - lo, plan.in_size[i], plan.padding_mode)
-                    ins.append(np.where(q < extent, idx, -1))
-                    oo = rho + d * (t * m + np.arange(m, dtype=np.int64))
-                    outs.append(np.where(oo < o, oo, -1))
-            del k
-        return np.concatenate(ins), np.concatenate(outs)
+        return tile_maps(plan, self.m)
 
     def args(self) -> np.ndarray:
         return np.array(
             [self.cig, self.cog, self.cop, self.R, self.nblk, self.kc, *self.alpha, *self.m, *self.ntiles,
-             self.total, self.rows, _VECTORS * self.lanes, *self.matrix_offsets()],
+             self.total, self.rows, _VECTORS * self.lanes],
             dtype=np.int64,
         )  # fmt: skip
 
-    def matrix_offsets(self) -> list[int]:
-        """Where :func:`_maps`' ``mats`` holds B^T (alpha x alpha) and A^T
-        (m x alpha) of each dim: ``[bt_D, bt_H, bt_W, at_D, at_H, at_W]``."""
-        bt, at, at_ = [], [], 0
-        for a, m in zip(self.alpha, self.m):
-            bt.append(at_)
-            at.append(at_ + a * a)
-            at_ += a * a + m * a
-        return bt + at
-
     def workspace_bytes(self, itemsize: int, threads: int) -> int:
-        """Per-task buffers on every thread (gathered and transformed inputs,
-        products, their offsets)."""
-        per_task = (3 * _GROUP + self.kc + self.cop) * self.points * self.R * itemsize
+        """Per-task buffers on every thread (transformed inputs, products, the
+        tiles' input and output offsets)."""
+        per_task = (self.kc + self.cop) * self.points * self.R * itemsize
         return (per_task + (self.points + self.outs) * self.R * 8) * min(threads, self.tasks)
 
 
@@ -233,12 +247,7 @@ def _geometry(plan, lanes, registers):
 def _maps(plan, lanes, registers):
     geo = _geometry(plan, lanes, registers)
     inm, outm = geo.maps(plan)
-    mats = []
-    for m, k in zip(geo.m, plan.kernel):
-        at, _, bt = matrices(m, k)
-        mats += [bt.ravel(), at.ravel()]
-    mats = np.concatenate(mats).astype(plan.dtype)
-    arrays = (inm, outm, mats, geo.args())
+    arrays = (inm, outm, geo.args())
     for a in arrays:
         a.flags.writeable = False
     return arrays
@@ -254,16 +263,24 @@ def workspace_bytes(plan) -> int:
 
 def cost_features(plan) -> dict[str, float]:
     """Operation counts of one call (float32 units, ``costs.per_dtype``): the
-    element-wise products as GEMM FLOPs (padded blocks included), the values
-    gathered and transformed on the way in and out, the output writes."""
+    element-wise products as GEMM FLOPs (padded lanes and rows included) and
+    micro-kernel calls, the values gathered into tiles and transformed (each
+    weighted by the passes' lengths), the values transformed back and
+    scattered, the outputs."""
     geo = geometry(plan)
+    threads = numba.get_num_threads()
+    # the busiest thread's share: tasks are equal, so fewer tasks than
+    # threads (or a ragged last round) leave threads idle
+    balance = _ceil(geo.tasks, threads) * threads / geo.tasks
     tiles = geo.nblk * geo.R
-    ins = float(tiles * plan.c_in * geo.points)
-    outs = float(tiles * plan.groups * geo.cop * geo.points)
+    ins = tiles * plan.c_in * geo.points * balance
+    outs = tiles * plan.c_out * geo.points * balance
+    chunks = _ceil(geo.cig, geo.kc)
     return costs.per_dtype(
         {
             "call": 1.0,
-            "gemm_flops": 2.0 * tiles * plan.groups * geo.cop * geo.cig * geo.points,
+            "gemm_flops": 2.0 * tiles * plan.groups * geo.cop * geo.cig * geo.points * balance,
+            "blocks": geo.tasks * geo.points * geo.nob * chunks * (geo.R // (_VECTORS * geo.lanes)) * balance,
             "transformed": ins * sum(geo.alpha) + outs * sum(geo.m),
             "gathered": ins,
             "outputs": float(plan.batch * plan.c_out * int(np.prod(plan.out_size))),
@@ -277,10 +294,7 @@ def _transformed_weight(w5, plan, geo) -> tuple[np.ndarray, bool]:
     (flat, zero rows past the group's outputs), and whether ``w5`` is finite."""
     if not np.isfinite(w5).all():
         return np.zeros(0, dtype=plan.dtype), False
-    g_d, g_h, g_w = (matrices(m, k)[1] for m, k in zip(geo.m, plan.kernel))
-    w = w5.astype(np.float64).reshape(plan.groups, geo.cog, geo.cig, *plan.kernel)
-    u = np.einsum("ai,bj,ck,goxijk->gabcxo", g_d, g_h, g_w, w, optimize=True)
-    u = u.reshape(plan.groups, geo.points, geo.cig, geo.cog)
+    u = weight_transform(w5, plan, geo.m)
     packed = np.zeros((plan.groups, geo.points, geo.cig, geo.cop), dtype=plan.dtype)
     packed[..., : geo.cog] = u
     packed = packed.reshape(plan.groups, geo.points, geo.cig, geo.nob, geo.rows).transpose(0, 1, 3, 2, 4)
@@ -293,54 +307,6 @@ _PACKED = WeightCache("weight_cache_bytes")
 def packed_weight(w5, plan, geo) -> tuple[np.ndarray, bool]:
     key = ("winograd", plan.groups, geo.m, plan.kernel, geo.rows, plan.dtype.str)
     return _PACKED.get(w5, key, lambda: _transformed_weight(w5, plan, geo))
-
-
-@njit(nogil=True, cache=True)
-def _pass(src, so, sps, dst, do, dps, mats, mo, nout, nin, outer, q, R, spec):
-    # one dim of a transform: positions [outer][nin][q] of src (R lanes each,
-    # ``sps`` apart) -> [outer][nout][q] of dst (``dps`` apart):
-    # dst[.., j, ..] = sum_i mats[mo + j*nin + i] * src[.., i, ..], as explicit
-    # vectors (microkernel.vector_comb: each term loaded once, each result
-    # stored once; an auto-vectorized loop takes 256-bit vectors on Intel
-    # AVX-512 hosts)
-    if sps == R and dps == R:  # contiguous positions: one run per (o, j)
-        R, sps, dps, q = q * R, q * R, q * R, 1
-    for k in range(q):
-        for o in range(outer):
-            for j in range(nout):
-                vector_comb(dst, do + k * dps + (o * nout + j) * q * dps, src, so + k * sps + o * nin * q * sps,
-                            q * sps, mats, mo + j * nin, nin, R, spec)  # fmt: skip
-
-
-@njit(nogil=True, cache=True)
-def _transform(src, so, sps, dst, do, dps, t1, t2, mats, geo, side, R, spec):
-    # src positions [a0][a1][a2] (R lanes each, sps apart) -> dst [b0][b1][b2]
-    # (dps apart), one dim at a time (W, H, D; a dim with a == 1 is the
-    # identity), between passes in t1 / t2 (contiguous). side 0: the input
-    # transform (B^T, b = a = alpha); side 1: the output transform (A^T, b = m)
-    a0, a1, a2 = geo[6], geo[7], geo[8]
-    b0, b1, b2 = (geo[9], geo[10], geo[11]) if side else (a0, a1, a2)
-    m0, m1, m2 = (geo[21], geo[22], geo[23]) if side else (geo[18], geo[19], geo[20])
-    n = int(a2 > 1) + int(a1 > 1) + int(a0 > 1)
-    zero, one = np.int64(0), np.int64(1)
-    k = 0
-    if a2 > 1:  # W: [a0*a1][a2][1] -> [a0*a1][b2][1]
-        k += 1
-        if k == n:
-            _pass(src, so, sps, dst, do, dps, mats, m2, b2, a2, a0 * a1, one, R, spec)
-        else:
-            _pass(src, so, sps, t1, zero, R, mats, m2, b2, a2, a0 * a1, one, R, spec)
-    if a1 > 1:  # H: [a0][a1][b2] -> [a0][b1][b2]
-        k += 1
-        src_, so_, sps_ = (src, so, sps) if k == 1 else (t1, zero, R)
-        if k == n:
-            _pass(src_, so_, sps_, dst, do, dps, mats, m1, b1, a1, a0, b2, R, spec)
-        else:
-            _pass(src_, so_, sps_, t2, zero, R, mats, m1, b1, a1, a0, b2, R, spec)
-    if a0 > 1:  # D: [1][a0][b1*b2] -> [1][b0][b1*b2]
-        k += 1
-        src_, so_, sps_ = (src, so, sps) if k == 1 else ((t1, zero, R) if k == 2 else (t2, zero, R))
-        _pass(src_, so_, sps_, dst, do, dps, mats, m0, b0, a0, one, b1 * b2, R, spec)
 
 
 @njit(nogil=True, cache=True)
@@ -396,13 +362,12 @@ def _offsets(x, out, inm, outm, geo, tau0, xo, oo):
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _task(x, xf, U, bias, out, of, inm, outm, mats, geo, bad, tab, spec, t):
+def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
     # one group x one block of R tiles (see the module doc); xf, of: x and out flat
     cig, cog, cop, R, nblk, kc = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
     al, ms = (geo[6], geo[7], geo[8]), (geo[9], geo[10], geo[11])
     g = t // nblk
     T = al[0] * al[1] * al[2]
-    MO = ms[0] * ms[1] * ms[2]
     z = xf.dtype.type(0)
     # this task's share of the input, checked for non-finite values (the
     # transforms would spread them: the caller then runs the direct path)
@@ -414,36 +379,26 @@ def _task(x, xf, U, bias, out, of, inm, outm, mats, geo, bad, tab, spec, t):
         bad[t] = 1
         return
     xo = np.empty(T * R, dtype=np.int64)
-    oo = np.empty(MO * R, dtype=np.int64)
+    oo = np.empty(ms[0] * ms[1] * ms[2] * R, dtype=np.int64)
     _offsets(x, out, inm, outm, geo, (t - g * nblk) * R, xo, oo)
-    L = _GROUP * R  # lanes of a transform: _GROUP channels of R tiles
-    d = np.empty(T * L, dtype=xf.dtype)
-    t1 = np.empty(T * L, dtype=xf.dtype)
-    t2 = np.empty(T * L, dtype=xf.dtype)
+    lanes = geo[17] // 4
     V = np.empty(T * kc * R, dtype=xf.dtype)
     M = np.empty(T * cop * R, dtype=xf.dtype)
     plane = x.shape[2] * x.shape[3] * x.shape[4]
     for c0 in range(0, cig, kc):
         nc = min(kc, cig - c0)
-        for cg in range(0, nc, _GROUP):
-            ng = min(_GROUP, nc - cg)
-            for ci in range(ng):
-                cx = (g * cig + c0 + cg + ci) * plane
-                for p in range(T):
-                    gather_run(xf, cx, z, xo, p * R, d, p * ng * R + ci * R, R, spec)
-            _transform(
-                d, np.int64(0), ng * R, V, cg * R, kc * R, t1, t2, mats, geo, np.int64(0), ng * R, spec
-            )
+        for ci in range(nc):
+            cx = (g * cig + c0 + ci) * plane
+            for l0 in range(0, R, lanes):
+                tile_in(V, ci * R + l0, kc * R, xf, cx, xo, l0, R, tile, spec)
         for p in range(T):
             _gemm(U, V, M, tab, g, p, nc, c0, spec, geo, c0 > 0)
-    for og in range(0, cog, _GROUP):
-        ng = min(_GROUP, cog - og)
-        _transform(M, og * R, cop * R, d, np.int64(0), ng * R, t1, t2, mats, geo, np.int64(1), ng * R, spec)
-        for o in range(ng):
-            oc = (g * cog + og + o) * out.shape[2] * out.shape[3] * out.shape[4]
-            bv = bias[g * cog + og + o]
-            for j in range(MO):
-                scatter_run(of, oc, bv, oo, j * R, d, j * ng * R + o * R, R, spec)
+    oplane = out.shape[2] * out.shape[3] * out.shape[4]
+    for o in range(cog):
+        oc = (g * cog + o) * oplane
+        bv = bias[g * cog + o]
+        for l0 in range(0, R, lanes):
+            tile_out(of, oc, bv, oo, l0, R, M, o * R + l0, cop * R, tile, spec)
 
 
 def run(x5, w5, bias, plan, out5):
@@ -453,7 +408,7 @@ def run(x5, w5, bias, plan, out5):
 
     spec = spec_for(plan.dtype)
     geo = _geometry(plan, spec.lanes, spec.registers)
-    inm, outm, mats, args = _maps(plan, spec.lanes, spec.registers)
+    inm, outm, args = _maps(plan, spec.lanes, spec.registers)
     U, finite = packed_weight(w5, plan, geo)
     if not finite:
         return direct.run(x5, w5, bias, plan, out5)
@@ -461,7 +416,7 @@ def run(x5, w5, bias, plan, out5):
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
     bad = np.zeros(geo.tasks, dtype=np.int64)
     xf, of, tab = x5.reshape(-1), out5.reshape(-1), np.zeros(1, dtype=np.int64)
-    parallel_tasks(_task, geo.tasks, x5, xf, U, bias, out5, of, inm, outm, mats, args, bad, tab, spec)
+    parallel_tasks(_task, geo.tasks, x5, xf, U, bias, out5, of, inm, outm, geo.tile, args, bad, tab, spec)
     if bad.any():
         return direct.run(x5, w5, bias, plan, out5)
     return out5

@@ -1,0 +1,257 @@
+"""Winograd tile transforms as generated vector code (intrinsics for njit).
+
+One call transforms one vector of tiles (``spec.lanes`` tiles, one channel):
+:func:`tile_in` gathers the tiles' ``alpha_D x alpha_H x alpha_W`` inputs
+through int64 offsets (``llvm.masked.gather``; a negative offset is a zero)
+and applies ``B^T`` along W, H and D; :func:`tile_out` loads the products
+of every transform point, applies ``A^T`` along W, H and D, adds the bias and
+scatters the ``m_D x m_H x m_W`` outputs through their offsets
+(``llvm.masked.scatter``; a negative offset is not written). The matrices
+(:func:`numbaconv.cpu.winograd.matrices`) are constants of the generated
+code: zero coefficients cost nothing, +-1 is an add or a subtract, the rest
+one FMA; all values stay in registers (or LLVM's spills) between the passes.
+
+The tile shape is a :class:`Tile` argument whose Numba *type* carries ``m``
+and ``r`` per dim (and this file's checksum), so a kernel is compiled and
+cached on disk once per shape, and an edit of this generator never loads a
+stale kernel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from pathlib import Path
+
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
+
+from .microkernel import _FMA_NAMES, _LLVM_TYPES, SpecType, _splat
+
+SOURCE_KEY = zlib.crc32(Path(__file__).read_bytes())
+
+
+class Tile:
+    """Outputs ``m`` and kernel extent ``r`` per dim (D, H, W) of a Winograd
+    tile, as a value whose Numba type carries them."""
+
+    __slots__ = ("m", "r", "version")
+
+    def __init__(self, m, r):
+        self.m, self.r, self.version = tuple(map(int, m)), tuple(map(int, r)), SOURCE_KEY
+
+    def __repr__(self):
+        return f"Tile(m={self.m}, r={self.r})"
+
+
+class TileType(types.Type):
+    def __init__(self, m, r, version):
+        self.m, self.r, self.version = m, r, version
+        super().__init__(name=f"WinogradTile({m}, {r}, {version})")
+
+
+@typeof_impl.register(Tile)
+def _typeof_tile(val, c):
+    return TileType(val.m, val.r, val.version)
+
+
+register_model(TileType)(models.OpaqueModel)
+
+
+@unbox(TileType)
+def _unbox_tile(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())
+
+
+class _Gen:
+    """Shared IR pieces: vector type, FMA, constants, offsets and masks."""
+
+    def __init__(self, dtype, builder, lanes):
+        self.b = builder
+        self.dtype = dtype
+        self.lanes = lanes
+        self.et = _LLVM_TYPES[dtype]
+        self.vt = ir.VectorType(self.et, lanes)
+        self.i64 = ir.IntType(64)
+        self.it = ir.VectorType(self.i64, lanes)
+        self.ptrs_t = ir.VectorType(self.et.as_pointer(), lanes)
+        self.align = np.dtype(dtype).itemsize
+        self.fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(self.vt, [self.vt] * 3), f"llvm.fma.v{lanes}{_FMA_NAMES[dtype]}"
+        )
+
+    def vec_ptr(self, base, off, vt=None):
+        return self.b.bitcast(self.b.gep(base, [off]), (vt or self.vt).as_pointer())
+
+    def const(self, v):
+        return ir.Constant(self.i64, int(v))
+
+    def addresses(self, base_ptr, base_off, offs):
+        """Pointers ``base_ptr + base_off + offs`` (a vector) and the mask ``offs >= 0``."""
+        b = self.b
+        base = b.ptrtoint(b.gep(base_ptr, [base_off]), self.i64)
+        addr = b.add(_splat(b, self.it, base), b.mul(offs, ir.Constant(self.it, [self.align] * self.lanes)))
+        mask = b.icmp_signed(">=", offs, ir.Constant(self.it, [0] * self.lanes))
+        return b.inttoptr(addr, self.ptrs_t), mask
+
+    def combine(self, terms):
+        """sum of coefficient * vector over ``terms`` (zero coefficients left out)."""
+        b = self.b
+        acc = None
+        for c, v in terms:
+            if c == 0:
+                continue
+            if acc is None:
+                if c == 1:
+                    acc = v
+                else:
+                    acc = b.fmul(_splat(b, self.vt, ir.Constant(self.et, float(c))), v)
+            elif c == 1:
+                acc = b.fadd(acc, v)
+            elif c == -1:
+                acc = b.fsub(acc, v)
+            else:
+                acc = b.call(self.fma, [_splat(b, self.vt, ir.Constant(self.et, float(c))), v, acc])
+        return acc if acc is not None else ir.Constant(self.vt, [0.0] * self.lanes)
+
+    def transform(self, values, shape, mats):
+        """``values`` (dict (i, j, k) -> vector over ``shape``) with ``mats[axis]``
+        (nout x nin, or None: identity) applied along W, H, D."""
+        shape = list(shape)
+        for axis in (2, 1, 0):
+            mat = mats[axis]
+            if mat is None:
+                continue
+            new_shape = list(shape)
+            new_shape[axis] = mat.shape[0]
+            new = {}
+            for idx in itertools.product(*(range(n) for n in new_shape)):
+                src = list(idx)
+                terms = []
+                for i in range(shape[axis]):
+                    src[axis] = i
+                    terms.append((mat[idx[axis], i], values[tuple(src)]))
+                new[idx] = self.combine(terms)
+            values, shape = new, new_shape
+        return values, tuple(shape)
+
+
+def _matrices(tile, side):
+    # per dim: B^T (side 0) or A^T (side 1), None for r == 1 (identity)
+    from .winograd import matrices
+
+    out = []
+    for m, r in zip(tile.m, tile.r):
+        if r == 1:
+            out.append(None)
+        else:
+            at, _, bt = matrices(m, r)
+            out.append(at if side else bt)
+    return out
+
+
+def _shape(tile, side):
+    alpha = tuple(m + r - 1 for m, r in zip(tile.m, tile.r))
+    return alpha if side == 0 else tuple(tile.m)
+
+
+def _positions(shape):
+    return list(itertools.product(*(range(n) for n in shape)))
+
+
+@intrinsic
+def tile_in(typingctx, V, v0, vps, xf, cx, xo, x0, xps, tile, spec):
+    """For njit code: the input transform of ``spec.lanes`` tiles of one channel::
+
+        d[p][l] = xf[cx + xo[x0 + p*xps + l]]   (0 where the offset is < 0)
+        V[v0 + q*vps + l] = (B^T_D (x) B^T_H (x) B^T_W  d)[q][l]
+
+    for the tile's ``alpha`` positions ``p`` and transform points ``q`` (both
+    in (D, H, W) order, row-major), ``l < spec.lanes``."""
+    if not isinstance(spec, SpecType) or not isinstance(tile, TileType):
+        return None
+    dtype = V.dtype.name
+    if dtype not in _LLVM_TYPES or xf.dtype != V.dtype or xo.dtype != types.int64:
+        return None
+    sig = types.void(V, v0, vps, xf, cx, xo, x0, xps, tile, spec)
+
+    def codegen(context, builder, signature, args):
+        g = _Gen(dtype, builder, spec.lanes)
+        b = builder
+        args = list(args)
+        for i in (1, 2, 4, 6, 7):
+            args[i] = context.cast(builder, args[i], signature.args[i], types.int64)
+        pV, pX, pO = (
+            context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 5)
+        )
+        v0_, vps_, cx_, x0_, xps_ = args[1], args[2], args[4], args[6], args[7]
+        shape = _shape(tile, 0)
+        gather = cgutils.get_or_insert_function(
+            b.module,
+            ir.FunctionType(g.vt, [g.ptrs_t, ir.IntType(32), ir.VectorType(ir.IntType(1), g.lanes), g.vt]),
+            f"llvm.masked.gather.v{g.lanes}{_FMA_NAMES[dtype]}.v{g.lanes}p0",
+        )
+        zero = ir.Constant(g.vt, [0.0] * g.lanes)
+        values = {}
+        for p, pos in enumerate(_positions(shape)):
+            offs = b.load(g.vec_ptr(pO, b.add(x0_, b.mul(g.const(p), xps_)), g.it), align=8)
+            ptrs, mask = g.addresses(pX, cx_, offs)
+            values[pos] = b.call(gather, [ptrs, ir.Constant(ir.IntType(32), g.align), mask, zero])
+        values, shape = g.transform(values, shape, _matrices(tile, 0))
+        for q, pos in enumerate(_positions(shape)):
+            b.store(values[pos], g.vec_ptr(pV, b.add(v0_, b.mul(g.const(q), vps_))), align=g.align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def tile_out(typingctx, of, oc, bias, oo, o0, ops, M, m0, mps, tile, spec):
+    """For njit code: the output transform of ``spec.lanes`` tiles of one
+    output channel::
+
+        y = (A^T_D (x) A^T_H (x) A^T_W  M)    with M[q][l] = M[m0 + q*mps + l]
+        of[oc + oo[o0 + j*ops + l]] = y[j][l] + bias   (where the offset is >= 0)
+
+    for the transform points ``q`` and the tile's outputs ``j`` ((D, H, W)
+    order, row-major), ``l < spec.lanes``."""
+    if not isinstance(spec, SpecType) or not isinstance(tile, TileType):
+        return None
+    dtype = of.dtype.name
+    if dtype not in _LLVM_TYPES or M.dtype != of.dtype or oo.dtype != types.int64:
+        return None
+    sig = types.void(of, oc, bias, oo, o0, ops, M, m0, mps, tile, spec)
+
+    def codegen(context, builder, signature, args):
+        g = _Gen(dtype, builder, spec.lanes)
+        b = builder
+        args = list(args)
+        for i in (1, 4, 5, 7, 8):
+            args[i] = context.cast(builder, args[i], signature.args[i], types.int64)
+        args[2] = context.cast(builder, args[2], signature.args[2], of.dtype)
+        pF, pO, pM = (
+            context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 6)
+        )
+        oc_, bias_, o0_, ops_, m0_, mps_ = args[1], args[2], args[4], args[5], args[7], args[8]
+        shape = _shape(tile, 0)
+        values = {}
+        for q, pos in enumerate(_positions(shape)):
+            values[pos] = b.load(g.vec_ptr(pM, b.add(m0_, b.mul(g.const(q), mps_))), align=g.align)
+        values, shape = g.transform(values, shape, _matrices(tile, 1))
+        scatter = cgutils.get_or_insert_function(
+            b.module,
+            ir.FunctionType(
+                ir.VoidType(), [g.vt, g.ptrs_t, ir.IntType(32), ir.VectorType(ir.IntType(1), g.lanes)]
+            ),
+            f"llvm.masked.scatter.v{g.lanes}{_FMA_NAMES[dtype]}.v{g.lanes}p0",
+        )
+        bv = _splat(b, g.vt, bias_)
+        for j, pos in enumerate(_positions(shape)):
+            offs = b.load(g.vec_ptr(pO, b.add(o0_, b.mul(g.const(j), ops_)), g.it), align=8)
+            ptrs, mask = g.addresses(pF, oc_, offs)
+            b.call(scatter, [b.fadd(values[pos], bv), ptrs, ir.Constant(ir.IntType(32), g.align), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
