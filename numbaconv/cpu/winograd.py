@@ -47,8 +47,6 @@ against float64 to stay within the bound the tests use for the direct path
 from __future__ import annotations
 
 import functools
-import math
-from fractions import Fraction
 
 import numba
 import numpy as np
@@ -59,14 +57,11 @@ from ..runtime import njit
 from ..shapes import fold_index
 from .microkernel import fma_taps, rows_for, spec_for
 from .tasks import parallel_tasks
-from .winotile import Tile, tile_in, tile_out
+from .winotile import Tile, matrices, tile_in, tile_out
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH (tested).
 _FASTMATH = {"reassoc", "contract"}
-
-# the finite interpolation points, in the order they are taken
-_POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2), 3, -3, Fraction(1, 3), Fraction(-1, 3))
 
 MAX_KERNEL = 5  # largest kernel extent per dim the method takes
 # outputs per tile and dim, by dtype and kernel extent r (measured: docs/winograd.md)
@@ -80,51 +75,6 @@ _CHUNK_BYTES = 1024 * 1024
 
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _vandermonde(points, cols: int) -> list:
-    # rows p^0 .. p^(cols-1) per point; the point at infinity: [0, ..., 0, 1]
-    return [
-        [Fraction(0)] * (cols - 1) + [Fraction(1)] if p is None else [Fraction(p) ** j for j in range(cols)]
-        for p in points
-    ]
-
-
-def _inverse(a: list) -> list:
-    """Inverse of a square matrix of Fractions (Gauss-Jordan, exact)."""
-    n = len(a)
-    m = [row[:] + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(a)]
-    for col in range(n):
-        piv = next(r for r in range(col, n) if m[r][col] != 0)
-        m[col], m[piv] = m[piv], m[col]
-        p = m[col][col]
-        m[col] = [v / p for v in m[col]]
-        for r in range(n):
-            if r != col and m[r][col] != 0:
-                f = m[r][col]
-                m[r] = [v - f * u for v, u in zip(m[r], m[col])]
-    return [row[n:] for row in m]
-
-
-@functools.cache
-def matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(A^T, G, B^T)`` of ``F(m, r)`` as float64 arrays (``m x alpha``,
-    ``alpha x r``, ``alpha x alpha``, ``alpha = m + r - 1``): for a signal
-    ``d`` of ``alpha`` values and a kernel ``g`` of ``r``,
-    ``A^T ((G g) * (B^T d))[i] = sum_k g[k] d[i + k]``, exactly in rationals
-    (the float64 entries are small integers and their quotients)."""
-    alpha = m + r - 1
-    if m < 1 or r < 1 or alpha - 1 > len(_POINTS):
-        raise ValueError(f"F({m}, {r}) needs {alpha - 1} finite points; {len(_POINTS)} are defined")
-    points = list(_POINTS[: alpha - 1]) + [None]
-    at = [list(col) for col in zip(*_vandermonde(points, m))]
-    g = _vandermonde(points, r)
-    bt = [list(col) for col in zip(*_inverse(_vandermonde(points, alpha)))]
-    for i, row in enumerate(bt):  # integer rows of B^T; the scale goes to G
-        scale = math.lcm(*(v.denominator for v in row))
-        bt[i] = [v * scale for v in row]
-        g[i] = [v / scale for v in g[i]]
-    return tuple(np.array([[float(v) for v in row] for row in mat]) for mat in (at, g, bt))
 
 
 def tile_sizes(plan) -> tuple[int, int, int]:

@@ -7,9 +7,11 @@ and applies ``B^T`` along W, H and D; :func:`tile_out` loads the products
 of every transform point, applies ``A^T`` along W, H and D, adds the bias and
 scatters the ``m_D x m_H x m_W`` outputs through their offsets
 (``llvm.masked.scatter``; a negative offset is not written). The matrices
-(:func:`numbaconv.cpu.winograd.matrices`) are constants of the generated
+(:func:`matrices`) are constants of the generated
 code: zero coefficients cost nothing, +-1 is an add or a subtract, the rest
 one FMA; all values stay in registers (or LLVM's spills) between the passes.
+
+The matrices themselves come from :func:`matrices` (Toom-Cook, exact).
 
 The tile shape is a :class:`Tile` argument whose Numba *type* carries ``m``
 and ``r`` per dim (and this file's checksum), so a kernel is compiled and
@@ -19,8 +21,11 @@ stale kernel.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 import zlib
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,54 @@ from numba.extending import NativeValue, intrinsic, models, register_model, type
 from .microkernel import _FMA_NAMES, _LLVM_TYPES, SpecType, _splat
 
 SOURCE_KEY = zlib.crc32(Path(__file__).read_bytes())
+
+# the finite interpolation points, in the order they are taken
+_POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2), 3, -3, Fraction(1, 3), Fraction(-1, 3))
+
+
+def _vandermonde(points, cols: int) -> list:
+    # rows p^0 .. p^(cols-1) per point; the point at infinity: [0, ..., 0, 1]
+    return [
+        [Fraction(0)] * (cols - 1) + [Fraction(1)] if p is None else [Fraction(p) ** j for j in range(cols)]
+        for p in points
+    ]
+
+
+def _inverse(a: list) -> list:
+    """Inverse of a square matrix of Fractions (Gauss-Jordan, exact)."""
+    n = len(a)
+    m = [row[:] + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(a)]
+    for col in range(n):
+        piv = next(r for r in range(col, n) if m[r][col] != 0)
+        m[col], m[piv] = m[piv], m[col]
+        p = m[col][col]
+        m[col] = [v / p for v in m[col]]
+        for r in range(n):
+            if r != col and m[r][col] != 0:
+                f = m[r][col]
+                m[r] = [v - f * u for v, u in zip(m[r], m[col])]
+    return [row[n:] for row in m]
+
+
+@functools.cache
+def matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A^T, G, B^T)`` of ``F(m, r)`` as float64 arrays (``m x alpha``,
+    ``alpha x r``, ``alpha x alpha``, ``alpha = m + r - 1``): for a signal
+    ``d`` of ``alpha`` values and a kernel ``g`` of ``r``,
+    ``A^T ((G g) * (B^T d))[i] = sum_k g[k] d[i + k]``, exactly in rationals
+    (the float64 entries are small integers and their quotients)."""
+    alpha = m + r - 1
+    if m < 1 or r < 1 or alpha - 1 > len(_POINTS):
+        raise ValueError(f"F({m}, {r}) needs {alpha - 1} finite points; {len(_POINTS)} are defined")
+    points = list(_POINTS[: alpha - 1]) + [None]
+    at = [list(col) for col in zip(*_vandermonde(points, m))]
+    g = _vandermonde(points, r)
+    bt = [list(col) for col in zip(*_inverse(_vandermonde(points, alpha)))]
+    for i, row in enumerate(bt):  # integer rows of B^T; the scale goes to G
+        scale = math.lcm(*(v.denominator for v in row))
+        bt[i] = [v * scale for v in row]
+        g[i] = [v / scale for v in g[i]]
+    return tuple(np.array([[float(v) for v in row] for row in mat]) for mat in (at, g, bt))
 
 
 class Tile:
@@ -140,8 +193,6 @@ class _Gen:
 
 def _matrices(tile, side):
     # per dim: B^T (side 0) or A^T (side 1), None for r == 1 (identity)
-    from .winograd import matrices
-
     out = []
     for m, r in zip(tile.m, tile.r):
         if r == 1:

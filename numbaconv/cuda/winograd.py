@@ -118,7 +118,7 @@ def _transform(vals, tmp, mats, geo, side):
 
 
 @functools.cache
-def _kernels(dtype_str: str):
+def _transform_in(dtype_str: str):
     nbt = numba_type(dtype_str)
 
     @cuda.jit
@@ -155,6 +155,13 @@ def _kernels(dtype_str: str):
                 V[(p * C + c) * tiles + t] = vals[p]
             i += step
 
+    return transform_in
+
+
+@functools.cache
+def _multiply(dtype_str: str):
+    nbt = numba_type(dtype_str)
+
     @cuda.jit
     def multiply(U, V, M, groups, C, CO, T, tiles):
         # M[(p * CO + o) * tiles + t] =
@@ -175,6 +182,13 @@ def _kernels(dtype_str: str):
                 acc += U[ub + c * cog] * V[vb + c * tiles]
             M[i] = acc
             i += step
+
+    return multiply
+
+
+@functools.cache
+def _transform_out(dtype_str: str):
+    nbt = numba_type(dtype_str)
 
     @cuda.jit
     def transform_out(M, out, bias, outm, mats, geo, n0, count):
@@ -208,7 +222,7 @@ def _kernels(dtype_str: str):
                             out[n, o, od, oh, ow] = vals[(a * m1 + b) * m2 + e] + bias[o]
             i += step
 
-    return transform_in, multiply, transform_out
+    return transform_out
 
 
 def _host_tables(plan):
@@ -238,7 +252,8 @@ def run(x5, w5, bias, plan, out5):
     u = cw.weight_transform(w5.copy_to_host(), plan, cw.tile_sizes(plan)).astype(plan.dtype)
     d_inm, d_outm, d_mats, d_geo, d_u = (to_device(a) for a in (inm, outm, mats, geo, u.ravel()))
     b = bias_or_zeros(bias, plan)
-    transform_in, multiply, transform_out = _kernels(np.dtype(plan.dtype).str)
+    key = np.dtype(plan.dtype).str
+    transform_in, multiply, transform_out = _transform_in(key), _multiply(key), _transform_out(key)
     chunk = _chunk(plan)
     V = cuda.device_array(points * plan.c_in * chunk * per_sample, dtype=plan.dtype)
     M = cuda.device_array(points * plan.c_out * chunk * per_sample, dtype=plan.dtype)
