@@ -78,6 +78,9 @@ def _cases():
             out.append(("conv", (1, 2) + sp, (2, 1) + kb, dict(padding=(0, 2, 1)[3 - nd :], groups=2)))
         # a vector of output channels, strided: the channels-last layout
         out.append(("conv", (1, 8) + sp, (16, 8) + k, dict(stride=2, padding=1)))
+        # the common square kernels: Winograd compiles one kernel per tile shape
+        for kc in ((3,), (5,)) if nd < 3 else ((3,),):
+            out.append(("conv", (1, 8) + sp, (8, 8) + kc * nd, dict(padding="same")))
         for cin in (2, 8):
             out.append(("conv_transpose", (1, cin) + sp, (cin, 3) + k, dict(stride=2, padding=1)))
             out.append(

@@ -10,10 +10,13 @@ import itertools
 
 import numpy as np
 import pytest
+from numba import njit
 
 import numbaconv as nc
 from numbaconv import config, dispatch, shapes
+from numbaconv.cpu import microkernel as mk
 from numbaconv.cpu import winograd as wg
+from numbaconv.cpu.winotile import Tile, tile_in, tile_out
 
 from .conftest import assert_close, tolerance, torch, torch_conv
 from .reference import conv_reference
@@ -241,3 +244,51 @@ def test_what_it_does_not_run_says_why(xs, ws, kw, why):
     assert "float32 and float64" in wg.supports(cplan)
     tplan = shapes.make_plan("conv_transpose", (1, 2, 9, 9), (2, 2, 3, 3), None, dtype=np.float32)
     assert wg.supports(tplan) is not None
+
+
+@njit
+def _tile_in(V, v0, vps, xf, cx, xo, x0, xps, tile, spec):
+    tile_in(V, v0, vps, xf, cx, xo, x0, xps, tile, spec)
+
+
+@njit
+def _tile_out(of, oc, bias, oo, o0, ops, M, m0, mps, tile, spec):
+    tile_out(of, oc, bias, oo, o0, ops, M, m0, mps, tile, spec)
+
+
+@pytest.mark.parametrize("lanes", [4, 16])
+@pytest.mark.parametrize("m, r", [((1, 4, 4), (1, 3, 3)), ((1, 1, 3), (1, 1, 4)), ((2, 3, 4), (3, 2, 5))])
+def test_tile_transforms_against_numpy(m, r, lanes):
+    """tile_in = gather through offsets (negative: zero) then B^T per dim;
+    tile_out = A^T per dim, + bias, scatter through offsets (negative: not
+    written); every other element of the outputs untouched."""
+    tile, spec = Tile(m, r), mk.Spec(lanes, 32)
+    alpha = tuple(a + b - 1 for a, b in zip(m, r))
+    T, J = int(np.prod(alpha)), int(np.prod(m))
+    bts = [wg.matrices(a, b)[2] for a, b in zip(m, r)]
+    ats = [wg.matrices(a, b)[0] for a, b in zip(m, r)]
+    rng = np.random.default_rng(sum(m) * 7 + lanes)
+    xf = rng.standard_normal(500)
+    xo = rng.integers(-1, 480, size=(T, lanes + 3))
+    vps, mps = lanes + 2, lanes + 3  # point strides: gaps between the points' lanes
+    V = rng.standard_normal(T * vps + 5)
+    want = V.copy()
+    d = np.where(xo[:, 2 : 2 + lanes] >= 0, xf[np.maximum(xo[:, 2 : 2 + lanes], 0) + 7], 0.0)
+    d = d.reshape(*alpha, lanes)
+    v = np.einsum("ai,bj,ck,ijkl->abcl", *bts, d).reshape(T, lanes)
+    for q in range(T):
+        want[3 + q * vps : 3 + q * vps + lanes] = v[q]
+    _tile_in(V, 3, vps, xf, 7, xo.ravel(), 2, lanes + 3, tile, spec)
+    np.testing.assert_allclose(V, want, rtol=1e-12, atol=1e-12)
+    M = rng.standard_normal(T * mps + 4)
+    oo = rng.permutation(1000)[: J * (lanes + 2)].reshape(J, lanes + 2)
+    oo[:, ::3] = -1
+    of = rng.standard_normal(1010)
+    want = of.copy()
+    mv = M[2 : 2 + T * mps].reshape(T, mps)[:, :lanes].reshape(*alpha, lanes)
+    y = np.einsum("ai,bj,ck,ijkl->abcl", *ats, mv)
+    y = y.reshape(J, lanes) + 0.25
+    sel = oo[:, 1 : 1 + lanes]
+    want[sel[sel >= 0] + 5] = y[sel >= 0]
+    _tile_out(of, 5, 0.25, oo.ravel(), 1, lanes + 2, M, 2, mps, tile, spec)
+    np.testing.assert_allclose(of, want, rtol=1e-12, atol=1e-12)
