@@ -179,6 +179,10 @@ def _info(args, parser) -> None:
     data["simd"] = f"{rate['lanes']} float32 lanes, register block {rate['block'][0]} x {rate['block'][1]}"
     data["microkernel_gflops"] = round(rate["ukernel_gflops"], 1)
     data["numpy_gemm_gflops"] = round(rate["numpy_gflops"], 1)
+    from . import rates
+
+    data["cost_constants"] = costs.source()
+    data["machine_rates"] = ", ".join(f"{u} {v:.3g}/s" for u, v in rates.rates().items())
     cache = warmup.cache_state()
     data["kernel_cache"] = (
         f"{cache['warm_kernels']} of {cache['kernels']} kernels compiled for this CPU in Numba's on-disk "

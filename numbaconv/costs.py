@@ -23,7 +23,7 @@ import os
 import threading
 import warnings
 
-from . import config
+from . import config, rates
 from .files import read_json
 from .machine import fingerprint
 
@@ -141,13 +141,17 @@ _LOADED: dict = {}
 
 def constants() -> dict[str, dict[str, float]]:
     """The CPU constants in use: this machine's calibration if ``numbaconv
-    calibrate`` stored one for it (same fingerprint), else the shipped ones."""
+    calibrate`` stored one for it (same fingerprint), else the shipped ones
+    in this machine's units (:func:`numbaconv.rates.scales`: each feature's
+    constant times the development machine's rate over this one's, for its
+    kind of work)."""
     path = calibration_path()
     with _LOCK:
         cached = _LOADED.get(path)
         if cached is not None:
             return cached
         table = {k: dict(v) for k, v in SHIPPED.items()}
+        calibrated: set = set()
         if os.path.exists(path):
             try:
                 data = read_json(path, MAX_CALIBRATION_BYTES)
@@ -157,6 +161,7 @@ def constants() -> dict[str, dict[str, float]]:
                     for key, consts in data["constants"].items():
                         if key in table:
                             table[key].update({k: float(v) for k, v in consts.items() if k in table[key]})
+                            calibrated.add(key)
             except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 warnings.warn(
                     f"numbaconv: ignoring the unreadable calibration file {path} ({exc}); "
@@ -164,8 +169,30 @@ def constants() -> dict[str, dict[str, float]]:
                     RuntimeWarning,
                     stacklevel=3,
                 )
+        if len(calibrated) < len(table):  # the shipped rows in this machine's units
+            scale = rates.scales()
+            for key, consts in table.items():
+                if key not in calibrated:
+                    for name in consts:
+                        consts[name] *= scale[rates.UNIT_OF[name]]
         _LOADED[path] = table
         return table
+
+
+def source() -> str:
+    """Which constants :func:`constants` uses here, in words (``numbaconv info``)."""
+    path = calibration_path()
+    try:
+        data = read_json(path, MAX_CALIBRATION_BYTES) if os.path.exists(path) else None
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and data.get("fingerprint") == fingerprint():
+        return f"this machine's calibration ({path})"
+    scale = rates.scales()
+    if all(v == 1.0 for v in scale.values()):
+        return "shipped (fitted on this CPU type)"
+    shown = ", ".join(f"{u} x{v:.2f}" for u, v in scale.items())
+    return f"shipped, scaled to this machine's measured rates ({shown}); `numbaconv calibrate` fits its own"
 
 
 def forget_loaded() -> None:

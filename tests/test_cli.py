@@ -143,7 +143,8 @@ def test_explain_json():
     ).stdout  # fmt: skip
     data = json.loads(out)
     assert data["method"] == "fft" and data["reason"].startswith("fft has the lowest estimated time")
-    assert set(data["estimated_s"]) == set(_names("conv")) and data["measured_s"] == {}
+    assert set(data["estimated_s"]) | set(data["unsupported"]) == set(_names("conv"))
+    assert "kernel extents up to 5" in data["unsupported"]["winograd"] and data["measured_s"] == {}
 
 
 def test_explain_measure_text():

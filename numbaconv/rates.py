@@ -1,0 +1,151 @@
+"""This machine's speed in the units the cost model counts in, so that the
+constants fitted on the development machine carry to other CPUs.
+
+The shipped constants (:data:`numbaconv.costs.SHIPPED`) are seconds per
+unit *on the development machine*. Each feature a method counts is work of
+one kind (:data:`UNIT_OF`): arithmetic (``flop``: FLOPs, FMAs, transformed
+values, micro-kernel blocks), memory traffic (``mem``: elements read,
+copied or written), FFT work (``fft``) or per-call overhead in Python
+(``call``). :func:`probe` measures this machine's rate of each kind in well
+under a second, with no compilation: NumPy's float32 GEMM (all threads), a
+32 MiB copy, a complex FFT, and an interpreted loop. On a machine without a
+calibration of its own (``numbaconv calibrate``), :func:`scales` gives each
+kind's ``development rate / this rate``, and the shipped constants are
+multiplied by it: a machine with twice the GEMM rate gets half the
+arithmetic constants. The rates are measured once per machine (fingerprint)
+and kept in ``<cache_dir>/rates.json``; the development machine's own
+fingerprint uses the shipped constants as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+
+import numpy as np
+
+from . import config
+from .files import read_json, write_json_atomic
+from .machine import fingerprint
+
+UNITS = ("flop", "mem", "fft", "call")
+
+# The kind of work of each cost feature (every feature of every CPU row, tested).
+UNIT_OF: dict[str, str] = {
+    **dict.fromkeys(
+        ("flops", "flops_px", "flops_px_1tap", "flops_cl", "gemm_flops", "gemm_flops_short",
+         "gemm_flops_thin", "cmacs", "transformed", "blocks"),
+        "flop",
+    ),
+    **dict.fromkeys(("outputs", "inputs", "tile", "lowered", "points", "gathered"), "mem"),
+    "fft_point_logs": "fft",
+    **dict.fromkeys(("call", "phases", "gemm_calls", "transforms"), "call"),
+}  # fmt: skip
+
+# probe() on the development machine when the constants were fitted
+# (2 vCPUs of an Intel Xeon, Emerald Rapids; best of several runs)
+SHIPPED_RATES: dict[str, float] = {"flop": 2.5e11, "mem": 2.4e10, "fft": 7.0e8, "call": 3.2e7}
+SHIPPED_FINGERPRINT = {
+    "cpu": "Intel(R) Xeon(R) Processor",
+    "machine": "x86_64",
+    "cpu_count": 2,
+    "numba_threads": 2,
+}
+
+MAX_SCALE = 8.0  # a probe reading further than this from the development machine is not trusted further
+_MAX_FILE_BYTES = 64 * 1024
+
+
+def _best(fn, calls: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _loop(n: int) -> int:
+    d = [0] * 8
+    for i in range(n):
+        d[i & 7] = i
+    return d[0]
+
+
+def probe() -> dict[str, float]:
+    """This machine's rates (per second): float32 GEMM FLOPs (NumPy's BLAS,
+    768^3), bytes copied (32 MiB), FFT points x log2 (complex128, 2^16
+    points), interpreted loop steps. Each the best of a few runs (~0.3 s)."""
+    n = 768
+    a = np.ones((n, n), np.float32)
+    c = np.empty((n, n), np.float32)
+    flop = 2.0 * n**3 / _best(lambda: np.matmul(a, a, out=c), 5)
+    time.sleep(0.05)  # BLAS threads spin for a while after a GEMM
+    src = np.ones(4 * 2**20, np.float64)
+    dst = np.empty_like(src)
+    mem = 2.0 * src.nbytes / _best(lambda: np.copyto(dst, src), 5)
+    z = np.ones(2**16, np.complex128)
+    fft = 2**16 * 16 / _best(lambda: np.fft.fft(z), 5)
+    steps = 20000
+    call = steps / _best(lambda: _loop(steps), 5)
+    return {"flop": flop, "mem": mem, "fft": fft, "call": call}
+
+
+_LOCK = threading.Lock()
+_MEMO: dict = {}
+
+
+def rates_path() -> str:
+    return os.path.join(config.cache_dir, "rates.json")
+
+
+def rates() -> dict[str, float]:
+    """This machine's :func:`probe`, from ``rates.json`` when it holds this
+    machine's (same fingerprint), else measured now and stored."""
+    fp = fingerprint()
+    key = repr(sorted(fp.items()))
+    with _LOCK:
+        if key in _MEMO:
+            return _MEMO[key]
+        path = rates_path()
+        found = None
+        if os.path.exists(path):
+            try:
+                data = read_json(path, _MAX_FILE_BYTES)
+                if isinstance(data, dict) and data.get("fingerprint") == fp:
+                    found = {u: float(data["rates"][u]) for u in UNITS}
+                    if not all(np.isfinite(v) and v > 0 for v in found.values()):
+                        raise ValueError("rates must be positive numbers")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+                warnings.warn(
+                    f"numbaconv: ignoring the unreadable rates file {path} ({exc}); measuring again",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                found = None
+        if found is None:
+            found = probe()
+            try:
+                write_json_atomic(path, {"fingerprint": fp, "rates": found}, indent=1)
+            except OSError:
+                pass  # a read-only cache directory: measured again by the next process
+        _MEMO[key] = found
+        return found
+
+
+def forget() -> None:
+    """Drop the rates kept in this process (tests)."""
+    with _LOCK:
+        _MEMO.clear()
+
+
+def scales() -> dict[str, float]:
+    """Per unit, how much longer a unit of work takes here than on the
+    development machine (1.0 everywhere on that machine's fingerprint)."""
+    if fingerprint() == SHIPPED_FINGERPRINT:
+        return dict.fromkeys(UNITS, 1.0)
+    here = rates()
+    return {u: float(np.clip(SHIPPED_RATES[u] / here[u], 1 / MAX_SCALE, MAX_SCALE)) for u in UNITS}

@@ -1,0 +1,94 @@
+"""The cost model's machine units (numbaconv/rates.py): every feature has a
+kind of work, the shipped constants scale by the development machine's rate
+over this one's (not on the development machine's own fingerprint, not for
+calibrated rows), the probe's result is kept per fingerprint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from numbaconv import calibrate, config, costs, dispatch, machine, rates
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    monkeypatch.setattr(config, "cache_dir", str(tmp_path))
+    rates.forget()
+    costs.forget_loaded()
+    yield tmp_path
+    rates.forget()
+    costs.forget_loaded()
+
+
+def test_every_feature_has_a_kind_of_work():
+    for r in dispatch.TABLE:
+        if r.device == "cpu":
+            for name in costs.SHIPPED[r.key]:
+                assert rates.UNIT_OF.get(name) in rates.UNITS, (r.key, name)
+
+
+def test_the_probe_measures_positive_rates():
+    got = rates.probe()
+    assert set(got) == set(rates.UNITS)
+    assert all(np.isfinite(v) and v > 0 for v in got.values())
+
+
+def test_shipped_constants_scale_to_this_machine(fresh, monkeypatch):
+    here = {"flop": 2 * rates.SHIPPED_RATES["flop"], "mem": rates.SHIPPED_RATES["mem"],
+            "fft": 100 * rates.SHIPPED_RATES["fft"], "call": rates.SHIPPED_RATES["call"] / 2}  # fmt: skip
+    monkeypatch.setattr(rates, "rates", lambda: here)
+    monkeypatch.setattr(rates, "SHIPPED_FINGERPRINT", {"cpu": "another"})
+    assert rates.scales() == {"flop": 0.5, "mem": 1.0, "fft": 1 / rates.MAX_SCALE, "call": 2.0}
+    table = costs.constants()
+    for key, consts in costs.SHIPPED.items():
+        for name, value in consts.items():
+            want = value * rates.scales()[rates.UNIT_OF[name]]
+            assert table[key][name] == pytest.approx(want), (key, name)
+    assert "scaled to this machine's measured rates" in costs.source()
+
+
+def test_no_scaling_on_the_development_machines_fingerprint(fresh, monkeypatch):
+    monkeypatch.setattr(rates, "SHIPPED_FINGERPRINT", machine.fingerprint())
+    monkeypatch.setattr(rates, "rates", lambda: pytest.fail("no probe needed"))
+    assert rates.scales() == dict.fromkeys(rates.UNITS, 1.0)
+    assert costs.constants() == costs.SHIPPED
+    assert "shipped" in costs.source()
+
+
+def test_calibrated_rows_are_not_scaled(fresh, monkeypatch):
+    monkeypatch.setattr(rates, "SHIPPED_FINGERPRINT", {"cpu": "another"})
+    monkeypatch.setattr(rates, "rates", lambda: {u: 2 * v for u, v in rates.SHIPPED_RATES.items()})
+    mine = {k: dict.fromkeys(v, 1e-9) for k, v in costs.SHIPPED.items() if k == "conv/direct"}
+    calibrate.save({"fingerprint": machine.fingerprint(), "constants": mine, "fit": {}, "samples": {}})
+    table = costs.constants()
+    assert table["conv/direct"] == mine["conv/direct"]
+    assert table["conv/gemm"]["call"] == pytest.approx(costs.SHIPPED["conv/gemm"]["call"] / 2)
+    assert "this machine's calibration" in costs.source()
+
+
+def test_rates_are_measured_once_per_machine(fresh, monkeypatch):
+    calls = []
+
+    def fake():
+        calls.append(1)
+        return {u: 1.0 + len(calls) for u in rates.UNITS}
+
+    monkeypatch.setattr(rates, "probe", fake)
+    first = rates.rates()
+    assert rates.rates() == first and len(calls) == 1
+    rates.forget()  # a new process: read from the file
+    assert rates.rates() == first and len(calls) == 1
+    data = json.loads((fresh / "rates.json").read_text())
+    assert data["fingerprint"] == machine.fingerprint()
+    data["fingerprint"] = {"cpu": "another machine"}  # another machine's file: measured again
+    (fresh / "rates.json").write_text(json.dumps(data))
+    rates.forget()
+    assert rates.rates() != first and len(calls) == 2
+    (fresh / "rates.json").write_text("{not json")
+    rates.forget()
+    with pytest.warns(RuntimeWarning, match="unreadable rates file"):
+        rates.rates()
+    assert len(calls) == 3
