@@ -74,6 +74,7 @@ SHIPPED: dict[str, dict[str, float]] = {
         "flops": 1.42e-10,
     },
     "conv_transpose/gather": {
+        "winograd_s": 1.0,
         "call": 0.00016,
         "phases": 2.9e-05,
         "outputs": 0,

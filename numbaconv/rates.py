@@ -42,6 +42,7 @@ UNIT_OF: dict[str, str] = {
     **dict.fromkeys(("outputs", "inputs", "tile", "lowered", "points", "gathered"), "mem"),
     "fft_point_logs": "fft",
     **dict.fromkeys(("call", "phases", "gemm_calls", "transforms"), "call"),
+    "winograd_s": "none",  # seconds estimated by the (already scaled) Winograd row
 }  # fmt: skip
 
 # probe() on the development machine when the constants were fitted
@@ -144,8 +145,10 @@ def forget() -> None:
 
 def scales() -> dict[str, float]:
     """Per unit, how much longer a unit of work takes here than on the
-    development machine (1.0 everywhere on that machine's fingerprint)."""
+    development machine (1.0 everywhere on that machine's fingerprint;
+    "none": counts already in seconds of another row's estimate)."""
     if fingerprint() == SHIPPED_FINGERPRINT:
-        return dict.fromkeys(UNITS, 1.0)
+        return dict.fromkeys(UNITS + ("none",), 1.0)
     here = rates()
-    return {u: float(np.clip(SHIPPED_RATES[u] / here[u], 1 / MAX_SCALE, MAX_SCALE)) for u in UNITS}
+    out = {u: float(np.clip(SHIPPED_RATES[u] / here[u], 1 / MAX_SCALE, MAX_SCALE)) for u in UNITS}
+    return {**out, "none": 1.0}

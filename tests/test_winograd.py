@@ -40,6 +40,15 @@ def test_matrices_compute_the_correlation(m, r):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * (1 + np.abs(d).sum() * np.abs(gk).sum()))
 
 
+def test_tile_sizes_follow_dims_and_channels():
+    def m(nd, cig, k):
+        return wg.tile_sizes(shapes.make_plan("conv", (1, cig) + (9,) * nd, (2, cig) + (k,) * nd, None))
+
+    assert m(1, 1, 3) == (1, 1, 4) and m(1, 1, 4) == (1, 1, 3)
+    assert m(2, 8, 3) == (1, 4, 4) and m(2, 4, 3) == (1, 2, 2) and m(2, 64, 1) == (1, 1, 1)
+    assert m(3, 16, 3) == (4, 4, 4) and m(3, 4, 3) == (3, 3, 3) and m(3, 2, 5) == (2, 2, 2)
+
+
 def test_f43_is_lavins():
     """F(4, 3) on the points 0, +-1, +-2 is the classic B^T of Lavin & Gray."""
     bt = wg.matrices(4, 3)[2]
@@ -76,21 +85,25 @@ def _check(x, w, b, dtype, padding=0, dilation=1, groups=1, mode="zeros", method
 
 
 ACCURACY = [
-    (1, (64,), (3,)), (1, (64,), (5,)), (1, (32,), (2,)), (1, (32,), (4,)),
+    (1, (64,), (3,)), (1, (64,), (5,)), (1, (32,), (2,)), (1, (32,), (4,)), (1, (1,), (5,)),
     (2, (64,), (3, 3)), (2, (16,), (5, 5)), (2, (16,), (2, 2)), (2, (16,), (4, 4)), (2, (32,), (3, 1)),
-    (3, (16,), (3, 3, 3)), (3, (8,), (5, 3, 2)),
+    (2, (8,), (3, 3)), (2, (4,), (3, 3)), (2, (1,), (5, 5)), (2, (2,), (2, 2)),
+    (3, (16,), (3, 3, 3)), (3, (8,), (5, 3, 2)), (3, (4,), (3, 3, 3)), (3, (1,), (2, 3, 2)),
+    (3, (2,), (3, 3, 3)),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nd, cin, k", ACCURACY, ids=lambda v: str(v))
 def test_accuracy_within_the_direct_bound(nd, cin, k, dtype):
-    """The tile sizes of wg.TILE keep the error inside the bound the direct
-    path is tested with (8 eps sqrt(K) max(|x| (*) |w|)), at reduction
-    lengths of real layers, for normal and all-positive data."""
+    """The tile sizes (wg.tile_sizes: by kernel extent, transformed dims and
+    channels per group) keep the error inside the bound the direct path is
+    tested with (8 eps sqrt(K) max(|x| (*) |w|)), from 1 channel per group to
+    the reduction lengths of real layers, for normal and all-positive data,
+    over several draws."""
     rng = np.random.default_rng(7)
     size = {1: (150,), 2: (21, 19), 3: (9, 10, 11)}[nd]
-    for positive in (False, True):
+    for positive in (False, True, False, True):
         x, w, b = _case(rng, nd, 2, cin[0], 8, 1, size, k, dtype)
         if positive:
             x, w = np.abs(x), np.abs(w)
@@ -292,3 +305,59 @@ def test_tile_transforms_against_numpy(m, r, lanes):
     want[sel[sel >= 0] + 5] = y[sel >= 0]
     _tile_out(of, 5, 0.25, oo.ravel(), 1, lanes + 2, M, 2, mps, tile, spec)
     np.testing.assert_allclose(of, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def winograd_phases(monkeypatch):
+    """Every transposed phase Winograd can run goes to it (the cost model
+    sends only large ones), counting the phases it ran."""
+    from numbaconv.cpu import gather
+
+    ran = []
+    real = wg.run_into
+
+    def counted(*args, **kw):
+        ran.append(args[3])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(gather, "_winograd_pays", lambda sub: wg.supports(sub) is None)
+    monkeypatch.setattr(wg, "run_into", counted)
+    gather._split.cache_clear()
+    yield ran
+    gather._split.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_transposed_phases_on_winograd(dtype, winograd_phases):
+    """The transposed op's gather runs phases whose sub-kernel has taps to
+    save on Winograd, written into the output's phase: the transposed grid
+    (strides, dilations, paddings, output_padding, groups, 1-D/2-D/3-D)
+    against the reference."""
+    from .cases import TRANSPOSE_GRID, run_transpose_case
+
+    rng = np.random.default_rng(12)
+    for c in TRANSPOSE_GRID[:: 1 if dtype == np.float64 else 4]:
+        got, ref, tol, _ = run_transpose_case(c, dtype, "gather", rng)
+        assert_close(got, ref, tol, str(c))
+    assert len(winograd_phases) > 20
+
+
+def test_transposed_winograd_phases_with_modes_and_nonfinite_inputs(winograd_phases):
+    """Non-zero padding modes (the extended output and its fold) and a
+    non-finite input (Winograd declines; the implicit-GEMM path writes those
+    phases: PyTorch's NaN pattern)."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 6, 9, 8))
+    w = rng.standard_normal((6, 4, 4, 4))
+    for mode in ("zeros", "reflect", "circular"):
+        want = nc.conv_transpose2d(x, w, stride=2, padding=1, padding_mode=mode, method="scatter")
+        got = nc.conv_transpose2d(x, w, stride=2, padding=1, padding_mode=mode, method="gather")
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    assert winograd_phases
+    x[1, 2, 4, 4] = np.inf
+    got = nc.conv_transpose2d(x, w, stride=2, padding=1, method="gather")
+    want = nc.conv_transpose2d(x, w, stride=2, padding=1, method="scatter")
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    ok = np.isfinite(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-10, atol=1e-10)

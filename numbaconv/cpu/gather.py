@@ -36,7 +36,7 @@ import numpy as np
 from .. import config, costs
 from ..common import WeightCache, fold_chunk, fold_workspace, transposed_as_conv
 from ..shapes import gather_tap_maps
-from . import direct, igemm
+from . import direct, igemm, winograd
 from .fold import with_fold
 
 
@@ -159,15 +159,20 @@ def workspace_bytes(plan) -> int:
 
 def cost_features(plan) -> dict[str, float]:
     """The implicit-GEMM path's counts (:func:`numbaconv.cpu.igemm.cost_features`)
-    summed over the phases and fold chunks, the phases of a chunk (all in
+    summed over the phases it runs and the fold chunks, the Winograd row's
+    estimated seconds of the phases Winograd runs (``winograd_s``), the phases of a chunk (all in
     one parallel region) and the outputs the bias fills first where some
     phase has no tap (float32 units). Complex dtypes, on the channels-last
     kernel, are counted the same (scaled by the item size), as the direct
     path counts them."""
     chunks = -(-plan.batch // fold_chunk(plan)) if plan.folds else 1
-    f = {"call": 1.0, "phases": 0.0}
+    f = {"call": 1.0, "phases": 0.0, "winograd_s": 0.0}
     phases = _phases(plan)
-    for _, sub, _ in phases:
+    wino, rest = _split(phases, id(costs.constants())) if plan.dtype.kind == "f" else ((), phases)
+    for _, sub, _ in wino:  # its own estimate (float32 units: per_dtype scales it below)
+        scale = 4 / plan.dtype.itemsize
+        f["winograd_s"] += costs.estimate("conv/winograd", winograd.cost_features(sub)) * chunks * scale
+    for _, sub, _ in rest:
         f["phases"] += chunks
         for k, v in igemm.cost_features(sub, _share(phases)).items():
             if k != "call":
@@ -249,11 +254,38 @@ def _run_phases(x, w5, bias, plan, target, lo, size):
     phases = phase_plans(plan, x.shape[0], lo, size)
     if untapped(plan, lo, size):
         target[...] = bias.reshape(-1, 1, 1, 1)
-    wp, offsets = _packed(w5, plan.groups, phases)
-    runs = _runs(phases, offsets, target.shape, plan.stride)
-    if runs:
-        igemm.run_phases(x, bias, runs, wp, target)
+    wino, phases = _split(phases, id(costs.constants()))
+    if wino:
+        wconv = transposed_as_conv(w5, plan.groups)
+        rest = []
+        for start, sub, taps in wino:
+            ws = np.ascontiguousarray(wconv.take(taps[0], axis=2).take(taps[1], axis=3).take(taps[2], axis=4))
+            if not winograd.run_into(x, ws, bias, sub, target, start, plan.stride):
+                rest.append((start, sub, taps))  # a non-finite value: the direct path's answer
+        phases = phases + tuple(rest)
+    if phases:
+        wp, offsets = _packed(w5, plan.groups, phases)
+        igemm.run_phases(x, bias, _runs(phases, offsets, target.shape, plan.stride), wp, target)
     return target
+
+
+@functools.lru_cache(maxsize=64)
+def _split(phases, constants_id) -> tuple:
+    """The phases Winograd runs (its sub-kernel has taps to save and it is
+    estimated faster than the implicit-GEMM path by 10%: sub-kernels of 2+
+    taps with enough channels) and the others (kept per phases and cost
+    constants in use)."""
+    wino, rest = [], []
+    for phase in phases:
+        (wino if _winograd_pays(phase[1]) else rest).append(phase)
+    return tuple(wino), tuple(rest)
+
+
+def _winograd_pays(sub) -> bool:
+    if winograd.supports(sub) is not None:
+        return False
+    fast = costs.estimate("conv/winograd", winograd.cost_features(sub))
+    return fast < 0.9 * costs.estimate("conv/direct", direct.cost_features(sub))
 
 
 def _gather_runs(plan, w5, lo: int, size: int):

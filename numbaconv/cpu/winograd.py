@@ -38,9 +38,10 @@ spread NaN over the tile's other outputs, which a direct sum leaves finite.
 The kernel notes any non-finite input it reads, the packing any non-finite
 weight; the call is then done by the direct path (PyTorch's answer).
 
-**Accuracy.** The transforms' rounding grows with ``m`` and the points'
-size; ``m`` is chosen per dtype and kernel extent (:data:`TILE`), measured
-against float64 to stay within the bound the tests use for the direct path
+**Accuracy.** The transforms' rounding grows with ``m``, the points' size
+and the transformed dims, and is averaged over the input channels; ``m`` is
+chosen from those (:func:`tile_sizes`), measured against float64 to stay
+within the bound the tests use for the direct path
 (``8 * eps * sqrt(K) * max(|x| (*) |w|)``): see ``docs/winograd.md``.
 """
 
@@ -64,11 +65,10 @@ from .winotile import Tile, matrices, tile_in, tile_out
 _FASTMATH = {"reassoc", "contract"}
 
 MAX_KERNEL = 5  # largest kernel extent per dim the method takes
-# outputs per tile and dim, by dtype and kernel extent r (measured: docs/winograd.md)
-TILE = {
-    "float32": {2: 4, 3: 4, 4: 3, 5: 4},
-    "float64": {2: 4, 3: 4, 4: 3, 5: 4},
-}
+# The most outputs per tile and dim, by kernel extent r (measured:
+# docs/winograd.md); fewer where few channels per group leave the
+# transforms' rounding less averaged (tile_sizes).
+TILE = {2: 4, 3: 4, 4: 3, 5: 4}
 _VECTORS = 4  # vectors per micro-kernel block (lanes over tiles); rows from the registers
 _CHUNK_BYTES = 1024 * 1024
 
@@ -78,18 +78,26 @@ def _ceil(a: int, b: int) -> int:
 
 
 def tile_sizes(plan) -> tuple[int, int, int]:
-    """Outputs per tile in (D, H, W): :data:`TILE` for dims with a kernel
-    extent above 1, else 1 (and 1 where the method does not run: the counts
-    of ``cost_features`` stay defined)."""
-    table = TILE.get(plan.dtype.name, TILE["float64"])
-    return tuple(table.get(k, 1) if k > 1 else 1 for k in plan.kernel)
+    """Outputs per tile in (D, H, W), 1 for dims of kernel extent 1. The
+    transforms' rounding error grows with m and with the number of
+    transformed dims, and is averaged over the group's input channels, so
+    that the error stays within the direct path's bound (``8 eps sqrt(K)
+    max(|x| (*) |w|)``, the tests' c) by a factor 4 or more: m = 4 (at most
+    :data:`TILE` for the extent) in 1-D, in 2-D from 8 channels per group, in
+    3-D from 16; 3 in 3-D from 4 channels; else 2 (measured maxima in
+    docs/winograd.md). Extents the method does not take get 1 (the counts of
+    ``cost_features`` stay defined)."""
+    cig = plan.c_in // plan.groups
+    dims = sum(k > 1 for k in plan.kernel)
+    m = 4 if dims == 1 or (dims == 2 and cig >= 8) or cig >= 16 else (3 if dims == 3 and cig >= 4 else 2)
+    return tuple(min(m, TILE[k]) if 1 < k <= MAX_KERNEL else 1 for k in plan.kernel)
 
 
 def supports(plan) -> str | None:
     """None when Winograd can run ``plan``, else why not."""
     if plan.op != "conv":
         return "winograd is a conv method"
-    if plan.dtype.name not in TILE:
+    if plan.dtype.name not in ("float32", "float64"):
         return f"winograd takes float32 and float64, not {plan.dtype.name}"
     if any(s != 1 for s in plan.stride):
         return f"winograd needs stride 1 (got {plan.stride[3 - plan.ndim :]})"
@@ -194,9 +202,18 @@ def _geometry(plan, lanes, registers):
 
 
 @functools.lru_cache(maxsize=128)
-def _maps(plan, lanes, registers):
+def _maps(plan, lanes, registers, start=(0, 0, 0), step=(1, 1, 1)):
+    # the maps, outputs at start + step * o of the target (a phase of a
+    # transposed op's output: numbaconv.cpu.gather)
     geo = _geometry(plan, lanes, registers)
     inm, outm = geo.maps(plan)
+    if start != (0, 0, 0) or step != (1, 1, 1):
+        outm = outm.copy()
+        at = 0
+        for n, m, s0, st in zip(geo.ntiles, geo.m, start, step):
+            part = outm[at : at + n * m]
+            part[part >= 0] = s0 + st * part[part >= 0]
+            at += n * m
     arrays = (inm, outm, geo.args())
     for a in arrays:
         a.flags.writeable = False
@@ -354,19 +371,28 @@ def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
 def run(x5, w5, bias, plan, out5):
     """Winograd conv of canonical 5-D arrays into ``out5`` (see the module
     doc); a non-finite input or weight runs the direct path instead."""
-    from . import direct
+    if not run_into(x5, w5, bias, plan, out5):
+        from . import direct
 
+        return direct.run(x5, w5, bias, plan, out5)
+    return out5
+
+
+def run_into(x5, w5, bias, plan, target, start=(0, 0, 0), step=(1, 1, 1)) -> bool:
+    """The conv ``plan`` of ``x5`` and ``w5`` written at ``start + step * o``
+    of ``target`` (C-contiguous, 5-D; every other element untouched): the
+    conv's own output, or a phase of a transposed op's. False where an input
+    or weight is not finite: the caller's other path then writes those
+    outputs (what this one wrote of them is overwritten)."""
     spec = spec_for(plan.dtype)
     geo = _geometry(plan, spec.lanes, spec.registers)
-    inm, outm, args = _maps(plan, spec.lanes, spec.registers)
+    inm, outm, args = _maps(plan, spec.lanes, spec.registers, tuple(start), tuple(step))
     U, finite = packed_weight(w5, plan, geo)
     if not finite:
-        return direct.run(x5, w5, bias, plan, out5)
+        return False
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
     bad = np.zeros(geo.tasks, dtype=np.int64)
-    xf, of, tab = x5.reshape(-1), out5.reshape(-1), np.zeros(1, dtype=np.int64)
-    parallel_tasks(_task, geo.tasks, x5, xf, U, bias, out5, of, inm, outm, geo.tile, args, bad, tab, spec)
-    if bad.any():
-        return direct.run(x5, w5, bias, plan, out5)
-    return out5
+    xf, of, tab = x5.reshape(-1), target.reshape(-1), np.zeros(1, dtype=np.int64)
+    parallel_tasks(_task, geo.tasks, x5, xf, U, bias, target, of, inm, outm, geo.tile, args, bad, tab, spec)
+    return not bad.any()
