@@ -30,8 +30,8 @@ CACHE_PROBE = textwrap.dedent(
     y = nc.conv2d(x, w, padding=1)
     dt = time.perf_counter() - t0
     from numba.core.registry import CPUDispatcher
-    from numbaconv.cpu import direct, fold, gather, gemm, igemm, scatter
-    mods = (direct, fold, gather, gemm, igemm, scatter)
+    from numbaconv.cpu import direct, fold, gather, gemm, igemm, scatter, winograd
+    mods = (direct, fold, gather, gemm, igemm, scatter, winograd)
     kernels = [f for m in mods for f in vars(m).values() if isinstance(f, CPUDispatcher)]
     hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
     misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)

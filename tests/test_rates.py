@@ -27,7 +27,7 @@ def test_every_feature_has_a_kind_of_work():
     for r in dispatch.TABLE:
         if r.device == "cpu":
             for name in costs.SHIPPED[r.key]:
-                assert rates.UNIT_OF.get(name) in rates.UNITS, (r.key, name)
+                assert rates.UNIT_OF.get(name) in rates.UNITS + ("none",), (r.key, name)
 
 
 def test_the_probe_measures_positive_rates():
@@ -41,7 +41,7 @@ def test_shipped_constants_scale_to_this_machine(fresh, monkeypatch):
             "fft": 100 * rates.SHIPPED_RATES["fft"], "call": rates.SHIPPED_RATES["call"] / 2}  # fmt: skip
     monkeypatch.setattr(rates, "rates", lambda: here)
     monkeypatch.setattr(rates, "SHIPPED_FINGERPRINT", {"cpu": "another"})
-    assert rates.scales() == {"flop": 0.5, "mem": 1.0, "fft": 1 / rates.MAX_SCALE, "call": 2.0}
+    assert rates.scales() == {"flop": 0.5, "mem": 1.0, "fft": 1 / rates.MAX_SCALE, "call": 2.0, "none": 1.0}
     table = costs.constants()
     for key, consts in costs.SHIPPED.items():
         for name, value in consts.items():
@@ -53,7 +53,7 @@ def test_shipped_constants_scale_to_this_machine(fresh, monkeypatch):
 def test_no_scaling_on_the_development_machines_fingerprint(fresh, monkeypatch):
     monkeypatch.setattr(rates, "SHIPPED_FINGERPRINT", machine.fingerprint())
     monkeypatch.setattr(rates, "rates", lambda: pytest.fail("no probe needed"))
-    assert rates.scales() == dict.fromkeys(rates.UNITS, 1.0)
+    assert rates.scales() == dict.fromkeys(rates.UNITS + ("none",), 1.0)
     assert costs.constants() == costs.SHIPPED
     assert "shipped" in costs.source()
 
