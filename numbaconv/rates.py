@@ -28,7 +28,7 @@ import numpy as np
 
 from . import config
 from .files import read_json, write_json_atomic
-from .machine import fingerprint
+from .machine import block_best, fingerprint
 
 UNITS = ("flop", "mem", "fft", "call")
 
@@ -60,13 +60,8 @@ _MAX_FILE_BYTES = 64 * 1024
 
 
 def _best(fn, calls: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    fn()  # warm: first-touch pages, BLAS threads started
+    return block_best(fn, calls, rest=0.0)
 
 
 def _loop(n: int) -> int:

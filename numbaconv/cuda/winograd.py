@@ -117,6 +117,13 @@ def _transform(vals, tmp, mats, geo, side):
             vals[i] = tmp[i]
 
 
+@cuda.jit(device=True)
+def _tile_of(t, n0, NT, nH, nW):
+    # sample and (D, H, W) tile indices of tile t of a chunk starting at sample n0
+    r = t % NT
+    return n0 + t // NT, r // (nW * nH), (r // nW) % nH, r % nW
+
+
 @functools.cache
 def _transform_in(dtype_str: str):
     nbt = numba_type(dtype_str)
@@ -137,9 +144,7 @@ def _transform_in(dtype_str: str):
         while i < C * tiles:
             t = i % tiles
             c = i // tiles
-            n = n0 + t // NT
-            r = t % NT
-            tw, th, td = r % nW, (r // nW) % nH, r // (nW * nH)
+            n, td, th, tw = _tile_of(t, n0, NT, nH, nW)
             for a in range(a0):
                 idd = inm[td * a0 + a]
                 for b in range(a1):
@@ -206,9 +211,7 @@ def _transform_out(dtype_str: str):
         while i < CO * tiles:
             t = i % tiles
             o = i // tiles
-            n = n0 + t // NT
-            r = t % NT
-            tw, th, td = r % nW, (r // nW) % nH, r // (nW * nH)
+            n, td, th, tw = _tile_of(t, n0, NT, nH, nW)
             for p in range(T):
                 vals[p] = M[(p * CO + o) * tiles + t]
             _transform(vals, tmp, mats, geo, 1)
