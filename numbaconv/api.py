@@ -9,7 +9,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import autotune, config, dispatch, runtime
-from .shapes import ConvPlan, check_dtype, make_conv_plan, make_conv_transpose_plan, result_dtype
+from .shapes import (
+    ConvPlan,
+    check_dtype,
+    make_conv_plan,
+    make_conv_transpose_plan,
+    make_filter_plan,
+    result_dtype,
+)
 
 __all__ = [
     "conv",
@@ -180,6 +187,15 @@ def _conv_impl(
         ndim=ndim,
     )
     return _finish("conv", plan, method, input, weight, bias, x, w, b, out, where)
+
+
+def filter_conv(x, w, padding, groups, modes, method="auto") -> np.ndarray:
+    """The SciPy front-ends' conv (numbaconv.signal, numbaconv.ndimage): stride
+    and dilation 1, ``padding`` ``(lo, hi)`` and a mode of
+    ``shapes.FILTER_MODES`` per spatial dim, no limit on the padding."""
+    x, w, _, method, dtype, where = _prepare("conv", x, w, None, method, "cpu")
+    plan = make_filter_plan(x.shape, w.shape, padding, groups, tuple(modes), dtype)
+    return _finish("conv", plan, method, x, w, None, x, w, None, None, where)
 
 
 def _conv_transpose_impl(

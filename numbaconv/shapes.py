@@ -22,6 +22,8 @@ import numpy as np
 
 __all__ = [
     "PADDING_MODES",
+    "FILTER_MODES",
+    "make_filter_plan",
     "ConvPlan",
     "conv_output_size",
     "conv_output_shape",
@@ -38,8 +40,13 @@ __all__ = [
 ]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+# The modes of the SciPy front-ends too (numbaconv.signal, numbaconv.ndimage):
+# "symmetric" reflects with the edge repeated (numpy.pad's 'symmetric',
+# scipy.ndimage's 'reflect', convolve2d's boundary='symm'). Each dim may have
+# its own (``ConvPlan.mode``); none has PyTorch's limits on the padding.
+FILTER_MODES = PADDING_MODES + ("symmetric",)
 # the integer code of each mode inside njit kernels (the CPU FFT path's window maps)
-MODE_CODES = {name: code for code, name in enumerate(PADDING_MODES)}
+MODE_CODES = {name: code for code, name in enumerate(FILTER_MODES)}
 OPS = ("conv", "conv_transpose")
 MAX_INT = 2**62  # every size and parameter must fit the kernels' int64 arithmetic
 _COMPUTE_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
@@ -185,10 +192,15 @@ class ConvPlan:
     stride: tuple[int, int, int]
     dilation: tuple[int, int, int]
     padding: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-    padding_mode: str
+    padding_mode: str | tuple[str, str, str]
     dtype: np.dtype
     has_bias: bool
     output_padding: tuple[int, int, int] = (0, 0, 0)
+
+    def mode(self, i: int) -> str:
+        """The padding mode of canonical dim ``i`` (``padding_mode`` is one
+        mode, or one per canonical dim from the SciPy front-ends)."""
+        return self.padding_mode if isinstance(self.padding_mode, str) else self.padding_mode[i]
 
     def __hash__(self) -> int:
         # computed once: plans key several caches a call (a dataclass's
@@ -591,6 +603,29 @@ def make_conv_plan(
     )
 
 
+def make_filter_plan(
+    input_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    padding: tuple[tuple[int, int], ...],
+    groups: int,
+    modes: tuple[str, ...],
+    dtype,
+) -> ConvPlan:
+    """The plan of a SciPy front-end's filter: a conv at stride and dilation 1
+    with padding ``(lo, hi)`` per spatial dim and a mode per spatial dim from
+    :data:`FILTER_MODES` (any padding: the index maps fold it as often as it
+    takes, where PyTorch limits 'reflect' and 'circular' to one fold)."""
+    n = len(weight_shape) - 2
+    for m in modes:
+        if m not in FILTER_MODES:
+            raise ValueError(f"padding mode must be one of {', '.join(map(repr, FILTER_MODES))}, got {m!r}")
+    if len(modes) != n:
+        raise ValueError(f"{len(modes)} padding modes for {n} spatial dims")
+    plan = make_conv_plan(input_shape, weight_shape, None, 1, tuple(padding), 1, groups, dtype=dtype)
+    mode = modes[0] if len(set(modes)) == 1 else _canon(tuple(modes), n, "zeros")
+    return dataclasses.replace(plan, padding_mode=mode)
+
+
 def conv_transpose_output_size(
     size: int, kernel: int, stride: int, lo: int, hi: int, dilation: int, output_padding: int = 0
 ) -> int:
@@ -867,6 +902,9 @@ def fold_index(p, size: int, mode: str):
         return np.clip(p, 0, size - 1)
     if mode == "circular":
         return np.mod(p, size)
+    if mode == "symmetric":  # period 2 * size, the edge repeated
+        q = np.mod(p, 2 * size)
+        return np.where(q >= size, 2 * size - 1 - q, q)
     # reflect, without repeating the edge; period 2 * (size - 1)
     if size == 1:
         return np.zeros_like(p)
@@ -964,7 +1002,7 @@ def conv_tap_maps(plan: ConvPlan) -> tuple:
     for i in range(3):
         maps += conv_tap_map(
             plan.in_size[i], plan.out_size[i], plan.kernel[i], plan.stride[i], plan.dilation[i],
-            *plan.padding[i], plan.padding_mode,
+            *plan.padding[i], plan.mode(i),
         )  # fmt: skip
     return tuple(maps)
 

@@ -293,7 +293,7 @@ def workspace_bytes(plan) -> int:
 @njit(cache=True)
 def _conv_window(starts, length, lo, size, hi, mode):
     # out[t, e]: input index of padded position starts[t] + e, folded by the
-    # mode (shapes.MODE_CODES: 0 zeros, 1 reflect, 2 replicate, 3 circular; the
+    # mode (shapes.MODE_CODES: 0 zeros, 1 reflect, 2 replicate, 3 circular, 4 symmetric; the
     # njit twin of shapes.fold_index, tested equal), -1 in zero padding
     # and past the padded end (numpy's version spent 0.7 ms in temporaries on
     # a 65536-sample signal); runs[t] = (lo, hi, base): out[t, lo:hi] ==
@@ -323,8 +323,12 @@ def _conv_window(starts, length, lo, size, hi, mode):
                             q = period - q
                 elif mode == 2:
                     q = 0 if q < 0 else size - 1
-                else:
+                elif mode == 3:
                     q = q % size
+                else:  # symmetric: period 2 * size, the edge repeated
+                    q = q % (2 * size)
+                    if q >= size:
+                        q = 2 * size - 1 - q
             out[t, e] = q
     return out, runs
 
@@ -355,7 +359,7 @@ def _window_map(plan, i: int, starts, length: int):
     inputs ``(lo, hi, base)``. Built per batch of tiles: a map of the whole
     padded length would cost 8 bytes per sample of a long signal."""
     lo, hi = plan.padding[i]
-    return _conv_window(starts, length, lo, plan.in_size[i], hi, MODE_CODES[plan.padding_mode])
+    return _conv_window(starts, length, lo, plan.in_size[i], hi, MODE_CODES[plan.mode(i)])
 
 
 def run(x5, w5, bias, plan, out5):

@@ -649,9 +649,9 @@ class Geometry:
         p = self.plan
         od = np.arange(p.out_size[0], dtype=np.int64)[:, None] * p.stride[0]
         d = od + np.arange(p.kernel[0], dtype=np.int64)[None, :] * p.dilation[0] - p.padding[0][0]
-        md = np.ascontiguousarray(fold_index(d, p.in_size[0], p.padding_mode), dtype=np.int64).ravel()
-        mh = _phase_map(p.in_size[1], p.padding[1][0], p.padding_mode, self.ph, self.sh, self.hq)
-        mw = _phase_map(p.in_size[2], p.padding[2][0], p.padding_mode, self.pw_, self.sw, self.wq)
+        md = np.ascontiguousarray(fold_index(d, p.in_size[0], p.mode(0)), dtype=np.int64).ravel()
+        mh = _phase_map(p.in_size[1], p.padding[1][0], p.mode(1), self.ph, self.sh, self.hq)
+        mw = _phase_map(p.in_size[2], p.padding[2][0], p.mode(2), self.pw_, self.sw, self.wq)
         return md, mh, mw
 
     def args(self):

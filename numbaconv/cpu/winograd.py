@@ -133,7 +133,7 @@ def tile_maps(plan, m) -> tuple[np.ndarray, np.ndarray]:
         for rho in range(min(d, o)):
             for t in range(_ceil(_ceil(o - rho, d), mi)):
                 q = rho + d * (t * mi + np.arange(mi + k - 1, dtype=np.int64))  # padded positions
-                idx = fold_index(q - lo, plan.in_size[i], plan.padding_mode)
+                idx = fold_index(q - lo, plan.in_size[i], plan.mode(i))
                 ins.append(np.where(q < extent, idx, -1))
                 oo = rho + d * (t * mi + np.arange(mi, dtype=np.int64))
                 outs.append(np.where(oo < o, oo, -1))

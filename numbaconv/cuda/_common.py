@@ -54,7 +54,7 @@ def conv_maps(plan) -> DeviceMaps:
                 plan.stride[i],
                 plan.dilation[i],
                 *plan.padding[i],
-                plan.padding_mode,
+                plan.mode(i),
             )  # fmt: skip
             for i in range(3)
         ]

@@ -90,7 +90,7 @@ def run(x5, w5, bias, plan, out5):
         lo, hi = plan.padding[i]
         f, _ = conv_tap_map(
             plan.in_size[i], plan.out_size[i], plan.kernel[i], plan.stride[i], plan.dilation[i], lo, hi,
-            plan.padding_mode,
+            plan.mode(i),
         )  # fmt: skip
         idx.append(f)
     xp = x
