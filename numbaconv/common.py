@@ -137,8 +137,7 @@ def fold_maps(plan: ConvPlan) -> list:
     """Per dim, the output position each extended position folds onto (-1: none)."""
     ext = plan.extended_size
     return [
-        tap_table(ext[i], 1, 1, 1, plan.padding[i][0], plan.out_size[i], plan.mode(i))[:, 0]
-        for i in range(3)
+        tap_table(ext[i], 1, 1, 1, plan.padding[i][0], plan.out_size[i], plan.mode(i))[:, 0] for i in range(3)
     ]
 
 

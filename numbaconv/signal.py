@@ -19,15 +19,24 @@ from __future__ import annotations
 
 import operator
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import api, dispatch
+from . import api, dispatch, filters
 from .shapes import make_conv_plan
 
-__all__ = ["choose_conv_method", "convolve", "correlate", "fftconvolve", "oaconvolve"]
+__all__ = [
+    "choose_conv_method",
+    "convolve",
+    "convolve2d",
+    "correlate",
+    "correlate2d",
+    "fftconvolve",
+    "oaconvolve",
+]
 
 _MODES = ("full", "valid", "same")
 _METHODS = ("auto", "direct", "fft")
@@ -175,6 +184,28 @@ def _compute_dtype(dt):
     return dt
 
 
+def _fft_dtype(a, b):
+    """The dtype SciPy's FFT functions compute in: integer inputs in float64,
+    float16 in float32, the others as they are, promoted together."""
+
+    def one(dt):
+        return np.dtype(np.float64) if dt.kind in "iub" else _compute_dtype(dt)
+
+    return np.result_type(one(a.dtype), one(b.dtype))
+
+
+def _warn_nonfinite(y) -> None:
+    """SciPy's RuntimeWarning when method='fft' gives NaN or Inf (checked on
+    the first output value, as SciPy does)."""
+    if y.size and not np.isfinite(y.reshape(-1)[0]):
+        warnings.warn(
+            "Use of fft convolution on input with NAN or inf results in NAN or inf output. "
+            "Consider using method='direct' instead.",
+            category=RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 def _int_exact(a, b, axes) -> bool:
     """Whether float64 sums of these integer products stay exact (< 2**53)."""
     amax = float(np.max(np.abs(a.astype(np.float64)))) if a.size else 0.0
@@ -203,9 +234,11 @@ def _direct_or_fft(a, b, mode, axes, method, flip_conj):
             fn = ss.correlate if flip_conj else ss.convolve
             return fn(a, b, mode=mode, method="direct")
         method = "direct"
-    cdt = _compute_dtype(result_type)
     inner = _choose(a, b, mode, axes) if method == "auto" else method
+    cdt = _fft_dtype(a, b) if inner == "fft" else _compute_dtype(result_type)
     y = _convolve_core(a.astype(cdt, copy=False), b.astype(cdt, copy=False), mode, axes, inner, flip_conj)
+    if inner == "fft":
+        _warn_nonfinite(y)
     return _finish(y, result_type)
 
 
@@ -290,18 +323,169 @@ def correlate(
     return _entry(in1, in2, mode, method, axes, True)
 
 
-def _fft_family(in1, in2, mode, axes):
-    a, b = _as_arrays(in1, in2)
+_BOUNDARIES = {
+    "fill": "constant",
+    "pad": "constant",
+    "wrap": "circular",
+    "circular": "circular",
+    "symm": "symmetric",
+    "symmetric": "symmetric",
+}
+
+
+def _fill_value(fillvalue, dtype):
+    """``fillvalue`` in the output dtype, as SciPy's convolve2d converts it
+    (a safe cast of arrays, any cast of scalars; else through complex, which
+    SciPy then refuses)."""
+    try:
+        fill = (
+            np.asarray(fillvalue).astype(dtype, casting="safe")
+            if isinstance(fillvalue, np.ndarray)
+            else np.array(fillvalue, dtype=dtype)
+        )
+    except (TypeError, ValueError, OverflowError):
+        np.array(fillvalue, dtype=np.complex128)  # raises as SciPy's complex path does
+        raise ValueError(
+            "could not cast `fillvalue` directly to the output type (it was first converted to complex)."
+        ) from None
+    if fill.size != 1:
+        if fill.size == 0:
+            raise ValueError("`fillvalue` cannot be an empty array.")
+        raise ValueError("`fillvalue` must be scalar or an array with one element.")
+    return fill.reshape(()).item()
+
+
+def _filter2d(in1, in2, mode, boundary, fillvalue, name, flip):
+    a = np.asarray(in1)
+    b = np.asarray(in2)
+    if not a.ndim == b.ndim == 2:
+        raise ValueError(f"{name} inputs must both be 2-D arrays")
+    swap = _swap_needed(mode, a.shape, b.shape, (0, 1))
+    if swap:
+        a, b = b, a
     if mode not in _MODES:
-        raise ValueError("acceptable mode flags are 'valid', 'same', or 'full'")
-    if a.ndim == 0:
+        raise ValueError("Acceptable mode flags are 'valid', 'same', or 'full'.")
+    if boundary == "reflect":
+        raise ValueError("Incorrect boundary value.")
+    if boundary not in _BOUNDARIES:
+        raise ValueError(
+            "Acceptable boundary flags are 'fill', 'circular' (or 'wrap'), and 'symmetric' (or 'symm')."
+        )
+    rt = np.result_type(a, b)
+    if rt.kind not in "iufc" or rt == np.float16:
+        if rt.kind == "O":  # SciPy's object loop
+            import scipy.signal as ss
+
+            return getattr(ss, name)(in1, in2, mode=mode, boundary=boundary, fillvalue=fillvalue)
+        raise ValueError(f"{name} not available for this type.")
+    bmode = _BOUNDARIES[boundary]
+    fill = _fill_value(fillvalue, rt) if bmode == "constant" else 0
+    if rt.kind in "iu" and not _int_exact2d(a, b, fill):
+        import scipy.signal as ss  # SciPy's exact integer loop
+
+        return getattr(ss, name)(in1, in2, mode=mode, boundary=boundary, fillvalue=fillvalue)
+    cdt = _compute_dtype(rt)
+    w = b[::-1, ::-1] if flip else np.conj(b)
+    pads = [_pads2d(a.shape[i], b.shape[i], mode, flip) for i in range(2)]
+    y = filters.correlate(a.astype(cdt, copy=False), w.astype(cdt, copy=False), pads, (bmode,) * 2, fill)
+    if swap and not flip:
+        y = y[::-1, ::-1]
+    return _finish(y, rt)
+
+
+def _pads2d(n: int, k: int, mode: str, flip: bool) -> tuple[int, int]:
+    """(lo, hi) of convolve2d (``flip``) or correlate2d: 'same' takes the
+    'full' output from ``(k - 1) // 2`` (convolve2d) or ``k // 2`` (correlate2d)."""
+    if mode == "same":
+        return (k // 2, (k - 1) // 2) if flip else ((k - 1) // 2, k // 2)
+    return _pads(n, k, mode)
+
+
+def _int_exact2d(a, b, fill) -> bool:
+    """Whether float64 sums of the integer products (fill value included) stay exact."""
+    amax = max(float(np.max(np.abs(a.astype(np.float64)))) if a.size else 0.0, abs(float(fill)))
+    bsum = float(np.sum(np.abs(b.astype(np.float64))))
+    return amax * bsum < _EXACT
+
+
+def convolve2d(
+    in1: ArrayLike, in2: ArrayLike, mode: str = "full", boundary: str = "fill", fillvalue=0
+) -> np.ndarray:
+    """Convolve two 2-D arrays, as ``scipy.signal.convolve2d``.
+
+    Parameters
+    ----------
+    in1, in2 : array_like
+        2-D arrays. Integer inputs give exact integer results that wrap in
+        their dtype, as SciPy's; bool and float16 are refused, as SciPy does.
+    mode : {'full', 'valid', 'same'}
+        As :func:`convolve` ('same' centred as SciPy's convolve2d; 'valid'
+        swaps the inputs when ``in2`` is the larger one).
+    boundary : {'fill', 'wrap', 'symm'}
+        'fill' pads with ``fillvalue``; 'wrap' ('circular') extends the array
+        periodically; 'symm' ('symmetric') reflects it with the edge repeated.
+        Any kernel size: the array is extended as often as it takes.
+    fillvalue : scalar
+        The padding value of ``boundary='fill'`` (a one-element array, cast to
+        the output dtype as SciPy casts it).
+
+    Returns
+    -------
+    ndarray
+        ``np.result_type(in1, in2)``.
+
+    Shape
+    -----
+    Per axis with sizes ``n`` and ``k``: 'full' ``n + k - 1``, 'same' ``n``,
+    'valid' ``max(n, k) - min(n, k) + 1``.
+    """
+    return _filter2d(in1, in2, mode, boundary, fillvalue, "convolve2d", True)
+
+
+def correlate2d(
+    in1: ArrayLike, in2: ArrayLike, mode: str = "full", boundary: str = "fill", fillvalue=0
+) -> np.ndarray:
+    """Cross-correlate two 2-D arrays, as ``scipy.signal.correlate2d``
+    (``in2`` conjugated, not flipped).
+
+    Parameters, boundaries, dtypes and errors as :func:`convolve2d`; 'same'
+    is centred as SciPy's correlate2d, and 'valid' with the inputs swapped
+    returns the result reversed, as SciPy's does.
+
+    Shape
+    -----
+    As :func:`convolve2d`.
+    """
+    return _filter2d(in1, in2, mode, boundary, fillvalue, "correlate2d", False)
+
+
+def _fft_family(in1, in2, mode, axes):
+    a, b = np.asarray(in1), np.asarray(in2)
+    if a.ndim == b.ndim == 0:
         return a * b
+    if a.ndim != b.ndim:
+        raise ValueError("in1 and in2 should have the same dimensionality")
+    a, b = _as_arrays(a, b)
     if a.size == 0 or b.size == 0:
         return np.array([])
     ax = _norm_axes(axes, a.ndim)
-    result_type = np.result_type(a, b)
-    cdt = _compute_dtype(result_type)
-    return _convolve_core(a.astype(cdt, copy=False), b.astype(cdt, copy=False), mode, ax, "fft")
+    if axes is not None and not ax:
+        raise ValueError("when provided, axes cannot be empty")
+    # as SciPy: axes of length 1 in either input broadcast (no convolution)
+    ax = [i for i in ax if a.shape[i] != 1 and b.shape[i] != 1]
+    if mode not in _MODES:
+        raise ValueError("acceptable mode flags are 'valid', 'same', or 'full'")
+    if ax:
+        cdt = _fft_dtype(a, b)
+        y = _convolve_core(a.astype(cdt, copy=False), b.astype(cdt, copy=False), mode, ax, "fft")
+    else:
+        for i in range(a.ndim):
+            if a.shape[i] != b.shape[i] and 1 not in (a.shape[i], b.shape[i]):
+                raise ValueError(f"incompatible shapes for in1 and in2: {a.shape} and {b.shape}")
+        y = a * b
+    if mode == "same":  # SciPy centres every axis on in1's size, the broadcast ones too
+        y = y[tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(y.shape, a.shape))]
+    return y.copy() if not ax else y
 
 
 def fftconvolve(

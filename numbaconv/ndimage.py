@@ -1,0 +1,361 @@
+"""scipy.ndimage-compatible filters: ``correlate``, ``convolve``,
+``correlate1d`` and ``convolve1d`` with SciPy's signatures, modes, origins,
+``axes``, ``output`` (array or dtype) and errors, on numbaconv's kernels
+(multi-threaded, through the dispatcher; see :mod:`numbaconv.filters`).
+
+Modes: 'reflect' (= 'grid-mirror', the edge repeated), 'mirror' (the edge
+not repeated), 'nearest', 'wrap' (= 'grid-wrap') and 'constant' (=
+'grid-constant', ``cval``), folded by index arithmetic in the kernels at any
+kernel size. As in SciPy, ``correlate``/``convolve`` take one mode for all
+axes (a sequence raises RuntimeError); :func:`numbaconv.ndimage.sepfilter`
+takes one per axis.
+
+Precision: float64 and (u)int32/64 inputs are computed in float64 (as
+SciPy), float32 and 8/16-bit integer and bool inputs in float32 (SciPy uses
+float64 throughout); complex inputs or weights in complex64 or complex128
+directly (SciPy combines real convolutions). Integer outputs truncate toward
+zero and wrap in their dtype as SciPy's do; a sum whose exact value is an
+integer may round to either side of it in a different summation order, so
+an integer output can differ from SciPy's by one where the weights are not
+integers.
+
+Extension: the keyword ``method`` (default "auto") names numbaconv's method.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from . import filters
+
+__all__ = ["convolve", "convolve1d", "correlate", "correlate1d"]
+
+_MODES = {
+    "reflect": "symmetric",
+    "grid-mirror": "symmetric",
+    "mirror": "reflect",
+    "nearest": "replicate",
+    "wrap": "circular",
+    "grid-wrap": "circular",
+    "constant": "constant",
+    "grid-constant": "constant",
+}
+_FLOAT32_INPUTS = {np.dtype(t) for t in (np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.float32)}
+
+
+def _filter_mode(mode) -> str:
+    if not isinstance(mode, str) and isinstance(mode, Iterable):
+        raise RuntimeError("A sequence of modes is not supported")
+    try:
+        return _MODES[mode]
+    except (KeyError, TypeError):
+        raise RuntimeError("boundary mode not supported") from None
+
+
+def _check_input(x: np.ndarray) -> None:
+    if x.dtype.kind not in "biufc" or x.dtype in (np.float16, np.longdouble, np.clongdouble):
+        raise RuntimeError(f"array type {x.dtype!r} not supported")
+
+
+def _check_axes(axes, ndim: int) -> tuple[int, ...]:
+    if axes is None:
+        return tuple(range(ndim))
+    if np.isscalar(axes):
+        axes = (operator.index(axes),)
+    elif isinstance(axes, Iterable):
+        axes = tuple(operator.index(ax) for ax in axes)
+        for ax in axes:
+            if ax < -ndim or ax > ndim - 1:
+                raise ValueError(f"specified axis: {ax} is out of range")
+        axes = tuple(ax % ndim for ax in axes)
+    else:
+        raise ValueError("axes must be an integer, iterable of integers, or None")
+    if len(set(axes)) != len(axes):
+        raise ValueError("axes must be unique")
+    return axes
+
+
+def _sequence(value, rank: int) -> list:
+    """A scalar repeated ``rank`` times, or a sequence of that length."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return [value] * rank
+    out = list(value)
+    if len(out) != rank:
+        raise RuntimeError("sequence argument must have length equal to input rank")
+    return out
+
+
+def _output(output, x: np.ndarray, complex_output: bool) -> np.ndarray:
+    """The array the result goes into, as scipy.ndimage's ``_get_output``."""
+    if output is None:
+        dtype = np.promote_types(x.dtype, np.complex64) if complex_output else x.dtype
+        return np.zeros(x.shape, dtype=dtype)
+    if isinstance(output, type | np.dtype):
+        if complex_output and np.dtype(output).kind != "c":
+            warnings.warn("promoting specified output dtype to complex", stacklevel=4)
+            output = np.promote_types(output, np.complex64)
+        return np.zeros(x.shape, dtype=output)
+    if isinstance(output, str):
+        dtype = np.dtype(output)
+        if complex_output and dtype.kind != "c":
+            raise RuntimeError("output must have complex dtype")
+        if not issubclass(dtype.type, np.number):
+            raise RuntimeError("output must have numeric dtype")
+        return np.zeros(x.shape, dtype=dtype)
+    out = np.asarray(output)
+    if out.shape != x.shape:
+        raise RuntimeError("output shape not correct")
+    if complex_output and out.dtype.kind != "c":
+        raise RuntimeError("output must have complex dtype")
+    return out
+
+
+def _compute_dtype(x: np.ndarray, w: np.ndarray) -> np.dtype:
+    real = np.float32 if x.dtype in _FLOAT32_INPUTS or x.dtype == np.complex64 else np.float64
+    if x.dtype.kind == "c" or w.dtype.kind == "c":
+        return np.dtype(np.complex64 if real == np.float32 else np.complex128)
+    return np.dtype(real)
+
+
+def _store(y: np.ndarray, out: np.ndarray) -> None:
+    """``y`` into ``out`` as SciPy's C loops store a double: integers truncated
+    toward zero and wrapped in their dtype, bool as nonzero."""
+    if out.dtype.kind == "b":
+        out[...] = y != 0
+    elif out.dtype.kind in "iu":
+        t = np.trunc(y.real if y.dtype.kind == "c" else y)
+        with np.errstate(invalid="ignore"):
+            big = np.uint64 if out.dtype == np.uint64 else np.int64
+            out[...] = t.astype(big).astype(out.dtype)
+    elif out.dtype.kind == "c" or y.dtype.kind != "c":
+        out[...] = y
+    else:
+        out[...] = y.real
+
+
+def _check_cval(cval, x: np.ndarray, w: np.ndarray):
+    """A complex ``cval`` needs a complex input (checked first with complex
+    weights, as SciPy's complex path does, else when the filter runs)."""
+    if np.iscomplexobj(cval) and x.dtype.kind != "c":
+        if w.dtype.kind == "c":
+            raise ValueError("Cannot provide a complex-valued cval when the input is real.")
+        raise TypeError("must be real number, not complex")
+    return cval
+
+
+def _run(x, w, origins, mode, cval, output, convolution, method):
+    """The filter of full-rank weights ``w`` over every axis of ``x``."""
+    if convolution:
+        w = w[(slice(None, None, -1),) * w.ndim]
+        origins = [-o - (1 - w.shape[d] % 2) for d, o in enumerate(origins)]
+    elif w.dtype.kind == "c":
+        w = np.conj(w)  # as np.correlate: the weights conjugated
+    pads = []
+    for k, o in zip(w.shape, origins):
+        lo = k // 2 + o
+        pads.append((lo, k - 1 - lo))
+    cdt = _compute_dtype(x, w)
+    y = filters.correlate(
+        x.astype(cdt, copy=False), w.astype(cdt, copy=False), pads, (mode,) * x.ndim, cval, method
+    )
+    _store(y, output)
+    return output
+
+
+def _invalid_origin(origin, k: int) -> bool:
+    return origin < -(k // 2) or origin > (k - 1) // 2
+
+
+def _nd(input, weights, output, mode, cval, origin, convolution, axes, method):
+    x = np.asarray(input)
+    w = np.asarray(weights)
+    complex_out = x.dtype.kind == "c" or w.dtype.kind == "c"
+    if w.dtype.kind == "c":
+        _check_cval(cval, x, w)
+    _check_input(x)
+    axes = _check_axes(axes, x.ndim)
+    if w.dtype.kind != "c":
+        w = np.asarray(w, dtype=np.float64)
+    if len(axes) < x.ndim:
+        if w.ndim != len(axes):
+            raise RuntimeError(f"weights.ndim ({w.ndim}) must match len(axes) ({len(axes)})")
+        w = np.expand_dims(w, tuple(ax for ax in range(x.ndim) if ax not in axes))
+    origins = _sequence(origin, len(axes))
+    if len(axes) < x.ndim:
+        full = [0] * x.ndim
+        for o, ax in zip(origins, axes):
+            full[ax] = o
+        origins = full
+    wshape = [n for n in w.shape if n > 0]
+    if len(wshape) != x.ndim:
+        raise RuntimeError(f"weights.ndim ({len(wshape)}) must match len(axes) ({len(axes)})")
+    shifted = [(-o - (1 - k % 2)) if convolution else o for o, k in zip(origins, w.shape)]
+    for o, k in zip(shifted, w.shape):
+        if _invalid_origin(o, k):
+            raise ValueError(
+                "Invalid origin; origin must satisfy -(weights.shape[k] // 2) <= origin[k] <= "
+                "(weights.shape[k]-1) // 2"
+            )
+    out = _output(output, x, complex_out)
+    fmode = _filter_mode(mode)
+    cval = _check_cval(cval, x, w)
+    return _run(x, w, origins, fmode, cval, out, convolution, method)
+
+
+def _1d(input, weights, axis, output, mode, cval, origin, convolution, method):
+    x = np.asarray(input)
+    w = np.asarray(weights)
+    complex_out = x.dtype.kind == "c" or w.dtype.kind == "c"
+    if w.dtype.kind == "c":
+        _check_cval(cval, x, w)
+    _check_input(x)
+    if w.dtype.kind != "c":
+        w = np.asarray(w, dtype=np.float64)
+    if w.ndim != 1 or w.shape[0] < 1:
+        raise RuntimeError("no filter weights given")
+    axis = operator.index(axis)
+    if not -x.ndim <= axis < x.ndim:
+        raise np.exceptions.AxisError(axis, x.ndim)
+    axis %= x.ndim
+    k = w.shape[0]
+    check = -origin - (1 - k % 2) if convolution else origin
+    if _invalid_origin(check, k):
+        raise ValueError(
+            "Invalid origin; origin must satisfy -(len(weights) // 2) <= origin <= (len(weights)-1) // 2"
+        )
+    out = _output(output, x, complex_out)
+    fmode = _filter_mode(mode)
+    cval = _check_cval(cval, x, w)
+    shape = [1] * x.ndim
+    shape[axis] = k
+    origins = [0] * x.ndim
+    origins[axis] = origin
+    return _run(x, w.reshape(shape), origins, fmode, cval, out, convolution, method)
+
+
+_SHAPE_DOC = """
+    Shape
+    -----
+    The output has the input's shape."""
+
+
+def correlate(
+    input: ArrayLike,
+    weights: ArrayLike,
+    output: np.ndarray | DTypeLike | None = None,
+    mode: str = "reflect",
+    cval: complex = 0.0,
+    origin: int | Sequence[int] = 0,
+    *,
+    axes: int | Sequence[int] | None = None,
+    method: str = "auto",
+) -> np.ndarray:
+    """Multidimensional correlation, as ``scipy.ndimage.correlate``:
+    ``out[i] = sum_j conj(weights[j]) * input[i + j - weights.shape // 2 - origin]``,
+    the input extended by ``mode``.
+
+    Parameters
+    ----------
+    input : array_like
+        Any number of dims (more than three with taps run as sums of 3-D ones).
+    weights : array_like
+        One dim per filtered axis (``axes``), or per input dim.
+    output : ndarray or dtype, optional
+        Where the result goes (any shape-matching array, the input itself
+        included), or its dtype; default the input's dtype (complex when
+        either argument is complex).
+    mode : {'reflect', 'constant', 'nearest', 'mirror', 'wrap', 'grid-constant', 'grid-mirror', 'grid-wrap'}
+        One mode for every axis.
+    cval : scalar
+        The value outside the input in the 'constant' modes.
+    origin : int or sequence of int
+        Shifts the filter: ``-(k // 2) <= origin <= (k - 1) // 2`` per axis.
+    axes : int or sequence of int, optional
+        The axes filtered (default all).
+    method : str
+        numbaconv's method ("auto", "direct", "gemm", "fft", ...).
+
+    Returns
+    -------
+    ndarray
+        ``output``.
+    """
+    return _nd(input, weights, output, mode, cval, origin, False, axes, method)
+
+
+def convolve(
+    input: ArrayLike,
+    weights: ArrayLike,
+    output: np.ndarray | DTypeLike | None = None,
+    mode: str = "reflect",
+    cval: complex = 0.0,
+    origin: int | Sequence[int] = 0,
+    *,
+    axes: int | Sequence[int] | None = None,
+    method: str = "auto",
+) -> np.ndarray:
+    """Multidimensional convolution, as ``scipy.ndimage.convolve``: the
+    correlation with the weights flipped (and not conjugated), the origin
+    negated (and moved by one along even-sized axes).
+
+    Parameters as :func:`correlate`.
+
+    Returns
+    -------
+    ndarray
+        ``output``.
+    """
+    return _nd(input, weights, output, mode, cval, origin, True, axes, method)
+
+
+def correlate1d(
+    input: ArrayLike,
+    weights: ArrayLike,
+    axis: int = -1,
+    output: np.ndarray | DTypeLike | None = None,
+    mode: str = "reflect",
+    cval: complex = 0.0,
+    origin: int = 0,
+    *,
+    method: str = "auto",
+) -> np.ndarray:
+    """1-D correlation along ``axis``, as ``scipy.ndimage.correlate1d``; the
+    other axes are batched. Parameters as :func:`correlate`, ``weights`` 1-D.
+
+    Returns
+    -------
+    ndarray
+        ``output``.
+    """
+    return _1d(input, weights, axis, output, mode, cval, origin, False, method)
+
+
+def convolve1d(
+    input: ArrayLike,
+    weights: ArrayLike,
+    axis: int = -1,
+    output: np.ndarray | DTypeLike | None = None,
+    mode: str = "reflect",
+    cval: complex = 0.0,
+    origin: int = 0,
+    *,
+    method: str = "auto",
+) -> np.ndarray:
+    """1-D convolution along ``axis``, as ``scipy.ndimage.convolve1d``.
+    Parameters as :func:`correlate1d`.
+
+    Returns
+    -------
+    ndarray
+        ``output``.
+    """
+    return _1d(input, weights, axis, output, mode, cval, origin, True, method)
+
+
+for _f in (correlate, convolve, correlate1d, convolve1d):
+    _f.__doc__ += _SHAPE_DOC
