@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import autotune, config, dispatch, runtime
+from . import autotune, config, dispatch, runtime, separable
 from .shapes import (
     ConvPlan,
     check_dtype,
@@ -186,6 +186,7 @@ def _conv_impl(
         dtype=dtype,
         ndim=ndim,
     )
+    plan = separable.mark(plan, w)
     return _finish("conv", plan, method, input, weight, bias, x, w, b, out, where)
 
 
@@ -194,7 +195,7 @@ def filter_conv(x, w, padding, groups, modes, method="auto") -> np.ndarray:
     and dilation 1, ``padding`` ``(lo, hi)`` and a mode of
     ``shapes.FILTER_MODES`` per spatial dim, no limit on the padding."""
     x, w, _, method, dtype, where = _prepare("conv", x, w, None, method, "cpu")
-    plan = make_filter_plan(x.shape, w.shape, padding, groups, tuple(modes), dtype)
+    plan = separable.mark(make_filter_plan(x.shape, w.shape, padding, groups, tuple(modes), dtype), w)
     return _finish("conv", plan, method, x, w, None, x, w, None, None, where)
 
 

@@ -107,7 +107,7 @@ def _time_case(op, xs, ws, kw, rng, max_call_s):
         call()
         second = time.perf_counter() - t0
         t = second if second > max_call_s else min(block_best(call), block_best(call))
-        out[r.key] = (r.cost_features(plan), t)
+        out[r.price_key] = (r.cost_features(plan), t)
     return out
 
 

@@ -47,6 +47,9 @@ class MethodRow:
     ``error`` is how the method's rounding error behaves: ``"pointwise"``
     (each output within ``c * eps * sqrt(K) * max|ref|``, as a direct sum) or
     ``"norm"`` (relative to the norms of the inputs, as FFTs are).
+    ``priced_as`` names the method whose constants price this row's
+    features (a method made of calls of another, e.g. separable passes of
+    the direct path); empty: its own.
     """
 
     name: str
@@ -55,11 +58,17 @@ class MethodRow:
     module_name: str
     run: str = "run"
     error: str = "pointwise"
+    priced_as: str = ""
 
     @property
     def key(self) -> str:
-        """The row's name in the cost tables: ``"op/method"``."""
+        """The row's name: ``"op/method"``."""
         return f"{self.op}/{self.name}"
+
+    @property
+    def price_key(self) -> str:
+        """The row in the cost tables whose constants price this one."""
+        return f"{self.op}/{self.priced_as or self.name}"
 
     @property
     def module(self) -> ModuleType:
@@ -83,7 +92,7 @@ class MethodRow:
 
     def cost(self, plan) -> float:
         """Estimated seconds of one call on ``plan`` (the cost model)."""
-        return costs.estimate(self.key, self.cost_features(plan), self.device)
+        return costs.estimate(self.price_key, self.cost_features(plan), self.device)
 
     def runner(self):
         """The entry point ``(x5, w5, bias, plan, out5) -> out5``."""
@@ -95,6 +104,7 @@ TABLE: tuple[MethodRow, ...] = (
     MethodRow("gemm", "conv", "cpu", ".cpu.gemm"),
     MethodRow("fft", "conv", "cpu", ".cpu.fft", error="norm"),
     MethodRow("winograd", "conv", "cpu", ".cpu.winograd"),
+    MethodRow("separable", "conv", "cpu", ".cpu.separable", priced_as="direct"),
     MethodRow("scatter", "conv_transpose", "cpu", ".cpu.scatter"),
     MethodRow("gather", "conv_transpose", "cpu", ".cpu.gather"),
     MethodRow("gemm", "conv_transpose", "cpu", ".cpu.gemm", "run_transpose"),
@@ -103,6 +113,7 @@ TABLE: tuple[MethodRow, ...] = (
     MethodRow("gemm", "conv", "cuda", ".cuda.gemm"),
     MethodRow("fft", "conv", "cuda", ".cuda.fft", error="norm"),
     MethodRow("winograd", "conv", "cuda", ".cuda.winograd"),
+    MethodRow("separable", "conv", "cuda", ".cuda.separable", priced_as="direct"),
     MethodRow("scatter", "conv_transpose", "cuda", ".cuda.scatter"),
     MethodRow("gather", "conv_transpose", "cuda", ".cuda.gather"),
     MethodRow("gemm", "conv_transpose", "cuda", ".cuda.gemm", "run_transpose"),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import api
+from . import api, separable
 from .dispatch import DEVICES, Choice, UnsupportedMethodError, check_method, choose, estimate_all, rows
 from .machine import block_best
 from .shapes import make_plan
@@ -135,7 +135,7 @@ def explain(
     'fft'
     """
     _check_device(device)
-    plan = make_plan(op, input, weight, bias, **params)
+    plan = _plan_of(op, input, weight, bias, params)
     check_method(op, method)
     if method not in ("auto", "measure"):  # a forced method: its own check first
         choice = choose(op, plan, method, device)
@@ -167,6 +167,10 @@ def _measure_all(op: str, plan, device: str = "cpu") -> dict[str, float]:
 
     u = plan.user
     x, w = rand(u.input_shape), rand(u.weight_shape)
+    if plan.separable:  # a rank-one kernel per channel, as the plan says
+        w = np.ones(u.weight_shape, plan.dtype)
+        for d in range(2, w.ndim):
+            w = w * rand(tuple(n if e in (0, d) else 1 for e, n in enumerate(u.weight_shape)))
     b = rand(u.bias_shape) if u.has_bias else None
     fn = api.conv if op == "conv" else api.conv_transpose
     out = {}
@@ -223,7 +227,16 @@ def choose_method(
     ``(C_out, C_in / groups, *kernel)`` for conv, ``(C_in, C_out / groups,
     *kernel)`` for conv_transpose.
     """
-    plan = make_plan(op, input, weight, bias, **params)
+    plan = _plan_of(op, input, weight, bias, params)
     check_method(op, method)
     _check_device(device)
     return choose(op, plan, method, device)
+
+
+def _plan_of(op, input, weight, bias, params):
+    """The plan of shapes or arrays; a weight array's values decide whether
+    the "separable" method can run it (:func:`numbaconv.separable.mark`)."""
+    plan = make_plan(op, input, weight, bias, **params)
+    if not isinstance(weight, tuple) and hasattr(weight, "shape") or isinstance(weight, list):
+        plan = separable.mark(plan, weight)
+    return plan

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import api, dispatch
+from . import api, dispatch, separable
 from .shapes import fold_index, make_filter_plan
 
 __all__ = ["TRANSFORM_GAIN", "correlate", "choose_method"]
@@ -103,7 +103,8 @@ def _correlate_axes(xb, w, pads, modes, method):
         w5 = w.reshape((1, 1) + w.shape)
         if method == "auto":
             dtype = np.result_type(x5, w5)
-            method = choose_method(make_filter_plan(x5.shape, w5.shape, tuple(pads), 1, tuple(modes), dtype))
+            plan = make_filter_plan(x5.shape, w5.shape, tuple(pads), 1, tuple(modes), dtype)
+            method = choose_method(separable.mark(plan, w5))
         y = api.filter_conv(x5, w5, tuple(pads), 1, tuple(modes), method)
         return y.reshape((xb.shape[0],) + y.shape[2:])
     n, k = xb.shape[1], w.shape[0]

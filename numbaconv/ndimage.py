@@ -90,23 +90,23 @@ def _sequence(value, rank: int) -> list:
     return out
 
 
-def _output(output, x: np.ndarray, complex_output: bool) -> np.ndarray:
-    """The array the result goes into, as scipy.ndimage's ``_get_output``."""
+def _output(output, x: np.ndarray, complex_output: bool) -> np.ndarray | np.dtype:
+    """The array the result goes into (``output=`` an array), else the dtype
+    of a new one, as scipy.ndimage's ``_get_output`` decides them."""
     if output is None:
-        dtype = np.promote_types(x.dtype, np.complex64) if complex_output else x.dtype
-        return np.zeros(x.shape, dtype=dtype)
+        return np.promote_types(x.dtype, np.complex64) if complex_output else x.dtype
     if isinstance(output, type | np.dtype):
         if complex_output and np.dtype(output).kind != "c":
             warnings.warn("promoting specified output dtype to complex", stacklevel=4)
             output = np.promote_types(output, np.complex64)
-        return np.zeros(x.shape, dtype=output)
+        return np.dtype(output)
     if isinstance(output, str):
         dtype = np.dtype(output)
         if complex_output and dtype.kind != "c":
             raise RuntimeError("output must have complex dtype")
         if not issubclass(dtype.type, np.number):
             raise RuntimeError("output must have numeric dtype")
-        return np.zeros(x.shape, dtype=dtype)
+        return dtype
     out = np.asarray(output)
     if out.shape != x.shape:
         raise RuntimeError("output shape not correct")
@@ -122,9 +122,14 @@ def _compute_dtype(x: np.ndarray, w: np.ndarray) -> np.dtype:
     return np.dtype(real)
 
 
-def _store(y: np.ndarray, out: np.ndarray) -> None:
-    """``y`` into ``out`` as SciPy's C loops store a double: integers truncated
-    toward zero and wrapped in their dtype, bool as nonzero."""
+def _store(y: np.ndarray, out: np.ndarray | np.dtype) -> np.ndarray:
+    """``y`` into ``out`` (or a new array of that dtype: ``y`` itself where it
+    has it) as SciPy's C loops store a double: integers truncated toward zero
+    and wrapped in their dtype, bool as nonzero."""
+    if isinstance(out, np.dtype):
+        if y.dtype == out:
+            return y
+        out = np.empty(y.shape, out)
     if out.dtype.kind == "b":
         out[...] = y != 0
     elif out.dtype.kind in "iu":
@@ -136,6 +141,7 @@ def _store(y: np.ndarray, out: np.ndarray) -> None:
         out[...] = y
     else:
         out[...] = y.real
+    return out
 
 
 def _check_cval(cval, x: np.ndarray, w: np.ndarray):
@@ -163,8 +169,7 @@ def _run(x, w, origins, mode, cval, output, convolution, method):
     y = filters.correlate(
         x.astype(cdt, copy=False), w.astype(cdt, copy=False), pads, (mode,) * x.ndim, cval, method
     )
-    _store(y, output)
-    return output
+    return _store(y, output)
 
 
 def _invalid_origin(origin, k: int) -> bool:

@@ -196,6 +196,10 @@ class ConvPlan:
     dtype: np.dtype
     has_bias: bool
     output_padding: tuple[int, int, int] = (0, 0, 0)
+    # conv with one input and one output channel per group whose every
+    # channel's kernel is rank one (numbaconv.separable.mark): the
+    # "separable" method can run it as 1-D passes
+    separable: bool = False
 
     def mode(self, i: int) -> str:
         """The padding mode of canonical dim ``i`` (``padding_mode`` is one

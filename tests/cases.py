@@ -113,12 +113,29 @@ def conv_id(c):
     )
 
 
-def run_conv_case(c, dtype, rng, bias=True, batched=True, method="direct", error="pointwise"):
+# rows that need a rank-one kernel per channel (numbaconv.separable): their
+# grid runs with such weights, their plans marked as the API marks them
+RANK_ONE_ROWS = ("separable",)
+
+
+def rank_one_array(rng, shape, dtype):
+    """A random array whose every ``[o, c]`` kernel is an outer product of 1-D factors."""
+    w = np.ones(shape)
+    for d in range(2, len(shape)):
+        w = w * rng.standard_normal(tuple(n if e in (0, 1, d) else 1 for e, n in enumerate(shape)))
+    if np.dtype(dtype).kind == "c":
+        return w.astype(dtype) * (1 + 0.5j)
+    return w.astype(dtype)
+
+
+def run_conv_case(c, dtype, rng, bias=True, batched=True, method="direct", error="pointwise", rank_one=False):
     """Case ``c`` through ``method``: ``(got, ref, tol, (x, w, b, stride, pads, dilation))``,
-    the tolerance by the method's error model (see the module doc)."""
+    the tolerance by the method's error model (see the module doc); ``rank_one``:
+    weights of rank one per channel (:data:`RANK_ONE_ROWS`)."""
     nd = c["nd"]
     x = random_array(rng, (c["n"], c["cin"]) + c["size"], dtype)
-    w = random_array(rng, (c["cout"], c["cin"] // c["groups"]) + c["k"], dtype)
+    make = rank_one_array if rank_one else random_array
+    w = make(rng, (c["cout"], c["cin"] // c["groups"]) + c["k"], dtype)
     b = random_array(rng, (c["cout"],), dtype) if bias else None
     stride = (c["stride"],) * nd
     dil = (c["dilation"],) * nd
@@ -263,15 +280,21 @@ def run_transpose_case(c, dtype, method, rng, batched=True, bias=True):
     return got, ref, transpose_tolerance(dtype, x, w, b, **params), (x, w, b, params)
 
 
-def conv_case_plan(c, dtype=np.float64):
-    """The plan of conv case ``c`` (for a row's ``supports``)."""
-    from numbaconv import shapes
+def conv_case_plan(c, dtype=np.float64, row=None):
+    """The plan of conv case ``c`` (for a row's ``supports``): as the API makes
+    it from the weights ``row`` is run with (:data:`RANK_ONE_ROWS`)."""
+    import dataclasses
+
+    from numbaconv import separable, shapes
 
     nd = c["nd"]
-    return shapes.make_conv_plan(
+    plan = shapes.make_conv_plan(
         (c["n"], c["cin"]) + c["size"], (c["cout"], c["cin"] // c["groups"]) + c["k"], (c["cout"],),
         c["stride"], c["padding"], c["dilation"], c["groups"], padding_mode=c["mode"], dtype=dtype, ndim=nd,
     )  # fmt: skip
+    if row is not None and row.name in RANK_ONE_ROWS:
+        plan = dataclasses.replace(plan, separable=separable.eligible(plan))
+    return plan
 
 
 def row_cases(rows, cases, supported=True, dtypes=None):
@@ -285,7 +308,7 @@ def row_cases(rows, cases, supported=True, dtypes=None):
     for item in rows:
         for c in cases:
             for dt in dtypes or (None,):
-                plan = conv_case_plan(c, np.float64 if dt is None else dt)
+                plan = conv_case_plan(c, np.float64 if dt is None else dt, item[0])
                 if (item[0].supports(plan) is None) != supported:
                     continue
                 if dt is None:
@@ -299,7 +322,9 @@ def row_cases(rows, cases, supported=True, dtypes=None):
 
 def run_conv_row(row, c, dtype, rng, **kw):
     """A conv case through ``row`` with the tolerance of the row's error model."""
-    return run_conv_case(c, dtype, rng, method=row.name, error=row.error, **kw)
+    return run_conv_case(
+        c, dtype, rng, method=row.name, error=row.error, rank_one=row.name in RANK_ONE_ROWS, **kw
+    )
 
 
 def run_saying_if_over_budget(op: str, method: str, plan, call):

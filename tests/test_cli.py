@@ -57,8 +57,9 @@ def test_bench_quick_json():
     rows = json.loads(
         _run("-m", "numbaconv.cli", "bench", "--case", "depthwise_3x3_c32", "--repeat", "1", "--json").stdout
     )
-    # one row per method, then auto (with the method it chose and its regret)
-    assert [r["method"] for r in rows] == [*_names("conv"), "auto:direct"]
+    # one row per method that runs the case (random weights: not separable),
+    # then auto (with the method it chose and its regret)
+    assert [r["method"] for r in rows] == [n for n in _names("conv") if n != "separable"] + ["auto:direct"]
     assert all(r["case"] == "depthwise_3x3_c32" for r in rows)
     assert rows[0]["output_shape"] == [8, 32, 112, 112] and rows[0]["median_s"] > 0
     auto = rows[-1]
@@ -125,7 +126,7 @@ def test_bench_one_case_from_the_command_line_csv_and_plot(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert png.read_bytes()[:4] == b"\x89PNG"
     rows = json.loads(proc.stdout)
-    assert [r["method"] for r in rows][:-1] == _names("conv")
+    assert [r["method"] for r in rows][:-1] == [n for n in _names("conv") if n != "separable"]
     assert all(r["case"] == "custom" and r["output_shape"] == [1, 4, 20, 20] for r in rows)
     # reflect padding: PyTorch's functional conv cannot take it, so no peer;
     # the reference is numbaconv's direct method in float64
@@ -166,7 +167,7 @@ def test_calibrate_quick_writes_the_calibration(tmp_path):
     result = json.loads(proc.stdout)
     stored = json.loads((tmp_path / "calibration.json").read_text())
     assert stored["constants"] == result["constants"]
-    assert set(result["constants"]) == {r.key for r in dispatch.TABLE if r.device == "cpu"}
+    assert set(result["constants"]) == {r.price_key for r in dispatch.TABLE if r.device == "cpu"}
     assert all(v >= 0 for c in result["constants"].values() for v in c.values())
     assert all(q["samples"] >= 2 and q["rel_rms"] >= 0 for q in result["fit"].values())
 

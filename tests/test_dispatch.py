@@ -33,10 +33,10 @@ def test_every_method_has_a_row_a_module_and_constants():
             for fn in ("supports", "cost_features", "workspace_bytes"):
                 assert callable(getattr(r.module, fn)), (r, fn)
             for plan in (p for p in plans if p.op == op):
-                assert set(r.cost_features(plan)) == set(costs.SHIPPED[r.key]), (r, plan)
+                assert set(r.cost_features(plan)) == set(costs.SHIPPED[r.price_key]), (r, plan)
                 assert r.cost(plan) > 0 and r.workspace_bytes(plan) >= 0
-    assert {r.key for r in dispatch.TABLE if r.device == "cpu"} == set(costs.SHIPPED)
-    assert {r.key for r in dispatch.TABLE if r.device == "cuda"} == set(costs.SHIPPED_GPU)
+    assert {r.price_key for r in dispatch.TABLE if r.device == "cpu"} == set(costs.SHIPPED)
+    assert {r.price_key for r in dispatch.TABLE if r.device == "cuda"} == set(costs.SHIPPED_GPU)
     for key, consts in costs.SHIPPED_GPU.items():
         method = key.split("/")[1]
         assert set(consts) == set(common.gpu_roofline(method, plans[0])), key

@@ -26,7 +26,7 @@ def fresh(monkeypatch, tmp_path):
 def test_every_feature_has_a_kind_of_work():
     for r in dispatch.TABLE:
         if r.device == "cpu":
-            for name in costs.SHIPPED[r.key]:
+            for name in costs.SHIPPED[r.price_key]:
                 assert rates.UNIT_OF.get(name) in rates.UNITS + ("none",), (r.key, name)
 
 
