@@ -3,9 +3,11 @@ and ``auto`` on the built-in workloads (or one case) beside the peers, in the
 same process.
 
 Peers: PyTorch CPU (conv ops, when installed), ``scipy.signal.convolve`` and
-OpenCV's ``cv2.filter2D`` (2-D 'same' signal cases, when installed). The
-methods come from the dispatcher's table, so a new row is benchmarked
-without an edit here. :mod:`numbaconv.cli` only parses arguments for it.
+OpenCV's ``cv2.filter2D`` (2-D 'same' signal cases, when installed); for the
+image filters (:data:`FILTER_WORKLOADS`, numbaconv.ndimage) scipy.ndimage and
+OpenCV's ``filter2D`` / ``sepFilter2D`` (separable kernels) with the matching
+border. The methods come from the dispatcher's table, so a new row is
+benchmarked without an edit here. :mod:`numbaconv.cli` only parses arguments for it.
 """
 
 from __future__ import annotations
@@ -16,14 +18,30 @@ import time
 
 import numpy as np
 
-from . import api, dispatch
+from . import api, dispatch, separable
+from . import ndimage as nndimage
 from . import signal as nsignal
 from .machine import REST_S, block_best
 from .shapes import make_plan
 from .workloads import WORKLOADS
 
-OPS = ("conv", "conv_transpose", "signal")
+OPS = ("conv", "conv_transpose", "signal", "filter")
 QUICK = ("resnet_3x3_c64", "depthwise_3x3_c32", "unet_up_2x2s2")
+
+# numbaconv.ndimage.correlate (mode 'reflect') on images and volumes: dense
+# random kernels and separable Gaussians; kwargs: the dtype, the kernel kind
+FILTER_WORKLOADS = [
+    ("filter2d_3x3_f32", "filter", (2048, 2048), (3, 3), dict(dtype="float32")),
+    ("filter2d_5x5_f32", "filter", (2048, 2048), (5, 5), dict(dtype="float32")),
+    ("filter2d_15x15_f32", "filter", (2048, 2048), (15, 15), dict(dtype="float32")),
+    ("gauss2d_31x31_f32", "filter", (2048, 2048), (31, 31), dict(dtype="float32", kernel="gaussian")),
+    ("filter2d_5x5_f64", "filter", (2048, 2048), (5, 5), dict(dtype="float64")),
+    ("gauss2d_31x31_f64", "filter", (2048, 2048), (31, 31), dict(dtype="float64", kernel="gaussian")),
+    ("gauss2d_7x7_u8", "filter", (2048, 2048), (7, 7), dict(dtype="uint8", kernel="gaussian")),
+    ("filter1d_63_f32", "filter", (64, 65536), (1, 63), dict(dtype="float32")),
+    ("filter3d_5x5x5_f32", "filter", (96, 128, 128), (5, 5, 5), dict(dtype="float32")),
+]
+FILTER_SKIP = 10.0  # filter cases: forced methods estimated this much slower than the best are not timed
 
 
 def _peer_torch():
@@ -68,9 +86,16 @@ def _peak_extra_bytes(fn, result_bytes: int) -> int:
     return max(0, peak - result_bytes)
 
 
+SLOW_CALL_S = 0.3  # a call this long is timed once per block (SciPy's 31x31 filter: 3 s)
+
+
 def _block_time(fn, calls: int = 3) -> float:
-    """Best of ``calls`` back-to-back calls after :data:`~numbaconv.machine.REST_S` idle."""
-    return block_best(fn, calls, REST_S)
+    """Best of ``calls`` back-to-back calls after :data:`~numbaconv.machine.REST_S`
+    idle (one call when it takes over :data:`SLOW_CALL_S`)."""
+    first = block_best(fn, 1, REST_S)
+    if first > SLOW_CALL_S or calls <= 1:
+        return first
+    return min(first, block_best(fn, calls - 1, 0.0))
 
 
 def _torch_fn(F, op: str, ndim: int):
@@ -82,8 +107,52 @@ def _torch_fn(F, op: str, ndim: int):
     return fns[op][ndim - 1]
 
 
+def _gaussian(n: int) -> np.ndarray:
+    """A normalized 1-D Gaussian of ``n`` taps (sigma n / 6)."""
+    t = np.arange(n) - n // 2
+    g = np.exp(-0.5 * (t / max(n / 6, 0.5)) ** 2)
+    return g / g.sum()
+
+
+def _filter_arrays(xs, ws, kw, rng):
+    """The image (values 0-255 in its dtype) and the kernel of a filter case."""
+    dtype = np.dtype(kw.get("dtype", "float32"))
+    x = rng.uniform(0, 255, xs).astype(dtype)
+    if kw.get("kernel") == "gaussian":
+        w = np.ones(ws)
+        for d, n in enumerate(ws):
+            w = w * _gaussian(n).reshape(tuple(n if e == d else 1 for e in range(len(ws))))
+    else:
+        w = rng.standard_normal(ws) / np.sqrt(np.prod(ws))
+    return x, w.astype(np.float64 if dtype == np.float64 else np.float32)
+
+
+def _setup_filter(xs, ws, kw, rng):
+    """:func:`_setup` of a filter case (numbaconv.ndimage.correlate, mode 'reflect')."""
+    import scipy.ndimage as snd
+
+    x, w = _filter_arrays(xs, ws, kw, rng)
+    plan = make_plan("conv", (1, 1) + xs, (1, 1) + ws, None, padding="same", dtype=w.dtype)
+    plan = separable.mark(plan, w[None, None])
+    est, _ = dispatch.estimate_all("conv", plan)
+    best = min(est.values())
+    calls = {
+        m: (lambda m=m: nndimage.correlate(x, w, mode="reflect", method=m))
+        for m in est
+        if est[m] <= FILTER_SKIP * best
+    }
+    calls["auto"] = lambda: nndimage.correlate(x, w, mode="reflect")
+    from .filters import choose_method
+
+    auto = choose_method(plan)
+    peer = lambda: snd.correlate(x, w, mode="reflect")  # noqa: E731
+    return 2 * x.size * w.size, calls, auto, "ndimage", peer, (x, w)
+
+
 def _setup(op, xs, ws, kw, rng, torch_peer):
     """Arrays, FLOP count, the calls to time per method, the auto choice and the peer."""
+    if op == "filter":
+        return _setup_filter(xs, ws, kw, rng)
     if op == "signal":  # scipy.signal.convolve semantics, float64
         import scipy.signal as ss
 
@@ -153,14 +222,22 @@ def _opencv_peer(op, x, w, kw):
     """OpenCV's cv2.filter2D for 2-D 'same' signal cases (``shared/workloads.py``
     names it: the fastest 2-D filter a user would reach for), when installed.
     It correlates: the kernel is flipped and anchored so the result equals
-    scipy.signal.convolve(mode='same') with zero borders."""
-    if op != "signal" or x.ndim != 2 or kw.get("mode") != "same":
+    scipy.signal.convolve(mode='same') with zero borders. Filter cases: 2-D
+    images, filter2D or (separable kernels) sepFilter2D with BORDER_REFLECT
+    (scipy.ndimage's 'reflect')."""
+    if op not in ("signal", "filter") or x.ndim != 2 or (op == "signal" and kw.get("mode") != "same"):
         return None
     try:
         import cv2
     except ImportError:
         return None
     cv2.setNumThreads(int(os.environ.get("NUMBACONV_BENCH_THREADS", "2")))
+    if op == "filter":
+        if kw.get("kernel") == "gaussian":
+            ky = np.ascontiguousarray(w[:, w.shape[1] // 2] / w[w.shape[0] // 2, w.shape[1] // 2])
+            kx = np.ascontiguousarray(w[w.shape[0] // 2, :])
+            return lambda: cv2.sepFilter2D(x, -1, kx, ky, borderType=cv2.BORDER_REFLECT)
+        return lambda: cv2.filter2D(x, -1, w, borderType=cv2.BORDER_REFLECT)
     k = np.ascontiguousarray(w[::-1, ::-1])
     anchor = (w.shape[1] - 1 - w.shape[1] // 2, w.shape[0] - 1 - w.shape[0] // 2)
     return lambda: cv2.filter2D(x, -1, k, anchor=anchor, borderType=cv2.BORDER_CONSTANT)
@@ -174,6 +251,10 @@ def _reference(op, xs, ws, kw, x, w, torch_peer):
         import scipy.signal as ss
 
         return "scipy", ss.convolve(x, w, **kw)
+    if op == "filter":
+        import scipy.ndimage as snd
+
+        return "scipy.ndimage-float64", snd.correlate(x.astype(np.float64), w, mode="reflect")
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     tkw = _torch_kwargs(kw)
     if torch_peer is not None and tkw is not None:
@@ -187,7 +268,7 @@ def _reference(op, xs, ws, kw, x, w, torch_peer):
 
 def _select(quick: bool, case: str | None, custom: tuple | None) -> list:
     """The workloads to run: ``custom``, one by name, the quick subset or all."""
-    rows = [w for w in WORKLOADS if w[1] in OPS]
+    rows = [w for w in WORKLOADS + FILTER_WORKLOADS if w[1] in OPS]
     if custom is not None:
         return [custom]
     if case:
@@ -398,7 +479,7 @@ def print_table(results: list[dict]) -> None:
         )
     print(
         "peer/nc: the peer's time / numbaconv's time (> 1 means numbaconv is faster); peers: "
-        "PyTorch CPU (conv ops), scipy.signal.convolve method='auto' (signal ops), and OpenCV's "
-        "cv2.filter2D (2-D 'same' signal ops, when installed)\n"
+        "PyTorch CPU (conv ops), scipy.signal.convolve method='auto' (signal ops), scipy.ndimage.correlate "
+        "(filter ops), and OpenCV's cv2.filter2D / sepFilter2D (2-D signal and filter ops, when installed)\n"
         "regret: auto's time / the fastest forced method's time, in alternating blocks of the two"
     )

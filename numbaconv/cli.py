@@ -207,7 +207,7 @@ def _bench(args, parser) -> None:
         custom = ("custom", args.op, args.input, args.weight, _case_params(args))
     elif given:
         parser.error(f"{' and '.join(given)} need --op conv or --op conv_transpose")
-    names = [w[0] for w in benchmark.WORKLOADS if w[1] in benchmark.OPS]
+    names = [w[0] for w in benchmark.WORKLOADS + benchmark.FILTER_WORKLOADS if w[1] in benchmark.OPS]
     if args.case and args.case not in names:
         parser.error(f"unknown case {args.case!r}; the cases are: {', '.join(names)}")
     _check_output_path(parser, "--csv", args.csv)

@@ -33,7 +33,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import filters
 
-__all__ = ["convolve", "convolve1d", "correlate", "correlate1d"]
+__all__ = ["convolve", "convolve1d", "correlate", "correlate1d", "sepfilter"]
 
 _MODES = {
     "reflect": "symmetric",
@@ -166,9 +166,8 @@ def _run(x, w, origins, mode, cval, output, convolution, method):
         lo = k // 2 + o
         pads.append((lo, k - 1 - lo))
     cdt = _compute_dtype(x, w)
-    y = filters.correlate(
-        x.astype(cdt, copy=False), w.astype(cdt, copy=False), pads, (mode,) * x.ndim, cval, method
-    )
+    modes = (mode,) * x.ndim if isinstance(mode, str) else tuple(mode)
+    y = filters.correlate(x.astype(cdt, copy=False), w.astype(cdt, copy=False), pads, modes, cval, method)
     return _store(y, output)
 
 
@@ -360,6 +359,71 @@ def convolve1d(
         ``output``.
     """
     return _1d(input, weights, axis, output, mode, cval, origin, True, method)
+
+
+def sepfilter(
+    input: ArrayLike,
+    kernels: Sequence[ArrayLike],
+    axes: int | Sequence[int] | None = None,
+    output: np.ndarray | DTypeLike | None = None,
+    mode: str | Sequence[str] = "reflect",
+    cval: complex = 0.0,
+    origin: int | Sequence[int] = 0,
+    *,
+    method: str = "auto",
+) -> np.ndarray:
+    """Correlation with a separable kernel given by its factors, one 1-D
+    kernel per axis (OpenCV's ``sepFilter2D`` in any number of dims):
+    :func:`correlate` with ``weights = kernels[0] (x) kernels[1] (x) ...`` over
+    ``axes``, each axis with its own mode and origin.
+
+    Parameters
+    ----------
+    input : array_like
+    kernels : sequence of 1-D array_like
+        One per filtered axis (``len(axes)``), real or complex (complex ones
+        conjugated, as :func:`correlate` does).
+    axes : int or sequence of int, optional
+        The axes filtered, in the order of ``kernels`` (default all).
+    output, cval, method
+        As :func:`correlate`.
+    mode : str or sequence of str
+        One mode, or one per filtered axis (the modes of :func:`correlate`).
+    origin : int or sequence of int
+        One, or one per filtered axis.
+
+    Returns
+    -------
+    ndarray
+        ``output``.
+    """
+    x = np.asarray(input)
+    axes = _check_axes(axes, x.ndim)
+    ks = [np.asarray(k) for k in kernels]
+    if len(ks) != len(axes):
+        raise ValueError(f"sepfilter takes one kernel per filtered axis: {len(axes)} axes, {len(ks)} kernels")
+    for i, k in enumerate(ks):
+        if k.ndim != 1 or k.shape[0] < 1:
+            raise ValueError(f"kernels[{i}] must be a non-empty 1-D array, got shape {k.shape}")
+    modes = [_filter_mode(m) for m in _sequence(mode, len(axes))]
+    weights = np.ones((1,) * x.ndim, dtype=np.result_type(*ks, np.float64))
+    for ax, k in zip(axes, ks):
+        weights = weights * k.reshape(tuple(-1 if d == ax else 1 for d in range(x.ndim)))
+    full_modes = ["constant"] * x.ndim  # axes not filtered have one tap and no padding
+    for ax, m in zip(axes, modes):
+        full_modes[ax] = m
+    origins = [0] * x.ndim
+    for ax, o in zip(axes, _sequence(origin, len(axes))):
+        if _invalid_origin(o, weights.shape[ax]):
+            raise ValueError(f"Invalid origin {o} for a kernel of length {weights.shape[ax]} on axis {ax}")
+        origins[ax] = o
+    complex_out = x.dtype.kind == "c" or weights.dtype.kind == "c"
+    if weights.dtype.kind == "c":
+        _check_cval(cval, x, weights)
+    _check_input(x)
+    out = _output(output, x, complex_out)
+    cval = _check_cval(cval, x, weights)
+    return _run(x, weights, origins, full_modes, cval, out, False, method)
 
 
 for _f in (correlate, convolve, correlate1d, convolve1d):
