@@ -10,10 +10,11 @@ kernel size. As in SciPy, ``correlate``/``convolve`` take one mode for all
 axes (a sequence raises RuntimeError); :func:`numbaconv.ndimage.sepfilter`
 takes one per axis.
 
-Precision: float64 and (u)int32/64 inputs are computed in float64 (as
-SciPy), float32 and 8/16-bit integer and bool inputs in float32 (SciPy uses
-float64 throughout); complex inputs or weights in complex64 or complex128
-directly (SciPy combines real convolutions). Integer outputs truncate toward
+Precision: float64 and (u)int32/64 inputs, and any input with a float64 or
+complex128 output, are computed in float64 (as SciPy); float32 and
+8/16-bit integer and bool inputs otherwise in float32 (SciPy uses float64
+throughout); complex inputs or weights in complex64 or complex128 directly
+(SciPy combines real convolutions). Integer outputs truncate toward
 zero and wrap in their dtype as SciPy's do; a sum whose exact value is an
 integer may round to either side of it in a different summation order, so
 an integer output can differ from SciPy's by one where the weights are not
@@ -115,8 +116,22 @@ def _output(output, x: np.ndarray, complex_output: bool) -> np.ndarray | np.dtyp
     return out
 
 
-def _compute_dtype(x: np.ndarray, w: np.ndarray) -> np.dtype:
-    real = np.float32 if x.dtype in _FLOAT32_INPUTS or x.dtype == np.complex64 else np.float64
+def _check_output_type(out, complex_output: bool) -> None:
+    """SciPy's C loops store real results into the real dtypes they know
+    (bool, integers, float32, float64) only."""
+    dtype = out if isinstance(out, np.dtype) else out.dtype
+    if not complex_output and (
+        dtype.kind == "c" or dtype in (np.float16, np.longdouble) or dtype.kind not in "biufc"
+    ):
+        raise RuntimeError(f"array type {dtype!r} not supported")
+
+
+def _compute_dtype(x: np.ndarray, w: np.ndarray, out) -> np.dtype:
+    """float32 (complex64) for float32, 8/16-bit integer and bool inputs
+    unless the output is double precision; else float64 (complex128)."""
+    out_dtype = out if isinstance(out, np.dtype) else out.dtype
+    single = x.dtype in _FLOAT32_INPUTS or x.dtype == np.complex64
+    real = np.float32 if single and out_dtype not in (np.float64, np.complex128) else np.float64
     if x.dtype.kind == "c" or w.dtype.kind == "c":
         return np.dtype(np.complex64 if real == np.float32 else np.complex128)
     return np.dtype(real)
@@ -133,10 +148,15 @@ def _store(y: np.ndarray, out: np.ndarray | np.dtype) -> np.ndarray:
     if out.dtype.kind == "b":
         out[...] = y != 0
     elif out.dtype.kind in "iu":
-        t = np.trunc(y.real if y.dtype.kind == "c" else y)
-        with np.errstate(invalid="ignore"):
-            big = np.uint64 if out.dtype == np.uint64 else np.int64
-            out[...] = t.astype(big).astype(out.dtype)
+        real = y.real if y.dtype.kind == "c" else y
+        if out.dtype != np.uint64 and out.flags.c_contiguous and real.flags.c_contiguous:
+            from .cpu.convert import truncate_into
+
+            truncate_into(real.reshape(-1), out.reshape(-1))
+        else:
+            with np.errstate(invalid="ignore"):
+                big = np.uint64 if out.dtype == np.uint64 else np.int64
+                out[...] = np.trunc(real).astype(big).astype(out.dtype)
     elif out.dtype.kind == "c" or y.dtype.kind != "c":
         out[...] = y
     else:
@@ -165,7 +185,7 @@ def _run(x, w, origins, mode, cval, output, convolution, method):
     for k, o in zip(w.shape, origins):
         lo = k // 2 + o
         pads.append((lo, k - 1 - lo))
-    cdt = _compute_dtype(x, w)
+    cdt = _compute_dtype(x, w, output)
     modes = (mode,) * x.ndim if isinstance(mode, str) else tuple(mode)
     y = filters.correlate(x.astype(cdt, copy=False), w.astype(cdt, copy=False), pads, modes, cval, method)
     return _store(y, output)
@@ -206,6 +226,7 @@ def _nd(input, weights, output, mode, cval, origin, convolution, axes, method):
                 "(weights.shape[k]-1) // 2"
             )
     out = _output(output, x, complex_out)
+    _check_output_type(out, complex_out)
     fmode = _filter_mode(mode)
     cval = _check_cval(cval, x, w)
     return _run(x, w, origins, fmode, cval, out, convolution, method)
@@ -233,6 +254,7 @@ def _1d(input, weights, axis, output, mode, cval, origin, convolution, method):
             "Invalid origin; origin must satisfy -(len(weights) // 2) <= origin <= (len(weights)-1) // 2"
         )
     out = _output(output, x, complex_out)
+    _check_output_type(out, complex_out)
     fmode = _filter_mode(mode)
     cval = _check_cval(cval, x, w)
     shape = [1] * x.ndim
@@ -422,6 +444,7 @@ def sepfilter(
         _check_cval(cval, x, weights)
     _check_input(x)
     out = _output(output, x, complex_out)
+    _check_output_type(out, complex_out)
     cval = _check_cval(cval, x, weights)
     return _run(x, weights, origins, full_modes, cval, out, False, method)
 

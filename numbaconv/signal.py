@@ -344,7 +344,13 @@ def _fill_value(fillvalue, dtype):
             else np.array(fillvalue, dtype=dtype)
         )
     except (TypeError, ValueError, OverflowError):
-        np.array(fillvalue, dtype=np.complex128)  # raises as SciPy's complex path does
+        c = np.array(fillvalue, dtype=np.complex128)  # raises as SciPy's complex path does
+        if dtype.kind != "c" and np.any(c.imag != 0):
+            warnings.warn(
+                "Casting complex values to real discards the imaginary part",
+                np.exceptions.ComplexWarning,
+                stacklevel=4,
+            )
         raise ValueError(
             "could not cast `fillvalue` directly to the output type (it was first converted to complex)."
         ) from None
@@ -377,7 +383,7 @@ def _filter2d(in1, in2, mode, boundary, fillvalue, name, flip):
             import scipy.signal as ss
 
             return getattr(ss, name)(in1, in2, mode=mode, boundary=boundary, fillvalue=fillvalue)
-        raise ValueError(f"{name} not available for this type.")
+        raise ValueError("convolve2d not available for this type.")  # SciPy names its C loop
     bmode = _BOUNDARIES[boundary]
     fill = _fill_value(fillvalue, rt) if bmode == "constant" else 0
     if rt.kind in "iu" and not _int_exact2d(a, b, fill):
