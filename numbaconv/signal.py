@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import api, dispatch, filters
+from . import api, dispatch, filters, separable
 from .shapes import make_conv_plan
 
 __all__ = [
@@ -243,17 +243,20 @@ def _direct_or_fft(a, b, mode, axes, method, flip_conj):
 
 
 def _choose(a, b, mode, axes) -> str:
-    """'fft' or 'direct': the dispatcher's choice between the two for the conv
-    this problem becomes; integer inputs take the exact direct path."""
+    """'fft' or 'direct' (or 'separable', the direct sum of a rank-one kernel
+    as 1-D passes): the dispatcher's choice among them for the conv this
+    problem becomes; integer inputs take the exact direct path."""
     result_type = np.result_type(a, b)
     if result_type.kind in "iub":
         return "direct"
-    swap, _, bshape, kernel_batched, _, pads = _layout(a.shape, b.shape, mode, axes)
+    swap, batch_axes, bshape, kernel_batched, _, pads = _layout(a.shape, b.shape, mode, axes)
     if swap:
         a, b = b, a
     xs, ws, groups = _conv_shapes(a.shape, b.shape, axes, bshape, kernel_batched)
     plan = make_conv_plan(xs, ws, None, 1, tuple(pads), 1, groups, dtype=_compute_dtype(result_type))
-    return dispatch.choose("conv", plan, candidates=CONV_METHODS).method
+    if not kernel_batched and np.issubdtype(b.dtype, np.floating):  # one real kernel: maybe separable
+        plan = separable.mark(plan, np.transpose(b, batch_axes + list(axes)).reshape(ws))
+    return dispatch.choose("conv", plan, candidates=CONV_METHODS + ("separable",)).method
 
 
 def _entry(in1, in2, mode, method, axes, flip_conj):
@@ -544,4 +547,5 @@ def choose_conv_method(
         return min(times, key=times.get), times
     if a.ndim == 0 or a.size == 0 or b.size == 0:
         return "direct"
-    return _choose(a, b, mode, ax)
+    chosen = _choose(a, b, mode, ax)
+    return "direct" if chosen == "separable" else chosen  # SciPy's names: 1-D passes are a direct sum

@@ -28,7 +28,10 @@ FORK_SCRIPT = textwrap.dedent(
     op, method = sys.argv[1], sys.argv[2]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 8, 9, 9))
-    if op == "conv":
+    if method == "separable":  # a rank-one kernel per channel, depthwise
+        w = rng.standard_normal((8, 1, 3, 1)) * rng.standard_normal((8, 1, 1, 3))
+        call = lambda: nc.conv2d(x, w, padding=1, groups=8, method=method)
+    elif op == "conv":
         w = rng.standard_normal((4, 8, 3, 3))
         call = lambda: nc.conv2d(x, w, padding=1, method=method)
     else:
@@ -99,8 +102,10 @@ THREADS_SCRIPT = textwrap.dedent(
     x = rng.standard_normal((2, 8, 12, 12)).astype(np.float32)
     w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
     wt = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    ws = (rng.standard_normal((8, 1, 3, 1)) * rng.standard_normal((8, 1, 1, 3))).astype(np.float32)
     calls = [(f"conv/{r.name}", lambda m=r.name: nc.conv2d(x, w, padding=1, method=m))
-             for r in dispatch.rows("conv")]
+             for r in dispatch.rows("conv") if r.name != "separable"]
+    calls += [("conv/separable", lambda: nc.conv2d(x, ws, padding=1, groups=8, method="separable"))]
     calls += [(f"conv_transpose/{r.name}", lambda m=r.name: nc.conv_transpose2d(x, wt, stride=2, method=m))
               for r in dispatch.rows("conv_transpose")]
     calls += [("conv/auto", lambda: nc.conv2d(x, w, padding=1))]
@@ -239,7 +244,12 @@ READ_ONLY_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 4, 9, 9)); w = rng.standard_normal((4, 4, 3, 3))
     ref = nc.conv2d(x, w, padding=1, method="direct")
+    ws = rng.standard_normal((4, 1, 3, 1)) * rng.standard_normal((4, 1, 1, 3))
     for r in dispatch.rows("conv"):
+        if r.name == "separable":  # a rank-one kernel per channel
+            want = nc.conv2d(x, ws, padding=1, groups=4, method="direct")
+            assert np.allclose(nc.conv2d(x, ws, padding=1, groups=4, method=r.name), want), r.name
+            continue
         assert np.allclose(nc.conv2d(x, w, padding=1, method=r.name), ref), r.name
     kw = dict(stride=2, padding_mode="reflect", padding=1)
     assert np.allclose(nc.conv_transpose2d(x, w, method="gather", **kw), nc.conv_transpose2d(x, w, **kw))
@@ -368,6 +378,7 @@ def test_work_and_memory_follow_the_output_not_the_padding(pad):
             assert (r.name, "stride-1 position" in why or "stride 1" in why) in (
                 ("fft", True),
                 ("winograd", True),
+                ("separable", False),  # one tap dim: nothing to separate
             )
             continue
         y = small(lambda r=r: nc.conv1d(x, w, padding=pad, stride=pad, method=r.name))

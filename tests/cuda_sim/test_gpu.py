@@ -278,3 +278,25 @@ def test_nonfinite_weights_as_on_the_cpu(op):
         if _refused(op, method, plan, call):
             continue
         np.testing.assert_array_equal(np.isnan(call()), want, err_msg=method)
+
+
+@pytest.mark.parametrize("resident", [False, True])
+def test_separable_passes_on_the_device(resident):
+    """A rank-one kernel per channel runs as 1-D passes of the GPU direct
+    kernel (intermediates on the device), host or device arrays."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 7, 8))
+    w = rng.standard_normal((3, 1, 3, 1)) * rng.standard_normal((3, 1, 1, 4))
+    b = rng.standard_normal(3)
+    kw = dict(stride=(2, 1), padding=(1, 2), groups=3, padding_mode="reflect")
+    args = (cuda.to_device(x), cuda.to_device(w), cuda.to_device(b)) if resident else (x, w, b)
+    y = nc.conv2d(*args, method="separable", device="cuda", **kw)
+    y = y.copy_to_host() if resident else y
+    plan = shapes.make_plan("conv", x, w, b, **kw)
+    ref = conv_reference(x, w, b, [2, 1], _pads(plan), [1, 1], 3, "reflect")
+    tol = tolerance(np.float64, 12, x, w, b, stride=[2, 1], pads=_pads(plan), dilation=[1, 1], groups=3,
+                    mode="reflect")  # fmt: skip
+    assert_close(y, ref, tol, "separable")
+    dense = rng.standard_normal((3, 1, 3, 4))
+    with pytest.raises(nc.UnsupportedMethodError, match="not rank one"):
+        nc.conv2d(x, dense, method="separable", device="cuda", **kw)
