@@ -48,8 +48,11 @@ def factors(w5: np.ndarray, plan: ConvPlan) -> tuple[np.ndarray, list[np.ndarray
     its three factors (each 1 at the largest entry's position), or None when
     a channel is not rank one within :data:`TOLERANCE`."""
     c = plan.c_out
-    w = np.asarray(w5, dtype=np.float64).reshape((c,) + plan.kernel)
+    eps = np.finfo(plan.dtype).eps
     with np.errstate(invalid="ignore", over="ignore"):
+        if _surely_not(np.asarray(w5).reshape((c,) + plan.kernel), plan.kernel, eps):
+            return None
+        w = np.asarray(w5, dtype=np.float64).reshape((c,) + plan.kernel)
         if not np.isfinite(w).all():
             return None
         flat = np.abs(w).reshape(c, -1)
@@ -67,10 +70,28 @@ def factors(w5: np.ndarray, plan: ConvPlan) -> tuple[np.ndarray, list[np.ndarray
             out[0][:, :, None, None] * out[1][:, None, :, None] * out[2][:, None, None, :]
         )
         err = np.abs(rebuilt - w).reshape(c, -1).max(axis=1)
-    eps = np.finfo(plan.dtype).eps
     if not (err <= TOLERANCE * eps * top).all():
         return None
     return p, out
+
+
+def _surely_not(w: np.ndarray, kernel, eps: float) -> bool:
+    """A quick refusal: the first 2x2 minor over two tap dims of some channel
+    is far from zero (every minor of a rank-one kernel is zero up to
+    rounding), for the random-looking kernels of most convs, a few
+    microseconds where the full test takes ~100 (a depthwise layer's call)."""
+    d0, d1 = [d for d in range(3) if kernel[d] > 1][:2]
+    idx = [0, 0, 0]
+
+    def at(i, j):
+        idx[d0], idx[d1] = i, j
+        return w[(slice(None),) + tuple(idx)]
+
+    det = at(0, 0) * at(1, 1) - at(0, 1) * at(1, 0)
+    top = np.maximum(
+        np.maximum(np.abs(at(0, 0)), np.abs(at(1, 1))), np.maximum(np.abs(at(0, 1)), np.abs(at(1, 0)))
+    )
+    return bool((np.abs(det) > 64 * TOLERANCE * eps * top * top).any())
 
 
 def mark(plan: ConvPlan, w) -> ConvPlan:
