@@ -102,8 +102,8 @@ def nonfinite_padding_mask(plan: ConvPlan, w5):
     are NaN (as in the GEMM and FFT paths); kernels that skip padded taps set
     these outputs to NaN afterwards. One summing pass over the weights when
     they are finite (an overflowing sum only costs the exact check). ``w5`` is a host array."""
-    if plan.padding_mode != "zeros" or not any(lo or hi for lo, hi in plan.padding):
-        return None
+    if not any(plan.mode(i) == "zeros" and (lo or hi) for i, (lo, hi) in enumerate(plan.padding)):
+        return None  # no zero padding in any dim (per-dim modes: the zero dims count)
     with np.errstate(all="ignore"):
         if np.isfinite(w5.sum()):  # one fast pass: NaN/Inf anywhere makes the sum non-finite
             return None
