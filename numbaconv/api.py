@@ -190,12 +190,14 @@ def _conv_impl(
     return _finish("conv", plan, method, input, weight, bias, x, w, b, out, where)
 
 
-def filter_conv(x, w, padding, groups, modes, method="auto") -> np.ndarray:
+def filter_conv(x, w, padding, groups, modes, method="auto", plan=None) -> np.ndarray:
     """The SciPy front-ends' conv (numbaconv.signal, numbaconv.ndimage): stride
     and dilation 1, ``padding`` ``(lo, hi)`` and a mode of
-    ``shapes.FILTER_MODES`` per spatial dim, no limit on the padding."""
+    ``shapes.FILTER_MODES`` per spatial dim, no limit on the padding;
+    ``plan``: the caller's (already marked) plan of these arrays."""
     x, w, _, method, dtype, where = _prepare("conv", x, w, None, method, "cpu")
-    plan = separable.mark(make_filter_plan(x.shape, w.shape, padding, groups, tuple(modes), dtype), w)
+    if plan is None or plan.input_shape5[-x.ndim + 2 :] != x.shape[2:] or plan.dtype != dtype:
+        plan = separable.mark(make_filter_plan(x.shape, w.shape, padding, groups, tuple(modes), dtype), w)
     return _finish("conv", plan, method, x, w, None, x, w, None, None, where)
 
 

@@ -101,11 +101,14 @@ def _correlate_axes(xb, w, pads, modes, method):
     if nd <= _MAX_AXES:
         x5 = xb.reshape((xb.shape[0], 1) + xb.shape[1:])
         w5 = w.reshape((1, 1) + w.shape)
+        plan = None
         if method == "auto":
             dtype = np.result_type(x5, w5)
-            plan = make_filter_plan(x5.shape, w5.shape, tuple(pads), 1, tuple(modes), dtype)
-            method = choose_method(separable.mark(plan, w5))
-        y = api.filter_conv(x5, w5, tuple(pads), 1, tuple(modes), method)
+            plan = separable.mark(
+                make_filter_plan(x5.shape, w5.shape, tuple(pads), 1, tuple(modes), dtype), w5
+            )
+            method = choose_method(plan)
+        y = api.filter_conv(x5, w5, tuple(pads), 1, tuple(modes), method, plan)
         return y.reshape((xb.shape[0],) + y.shape[2:])
     n, k = xb.shape[1], w.shape[0]
     (lo, hi), rest = pads[0], pads[1:]
