@@ -237,6 +237,6 @@ def _plan_of(op, input, weight, bias, params):
     """The plan of shapes or arrays; a weight array's values decide whether
     the "separable" method can run it (:func:`numbaconv.separable.mark`)."""
     plan = make_plan(op, input, weight, bias, **params)
-    if not isinstance(weight, tuple) and hasattr(weight, "shape") or isinstance(weight, list):
+    if not isinstance(weight, tuple):  # values, not a shape
         plan = separable.mark(plan, weight)
     return plan

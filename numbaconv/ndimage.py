@@ -195,16 +195,24 @@ def _invalid_origin(origin, k: int) -> bool:
     return origin < -(k // 2) or origin > (k - 1) // 2
 
 
-def _nd(input, weights, output, mode, cval, origin, convolution, axes, method):
+def _arrays(input, weights, cval):
+    """The input and weights as arrays (real weights in float64, as SciPy
+    reads them) and whether the result is complex; SciPy's first checks (a
+    complex cval beside complex weights, the input dtype)."""
     x = np.asarray(input)
     w = np.asarray(weights)
     complex_out = x.dtype.kind == "c" or w.dtype.kind == "c"
     if w.dtype.kind == "c":
         _check_cval(cval, x, w)
     _check_input(x)
-    axes = _check_axes(axes, x.ndim)
     if w.dtype.kind != "c":
         w = np.asarray(w, dtype=np.float64)
+    return x, w, complex_out
+
+
+def _nd(input, weights, output, mode, cval, origin, convolution, axes, method):
+    x, w, complex_out = _arrays(input, weights, cval)
+    axes = _check_axes(axes, x.ndim)
     if len(axes) < x.ndim:
         if w.ndim != len(axes):
             raise RuntimeError(f"weights.ndim ({w.ndim}) must match len(axes) ({len(axes)})")
@@ -233,14 +241,7 @@ def _nd(input, weights, output, mode, cval, origin, convolution, axes, method):
 
 
 def _1d(input, weights, axis, output, mode, cval, origin, convolution, method):
-    x = np.asarray(input)
-    w = np.asarray(weights)
-    complex_out = x.dtype.kind == "c" or w.dtype.kind == "c"
-    if w.dtype.kind == "c":
-        _check_cval(cval, x, w)
-    _check_input(x)
-    if w.dtype.kind != "c":
-        w = np.asarray(w, dtype=np.float64)
+    x, w, complex_out = _arrays(input, weights, cval)
     if w.ndim != 1 or w.shape[0] < 1:
         raise RuntimeError("no filter weights given")
     axis = operator.index(axis)

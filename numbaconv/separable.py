@@ -138,6 +138,25 @@ def pass_plans(plan: ConvPlan) -> list[tuple[int, ConvPlan]]:
     return out
 
 
+def pass_features(plan: ConvPlan, features) -> dict[str, float]:
+    """A direct path's cost ``features(plan)`` of every pass, summed (no
+    pass, one tap: never separable, the plan's own)."""
+    passes = pass_plans(plan)
+    if not passes:
+        return features(plan)
+    total: dict[str, float] = {}
+    for _, p in passes:
+        for k, v in features(p).items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def intermediate_bytes(plan: ConvPlan) -> int:
+    """Bytes of the arrays between the passes."""
+    passes = pass_plans(plan)[:-1]
+    return sum(int(np.prod(p.output_shape5)) for _, p in passes) * plan.dtype.itemsize
+
+
 def pass_weights(w5: np.ndarray, plan: ConvPlan) -> list[np.ndarray]:
     """Each pass's weight ``(C, 1, 1, 1, k)`` placed on its dim, in the plan's dtype."""
     found = factors(w5, plan)

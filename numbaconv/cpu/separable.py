@@ -22,21 +22,13 @@ def supports(plan) -> str | None:
 
 def cost_features(plan) -> dict[str, float]:
     """The direct path's features of every pass, summed."""
-    passes = separable.pass_plans(plan)
-    if not passes:  # one tap (never separable): the direct path's own
-        return direct.cost_features(plan)
-    total: dict[str, float] = {}
-    for _, p in passes:
-        for k, v in direct.cost_features(p).items():
-            total[k] = total.get(k, 0.0) + v
-    return total
+    return separable.pass_features(plan, direct.cost_features)
 
 
 def workspace_bytes(plan) -> int:
     """The intermediates of the passes and the largest pass's own workspace."""
     passes = separable.pass_plans(plan)
-    mid = sum(int(np.prod(p.output_shape5)) for _, p in passes[:-1]) * plan.dtype.itemsize
-    return mid + max((direct.workspace_bytes(p) for _, p in passes), default=0)
+    return separable.intermediate_bytes(plan) + max((direct.workspace_bytes(p) for _, p in passes), default=0)
 
 
 def run(x5, w5, bias, plan, out5):

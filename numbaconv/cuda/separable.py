@@ -17,20 +17,12 @@ __all__ = ["cost_features", "run", "supports", "workspace_bytes"]
 
 def cost_features(plan) -> dict[str, float]:
     """The direct kernel's features of every pass, summed."""
-    passes = separable.pass_plans(plan)
-    if not passes:  # one tap (never separable): the direct path's own
-        return direct.cost_features(plan)
-    total: dict[str, float] = {}
-    for _, p in passes:
-        for k, v in direct.cost_features(p).items():
-            total[k] = total.get(k, 0.0) + v
-    return total
+    return separable.pass_features(plan, direct.cost_features)
 
 
 def workspace_bytes(plan) -> int:
     """The intermediates of the passes (device memory)."""
-    passes = separable.pass_plans(plan)
-    return sum(int(np.prod(p.output_shape5)) for _, p in passes[:-1]) * plan.dtype.itemsize
+    return separable.intermediate_bytes(plan)
 
 
 def run(x5, w5, bias, plan, out5):
