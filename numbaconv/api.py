@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import autotune, config, dispatch, runtime, separable
+from . import autotune, config, dispatch, lazy, runtime, separable
 from .shapes import (
     ConvPlan,
     check_dtype,
@@ -173,6 +173,9 @@ def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", F
 def _conv_impl(
     ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
 ):
+    if lazy.is_dask(input):
+        _check_device(device)
+        return lazy.conv(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, out)
     x, w, b, method, dtype, where = _prepare("conv", input, weight, bias, method, device)
     plan = make_conv_plan(
         x.shape,

@@ -59,6 +59,12 @@ that cannot be used is ignored with a RuntimeWarning naming the variable
     least this many input channels; the transposed op's gather path counts
     groups with fewer as thin in its cost model.
 
+``dask_numba_threads``
+    Numba threads one block task of a dask input uses (``numbaconv.lazy``):
+    None (default) divides the cores (Numba's thread count) by the dask
+    worker's threads, so that worker threads x Numba threads never exceed
+    the cores; an int fixes it. Env ``NUMBACONV_DASK_NUMBA_THREADS``.
+
 Kernels are compiled with ``fastmath={"reassoc", "contract"}`` only:
 reductions may be reordered and fused, NaN and Inf propagate. ``FASTMATH`` is
 that set; the kernel modules carry literal copies (numba's on-disk cache keys
@@ -95,6 +101,7 @@ _DEFAULTS = {
     "cuda_shared_bytes": 48 * 1024,
     "simd_lanes": None,
     "simd_block": None,
+    "dask_numba_threads": None,
 }
 _SETTINGS = (*_DEFAULTS, "cache_dir")
 
@@ -184,6 +191,12 @@ def _from_environment() -> dict:
     )
     values["measure_cache"] = _env_bool("NUMBACONV_MEASURE_CACHE", _DEFAULTS["measure_cache"])
     values["measure_time_s"] = _env_float("NUMBACONV_MEASURE_TIME_S", _DEFAULTS["measure_time_s"], 0.0)
+    threads = os.environ.get("NUMBACONV_DASK_NUMBA_THREADS", "").strip()
+    if threads:
+        if threads.isdigit() and int(threads) >= 1:
+            values["dask_numba_threads"] = int(threads)
+        else:
+            _ignored("NUMBACONV_DASK_NUMBA_THREADS", threads, "not a positive integer", None)
     values["cache_dir"] = _default_cache_dir()
     return values
 
@@ -211,6 +224,7 @@ cuda_tile: int
 cuda_shared_bytes: int
 simd_lanes: int | None
 simd_block: tuple[int, int] | None
+dask_numba_threads: int | None
 
 
 class _ConfigModule(types.ModuleType):

@@ -1,0 +1,549 @@
+"""numbaconv on dask arrays: lazy results, computed block by block.
+
+Every front-end (``conv*``, ``conv_transpose*``, :mod:`numbaconv.signal`,
+:mod:`numbaconv.ndimage`) hands a dask input here. The result is a dask
+array with the in-memory call's shape, dtype and values, built as one task
+per output block:
+
+- **Axes.** Each spatial axis is an :class:`Axis`: output position ``o``
+  reads the padded positions ``[o * stride, o * stride + span)``, i.e. the
+  input indices ``fold_index(p - lo, size, mode)`` (numbaconv's own padding
+  arithmetic: PyTorch's reflect, circular, replicate, the SciPy modes, or a
+  fill value). Output chunks come from the input chunks (:func:`out_chunks`:
+  the outputs whose window is centred in an input chunk), so a block reads
+  its chunk and halos of its neighbours, however small the chunks are
+  (several neighbours when the halo is longer than a chunk).
+- **Blocks.** A task receives exactly the input chunks its window touches
+  (by key: the chunks at the other end of the axis too, for a circular
+  mode), assembles its slab (the halos concatenated, the padding at the
+  array's true edges gathered by the index maps, the fill value where the
+  map says -1), and runs the in-memory function on the slab with no padding
+  (``'valid'``): the direct, Winograd or FFT path as the dispatcher picks
+  per block (large kernels run as FFT inside each block, the halos acting
+  as overlap-save).
+- **Channels.** Input channels split across chunks are reduced as partial
+  sums (one task adds the partial results and the bias); grouped convs are
+  rechunked to whole groups instead (no partial sums needed).
+- **Transposed op.** A gather: an output block collects the runs of full
+  positions that fold into it (one run with zero padding; the edge runs of
+  the adjoint padding modes too), each computed from the input positions
+  that reach it.
+- **Weights** are put in the graph once (one key each); tasks slice them.
+- **Threads.** A task runs numbaconv's kernels with ``cores // worker
+  threads`` Numba threads (:func:`task_threads`), so that dask's threads
+  times Numba's never oversubscribe the cores.
+
+Nothing here imports dask at numbaconv's import: only a dask input does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import threading
+
+import numpy as np
+
+from . import config
+from .shapes import fold_index
+
+
+def is_dask(a) -> bool:
+    """Whether ``a`` is a dask array (checked without importing dask)."""
+    t = type(a)
+    return t.__module__.startswith("dask.") and hasattr(a, "__dask_graph__") and hasattr(a, "chunks")
+
+
+def require_dask():
+    """``dask.array``, or an ImportError that says how to get it."""
+    try:
+        import dask.array as da
+    except ImportError as exc:  # pragma: no cover - dask is a test dependency
+        raise ImportError("dask arrays need dask: pip install 'numbaconv[dask]'") from exc
+    return da
+
+
+def host(a, name: str):
+    """A small operand (weight, bias, kernel) as a NumPy array: computed
+    when it is a dask array."""
+    if a is None:
+        return None
+    if is_dask(a):
+        return np.asarray(a.compute())
+    return a
+
+
+def no_out(out, name: str = "out") -> None:
+    if out is not None and not isinstance(out, (type, np.dtype, str)):
+        raise TypeError(
+            f"{name}= cannot be an array for a dask input: the result is a lazy dask array; "
+            "write it with dask.array.store / to_zarr (a dtype is accepted where the function takes one)"
+        )
+
+
+# ---------------------------------------------------------------- axes
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """One spatial axis of a block-wise call: ``out`` outputs, output ``o``
+    reading input indices ``fold_index(o * stride + j - lo, size, mode)``
+    for ``j < span`` (-1: the fill value)."""
+
+    size: int
+    out: int
+    stride: int
+    span: int
+    lo: int
+    mode: str
+
+    def window(self, o0: int, o1: int) -> np.ndarray:
+        """Input index (or -1) of each padded position outputs ``[o0, o1)`` read."""
+        p = np.arange(o0 * self.stride, (o1 - 1) * self.stride + self.span, dtype=np.int64)
+        return np.asarray(fold_index(p - self.lo, self.size, self.mode), dtype=np.int64)
+
+    @property
+    def halo(self) -> tuple[int, int]:
+        """Input positions read before and after the ones an output is centred on."""
+        c = (self.span - 1) // 2
+        return c, self.span - 1 - c
+
+
+def out_chunks(axis: Axis, in_chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Output chunks matching the input chunks: output ``o`` goes with the
+    input chunk that holds the centre of its window (chunk starts aligned
+    to the stride); empty chunks dropped."""
+    bounds = np.cumsum((0,) + tuple(in_chunks))
+    c = (axis.span - 1) // 2
+    cuts = {0, axis.out}
+    for b in bounds[1:-1]:
+        cuts.add(int(min(axis.out, max(0, -(-(int(b) + axis.lo - c) // axis.stride)))))
+    cuts = sorted(cuts)
+    return tuple(b - a for a, b in zip(cuts, cuts[1:]) if b > a) or (axis.out,)
+
+
+def split_chunks(chunks: tuple[int, ...], parts: int) -> tuple[int, ...]:
+    """Each chunk cut into ``parts`` nearly equal pieces (none empty)."""
+    out = []
+    for c in chunks:
+        n = max(1, min(parts, c))
+        out += [c // n + (i < c % n) for i in range(n)]
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """The input chunks a window touches along one axis and, for each
+    window position, its index in their concatenation (-1: the fill)."""
+
+    ids: tuple[int, ...]
+    pos: np.ndarray
+
+    @classmethod
+    def of(cls, idx: np.ndarray, bounds: np.ndarray) -> Source:
+        valid = idx >= 0
+        if not valid.any():
+            return cls((0,), np.full(idx.shape, -1, dtype=np.int64))
+        cid = np.searchsorted(bounds, idx[valid], side="right") - 1
+        ids = np.unique(cid)
+        sizes = bounds[ids + 1] - bounds[ids]
+        start = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        pos = np.full(idx.shape, -1, dtype=np.int64)
+        pos[valid] = start[np.searchsorted(ids, cid)] + idx[valid] - bounds[cid]
+        return cls(tuple(int(i) for i in ids), pos)
+
+
+def _concat(nested, axis: int):
+    """A nested list of arrays (one level per axis from ``axis``) joined."""
+    if not isinstance(nested, list):
+        return nested
+    parts = [_concat(p, axis + 1) for p in nested]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
+
+
+def assemble(nested, positions, first_axis: int, fill) -> np.ndarray:
+    """The slab: the chunks joined, then along each spatial axis (from
+    ``first_axis``) the window's positions taken (a slice where they are a
+    contiguous run; else a gather, -1 reading an appended fill plane)."""
+    a = _concat(nested, first_axis)
+    for i, pos in enumerate(positions):
+        ax = first_axis + i
+        if pos.size and pos[0] >= 0 and np.all(np.diff(pos) == 1):
+            a = a[(slice(None),) * ax + (slice(int(pos[0]), int(pos[-1]) + 1),)]
+            continue
+        if (pos < 0).any():
+            shape = list(a.shape)
+            shape[ax] = 1
+            a = np.concatenate((a, np.full(shape, fill, dtype=a.dtype)), axis=ax)
+            pos = np.where(pos < 0, a.shape[ax] - 1, pos)
+        a = np.take(a, pos, axis=ax)
+    return a
+
+
+# ---------------------------------------------------------------- threads
+
+
+def worker_threads() -> int:
+    """Threads of the dask worker running the calling task: a
+    distributed worker's ``nthreads``; 1 on the calling (main) thread (the
+    synchronous scheduler); else the threaded scheduler's pool size."""
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        pass
+    if threading.current_thread() is threading.main_thread():
+        return 1
+    import dask
+
+    n = dask.config.get("num_workers", None)
+    if n:
+        return max(1, int(n))
+    from dask.system import CPU_COUNT
+
+    return max(1, int(CPU_COUNT))
+
+
+def task_threads() -> int:
+    """Numba threads a block task uses: ``config.dask_numba_threads`` when
+    set, else the cores (Numba's thread count) divided by the worker's
+    threads, at least 1."""
+    import numba
+
+    if config.dask_numba_threads:
+        return max(1, min(int(config.dask_numba_threads), numba.config.NUMBA_NUM_THREADS))
+    return max(1, numba.config.NUMBA_NUM_THREADS // worker_threads())
+
+
+@contextlib.contextmanager
+def _task_context(settings: dict):
+    """The caller's numbaconv settings, and the task's Numba threads."""
+    import numba
+
+    before = numba.get_num_threads()
+    with config.override(**settings):
+        numba.set_num_threads(task_threads())
+        try:
+            yield
+        finally:
+            numba.set_num_threads(before)
+
+
+def _settings() -> dict:
+    """The calling thread's settings a task takes with it (workers are other
+    processes: their own config would not carry the caller's overrides)."""
+    keep = ("workspace_bytes", "direct_layout", "simd_lanes", "simd_block", "dask_numba_threads")
+    return {k: getattr(config, k) for k in keep}
+
+
+# ---------------------------------------------------------------- graphs
+
+
+def _token(*parts) -> str:
+    from dask.base import tokenize
+
+    return tokenize(*parts)
+
+
+def _bounds(chunks) -> np.ndarray:
+    return np.cumsum((0,) + tuple(chunks))
+
+
+def _keys_for(name, lead: tuple, ids_per_axis) -> list:
+    """Nested key lists (one level per spatial axis) of ``name``'s chunks
+    ``lead + (i, j, ...)``."""
+
+    def nest(prefix, rest):
+        if not rest:
+            return (name,) + lead + prefix
+        return [nest(prefix + (i,), rest[1:]) for i in rest[0]]
+
+    return nest((), tuple(ids_per_axis))
+
+
+def _block_call(fn, nested, positions, first_axis, fill, settings, *args):
+    """A block task: the slab assembled, then ``fn(slab, *args)``."""
+    with _task_context(settings):
+        slab = assemble(nested, positions, first_axis, fill)
+        return fn(slab, *args)
+
+
+def _sum_call(parts, bias, dtype):
+    total = parts[0].astype(dtype, copy=True)
+    for p in parts[1:]:
+        total += p
+    if bias is not None:
+        total += bias.reshape((1, -1) + (1,) * (total.ndim - 2)).astype(dtype, copy=False)
+    return total
+
+
+def _add_bias(block, bias, dtype):
+    return _sum_call([block], bias, dtype)
+
+
+@dataclasses.dataclass
+class Layout:
+    """What :func:`explain_dask` reports of a dask call: the chunks in and
+    out, each spatial axis's halo, the tasks and one task's memory."""
+
+    op: str
+    input_chunks: tuple
+    output_chunks: tuple
+    halos: tuple
+    tasks: int
+    task_bytes: int
+    reasons: list
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.op} on a dask array: {self.tasks} tasks",
+            f"  input chunks  {_short(self.input_chunks)}",
+            f"  output chunks {_short(self.output_chunks)}",
+            f"  halos (before, after) per spatial axis: {self.halos}",
+            f"  largest task: ~{self.task_bytes / 2**20:.1f} MiB (slab + result; config.workspace_bytes "
+            f"{config.workspace_bytes / 2**20:.0f} MiB on top for the kernel)",
+        ]
+        return "\n".join(lines + [f"  - {r}" for r in self.reasons])
+
+
+def _short(chunks) -> str:
+    def one(c):
+        if len(c) <= 4:
+            return str(tuple(c))
+        return f"({c[0]}, {c[1]}, ... {c[-1]}: {len(c)} chunks)"
+
+    return "(" + ", ".join(one(c) for c in chunks) + ")"
+
+
+def plan_axes(x, axes: list[Axis], first_axis: int, lead_bytes: int, out_item: int, reasons: list):
+    """The input rechunked where its chunks are far smaller than the halo
+    (so a block reads at most a few chunks), and the output chunks of each
+    spatial axis, split until a task's slab and result fit
+    ``config.workspace_bytes`` (``lead_bytes``: bytes per spatial element
+    of the slab's leading axes, ``out_item`` of the result's)."""
+    chunks = list(x.chunks)
+    for i, ax in enumerate(axes):
+        c = chunks[first_axis + i]
+        if len(c) > 1 and min(c[:-1]) < ax.span - 1:
+            want = min(ax.size, max(2 * (ax.span - 1), max(c)))
+            reasons.append(
+                f"spatial axis {i}: input chunks of {min(c[:-1])} are shorter than the halo "
+                f"({ax.span - 1}); rechunked to {want} so that a block reads at most three chunks"
+            )
+            chunks[first_axis + i] = want
+    if tuple(chunks) != tuple(x.chunks):
+        x = x.rechunk(tuple(chunks))
+    outs = [out_chunks(ax, x.chunks[first_axis + i]) for i, ax in enumerate(axes)]
+    budget = config.workspace_bytes
+    for _ in range(64):
+        slab = [max(c) * ax.stride + ax.span for c, ax in zip(outs, axes)]
+        size = lead_bytes * math.prod(slab) + out_item * math.prod(max(c) for c in outs)
+        if size <= budget:
+            break
+        i = int(np.argmax([max(c) for c in outs]))
+        if max(outs[i]) <= 1:
+            break
+        outs[i] = split_chunks(outs[i], 2)
+    else:  # pragma: no cover - 64 halvings
+        pass
+    if outs != [out_chunks(ax, x.chunks[first_axis + i]) for i, ax in enumerate(axes)]:
+        reasons.append(
+            f"output blocks split so that a task's slab and result stay within config.workspace_bytes "
+            f"({budget / 2**20:.0f} MiB)"
+        )
+    return x, outs, size
+
+
+def windows(axes: list[Axis], outs, x_chunks, first_axis: int):
+    """Per spatial axis, per output chunk: (o0, o1, Source)."""
+    per_axis = []
+    for i, (ax, oc) in enumerate(zip(axes, outs)):
+        bounds = _bounds(x_chunks[first_axis + i])
+        items = []
+        o0 = 0
+        for c in oc:
+            items.append((o0, o0 + c, Source.of(ax.window(o0, o0 + c), bounds)))
+            o0 += c
+        per_axis.append(items)
+    return per_axis
+
+
+def _array(graph_name, dsk, x, chunks, dtype):
+    from dask.highlevelgraph import HighLevelGraph
+
+    da = require_dask()
+    g = HighLevelGraph.from_collections(graph_name, dsk, dependencies=[x])
+    return da.Array(g, graph_name, chunks, dtype=dtype)
+
+
+def _constants(dsk, token, **values) -> dict:
+    """Each value under a key of its own in ``dsk`` (None stays None)."""
+    keys = {}
+    for name, value in values.items():
+        if value is None:
+            keys[name] = None
+            continue
+        key = (f"numbaconv-{name}-{token}",)
+        dsk[key] = value
+        keys[name] = key
+    return keys
+
+
+def _spatial_grid(wins):
+    """Every spatial block: (its index, per axis (o0, o1, Source))."""
+    for combo in itertools.product(*[list(enumerate(items)) for items in wins]):
+        yield tuple(i for i, _ in combo), tuple(item for _, item in combo)
+
+
+# ---------------------------------------------------------------- conv
+
+
+def _group_chunks(chunks, cg: int) -> tuple[int, ...]:
+    """Channel chunks moved to whole groups of ``cg`` channels."""
+    cuts = {0, sum(chunks)}
+    for b in np.cumsum(chunks)[:-1]:
+        cuts.add(int(round(b / cg)) * cg)
+    cuts = sorted(cuts)
+    return tuple(b - a for a, b in zip(cuts, cuts[1:]) if b > a)
+
+
+def _conv_part(slab, w, b, lo, hi, groups, kwargs):
+    """One block's conv: input channels ``[lo, hi)`` of the weight (``groups``
+    0: one group, a partial sum when that is not all of them) or output
+    channels ``[lo, hi)`` (``groups`` whole groups)."""
+    from .api import conv
+
+    if groups == 0:
+        wk, bk = w[:, lo:hi], b
+    else:
+        wk, bk = w[lo:hi], (None if b is None else b[lo:hi])
+    return conv(slab, wk, bk, padding=0, groups=max(groups, 1), **kwargs)
+
+
+def _channel_split(x, plan, reasons):
+    """The input rechunked to whole groups (grouped convs), and per channel
+    chunk the weight slice, groups (0: the input channels of one group) and
+    output channels: ``(lo, hi, groups, out_lo, out_hi)``."""
+    chunks = x.chunks[1]
+    G, cg, og = plan.groups, plan.c_in // plan.groups, plan.c_out // plan.groups
+    if G > 1:
+        aligned = _group_chunks(chunks, cg)
+        if aligned != tuple(chunks):
+            reasons.append(f"channel chunks moved to whole groups ({cg} channels each): {aligned}")
+            x = x.rechunk({1: aligned})
+        parts, c0 = [], 0
+        for c in x.chunks[1]:
+            g0, g1 = c0 // cg, (c0 + c) // cg
+            parts.append((g0 * og, g1 * og, g1 - g0, g0 * og, g1 * og))
+            c0 += c
+        return x, parts
+    if len(chunks) > 1:
+        reasons.append(f"input channels in {len(chunks)} chunks: partial sums added by one task per block")
+    bounds = _bounds(chunks)
+    return x, [(int(a), int(b), 0, 0, plan.c_out) for a, b in zip(bounds, bounds[1:])]
+
+
+def _operands(op, x, weight, bias):
+    """The weight and bias as NumPy arrays, dtypes checked, the result dtype."""
+    from .shapes import check_dtype, result_dtype
+
+    require_dask()
+    w = np.asarray(host(weight, "weight"))
+    b = None if bias is None else np.asarray(host(bias, "bias"))
+    dtypes = [x.dtype, w.dtype] + ([] if b is None else [b.dtype])
+    for name, d in zip(("input", "weight", "bias"), dtypes):
+        check_dtype(d, name)
+    if b is not None and b.ndim != 1:
+        raise ValueError(f"bias must be 1-D with shape (C_out,), got shape {b.shape}")
+    return w, b, result_dtype(*dtypes)
+
+
+def _plan_axes(plan) -> list[Axis]:
+    """The conv plan's spatial axes."""
+    return [
+        Axis(
+            plan.in_size[i], plan.out_size[i], plan.stride[i], plan.spans[i], plan.padding[i][0], plan.mode(i)
+        )
+        for i in range(3 - plan.ndim, 3)
+    ]
+
+
+def _task_count(dsk, keys) -> int:
+    return len(dsk) - sum(v is not None for v in keys.values())
+
+
+def conv(ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode, method, out, explain=False):
+    """``conv*`` of a dask input (see the module docstring); ``explain``:
+    the :class:`Layout` instead of the result."""
+    from . import dispatch
+    from .shapes import make_conv_plan
+
+    no_out(out)
+    w, b, dtype = _operands("conv", x, weight, bias)
+    method = dispatch.check_method("conv", method)
+    bshape = None if b is None else b.shape
+    plan = make_conv_plan(
+        x.shape,
+        w.shape,
+        bshape,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode=padding_mode,
+        dtype=dtype,
+        ndim=ndim,
+    )
+    x = x if plan.batched else x[None]
+    reasons: list = []
+    x, parts = _channel_split(x, plan, reasons)
+    axes = _plan_axes(plan)
+    item = np.dtype(dtype).itemsize
+    nb, omax = max(x.chunks[0]), max(p[4] - p[3] for p in parts)
+    x, outs, size = plan_axes(x, axes, 2, nb * max(x.chunks[1]) * item, nb * omax * item, reasons)
+    wins = windows(axes, outs, x.chunks, 2)
+    kwargs = dict(stride=plan.stride[3 - ndim :], dilation=plan.dilation[3 - ndim :], method=method)
+    settings = _settings()
+    token = _token(x.name, w, b, kwargs, plan, settings)
+    name = f"numbaconv-conv-{token}"
+    dsk: dict = {}
+    keys = _constants(dsk, token, weight=w, bias=b)
+    partial = plan.groups == 1 and len(parts) > 1
+    for n in range(len(x.chunks[0])):
+        for s_idx, items in _spatial_grid(wins):
+            positions = [src.pos for _, _, src in items]
+            ids = [src.ids for _, _, src in items]
+            part_keys = []
+            for c, (lo, hi, g, _, _) in enumerate(parts):
+                nested = _keys_for(x.name, (n, c), ids)
+                bias_key = None if partial else keys["bias"]
+                task = (
+                    _block_call,
+                    _conv_part,
+                    nested,
+                    positions,
+                    2,
+                    0,
+                    settings,
+                    keys["weight"],
+                    bias_key,
+                    lo,
+                    hi,
+                    g,
+                    kwargs,
+                )
+                key = (name + "-part", n, c) + s_idx if partial else (name, n, c) + s_idx
+                dsk[key] = task
+                part_keys.append(key)
+            if partial:
+                dsk[(name, n, 0) + s_idx] = (_sum_call, part_keys, keys["bias"], dtype)
+    cout = (plan.c_out,) if plan.groups == 1 else tuple(p[4] - p[3] for p in parts)
+    ochunks = (x.chunks[0], cout) + tuple(outs)
+    if explain:
+        halos = tuple(ax.halo for ax in axes)
+        return Layout("conv", x.chunks, ochunks, halos, _task_count(dsk, keys), size, reasons)
+    y = _array(name, dsk, x, ochunks, dtype)
+    return y if plan.batched else y[0]
