@@ -175,7 +175,9 @@ def _conv_impl(
 ):
     if lazy.is_dask(input):
         _check_device(device)
-        return lazy.conv(ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, out)
+        return lazy.conv(
+            ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, out
+        )
     x, w, b, method, dtype, where = _prepare("conv", input, weight, bias, method, device)
     plan = make_conv_plan(
         x.shape,
@@ -220,6 +222,23 @@ def _conv_transpose_impl(
     device,
     out,
 ):
+    if lazy.is_dask(input):
+        _check_device(device)
+        return lazy.conv_transpose(
+            ndim,
+            input,
+            weight,
+            bias,
+            stride,
+            padding,
+            output_padding,
+            groups,
+            dilation,
+            output_size,
+            padding_mode,
+            method,
+            out,
+        )
     x, w, b, method, dtype, where = _prepare("conv_transpose", input, weight, bias, method, device)
     plan = make_conv_transpose_plan(
         x.shape,

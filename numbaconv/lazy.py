@@ -110,6 +110,18 @@ class Axis:
         c = (self.span - 1) // 2
         return c, self.span - 1 - c
 
+    @property
+    def reach(self) -> int:
+        """Input positions a block reads beyond its own chunk."""
+        return self.span - 1
+
+    def chunks_for(self, in_chunks) -> tuple[int, ...]:
+        return out_chunks(self, in_chunks)
+
+    def slab_len(self, c: int) -> int:
+        """Input positions ``c`` outputs read."""
+        return (c - 1) * self.stride + self.span
+
 
 def out_chunks(axis: Axis, in_chunks: tuple[int, ...]) -> tuple[int, ...]:
     """Output chunks matching the input chunks: output ``o`` goes with the
@@ -318,43 +330,43 @@ def _short(chunks) -> str:
     return "(" + ", ".join(one(c) for c in chunks) + ")"
 
 
-def plan_axes(x, axes: list[Axis], first_axis: int, lead_bytes: int, out_item: int, reasons: list):
-    """The input rechunked where its chunks are far smaller than the halo
-    (so a block reads at most a few chunks), and the output chunks of each
-    spatial axis, split until a task's slab and result fit
-    ``config.workspace_bytes`` (``lead_bytes``: bytes per spatial element
-    of the slab's leading axes, ``out_item`` of the result's)."""
+def plan_axes(x, axes, first_axis: int, lead_bytes: int, out_item: int, reasons: list):
+    """The input rechunked where its chunks are shorter than the halo (so
+    that a block reads at most three chunks), and the output chunks of each
+    spatial axis (``axes``: :class:`Axis` or :class:`TAxis`), split until a
+    task's slab and result fit ``config.workspace_bytes`` (``lead_bytes``:
+    bytes per spatial element of the slab's leading axes, ``out_item`` of
+    the result's). Returns the input, the output chunks and a task's bytes."""
     chunks = list(x.chunks)
     for i, ax in enumerate(axes):
         c = chunks[first_axis + i]
-        if len(c) > 1 and min(c[:-1]) < ax.span - 1:
-            want = min(ax.size, max(2 * (ax.span - 1), max(c)))
+        if len(c) > 1 and min(c[:-1]) < ax.reach:
+            want = min(ax.size, max(2 * ax.reach, max(c)))
             reasons.append(
                 f"spatial axis {i}: input chunks of {min(c[:-1])} are shorter than the halo "
-                f"({ax.span - 1}); rechunked to {want} so that a block reads at most three chunks"
+                f"({ax.reach}); rechunked to {want} so that a block reads at most three chunks"
             )
             chunks[first_axis + i] = want
     if tuple(chunks) != tuple(x.chunks):
         x = x.rechunk(tuple(chunks))
-    outs = [out_chunks(ax, x.chunks[first_axis + i]) for i, ax in enumerate(axes)]
-    budget = config.workspace_bytes
-    for _ in range(64):
-        slab = [max(c) * ax.stride + ax.span for c, ax in zip(outs, axes)]
-        size = lead_bytes * math.prod(slab) + out_item * math.prod(max(c) for c in outs)
-        if size <= budget:
-            break
+    first = [ax.chunks_for(x.chunks[first_axis + i]) for i, ax in enumerate(axes)]
+    outs = list(first)
+
+    def task_bytes():
+        slab = math.prod(ax.slab_len(max(c)) for c, ax in zip(outs, axes))
+        return lead_bytes * slab + out_item * math.prod(max(c) for c in outs)
+
+    while task_bytes() > config.workspace_bytes:
         i = int(np.argmax([max(c) for c in outs]))
         if max(outs[i]) <= 1:
             break
         outs[i] = split_chunks(outs[i], 2)
-    else:  # pragma: no cover - 64 halvings
-        pass
-    if outs != [out_chunks(ax, x.chunks[first_axis + i]) for i, ax in enumerate(axes)]:
+    if outs != first:
         reasons.append(
-            f"output blocks split so that a task's slab and result stay within config.workspace_bytes "
-            f"({budget / 2**20:.0f} MiB)"
+            "output blocks split so that a task's slab and result stay within config.workspace_bytes "
+            f"({config.workspace_bytes / 2**20:.0f} MiB)"
         )
-    return x, outs, size
+    return x, outs, task_bytes()
 
 
 def windows(axes: list[Axis], outs, x_chunks, first_axis: int):
@@ -410,7 +422,7 @@ def _group_chunks(chunks, cg: int) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip(cuts, cuts[1:]) if b > a)
 
 
-def _conv_part(slab, w, b, lo, hi, groups, kwargs):
+def _conv_part(slab, w, b, lo, hi, groups, kwargs, dtype):
     """One block's conv: input channels ``[lo, hi)`` of the weight (``groups``
     0: one group, a partial sum when that is not all of them) or output
     channels ``[lo, hi)`` (``groups`` whole groups)."""
@@ -420,7 +432,14 @@ def _conv_part(slab, w, b, lo, hi, groups, kwargs):
         wk, bk = w[:, lo:hi], b
     else:
         wk, bk = w[lo:hi], (None if b is None else b[lo:hi])
-    return conv(slab, wk, bk, padding=0, groups=max(groups, 1), **kwargs)
+    return conv(
+        slab.astype(dtype, copy=False),
+        wk.astype(dtype, copy=False),
+        bk,
+        padding=0,
+        groups=max(groups, 1),
+        **kwargs,
+    )
 
 
 def _channel_split(x, plan, reasons):
@@ -520,21 +539,8 @@ def conv(ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode,
             for c, (lo, hi, g, _, _) in enumerate(parts):
                 nested = _keys_for(x.name, (n, c), ids)
                 bias_key = None if partial else keys["bias"]
-                task = (
-                    _block_call,
-                    _conv_part,
-                    nested,
-                    positions,
-                    2,
-                    0,
-                    settings,
-                    keys["weight"],
-                    bias_key,
-                    lo,
-                    hi,
-                    g,
-                    kwargs,
-                )
+                args = (keys["weight"], bias_key, lo, hi, g, kwargs, dtype)
+                task = (_block_call, _conv_part, nested, positions, 2, 0, settings) + args
                 key = (name + "-part", n, c) + s_idx if partial else (name, n, c) + s_idx
                 dsk[key] = task
                 part_keys.append(key)
@@ -545,5 +551,248 @@ def conv(ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode,
     if explain:
         halos = tuple(ax.halo for ax in axes)
         return Layout("conv", x.chunks, ochunks, halos, _task_count(dsk, keys), size, reasons)
+    y = _array(name, dsk, x, ochunks, dtype)
+    return y if plan.batched else y[0]
+
+
+# ---------------------------------------------------------------- transposed
+
+
+@dataclasses.dataclass(frozen=True)
+class TAxis:
+    """One spatial axis of a transposed op: input ``i`` reaches full
+    positions ``i * stride + [0, span)``; full position ``q`` lands on output
+    ``fold_index(q - lo, out, mode)`` (the adjoint of conv's padding; zeros:
+    dropped outside ``[0, out)``)."""
+
+    size: int
+    out: int
+    stride: int
+    span: int
+    lo: int
+    hi: int
+    mode: str
+
+    @property
+    def reach(self) -> int:
+        return -(-(self.span - 1) // self.stride)
+
+    @property
+    def halo(self) -> tuple[int, int]:
+        return self.reach, self.reach
+
+    def chunks_for(self, in_chunks) -> tuple[int, ...]:
+        """Output chunks: input chunk ``j``'s outputs start at the full
+        position of its first input's window centre."""
+        bounds = _bounds(in_chunks)
+        c = (self.span - 1) // 2
+        cuts = {0, self.out}
+        for b in bounds[1:-1]:
+            cuts.add(int(min(self.out, max(0, int(b) * self.stride + c - self.lo))))
+        cuts = sorted(cuts)
+        return tuple(b - a for a, b in zip(cuts, cuts[1:]) if b > a) or (self.out,)
+
+    def slab_len(self, c: int) -> int:
+        return -(-(c + self.span - 1) // self.stride) + 1
+
+    def runs(self, o0: int, o1: int) -> list:
+        """The runs of full positions landing in outputs ``[o0, o1)``:
+        ``(r0, r1, dst)`` (``dst``: each position's output index in the block)."""
+        out = [(o0 + self.lo, o1 + self.lo, np.arange(o1 - o0, dtype=np.int64))]
+        if self.mode == "zeros":
+            return out
+        q = np.concatenate(
+            (np.arange(0, self.lo), np.arange(self.lo + self.out, self.lo + self.out + self.hi))
+        ).astype(np.int64)
+        f = np.asarray(fold_index(q - self.lo, self.out, self.mode), dtype=np.int64)
+        q, f = q[(f >= o0) & (f < o1)], f[(f >= o0) & (f < o1)]
+        for piece in np.split(np.arange(q.size), np.flatnonzero(np.diff(q) != 1) + 1):
+            if piece.size:
+                out.append((int(q[piece[0]]), int(q[piece[-1]]) + 1, f[piece] - o0))
+        return out
+
+    def inputs(self, r0: int, r1: int) -> tuple[int, int]:
+        """The inputs reaching full positions ``[r0, r1)``."""
+        return max(0, -(-(r0 - self.span + 1) // self.stride)), min(self.size, (r1 - 1) // self.stride + 1)
+
+
+def _t_axis_items(ax: TAxis, outs, bounds):
+    """Per output chunk of one axis: (its chunk ids, its runs as ``(p0, i0,
+    n, r0, r1, dst)``, ``p0`` the position of input ``i0`` in the chunks'
+    concatenation)."""
+    items, o0 = [], 0
+    for c in outs:
+        runs = []
+        for r0, r1, dst in ax.runs(o0, o0 + c):
+            i0, i1 = ax.inputs(r0, r1)
+            if i1 > i0:
+                runs.append((i0, i1, r0, r1, dst))
+        need = np.unique(
+            np.concatenate([np.arange(i0, i1) for i0, i1, *_ in runs] or [np.zeros(0, np.int64)])
+        )
+        src = Source.of(need.astype(np.int64), bounds)
+        located = [
+            (int(src.pos[np.searchsorted(need, i0)]), i0, i1 - i0, r0, r1, d) for i0, i1, r0, r1, d in runs
+        ]
+        items.append((src.ids, located, c))
+        o0 += c
+    return items
+
+
+def _tconv_block(nested, runs, settings, w, b, part, kwargs, shape, dtype):
+    """One output block of a transposed op: per combination of runs (one
+    per axis) the transposed conv of the inputs reaching it, its positions
+    added into the block (by index where the padding folds them)."""
+    from .api import conv_transpose
+
+    lo, hi, groups, olo, ohi = part  # input channels, groups (0: part of one), output channels
+    with _task_context(settings):
+        sub = _concat(nested, 2)
+        wk = w[lo:hi]
+        block = np.zeros(shape, dtype)
+        stride = kwargs["stride"]
+        for combo in itertools.product(*runs):
+            slab = sub[(slice(None),) * 2 + tuple(slice(p0, p0 + n) for p0, _, n, *_ in combo)]
+            full = conv_transpose(
+                slab.astype(dtype, copy=False),
+                wk.astype(dtype, copy=False),
+                None,
+                padding=0,
+                groups=max(groups, 1),
+                **kwargs,
+            )
+            src, dst = [], []
+            for ax, (_, i0, _, r0, r1, d) in enumerate(combo):
+                base = i0 * stride[ax]
+                a, e = max(r0, base), min(r1, base + full.shape[2 + ax])
+                if a >= e:
+                    break
+                src.append(slice(a - base, e - base))
+                dst.append(d[a - r0 : e - r0])
+            else:
+                vals = full[(slice(None),) * 2 + tuple(src)]
+                if all(np.all(np.diff(d) == 1) for d in dst):
+                    block[(slice(None),) * 2 + tuple(slice(int(d[0]), int(d[-1]) + 1) for d in dst)] += vals
+                else:
+                    np.add.at(block, (slice(None), slice(None)) + np.ix_(*dst), vals)
+        return block if b is None else _add_bias(block, b[olo:ohi], dtype)
+
+
+def _t_parts(x, plan, reasons):
+    """:func:`_channel_split` for the transposed op (weight ``(C_in, C_out /
+    groups, ...)``): per channel chunk ``(lo, hi, groups, out_lo, out_hi)``
+    with ``lo, hi`` input channels."""
+    G, cg, og = plan.groups, plan.c_in // plan.groups, plan.c_out // plan.groups
+    if G > 1:
+        aligned = _group_chunks(x.chunks[1], cg)
+        if aligned != tuple(x.chunks[1]):
+            reasons.append(f"channel chunks moved to whole groups ({cg} channels each): {aligned}")
+            x = x.rechunk({1: aligned})
+    elif len(x.chunks[1]) > 1:
+        reasons.append(
+            f"input channels in {len(x.chunks[1])} chunks: partial sums added by one task per block"
+        )
+    parts, c0 = [], 0
+    for c in x.chunks[1]:
+        if G > 1:
+            g0, g1 = c0 // cg, (c0 + c) // cg
+            parts.append((c0, c0 + c, g1 - g0, g0 * og, g1 * og))
+        else:
+            parts.append((c0, c0 + c, 0, 0, plan.c_out))
+        c0 += c
+    return x, parts
+
+
+def conv_transpose(
+    ndim,
+    x,
+    weight,
+    bias,
+    stride,
+    padding,
+    output_padding,
+    groups,
+    dilation,
+    output_size,
+    padding_mode,
+    method,
+    out,
+    explain=False,
+):
+    """``conv_transpose*`` of a dask input, as a gather over input halos."""
+    from . import dispatch
+    from .shapes import make_conv_transpose_plan
+
+    no_out(out)
+    w, b, dtype = _operands("conv_transpose", x, weight, bias)
+    method = dispatch.check_method("conv_transpose", method)
+    bshape = None if b is None else b.shape
+    plan = make_conv_transpose_plan(
+        x.shape,
+        w.shape,
+        bshape,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size=output_size,
+        padding_mode=padding_mode,
+        dtype=dtype,
+        ndim=ndim,
+    )
+    x = x if plan.batched else x[None]
+    reasons: list = []
+    x, parts = _t_parts(x, plan, reasons)
+    dims = range(3 - plan.ndim, 3)
+    axes = [
+        TAxis(
+            plan.in_size[i], plan.out_size[i], plan.stride[i], plan.spans[i], *plan.padding[i], plan.mode(i)
+        )
+        for i in dims
+    ]
+    item = np.dtype(dtype).itemsize
+    nb, omax = max(x.chunks[0]), max(p[4] - p[3] for p in parts)
+    x, outs, size = plan_axes(x, axes, 2, nb * max(x.chunks[1]) * item, nb * omax * item, reasons)
+    items = [_t_axis_items(ax, outs[i], _bounds(x.chunks[2 + i])) for i, ax in enumerate(axes)]
+    kwargs = dict(stride=plan.stride[3 - ndim :], dilation=plan.dilation[3 - ndim :], method=method)
+    settings = _settings()
+    token = _token(x.name, w, b, kwargs, plan, settings)
+    name = f"numbaconv-conv_transpose-{token}"
+    dsk: dict = {}
+    keys = _constants(dsk, token, weight=w, bias=b)
+    partial = plan.groups == 1 and len(parts) > 1
+    for n, nb_n in enumerate(x.chunks[0]):
+        for combo in itertools.product(*[list(enumerate(it)) for it in items]):
+            s_idx = tuple(i for i, _ in combo)
+            ids = [it[0] for _, it in combo]
+            runs = [it[1] for _, it in combo]
+            spatial = tuple(it[2] for _, it in combo)
+            part_keys = []
+            for c, part in enumerate(parts):
+                shape = (nb_n, part[4] - part[3]) + spatial
+                bias_key = None if partial else keys["bias"]
+                task = (
+                    _tconv_block,
+                    _keys_for(x.name, (n, c), ids),
+                    runs,
+                    settings,
+                    keys["weight"],
+                    bias_key,
+                    part,
+                    kwargs,
+                    shape,
+                    dtype,
+                )
+                key = (name + "-part", n, c) + s_idx if partial else (name, n, c) + s_idx
+                dsk[key] = task
+                part_keys.append(key)
+            if partial:
+                dsk[(name, n, 0) + s_idx] = (_sum_call, part_keys, keys["bias"], dtype)
+    cout = (plan.c_out,) if plan.groups == 1 else tuple(p[4] - p[3] for p in parts)
+    ochunks = (x.chunks[0], cout) + tuple(outs)
+    if explain:
+        halos = tuple(ax.halo for ax in axes)
+        return Layout("conv_transpose", x.chunks, ochunks, halos, _task_count(dsk, keys), size, reasons)
     y = _array(name, dsk, x, ochunks, dtype)
     return y if plan.batched else y[0]
