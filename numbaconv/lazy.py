@@ -100,9 +100,13 @@ class Axis:
     mode: str
 
     def window(self, o0: int, o1: int) -> np.ndarray:
-        """Input index (or -1) of each padded position outputs ``[o0, o1)`` read."""
-        p = np.arange(o0 * self.stride, (o1 - 1) * self.stride + self.span, dtype=np.int64)
-        return np.asarray(fold_index(p - self.lo, self.size, self.mode), dtype=np.int64)
+        """Input index (or -1) of each padded position outputs ``[o0, o1)``
+        read; mode "clip": only the ones inside the input (the function run
+        on the slab pads the true edges itself)."""
+        p = np.arange(o0 * self.stride, (o1 - 1) * self.stride + self.span, dtype=np.int64) - self.lo
+        if self.mode == "clip":
+            return p[(p >= 0) & (p < self.size)]
+        return np.asarray(fold_index(p, self.size, self.mode), dtype=np.int64)
 
     @property
     def halo(self) -> tuple[int, int]:
@@ -175,11 +179,14 @@ def _concat(nested, axis: int):
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
-def assemble(nested, positions, first_axis: int, fill) -> np.ndarray:
-    """The slab: the chunks joined, then along each spatial axis (from
-    ``first_axis``) the window's positions taken (a slice where they are a
-    contiguous run; else a gather, -1 reading an appended fill plane)."""
+def assemble(nested, positions, first_axis: int, fill, dtype=None) -> np.ndarray:
+    """The slab: the chunks joined (cast to ``dtype`` if given), then along
+    each spatial axis (from ``first_axis``) the window's positions taken (a
+    slice where they are a contiguous run; else a gather, -1 reading an
+    appended fill plane)."""
     a = _concat(nested, first_axis)
+    if dtype is not None:
+        a = a.astype(dtype, copy=False)
     for i, pos in enumerate(positions):
         ax = first_axis + i
         if pos.size and pos[0] >= 0 and np.all(np.diff(pos) == 1):
@@ -796,3 +803,106 @@ def conv_transpose(
         return Layout("conv_transpose", x.chunks, ochunks, halos, _task_count(dsk, keys), size, reasons)
     y = _array(name, dsk, x, ochunks, dtype)
     return y if plan.batched else y[0]
+
+
+# ---------------------------------------------------------------- front-ends
+
+
+def _stencil_block(nested, positions, settings, dtype, fill, crops, fn, args, kwargs):
+    """A front-end's block: the slab (cast to the compute ``dtype``, the
+    fill value outside), ``fn(slab, *args, **kwargs)``, cropped to the block
+    where ``crops`` (per axis ``(start, length)``) is given."""
+    with _task_context(settings):
+        slab = assemble(nested, positions, 0, fill, dtype)
+        y = fn(slab, *args, **kwargs)
+        if crops is None:
+            return y
+        return y[tuple(slice(a, a + n) for a, n in crops)]
+
+
+def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=None, same=False):
+    """``fn`` (a front-end) block by block over the dask array ``x``, every
+    axis an :class:`Axis`: with ``same`` the function returns its slab's
+    shape and the block is cropped out of it (mode "clip" axes: the slab
+    stops at the true edges and the function pads them), else it returns
+    the block ('valid' on the slab)."""
+    reasons: list = []
+    item = np.dtype(dtype or x.dtype).itemsize
+    x, outs, size = plan_axes(x, axes, 0, item, np.dtype(out_dtype).itemsize, reasons)
+    wins = windows(axes, outs, x.chunks, 0)
+    settings = _settings()
+    token = _token(x.name, fn.__module__, fn.__name__, args, kwargs, axes, fill, str(dtype), same, settings)
+    name = f"numbaconv-{op}-{token}"
+    dsk: dict = {}
+    keys = _constants(dsk, token, arg=args[0] if args else None)
+    rest = tuple(args[1:])
+    for s_idx, items in _spatial_grid(wins):
+        positions = [src.pos for _, _, src in items]
+        crops = None
+        if same:
+            crops = []
+            for ax, (o0, o1, _) in zip(axes, items):
+                first = max(0, o0 - ax.lo) if ax.mode == "clip" else o0 - ax.lo
+                crops.append((o0 - first, o1 - o0))
+        nested = _keys_for(x.name, (), [src.ids for _, _, src in items])
+        call_args = ((keys["arg"],) if args else ()) + rest
+        dsk[(name,) + s_idx] = (
+            _stencil_block,
+            nested,
+            positions,
+            settings,
+            dtype,
+            fill,
+            crops,
+            fn,
+            list(call_args),
+            kwargs,
+        )
+    layout = Layout(
+        op, x.chunks, tuple(outs), tuple(ax.halo for ax in axes), _task_count(dsk, keys), size, reasons
+    )
+    return _array(name, dsk, x, tuple(outs), out_dtype), layout
+
+
+_NDIMAGE_FOLD = {
+    "reflect": "symmetric",
+    "grid-mirror": "symmetric",
+    "mirror": "reflect",
+    "nearest": "replicate",
+    "wrap": "circular",
+    "grid-wrap": "circular",
+    "constant": "clip",
+    "grid-constant": "clip",
+}
+
+
+def ndimage_filter(func, x, kwargs: dict, sizes, origins, modes):
+    """A :mod:`numbaconv.ndimage` filter of the dask array ``x``: ``sizes``,
+    ``origins`` and (SciPy) ``modes`` per axis of ``x``. Arguments are checked
+    by a call on a one-element array (SciPy's errors, the result dtype);
+    each block is the function on its slab, halos ``k - 1 + |origin|`` on
+    both sides (at least the filter's reach), cropped."""
+    no_out(kwargs.get("output"), "output")
+    probe = func(np.zeros((1,) * x.ndim, dtype=x.dtype), **kwargs)
+    axes = []
+    for L, k, o, m in zip(x.shape, sizes, origins, modes):
+        h = k - 1 + abs(int(o)) if k > 1 else 0
+        axes.append(Axis(L, L, 1, 2 * h + 1, h, _NDIMAGE_FOLD[m]))
+    y, _ = stencil(func.__name__, x, axes, func, (), kwargs, probe.dtype, same=True)
+    return y
+
+
+def signal_filter(func, x, in2, kwargs: dict, pads, fold: str, fill=0, dtype=None):
+    """A :mod:`numbaconv.signal` function of the dask array ``x`` and the
+    in-memory ``in2``: per axis the ``(lo, hi)`` padding of the correlation
+    its mode means (``fold``: how the padding reads the input; ``fill``
+    outside for 'zeros'); each block is ``func(slab, in2, mode='valid')``.
+    ``dtype``: the compute dtype the slab is cast to (before the fill)."""
+    axes = []
+    for L, k, (lo, hi) in zip(x.shape, in2.shape, pads):
+        axes.append(Axis(L, L + lo + hi - k + 1, 1, k, lo, fold if (lo or hi) else "zeros"))
+    probe = func(np.zeros(in2.shape, dtype=x.dtype), in2, **{**kwargs, "mode": "valid"})
+    y, _ = stencil(
+        func.__name__, x, axes, func, (in2,), {**kwargs, "mode": "valid"}, probe.dtype, fill, dtype
+    )
+    return y

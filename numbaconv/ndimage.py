@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import filters
+from . import filters, lazy
 
 __all__ = ["convolve", "convolve1d", "correlate", "correlate1d", "sepfilter"]
 
@@ -265,6 +265,36 @@ def _1d(input, weights, axis, output, mode, cval, origin, convolution, method):
     return _run(x, w.reshape(shape), origins, fmode, cval, out, convolution, method)
 
 
+def _lazy(func, input, kwargs, sizes, origins, modes):
+    """A dask ``input``: :func:`numbaconv.lazy.ndimage_filter` (sizes,
+    origins and modes per input axis; a mode that is not a string is left
+    for the argument check to refuse)."""
+    modes = [m if isinstance(m, str) else "reflect" for m in modes]
+    return lazy.ndimage_filter(func, input, kwargs, sizes, origins, modes)
+
+
+def _lazy_nd(func, input, weights, output, mode, cval, origin, axes, method):
+    w = np.asarray(lazy.host(weights, "weights"))
+    nd = input.ndim
+    axes_t = _check_axes(axes, nd)
+    sizes, origins = [1] * nd, [0] * nd
+    if w.ndim == len(axes_t):
+        for ax, k, o in zip(axes_t, w.shape, _sequence(origin, len(axes_t))):
+            sizes[ax], origins[ax] = k, o
+    kwargs = dict(weights=w, output=output, mode=mode, cval=cval, origin=origin, axes=axes, method=method)
+    return _lazy(func, input, kwargs, sizes, origins, [mode] * nd)
+
+
+def _lazy_1d(func, input, weights, axis, output, mode, cval, origin, method):
+    w = np.asarray(lazy.host(weights, "weights"))
+    nd = input.ndim
+    sizes, origins = [1] * nd, [0] * nd
+    if w.ndim == 1 and -nd <= operator.index(axis) < nd:
+        sizes[axis % nd], origins[axis % nd] = w.shape[0], origin
+    kwargs = dict(weights=w, axis=axis, output=output, mode=mode, cval=cval, origin=origin, method=method)
+    return _lazy(func, input, kwargs, sizes, origins, [mode] * nd)
+
+
 _SHAPE_DOC = """
     Shape
     -----
@@ -312,6 +342,8 @@ def correlate(
     ndarray
         ``output``.
     """
+    if lazy.is_dask(input):
+        return _lazy_nd(correlate, input, weights, output, mode, cval, origin, axes, method)
     return _nd(input, weights, output, mode, cval, origin, False, axes, method)
 
 
@@ -337,6 +369,8 @@ def convolve(
     ndarray
         ``output``.
     """
+    if lazy.is_dask(input):
+        return _lazy_nd(convolve, input, weights, output, mode, cval, origin, axes, method)
     return _nd(input, weights, output, mode, cval, origin, True, axes, method)
 
 
@@ -359,6 +393,8 @@ def correlate1d(
     ndarray
         ``output``.
     """
+    if lazy.is_dask(input):
+        return _lazy_1d(correlate1d, input, weights, axis, output, mode, cval, origin, method)
     return _1d(input, weights, axis, output, mode, cval, origin, False, method)
 
 
@@ -381,6 +417,8 @@ def convolve1d(
     ndarray
         ``output``.
     """
+    if lazy.is_dask(input):
+        return _lazy_1d(convolve1d, input, weights, axis, output, mode, cval, origin, method)
     return _1d(input, weights, axis, output, mode, cval, origin, True, method)
 
 
@@ -420,6 +458,18 @@ def sepfilter(
     ndarray
         ``output``.
     """
+    if lazy.is_dask(input):
+        ks = [np.asarray(lazy.host(k, "kernels")) for k in kernels]
+        nd = input.ndim
+        axes_t = _check_axes(axes, nd)
+        sizes, origins, modes = [1] * nd, [0] * nd, ["reflect"] * nd
+        if len(ks) == len(axes_t):
+            for ax, k, o, m in zip(axes_t, ks, _sequence(origin, len(ks)), _sequence(mode, len(ks))):
+                sizes[ax], origins[ax], modes[ax] = max(k.size, 1), o, m
+        kwargs = dict(
+            kernels=ks, axes=axes, output=output, mode=mode, cval=cval, origin=origin, method=method
+        )
+        return _lazy(sepfilter, input, kwargs, sizes, origins, modes)
     x = np.asarray(input)
     axes = _check_axes(axes, x.ndim)
     ks = [np.asarray(k) for k in kernels]

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import api, dispatch, filters, separable
+from . import api, dispatch, filters, lazy, separable
 from .shapes import make_conv_plan
 
 __all__ = [
@@ -259,7 +259,38 @@ def _choose(a, b, mode, axes) -> str:
     return dispatch.choose("conv", plan, candidates=CONV_METHODS + ("separable",)).method
 
 
+def _lazy(func, in1, in2, kwargs, conv_axes, pads_of, fold="zeros", fill=0, dtype=None):
+    """A dask ``in1`` (``in2`` in memory): :func:`numbaconv.lazy.signal_filter`
+    with the padding ``pads_of(n, k)`` on the convolved axes."""
+    b = np.asarray(lazy.host(in2, "in2"))
+    if in1.ndim != b.ndim:
+        raise ValueError("in1 and in2 should have the same dimensionality")
+    if in1.size == 0 or b.size == 0:
+        raise ValueError("in1 and in2 must not be empty")
+    mode = kwargs.get("mode", "full")
+    pads = []
+    for i, (n, k) in enumerate(zip(in1.shape, b.shape)):
+        if i not in conv_axes and k != 1:
+            raise ValueError(
+                f"for a dask in1, in2 must have size 1 along the axes not convolved (axis {i} has {k})"
+            )
+        if (mode == "valid" and k > n) or (n == 1 and k > 1):
+            raise ValueError(
+                "for a dask in1, in1 must be at least as large as in2 along every axis "
+                f"({in1.shape} vs {b.shape})"
+            )
+        pads.append(pads_of(n, k) if i in conv_axes else (0, 0))
+    return lazy.signal_filter(func, in1, b, kwargs, pads, fold, fill, dtype)
+
+
 def _entry(in1, in2, mode, method, axes, flip_conj):
+    if lazy.is_dask(in1):
+        _check_mode(mode)
+        _check_method(method)
+        func = correlate if flip_conj else convolve
+        ax = _norm_axes(axes, in1.ndim)
+        kwargs = dict(mode=mode, method=method, axes=axes)
+        return _lazy(func, in1, in2, kwargs, ax, lambda n, k: _pads(n, k, mode))
     a, b = _as_arrays(in1, in2)
     _check_mode(mode)
     _check_method(method)
@@ -365,6 +396,8 @@ def _fill_value(fillvalue, dtype):
 
 
 def _filter2d(in1, in2, mode, boundary, fillvalue, name, flip):
+    if lazy.is_dask(in1):
+        return _lazy2d(in1, in2, mode, boundary, fillvalue, name, flip)
     a = np.asarray(in1)
     b = np.asarray(in2)
     if not a.ndim == b.ndim == 2:
@@ -400,6 +433,22 @@ def _filter2d(in1, in2, mode, boundary, fillvalue, name, flip):
     if swap and not flip:
         y = y[::-1, ::-1]
     return _finish(y, rt)
+
+
+def _lazy2d(in1, in2, mode, boundary, fillvalue, name, flip):
+    """convolve2d / correlate2d of a dask ``in1``: the boundary read through
+    the index maps (the fill value in the result dtype)."""
+    b = np.asarray(lazy.host(in2, "in2"))
+    if not in1.ndim == b.ndim == 2:
+        raise ValueError(f"{name} inputs must both be 2-D arrays")
+    func = convolve2d if flip else correlate2d
+    kwargs = dict(mode=mode, boundary=boundary, fillvalue=fillvalue)
+    func(np.zeros(b.shape, in1.dtype), b, **kwargs)  # SciPy's argument errors, before any task
+    rt = np.result_type(in1.dtype, b.dtype)
+    bmode = _BOUNDARIES[boundary]
+    fold = "zeros" if bmode == "constant" else bmode
+    fill = _fill_value(fillvalue, rt) if bmode == "constant" else 0
+    return _lazy(func, in1, b, kwargs, (0, 1), lambda n, k: _pads2d(n, k, mode, flip), fold, fill, rt)
 
 
 def _pads2d(n: int, k: int, mode: str, flip: bool) -> tuple[int, int]:
@@ -468,7 +517,14 @@ def correlate2d(
     return _filter2d(in1, in2, mode, boundary, fillvalue, "correlate2d", False)
 
 
-def _fft_family(in1, in2, mode, axes):
+def _fft_family(in1, in2, mode, axes, func=None):
+    if lazy.is_dask(in1):
+        if mode not in _MODES:
+            raise ValueError("acceptable mode flags are 'valid', 'same', or 'full'")
+        b = np.asarray(lazy.host(in2, "in2"))
+        ax = [i for i in _norm_axes(axes, in1.ndim) if b.shape[i] != 1]
+        kwargs = dict(mode=mode, axes=axes)
+        return _lazy(func, in1, b, kwargs, ax, lambda n, k: _pads(n, k, mode))
     a, b = np.asarray(in1), np.asarray(in2)
     if a.ndim == b.ndim == 0:
         return a * b
@@ -507,7 +563,7 @@ def fftconvolve(
     -----
     As :func:`convolve`.
     """
-    return _fft_family(in1, in2, mode, axes)
+    return _fft_family(in1, in2, mode, axes, fftconvolve)
 
 
 def oaconvolve(
@@ -521,7 +577,7 @@ def oaconvolve(
     -----
     As :func:`convolve`.
     """
-    return _fft_family(in1, in2, mode, axes)
+    return _fft_family(in1, in2, mode, axes, oaconvolve)
 
 
 def choose_conv_method(
