@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import api, separable
+from . import api, lazy, separable
 from .dispatch import DEVICES, Choice, UnsupportedMethodError, check_method, choose, estimate_all, rows
 from .machine import block_best
 from .shapes import make_plan
@@ -28,6 +28,7 @@ class Explanation:
     plan: object
     choice: Choice
     measured: dict[str, float] = field(default_factory=dict)
+    chunking: object = None  # a dask input's numbaconv.lazy.Layout
 
     def as_dict(self) -> dict:
         u = self.plan.user
@@ -78,6 +79,9 @@ class Explanation:
             fastest = min(self.measured, key=self.measured.get)
             regret = self.measured[self.choice.method] / self.measured[fastest]
             lines.append(f"measured fastest: {fastest}; the decision's time / the fastest: {regret:.2f}")
+        if self.chunking is not None:
+            note = "  (each block's method is chosen for its own slab; the table is the whole array's)"
+            lines += ["", str(self.chunking), note]
         return "\n".join(lines)
 
 
@@ -135,19 +139,52 @@ def explain(
     'fft'
     """
     _check_device(device)
+    chunking = None
+    if lazy.is_dask(input):
+        chunking = _layout(op, input, weight, bias, method, params)
+        w = np.asarray(lazy.host(weight, "weight"))
+        dtypes = [input.dtype, w.dtype] + (
+            [] if bias is None else [np.asarray(lazy.host(bias, "bias")).dtype]
+        )
+        params = {"dtype": np.result_type(*dtypes), **params}
+        input, weight, bias = tuple(input.shape), w, lazy.host(bias, "bias")
     plan = _plan_of(op, input, weight, bias, params)
     check_method(op, method)
     if method not in ("auto", "measure"):  # a forced method: its own check first
         choice = choose(op, plan, method, device)
         measured = _measure_all(op, plan, device) if measure and choice.estimates else {}
-        return Explanation(op, plan, choice, measured)
+        return Explanation(op, plan, choice, measured, chunking)
     try:
         choice = choose(op, plan, "auto", device)
     except UnsupportedMethodError as exc:  # nothing can run it here: say why for each
         _, unsupported = estimate_all(op, plan, device)
         choice = Choice("none", device, str(exc), {}, unsupported)
     measured = _measure_all(op, plan, device) if measure and choice.estimates else {}
-    return Explanation(op, plan, choice, measured)
+    return Explanation(op, plan, choice, measured, chunking)
+
+
+def _layout(op, x, weight, bias, method, params):
+    """The :class:`numbaconv.lazy.Layout` of a dask input: its chunks in and
+    out, halos, tasks and a task's memory, and why (rechunks, splits)."""
+    ndim = np.ndim(lazy.host(weight, "weight")) - 2
+    p = {k: v for k, v in params.items() if k != "dtype"}
+    if op == "conv":
+        args = [p.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))]
+        return lazy.conv(
+            ndim, x, weight, bias, *args, p.get("padding_mode", "zeros"), method, None, explain=True
+        )
+    keys = (
+        ("stride", 1),
+        ("padding", 0),
+        ("output_padding", 0),
+        ("groups", 1),
+        ("dilation", 1),
+        ("output_size", None),
+    )
+    args = [p.get(k, d) for k, d in keys]
+    return lazy.conv_transpose(
+        ndim, x, weight, bias, *args, p.get("padding_mode", "zeros"), method, None, explain=True
+    )
 
 
 def _check_device(device) -> None:

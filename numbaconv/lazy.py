@@ -531,7 +531,7 @@ def conv(ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode,
     nb, omax = max(x.chunks[0]), max(p[4] - p[3] for p in parts)
     x, outs, size = plan_axes(x, axes, 2, nb * max(x.chunks[1]) * item, nb * omax * item, reasons)
     wins = windows(axes, outs, x.chunks, 2)
-    kwargs = dict(stride=plan.stride[3 - ndim :], dilation=plan.dilation[3 - ndim :], method=method)
+    kwargs = dict(stride=plan.stride[3 - plan.ndim :], dilation=plan.dilation[3 - plan.ndim :], method=method)
     settings = _settings()
     token = _token(x.name, w, b, kwargs, plan, settings)
     name = f"numbaconv-conv-{token}"
@@ -762,7 +762,7 @@ def conv_transpose(
     nb, omax = max(x.chunks[0]), max(p[4] - p[3] for p in parts)
     x, outs, size = plan_axes(x, axes, 2, nb * max(x.chunks[1]) * item, nb * omax * item, reasons)
     items = [_t_axis_items(ax, outs[i], _bounds(x.chunks[2 + i])) for i, ax in enumerate(axes)]
-    kwargs = dict(stride=plan.stride[3 - ndim :], dilation=plan.dilation[3 - ndim :], method=method)
+    kwargs = dict(stride=plan.stride[3 - plan.ndim :], dilation=plan.dilation[3 - plan.ndim :], method=method)
     settings = _settings()
     token = _token(x.name, w, b, kwargs, plan, settings)
     name = f"numbaconv-conv_transpose-{token}"
