@@ -136,6 +136,22 @@ def _parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--csv", metavar="PATH", help="also write the results as CSV")
     p_bench.add_argument("--plot", metavar="PNG", help="also draw time per method per case (matplotlib)")
     p_bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p_bench.add_argument(
+        "--dask",
+        action="store_true",
+        help="the out-of-core job instead: a float32 volume in Zarr, larger than its workers' memory, "
+        "filtered on a LocalCluster of processes and written back (numbaconv[dask]; dask-image beside it)",
+    )
+    p_bench.add_argument("--dask-gb", type=float, default=8.0, help="the volume's size on disk (default 8)")
+    p_bench.add_argument(
+        "--dask-worker-memory", default="2GB", help="each worker's memory limit (default 2GB)"
+    )
+    p_bench.add_argument(
+        "--dask-kernel", type=_positive, default=5, help="the filter's edge, k x k x k (default 5)"
+    )
+    p_bench.add_argument(
+        "--dask-path", help="where the Zarr arrays go (default a temporary directory, removed)"
+    )
     p_explain = sub.add_parser(
         "explain", help="the method auto would take for a case, why, and every candidate's estimate"
     )
@@ -195,7 +211,30 @@ def _info(args, parser) -> None:
             print(f"{k:20s} {v}")
 
 
+def _bench_dask(args, parser) -> None:
+    from . import lazy, outofcore
+
+    try:
+        lazy.require_dask()
+        import distributed  # noqa: F401
+        import zarr  # noqa: F401
+    except ImportError:
+        parser.error("--dask needs dask, distributed and zarr: pip install 'numbaconv[dask]'")
+    if args.dask_gb <= 0:
+        parser.error(f"--dask-gb must be positive, got {args.dask_gb}")
+    figures = outofcore.run(
+        gb=args.dask_gb,
+        worker_memory=args.dask_worker_memory,
+        kernel=args.dask_kernel,
+        path=args.dask_path,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(figures, indent=2, default=str) if args.json else outofcore.report(figures))
+
+
 def _bench(args, parser) -> None:
+    if args.dask:
+        return _bench_dask(args, parser)
     custom = None
     given = [f for f, v in (("--input", args.input), ("--weight", args.weight)) if v is not None]
     if args.op is not None:

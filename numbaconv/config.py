@@ -64,6 +64,12 @@ that cannot be used is ignored with a RuntimeWarning naming the variable
     None (default) divides the cores (Numba's thread count) by the dask
     worker's threads, so that worker threads x Numba threads never exceed
     the cores; an int fixes it. Env ``NUMBACONV_DASK_NUMBA_THREADS``.
+``dask_tune_malloc``
+    In a process started with ``MALLOC_TRIM_THRESHOLD_`` (dask's nanny sets
+    it for its workers), the first block task lets glibc keep up to 256 MiB
+    of freed memory and serve allocations up to 32 MiB from its heap
+    (``numbaconv.lazy.tune_malloc``; the kernels ran 2-3x slower otherwise).
+    Default True; env ``NUMBACONV_DASK_TUNE_MALLOC=0`` turns it off.
 
 Kernels are compiled with ``fastmath={"reassoc", "contract"}`` only:
 reductions may be reordered and fused, NaN and Inf propagate. ``FASTMATH`` is
@@ -102,6 +108,7 @@ _DEFAULTS = {
     "simd_lanes": None,
     "simd_block": None,
     "dask_numba_threads": None,
+    "dask_tune_malloc": True,
 }
 _SETTINGS = (*_DEFAULTS, "cache_dir")
 
@@ -191,6 +198,7 @@ def _from_environment() -> dict:
     )
     values["measure_cache"] = _env_bool("NUMBACONV_MEASURE_CACHE", _DEFAULTS["measure_cache"])
     values["measure_time_s"] = _env_float("NUMBACONV_MEASURE_TIME_S", _DEFAULTS["measure_time_s"], 0.0)
+    values["dask_tune_malloc"] = _env_bool("NUMBACONV_DASK_TUNE_MALLOC", _DEFAULTS["dask_tune_malloc"])
     threads = os.environ.get("NUMBACONV_DASK_NUMBA_THREADS", "").strip()
     if threads:
         if threads.isdigit() and int(threads) >= 1:
@@ -225,6 +233,7 @@ cuda_shared_bytes: int
 simd_lanes: int | None
 simd_block: tuple[int, int] | None
 dask_numba_threads: int | None
+dask_tune_malloc: bool
 
 
 class _ConfigModule(types.ModuleType):

@@ -42,7 +42,9 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import os
 import threading
+import time
 
 import numpy as np
 
@@ -90,7 +92,10 @@ def no_out(out, name: str = "out") -> None:
 class Axis:
     """One spatial axis of a block-wise call: ``out`` outputs, output ``o``
     reading input indices ``fold_index(o * stride + j - lo, size, mode)``
-    for ``j < span`` (-1: the fill value)."""
+    for ``j < span`` (-1: the fill value). ``local``: the function run on a
+    block can pad the array's true edges itself in this mode (given the
+    padding and enough of the edge in its slab), so a window there stops at
+    the edge instead of gathering the padding."""
 
     size: int
     out: int
@@ -98,15 +103,28 @@ class Axis:
     span: int
     lo: int
     mode: str
+    local: bool = False
 
-    def window(self, o0: int, o1: int) -> np.ndarray:
+    def window(self, o0: int, o1: int) -> tuple[np.ndarray, tuple[int, int]]:
         """Input index (or -1) of each padded position outputs ``[o0, o1)``
-        read; mode "clip": only the ones inside the input (the function run
-        on the slab pads the true edges itself)."""
+        read, and the padding ``(before, after)`` left to the block's
+        function (positions past the true edges it pads itself)."""
         p = np.arange(o0 * self.stride, (o1 - 1) * self.stride + self.span, dtype=np.int64) - self.lo
-        if self.mode == "clip":
-            return p[(p >= 0) & (p < self.size)]
-        return np.asarray(fold_index(p, self.size, self.mode), dtype=np.int64)
+        if self.local:
+            inside = p[(p >= 0) & (p < self.size)]
+            pads = (int(np.count_nonzero(p < 0)), int(np.count_nonzero(p >= self.size)))
+            if inside.size and self._can_pad(pads, inside.size):
+                return inside, pads
+        return np.asarray(fold_index(p, self.size, self.mode), dtype=np.int64), (0, 0)
+
+    def _can_pad(self, pads, n: int) -> bool:
+        """Whether padding ``pads`` around a slab of ``n`` inputs holding the
+        true edge reads only inputs inside the slab."""
+        if self.mode in ("zeros", "replicate", "constant"):
+            return True
+        if self.mode == "symmetric":  # the edge repeated
+            return max(pads) <= n
+        return max(pads) < n  # reflect (mirror)
 
     @property
     def halo(self) -> tuple[int, int]:
@@ -151,67 +169,163 @@ def split_chunks(chunks: tuple[int, ...], parts: int) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """The input chunks a window touches along one axis and, for each
-    window position, its index in their concatenation (-1: the fill)."""
+    """The input chunks a window touches along one axis, the part of each it
+    reads (``ranges``: local ``(lo, hi)``; a neighbour gives only its halo)
+    and, for each window position, its index in the concatenation of those
+    parts (-1: the fill)."""
 
     ids: tuple[int, ...]
+    ranges: tuple[tuple[int, int], ...]
+    full: tuple[bool, ...]
     pos: np.ndarray
 
     @classmethod
     def of(cls, idx: np.ndarray, bounds: np.ndarray) -> Source:
         valid = idx >= 0
         if not valid.any():
-            return cls((0,), np.full(idx.shape, -1, dtype=np.int64))
-        cid = np.searchsorted(bounds, idx[valid], side="right") - 1
+            return cls((0,), ((0, 1),), (int(bounds[1]) == 1,), np.full(idx.shape, -1, dtype=np.int64))
+        g = idx[valid]
+        cid = np.searchsorted(bounds, g, side="right") - 1
         ids = np.unique(cid)
-        sizes = bounds[ids + 1] - bounds[ids]
-        start = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        local = g - bounds[cid]
+        lo = np.array([local[cid == i].min() for i in ids])
+        hi = np.array([local[cid == i].max() + 1 for i in ids])
+        start = np.concatenate(([0], np.cumsum(hi - lo)[:-1]))
+        k = np.searchsorted(ids, cid)
         pos = np.full(idx.shape, -1, dtype=np.int64)
-        pos[valid] = start[np.searchsorted(ids, cid)] + idx[valid] - bounds[cid]
-        return cls(tuple(int(i) for i in ids), pos)
+        pos[valid] = start[k] + local - lo[k]
+        sizes = bounds[ids + 1] - bounds[ids]
+        full = tuple(bool(a == 0 and b == n) for a, b, n in zip(lo, hi, sizes))
+        ranges = tuple((int(a), int(b)) for a, b in zip(lo, hi))
+        return cls(tuple(int(i) for i in ids), ranges, full, pos)
 
 
-def _concat(nested, axis: int):
-    """A nested list of arrays (one level per axis from ``axis``) joined."""
+def _pieces(nested, axis: int, at: tuple, out: list) -> tuple:
+    """The arrays of a nested list (one level per axis from ``axis``) with
+    their offsets along those axes, into ``out``; returns the joined shape."""
     if not isinstance(nested, list):
-        return nested
-    parts = [_concat(p, axis + 1) for p in nested]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
+        out.append((at, nested))
+        return nested.shape
+    shape, step = None, 0
+    for p in nested:
+        sub = _pieces(p, axis + 1, at + (step,), out)
+        step += sub[axis]
+        shape = sub[:axis] + (step,) + sub[axis + 1 :]
+    return shape
+
+
+def _concat(nested, axis: int, dtype=None):
+    """A nested list of arrays (one level per axis from ``axis``) joined in
+    one copy (cast to ``dtype`` if given); a single array as it is."""
+    if not isinstance(nested, list) or _single(nested):
+        a = _only(nested)
+        return a if dtype is None else a.astype(dtype, copy=False)
+    parts: list = []
+    shape = _pieces(nested, axis, (), parts)
+    out = np.empty(shape, dtype=dtype or parts[0][1].dtype)
+    for at, a in parts:
+        out[(slice(None),) * axis + tuple(slice(o, o + n) for o, n in zip(at, a.shape[axis:]))] = a
+    return out
+
+
+def _single(nested) -> bool:
+    while isinstance(nested, list):
+        if len(nested) != 1:
+            return False
+        nested = nested[0]
+    return True
+
+
+def _only(nested):
+    while isinstance(nested, list):
+        nested = nested[0]
+    return nested
 
 
 def assemble(nested, positions, first_axis: int, fill, dtype=None) -> np.ndarray:
-    """The slab: the chunks joined (cast to ``dtype`` if given), then along
-    each spatial axis (from ``first_axis``) the window's positions taken (a
-    slice where they are a contiguous run; else a gather, -1 reading an
-    appended fill plane)."""
-    a = _concat(nested, first_axis)
-    if dtype is not None:
-        a = a.astype(dtype, copy=False)
+    """The slab: the chunk parts joined (cast to ``dtype`` if given), then
+    along each spatial axis (from ``first_axis``) the window's positions: a
+    slice where they are a contiguous run, else that run with the gathered
+    padding on either side (-1: the fill value)."""
+    a = _concat(nested, first_axis, dtype)
     for i, pos in enumerate(positions):
         ax = first_axis + i
-        if pos.size and pos[0] >= 0 and np.all(np.diff(pos) == 1):
-            a = a[(slice(None),) * ax + (slice(int(pos[0]), int(pos[-1]) + 1),)]
+        if pos.size and pos[0] >= 0 and pos[-1] - pos[0] == pos.size - 1 and np.all(np.diff(pos) == 1):
+            if pos[0] != 0 or pos.size != a.shape[ax]:
+                a = a[(slice(None),) * ax + (slice(int(pos[0]), int(pos[-1]) + 1),)]
             continue
-        if (pos < 0).any():
-            shape = list(a.shape)
-            shape[ax] = 1
-            a = np.concatenate((a, np.full(shape, fill, dtype=a.dtype)), axis=ax)
-            pos = np.where(pos < 0, a.shape[ax] - 1, pos)
-        a = np.take(a, pos, axis=ax)
+        a = _gather(a, pos, ax, fill)
     return a
+
+
+def _gather(a, pos, ax: int, fill):
+    """``a`` at positions ``pos`` along ``ax`` (-1: ``fill``): the longest
+    contiguous run sliced, the rest (the padding) taken, one copy."""
+    runs = np.flatnonzero(np.diff(pos) != 1) + 1
+    bounds = np.concatenate(([0], runs, [pos.size]))
+    longest = int(np.argmax(np.diff(bounds)))
+    r0, r1 = int(bounds[longest]), int(bounds[longest + 1])
+    shape = list(a.shape)
+    shape[ax] = pos.size
+    out = np.empty(shape, dtype=a.dtype)
+    lead = (slice(None),) * ax
+
+    def put(lo, hi):
+        if hi <= lo:
+            return
+        p = pos[lo:hi]
+        part = np.take(a, np.maximum(p, 0), axis=ax)
+        if (p < 0).any():
+            mask = (p < 0).reshape((-1,) + (1,) * (a.ndim - ax - 1))
+            part = np.where(mask, np.asarray(fill, dtype=a.dtype), part)
+        out[lead + (slice(lo, hi),)] = part
+
+    if pos[r0] >= 0:
+        out[lead + (slice(r0, r1),)] = a[lead + (slice(int(pos[r0]), int(pos[r0]) + r1 - r0),)]
+    else:
+        put(r0, r1)
+    put(0, r0)
+    put(r1, pos.size)
+    return out
 
 
 # ---------------------------------------------------------------- threads
 
 
+_HOST_THREADS: dict = {}  # worker address -> (time, threads of all workers on its host)
+
+
+def _host_threads(worker) -> int:
+    """Threads of every dask worker on this worker's host (worker processes
+    of one machine share its cores), asked of the scheduler at most every
+    30 s; the worker's own threads where the scheduler cannot say."""
+    own = max(1, int(worker.state.nthreads))
+    now = time.monotonic()
+    seen = _HOST_THREADS.get(worker.address)
+    if seen and now - seen[0] < 30:
+        return seen[1]
+    try:
+        from distributed import get_client
+
+        host = worker.address.rsplit(":", 1)[0]
+        workers = get_client().scheduler_info(n_workers=-1)["workers"]
+        total = sum(int(w["nthreads"]) for addr, w in workers.items() if addr.rsplit(":", 1)[0] == host)
+        threads = max(own, total)
+    except Exception:  # an old scheduler, a closing client: the worker's own count
+        threads = own
+    _HOST_THREADS[worker.address] = (now, threads)
+    return threads
+
+
 def worker_threads() -> int:
-    """Threads of the dask worker running the calling task: a
-    distributed worker's ``nthreads``; 1 on the calling (main) thread (the
-    synchronous scheduler); else the threaded scheduler's pool size."""
+    """Threads of dask workers sharing the cores of the calling task: in a
+    distributed worker, every worker's threads on its host; 1 on the
+    calling (main) thread (the synchronous scheduler); else the threaded
+    scheduler's pool size (``dask.config`` ``num_workers``, else the cores)."""
     try:
         from distributed import get_worker
 
-        return max(1, int(get_worker().state.nthreads))
+        return _host_threads(get_worker())
     except (ImportError, ValueError, AttributeError):
         pass
     if threading.current_thread() is threading.main_thread():
@@ -237,11 +351,41 @@ def task_threads() -> int:
     return max(1, numba.config.NUMBA_NUM_THREADS // worker_threads())
 
 
+_MALLOC_TUNED = False
+
+
+def tune_malloc() -> bool:
+    """In a process whose allocator was told to trim at every free
+    (``MALLOC_TRIM_THRESHOLD_``: dask's nanny sets 64 KiB for its workers),
+    let glibc keep up to 256 MiB of freed memory and serve allocations up to
+    32 MiB from its heap: else every kernel's per-task buffers are mapped
+    and faulted in afresh (numbaconv's blocks measured 2-3x slower in such
+    workers). Once per process, glibc only, ``config.dask_tune_malloc``."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or not config.dask_tune_malloc or not os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+        return False
+    _MALLOC_TUNED = True
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_trim_threshold, 256 * 2**20)) and bool(
+            libc.mallopt(m_mmap_threshold, 32 * 2**20)
+        )
+    except (OSError, AttributeError):  # pragma: no cover - no glibc
+        return False
+
+
 @contextlib.contextmanager
 def _task_context(settings: dict):
     """The caller's numbaconv settings, and the task's Numba threads."""
     import numba
 
+    tune_malloc()
     before = numba.get_num_threads()
     with config.override(**settings):
         numba.set_num_threads(task_threads())
@@ -254,7 +398,14 @@ def _task_context(settings: dict):
 def _settings() -> dict:
     """The calling thread's settings a task takes with it (workers are other
     processes: their own config would not carry the caller's overrides)."""
-    keep = ("workspace_bytes", "direct_layout", "simd_lanes", "simd_block", "dask_numba_threads")
+    keep = (
+        "workspace_bytes",
+        "direct_layout",
+        "simd_lanes",
+        "simd_block",
+        "dask_numba_threads",
+        "dask_tune_malloc",
+    )
     return {k: getattr(config, k) for k in keep}
 
 
@@ -271,16 +422,32 @@ def _bounds(chunks) -> np.ndarray:
     return np.cumsum((0,) + tuple(chunks))
 
 
-def _keys_for(name, lead: tuple, ids_per_axis) -> list:
-    """Nested key lists (one level per spatial axis) of ``name``'s chunks
-    ``lead + (i, j, ...)``."""
+def _keys_for(dsk: dict, name: str, lead: tuple, sources) -> list:
+    """Nested key lists (one level per spatial axis) of the parts of
+    ``name``'s chunks ``lead + (i, j, ...)`` that ``sources`` (one
+    :class:`Source` per spatial axis) read: a chunk's key where all of it is
+    read, else the key of a slicing task added to ``dsk`` (a task then holds
+    its neighbours' halos, not their whole chunks)."""
+    sources = tuple(sources)
 
-    def nest(prefix, rest):
+    def nest(prefix, parts, rest):
         if not rest:
-            return (name,) + lead + prefix
-        return [nest(prefix + (i,), rest[1:]) for i in rest[0]]
+            key = (name,) + lead + prefix
+            if all(full for _, full in parts):
+                return key
+            part = (f"{name}-part",) + lead + prefix + tuple(v for r, _ in parts for v in r)
+            if part not in dsk:
+                dsk[part] = (_take, key, len(lead), [r for r, _ in parts])
+            return part
+        src = rest[0]
+        items = zip(src.ids, src.ranges, src.full)
+        return [nest(prefix + (i,), parts + [(r, f)], rest[1:]) for i, r, f in items]
 
-    return nest((), tuple(ids_per_axis))
+    return nest((), [], sources)
+
+
+def _take(chunk, lead: int, ranges):
+    return chunk[(slice(None),) * lead + tuple(slice(a, b) for a, b in ranges)]
 
 
 def _block_call(fn, nested, positions, first_axis, fill, settings, *args):
@@ -318,7 +485,8 @@ class Layout:
 
     def __str__(self) -> str:
         lines = [
-            f"{self.op} on a dask array: {self.tasks} tasks",
+            f"{self.op} on a dask array: {math.prod(len(c) for c in self.output_chunks)} output blocks, "
+            f"{self.tasks} tasks (halo slices and partial sums included)",
             f"  input chunks  {_short(self.input_chunks)}",
             f"  output chunks {_short(self.output_chunks)}",
             f"  halos (before, after) per spatial axis: {self.halos}",
@@ -341,9 +509,11 @@ def plan_axes(x, axes, first_axis: int, lead_bytes: int, out_item: int, reasons:
     """The input rechunked where its chunks are shorter than the halo (so
     that a block reads at most three chunks), and the output chunks of each
     spatial axis (``axes``: :class:`Axis` or :class:`TAxis`), split until a
-    task's slab and result fit ``config.workspace_bytes`` (``lead_bytes``:
-    bytes per spatial element of the slab's leading axes, ``out_item`` of
-    the result's). Returns the input, the output chunks and a task's bytes."""
+    task's halos fit half of ``config.workspace_bytes`` (a task holds its
+    block, input and result, its halos and the kernel's workspace;
+    ``lead_bytes``: bytes per spatial element of the slab's leading axes,
+    ``out_item`` of the result's). Returns the input, the output chunks and
+    a task's bytes (slab and result)."""
     chunks = list(x.chunks)
     for i, ax in enumerate(axes):
         c = chunks[first_axis + i]
@@ -363,28 +533,38 @@ def plan_axes(x, axes, first_axis: int, lead_bytes: int, out_item: int, reasons:
         slab = math.prod(ax.slab_len(max(c)) for c, ax in zip(outs, axes))
         return lead_bytes * slab + out_item * math.prod(max(c) for c in outs)
 
-    while task_bytes() > config.workspace_bytes:
+    def halo_bytes():
+        """The slab beyond the inputs the block's own outputs are centred on."""
+        slab = math.prod(ax.slab_len(max(c)) for c, ax in zip(outs, axes))
+        own = math.prod(max(1, ax.slab_len(max(c)) - ax.reach) for c, ax in zip(outs, axes))
+        return lead_bytes * (slab - own)
+
+    # a task holds its block (input and result) and its halos; the halos and
+    # the kernel's workspace share config.workspace_bytes
+    while halo_bytes() > config.workspace_bytes // 2:
         i = int(np.argmax([max(c) for c in outs]))
         if max(outs[i]) <= 1:
             break
         outs[i] = split_chunks(outs[i], 2)
     if outs != first:
         reasons.append(
-            "output blocks split so that a task's slab and result stay within config.workspace_bytes "
-            f"({config.workspace_bytes / 2**20:.0f} MiB)"
+            "output blocks split so that a task's halos stay within half of config.workspace_bytes "
+            f"({config.workspace_bytes / 2**20:.0f} MiB; the kernel's workspace takes the rest)"
         )
     return x, outs, task_bytes()
 
 
 def windows(axes: list[Axis], outs, x_chunks, first_axis: int):
-    """Per spatial axis, per output chunk: (o0, o1, Source)."""
+    """Per spatial axis, per output chunk: (o0, o1, Source, pads left to
+    the block's function)."""
     per_axis = []
     for i, (ax, oc) in enumerate(zip(axes, outs)):
         bounds = _bounds(x_chunks[first_axis + i])
         items = []
         o0 = 0
         for c in oc:
-            items.append((o0, o0 + c, Source.of(ax.window(o0, o0 + c), bounds)))
+            idx, pads = ax.window(o0, o0 + c)
+            items.append((o0, o0 + c, Source.of(idx, bounds), pads))
             o0 += c
         per_axis.append(items)
     return per_axis
@@ -439,14 +619,8 @@ def _conv_part(slab, w, b, lo, hi, groups, kwargs, dtype):
         wk, bk = w[:, lo:hi], b
     else:
         wk, bk = w[lo:hi], (None if b is None else b[lo:hi])
-    return conv(
-        slab.astype(dtype, copy=False),
-        wk.astype(dtype, copy=False),
-        bk,
-        padding=0,
-        groups=max(groups, 1),
-        **kwargs,
-    )
+    x, wk = slab.astype(dtype, copy=False), wk.astype(dtype, copy=False)
+    return conv(x, wk, bk, groups=max(groups, 1), **kwargs)
 
 
 def _channel_split(x, plan, reasons):
@@ -491,13 +665,20 @@ def _plan_axes(plan) -> list[Axis]:
     """The conv plan's spatial axes."""
     return [
         Axis(
-            plan.in_size[i], plan.out_size[i], plan.stride[i], plan.spans[i], plan.padding[i][0], plan.mode(i)
+            plan.in_size[i],
+            plan.out_size[i],
+            plan.stride[i],
+            plan.spans[i],
+            plan.padding[i][0],
+            plan.mode(i),
+            plan.mode(i) != "circular",  # the block's conv pads the rest at the true edges
         )
         for i in range(3 - plan.ndim, 3)
     ]
 
 
 def _task_count(dsk, keys) -> int:
+    """Tasks of a graph: blocks, partial sums, halo slices (not the constants)."""
     return len(dsk) - sum(v is not None for v in keys.values())
 
 
@@ -531,7 +712,10 @@ def conv(ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode,
     nb, omax = max(x.chunks[0]), max(p[4] - p[3] for p in parts)
     x, outs, size = plan_axes(x, axes, 2, nb * max(x.chunks[1]) * item, nb * omax * item, reasons)
     wins = windows(axes, outs, x.chunks, 2)
-    kwargs = dict(stride=plan.stride[3 - plan.ndim :], dilation=plan.dilation[3 - plan.ndim :], method=method)
+    dims = slice(3 - plan.ndim, 3)
+    kwargs = dict(
+        stride=plan.stride[dims], dilation=plan.dilation[dims], padding_mode=plan.padding_mode, method=method
+    )
     settings = _settings()
     token = _token(x.name, w, b, kwargs, plan, settings)
     name = f"numbaconv-conv-{token}"
@@ -540,13 +724,14 @@ def conv(ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode,
     partial = plan.groups == 1 and len(parts) > 1
     for n in range(len(x.chunks[0])):
         for s_idx, items in _spatial_grid(wins):
-            positions = [src.pos for _, _, src in items]
-            ids = [src.ids for _, _, src in items]
+            positions = [it[2].pos for it in items]
+            srcs = [it[2] for it in items]
+            block_kwargs = {**kwargs, "padding": tuple(it[3] for it in items)}
             part_keys = []
             for c, (lo, hi, g, _, _) in enumerate(parts):
-                nested = _keys_for(x.name, (n, c), ids)
+                nested = _keys_for(dsk, x.name, (n, c), srcs)
                 bias_key = None if partial else keys["bias"]
-                args = (keys["weight"], bias_key, lo, hi, g, kwargs, dtype)
+                args = (keys["weight"], bias_key, lo, hi, g, block_kwargs, dtype)
                 task = (_block_call, _conv_part, nested, positions, 2, 0, settings) + args
                 key = (name + "-part", n, c) + s_idx if partial else (name, n, c) + s_idx
                 dsk[key] = task
@@ -641,7 +826,7 @@ def _t_axis_items(ax: TAxis, outs, bounds):
         located = [
             (int(src.pos[np.searchsorted(need, i0)]), i0, i1 - i0, r0, r1, d) for i0, i1, r0, r1, d in runs
         ]
-        items.append((src.ids, located, c))
+        items.append((src, located, c))
         o0 += c
     return items
 
@@ -781,7 +966,7 @@ def conv_transpose(
                 bias_key = None if partial else keys["bias"]
                 task = (
                     _tconv_block,
-                    _keys_for(x.name, (n, c), ids),
+                    _keys_for(dsk, x.name, (n, c), ids),
                     runs,
                     settings,
                     keys["weight"],
@@ -823,7 +1008,7 @@ def _stencil_block(nested, positions, settings, dtype, fill, crops, fn, args, kw
 def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=None, same=False):
     """``fn`` (a front-end) block by block over the dask array ``x``, every
     axis an :class:`Axis`: with ``same`` the function returns its slab's
-    shape and the block is cropped out of it (mode "clip" axes: the slab
+    shape and the block is cropped out of it (``local`` axes: the slab
     stops at the true edges and the function pads them), else it returns
     the block ('valid' on the slab)."""
     reasons: list = []
@@ -837,14 +1022,10 @@ def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=
     keys = _constants(dsk, token, arg=args[0] if args else None)
     rest = tuple(args[1:])
     for s_idx, items in _spatial_grid(wins):
-        positions = [src.pos for _, _, src in items]
-        crops = None
-        if same:
-            crops = []
-            for ax, (o0, o1, _) in zip(axes, items):
-                first = max(0, o0 - ax.lo) if ax.mode == "clip" else o0 - ax.lo
-                crops.append((o0 - first, o1 - o0))
-        nested = _keys_for(x.name, (), [src.ids for _, _, src in items])
+        positions = [it[2].pos for it in items]
+        # the block's first output at slab position lo (less the padding the function adds)
+        crops = [(ax.lo - it[3][0], it[1] - it[0]) for ax, it in zip(axes, items)] if same else None
+        nested = _keys_for(dsk, x.name, (), [it[2] for it in items])
         call_args = ((keys["arg"],) if args else ()) + rest
         dsk[(name,) + s_idx] = (
             _stencil_block,
@@ -864,6 +1045,8 @@ def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=
     return _array(name, dsk, x, tuple(outs), out_dtype), layout
 
 
+# SciPy's modes: how a window reads past the true edges (a gather where the
+# block's function cannot pad it itself: wrap needs the other end)
 _NDIMAGE_FOLD = {
     "reflect": "symmetric",
     "grid-mirror": "symmetric",
@@ -871,8 +1054,8 @@ _NDIMAGE_FOLD = {
     "nearest": "replicate",
     "wrap": "circular",
     "grid-wrap": "circular",
-    "constant": "clip",
-    "grid-constant": "clip",
+    "constant": "constant",
+    "grid-constant": "constant",
 }
 
 
@@ -887,7 +1070,8 @@ def ndimage_filter(func, x, kwargs: dict, sizes, origins, modes):
     axes = []
     for L, k, o, m in zip(x.shape, sizes, origins, modes):
         h = k - 1 + abs(int(o)) if k > 1 else 0
-        axes.append(Axis(L, L, 1, 2 * h + 1, h, _NDIMAGE_FOLD[m]))
+        fold = _NDIMAGE_FOLD[m]
+        axes.append(Axis(L, L, 1, 2 * h + 1, h, fold, fold != "circular"))
     y, _ = stencil(func.__name__, x, axes, func, (), kwargs, probe.dtype, same=True)
     return y
 
