@@ -176,7 +176,7 @@ def _conv_impl(
     if lazy.is_dask(input):
         _check_device(device)
         return lazy.conv(
-            ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, out
+            ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, out, conv
         )
     x, w, b, method, dtype, where = _prepare("conv", input, weight, bias, method, device)
     plan = make_conv_plan(
@@ -238,6 +238,7 @@ def _conv_transpose_impl(
             padding_mode,
             method,
             out,
+            conv_transpose,
         )
     x, w, b, method, dtype, where = _prepare("conv_transpose", input, weight, bias, method, device)
     plan = make_conv_transpose_plan(

@@ -171,7 +171,7 @@ def _layout(op, x, weight, bias, method, params):
     if op == "conv":
         args = [p.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))]
         return lazy.conv(
-            ndim, x, weight, bias, *args, p.get("padding_mode", "zeros"), method, None, explain=True
+            ndim, x, weight, bias, *args, p.get("padding_mode", "zeros"), method, None, None, explain=True
         )
     keys = (
         ("stride", 1),
@@ -183,7 +183,7 @@ def _layout(op, x, weight, bias, method, params):
     )
     args = [p.get(k, d) for k, d in keys]
     return lazy.conv_transpose(
-        ndim, x, weight, bias, *args, p.get("padding_mode", "zeros"), method, None, explain=True
+        ndim, x, weight, bias, *args, p.get("padding_mode", "zeros"), method, None, None, explain=True
     )
 
 

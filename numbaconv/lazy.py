@@ -609,18 +609,17 @@ def _group_chunks(chunks, cg: int) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip(cuts, cuts[1:]) if b > a)
 
 
-def _conv_part(slab, w, b, lo, hi, groups, kwargs, dtype):
-    """One block's conv: input channels ``[lo, hi)`` of the weight (``groups``
-    0: one group, a partial sum when that is not all of them) or output
-    channels ``[lo, hi)`` (``groups`` whole groups)."""
-    from .api import conv
-
+def _conv_part(slab, call, w, b, lo, hi, groups, kwargs, dtype):
+    """One block's conv (``call``: the in-memory ``conv``): input channels
+    ``[lo, hi)`` of the weight (``groups`` 0: one group, a partial sum when
+    that is not all of them) or output channels ``[lo, hi)`` (``groups``
+    whole groups)."""
     if groups == 0:
         wk, bk = w[:, lo:hi], b
     else:
         wk, bk = w[lo:hi], (None if b is None else b[lo:hi])
     x, wk = slab.astype(dtype, copy=False), wk.astype(dtype, copy=False)
-    return conv(x, wk, bk, groups=max(groups, 1), **kwargs)
+    return call(x, wk, bk, groups=max(groups, 1), **kwargs)
 
 
 def _channel_split(x, plan, reasons):
@@ -682,9 +681,39 @@ def _task_count(dsk, keys) -> int:
     return len(dsk) - sum(v is not None for v in keys.values())
 
 
-def conv(ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode, method, out, explain=False):
-    """``conv*`` of a dask input (see the module docstring); ``explain``:
-    the :class:`Layout` instead of the result."""
+def _blocks(dsk, name, x, parts, grid, partial, keys, dtype, task_of):
+    """One task per batch chunk, spatial block (``grid``: ``(index, item)``)
+    and channel part (``task_of(n, c, part, item, bias_key)``); with
+    ``partial`` the parts are partial sums that one more task per block adds
+    (with the bias)."""
+    for n in range(len(x.chunks[0])):
+        for s_idx, item in grid:
+            part_keys = []
+            for c, part in enumerate(parts):
+                key = (name + "-part", n, c) + s_idx if partial else (name, n, c) + s_idx
+                dsk[key] = task_of(n, c, part, item, None if partial else keys["bias"])
+                part_keys.append(key)
+            if partial:
+                dsk[(name, n, 0) + s_idx] = (_sum_call, part_keys, keys["bias"], dtype)
+
+
+def _result(op, name, dsk, keys, x, plan, parts, outs, axes, size, reasons, explain):
+    """The lazy result (unbatched as the input was), or its :class:`Layout`."""
+    cout = (plan.c_out,) if plan.groups == 1 else tuple(p[4] - p[3] for p in parts)
+    ochunks = (x.chunks[0], cout) + tuple(outs)
+    if explain:
+        halos = tuple(ax.halo for ax in axes)
+        return Layout(op, x.chunks, ochunks, halos, _task_count(dsk, keys), size, reasons)
+    y = _array(name, dsk, x, ochunks, plan.dtype)
+    return y if plan.batched else y[0]
+
+
+def conv(
+    ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode, method, out, call, explain=False
+):
+    """``conv*`` of a dask input (see the module docstring); ``call``: the
+    in-memory ``conv`` each block runs; ``explain``: the :class:`Layout`
+    instead of the result."""
     from . import dispatch
     from .shapes import make_conv_plan
 
@@ -721,30 +750,17 @@ def conv(ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode,
     name = f"numbaconv-conv-{token}"
     dsk: dict = {}
     keys = _constants(dsk, token, weight=w, bias=b)
+
+    def task_of(n, c, part, items, bias_key):
+        positions = [it[2].pos for it in items]
+        nested = _keys_for(dsk, x.name, (n, c), [it[2] for it in items])
+        block_kwargs = {**kwargs, "padding": tuple(it[3] for it in items)}
+        args = (call, keys["weight"], bias_key, part[0], part[1], part[2], block_kwargs, dtype)
+        return (_block_call, _conv_part, nested, positions, 2, 0, settings) + args
+
     partial = plan.groups == 1 and len(parts) > 1
-    for n in range(len(x.chunks[0])):
-        for s_idx, items in _spatial_grid(wins):
-            positions = [it[2].pos for it in items]
-            srcs = [it[2] for it in items]
-            block_kwargs = {**kwargs, "padding": tuple(it[3] for it in items)}
-            part_keys = []
-            for c, (lo, hi, g, _, _) in enumerate(parts):
-                nested = _keys_for(dsk, x.name, (n, c), srcs)
-                bias_key = None if partial else keys["bias"]
-                args = (keys["weight"], bias_key, lo, hi, g, block_kwargs, dtype)
-                task = (_block_call, _conv_part, nested, positions, 2, 0, settings) + args
-                key = (name + "-part", n, c) + s_idx if partial else (name, n, c) + s_idx
-                dsk[key] = task
-                part_keys.append(key)
-            if partial:
-                dsk[(name, n, 0) + s_idx] = (_sum_call, part_keys, keys["bias"], dtype)
-    cout = (plan.c_out,) if plan.groups == 1 else tuple(p[4] - p[3] for p in parts)
-    ochunks = (x.chunks[0], cout) + tuple(outs)
-    if explain:
-        halos = tuple(ax.halo for ax in axes)
-        return Layout("conv", x.chunks, ochunks, halos, _task_count(dsk, keys), size, reasons)
-    y = _array(name, dsk, x, ochunks, dtype)
-    return y if plan.batched else y[0]
+    _blocks(dsk, name, x, parts, list(_spatial_grid(wins)), partial, keys, dtype, task_of)
+    return _result("conv", name, dsk, keys, x, plan, parts, outs, axes, size, reasons, explain)
 
 
 # ---------------------------------------------------------------- transposed
@@ -831,12 +847,11 @@ def _t_axis_items(ax: TAxis, outs, bounds):
     return items
 
 
-def _tconv_block(nested, runs, settings, w, b, part, kwargs, shape, dtype):
-    """One output block of a transposed op: per combination of runs (one
-    per axis) the transposed conv of the inputs reaching it, its positions
-    added into the block (by index where the padding folds them)."""
-    from .api import conv_transpose
-
+def _tconv_block(nested, runs, settings, call, w, b, part, kwargs, shape, dtype):
+    """One output block of a transposed op (``call``: the in-memory
+    ``conv_transpose``): per combination of runs (one per axis) the
+    transposed conv of the inputs reaching it, its positions added into the
+    block (by index where the padding folds them)."""
     lo, hi, groups, olo, ohi = part  # input channels, groups (0: part of one), output channels
     with _task_context(settings):
         sub = _concat(nested, 2)
@@ -845,7 +860,7 @@ def _tconv_block(nested, runs, settings, w, b, part, kwargs, shape, dtype):
         stride = kwargs["stride"]
         for combo in itertools.product(*runs):
             slab = sub[(slice(None),) * 2 + tuple(slice(p0, p0 + n) for p0, _, n, *_ in combo)]
-            full = conv_transpose(
+            full = call(
                 slab.astype(dtype, copy=False),
                 wk.astype(dtype, copy=False),
                 None,
@@ -895,6 +910,33 @@ def _t_parts(x, plan, reasons):
     return x, parts
 
 
+def _t_plan(
+    ndim, x, weight, bias, stride, padding, output_padding, groups, dilation, output_size, mode, method
+):
+    """The transposed op's plan (its checks, before any task), operands and method."""
+    from . import dispatch
+    from .shapes import make_conv_transpose_plan
+
+    w, b, dtype = _operands("conv_transpose", x, weight, bias)
+    method = dispatch.check_method("conv_transpose", method)
+    bshape = None if b is None else b.shape
+    plan = make_conv_transpose_plan(
+        x.shape,
+        w.shape,
+        bshape,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        output_size=output_size,
+        padding_mode=mode,
+        dtype=dtype,
+        ndim=ndim,
+    )
+    return plan, w, b, dtype, method
+
+
 def conv_transpose(
     ndim,
     x,
@@ -909,39 +951,34 @@ def conv_transpose(
     padding_mode,
     method,
     out,
+    call,
     explain=False,
 ):
-    """``conv_transpose*`` of a dask input, as a gather over input halos."""
-    from . import dispatch
-    from .shapes import make_conv_transpose_plan
-
+    """``conv_transpose*`` of a dask input, as a gather over input halos
+    (``call``: the in-memory ``conv_transpose`` each block runs)."""
     no_out(out)
-    w, b, dtype = _operands("conv_transpose", x, weight, bias)
-    method = dispatch.check_method("conv_transpose", method)
-    bshape = None if b is None else b.shape
-    plan = make_conv_transpose_plan(
-        x.shape,
-        w.shape,
-        bshape,
+    plan, w, b, dtype, method = _t_plan(
+        ndim,
+        x,
+        weight,
+        bias,
         stride,
         padding,
         output_padding,
         groups,
         dilation,
-        output_size=output_size,
-        padding_mode=padding_mode,
-        dtype=dtype,
-        ndim=ndim,
+        output_size,
+        padding_mode,
+        method,
     )
     x = x if plan.batched else x[None]
     reasons: list = []
     x, parts = _t_parts(x, plan, reasons)
-    dims = range(3 - plan.ndim, 3)
     axes = [
         TAxis(
             plan.in_size[i], plan.out_size[i], plan.stride[i], plan.spans[i], *plan.padding[i], plan.mode(i)
         )
-        for i in dims
+        for i in range(3 - plan.ndim, 3)
     ]
     item = np.dtype(dtype).itemsize
     nb, omax = max(x.chunks[0]), max(p[4] - p[3] for p in parts)
@@ -953,41 +990,32 @@ def conv_transpose(
     name = f"numbaconv-conv_transpose-{token}"
     dsk: dict = {}
     keys = _constants(dsk, token, weight=w, bias=b)
+
+    def task_of(n, c, part, combo, bias_key):
+        shape = (x.chunks[0][n], part[4] - part[3]) + tuple(it[2] for it in combo)
+        nested = _keys_for(dsk, x.name, (n, c), [it[0] for it in combo])
+        runs = [it[1] for it in combo]
+        return (
+            _tconv_block,
+            nested,
+            runs,
+            settings,
+            call,
+            keys["weight"],
+            bias_key,
+            part,
+            kwargs,
+            shape,
+            dtype,
+        )
+
+    grid = [
+        (tuple(i for i, _ in combo), tuple(it for _, it in combo))
+        for combo in itertools.product(*[list(enumerate(it)) for it in items])
+    ]
     partial = plan.groups == 1 and len(parts) > 1
-    for n, nb_n in enumerate(x.chunks[0]):
-        for combo in itertools.product(*[list(enumerate(it)) for it in items]):
-            s_idx = tuple(i for i, _ in combo)
-            ids = [it[0] for _, it in combo]
-            runs = [it[1] for _, it in combo]
-            spatial = tuple(it[2] for _, it in combo)
-            part_keys = []
-            for c, part in enumerate(parts):
-                shape = (nb_n, part[4] - part[3]) + spatial
-                bias_key = None if partial else keys["bias"]
-                task = (
-                    _tconv_block,
-                    _keys_for(dsk, x.name, (n, c), ids),
-                    runs,
-                    settings,
-                    keys["weight"],
-                    bias_key,
-                    part,
-                    kwargs,
-                    shape,
-                    dtype,
-                )
-                key = (name + "-part", n, c) + s_idx if partial else (name, n, c) + s_idx
-                dsk[key] = task
-                part_keys.append(key)
-            if partial:
-                dsk[(name, n, 0) + s_idx] = (_sum_call, part_keys, keys["bias"], dtype)
-    cout = (plan.c_out,) if plan.groups == 1 else tuple(p[4] - p[3] for p in parts)
-    ochunks = (x.chunks[0], cout) + tuple(outs)
-    if explain:
-        halos = tuple(ax.halo for ax in axes)
-        return Layout("conv_transpose", x.chunks, ochunks, halos, _task_count(dsk, keys), size, reasons)
-    y = _array(name, dsk, x, ochunks, dtype)
-    return y if plan.batched else y[0]
+    _blocks(dsk, name, x, parts, grid, partial, keys, dtype, task_of)
+    return _result("conv_transpose", name, dsk, keys, x, plan, parts, outs, axes, size, reasons, explain)
 
 
 # ---------------------------------------------------------------- front-ends
