@@ -214,15 +214,33 @@ def _pieces(nested, axis: int, at: tuple, out: list) -> tuple:
     return shape
 
 
-def _concat(nested, axis: int, dtype=None):
+_SCRATCH = threading.local()
+
+
+def _scratch(shape, dtype) -> np.ndarray:
+    """The calling thread's slab buffer, reused by its next tasks (a fresh
+    70 MB array per block paid its page faults every time: mappings this
+    large bypass glibc's heap); the block's function never returns a view
+    of its input."""
+    n = max(1, math.prod(shape) * np.dtype(dtype).itemsize)
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.nbytes < n:
+        _SCRATCH.buf = buf = None  # the old one freed first
+        buf = _SCRATCH.buf = np.empty(n, dtype=np.uint8)
+    return buf[:n].view(dtype)[: math.prod(shape)].reshape(shape)
+
+
+def _concat(nested, axis: int, dtype=None, scratch: bool = False):
     """A nested list of arrays (one level per axis from ``axis``) joined in
-    one copy (cast to ``dtype`` if given); a single array as it is."""
+    one copy (cast to ``dtype`` if given; into the thread's scratch buffer
+    with ``scratch``); a single array as it is."""
     if not isinstance(nested, list) or _single(nested):
         a = _only(nested)
         return a if dtype is None else a.astype(dtype, copy=False)
     parts: list = []
     shape = _pieces(nested, axis, (), parts)
-    out = np.empty(shape, dtype=dtype or parts[0][1].dtype)
+    dtype = np.dtype(dtype or parts[0][1].dtype)
+    out = _scratch(shape, dtype) if scratch else np.empty(shape, dtype=dtype)
     for at, a in parts:
         out[(slice(None),) * axis + tuple(slice(o, o + n) for o, n in zip(at, a.shape[axis:]))] = a
     return out
@@ -247,7 +265,7 @@ def assemble(nested, positions, first_axis: int, fill, dtype=None) -> np.ndarray
     along each spatial axis (from ``first_axis``) the window's positions: a
     slice where they are a contiguous run, else that run with the gathered
     padding on either side (-1: the fill value)."""
-    a = _concat(nested, first_axis, dtype)
+    a = _concat(nested, first_axis, dtype, scratch=True)
     for i, pos in enumerate(positions):
         ax = first_axis + i
         if pos.size and pos[0] >= 0 and pos[-1] - pos[0] == pos.size - 1 and np.all(np.diff(pos) == 1):
