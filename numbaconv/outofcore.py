@@ -110,7 +110,7 @@ def _cluster_job(src, dst, weights, workers, memory, progress, use_dask_image=Fa
             threads_per_worker=1,
             processes=True,
             memory_limit=memory,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=50,
         ) as cluster,
         Client(cluster) as client,
@@ -195,7 +195,7 @@ def run(
     figures["worker_memory"] = worker_memory
     try:
         src = os.path.join(root, "volume.zarr")
-        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=50) as c:
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", silence_logs=50) as c:
             with Client(c) as client:
                 t = time.perf_counter()
                 _volume(src, shape, chunks, client)

@@ -369,27 +369,56 @@ def test_zarr_in_and_out(tmp_path):
     np.testing.assert_allclose(got, nnd.correlate(vol, w, mode="nearest"), rtol=1e-5, atol=1e-5)
 
 
-def test_local_cluster_with_processes():
+@pytest.fixture(scope="module")
+def cluster_client():
     distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def test_random_sweep_on_a_cluster_of_processes(cluster_client):
+    """The random sweep's configurations and chunkings computed by two
+    worker processes, against the in-memory calls."""
+    rng = np.random.default_rng(300)
+    checked = 0
+    for fn, transposed in ((nc.conv, False), (nc.conv_transpose, True)) * 4:
+        xs, ws, b, kw = _conv_case(rng, transposed=transposed)
+        x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+        try:
+            ref = fn(x, w, b, **kw)
+        except ValueError:
+            continue
+        K = w[0].size
+        tol = 8.0 * np.finfo(x.dtype).eps * np.sqrt(K) * fn(np.abs(x), np.abs(w), np.abs(b), **kw).max()
+        ys = [fn(da.from_array(x, chunks=_chunking(rng, x.shape, 2)), w, b, **kw) for _ in range(2)]
+        for y in cluster_client.compute(ys, sync=True):
+            assert_close(y, ref, tol, f"{fn.__name__} {kw}")
+            checked += 1
+    assert checked >= 6
+
+
+def test_local_cluster_with_processes(cluster_client):
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 4, 40, 36))
     w = rng.standard_normal((4, 4, 3, 3))
     wt = rng.standard_normal((4, 2, 4, 4))
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        X = da.from_array(x, chunks=(1, 2, 20, 18))
-        y = nc.conv2d(X, w, padding=1, padding_mode="circular", stride=(1, 2))
-        yt = nc.conv_transpose2d(X, wt, stride=2, padding=1, groups=2)
-        yf = nnd.correlate(X[0, 0], w[0, 0], mode="mirror")
-        got, got_t, got_f = client.compute([y, yt, yf], sync=True)
-        threads = client.run(lambda: lazy.task_threads())
-    np.testing.assert_allclose(
-        got, nc.conv2d(x, w, padding=1, padding_mode="circular", stride=(1, 2)), rtol=1e-12
-    )
+    X = da.from_array(x, chunks=(1, 2, 20, 18))
+    y = nc.conv2d(X, w, padding=1, padding_mode="circular", stride=(1, 2))
+    yt = nc.conv_transpose2d(X, wt, stride=2, padding=1, groups=2)
+    yf = nnd.correlate(X[0, 0], w[0, 0], mode="mirror")
+    got, got_t, got_f = cluster_client.compute([y, yt, yf], sync=True)
+    workers = list(cluster_client.scheduler_info()["workers"])
+    threads = {w: cluster_client.submit(lazy.task_threads, pure=False, workers=[w]).result() for w in workers}
+    ref = nc.conv2d(x, w, padding=1, padding_mode="circular", stride=(1, 2))
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
     np.testing.assert_allclose(got_t, nc.conv_transpose2d(x, wt, stride=2, padding=1, groups=2), rtol=1e-12)
     np.testing.assert_allclose(got_f, nnd.correlate(x[0, 0], w[0, 0], mode="mirror"), rtol=1e-12)
-    assert len(threads) == 2
+    import numba
+
+    # two worker processes on this host, one thread each: the cores shared between them
+    assert sorted(threads.values()) == [max(1, numba.config.NUMBA_NUM_THREADS // 2)] * 2
