@@ -174,7 +174,7 @@ def _conv_impl(
     ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
 ):
     if lazy.is_dask(input):
-        _check_device(device)
+        lazy.check_device(device, _check_device)
         return lazy.conv(
             ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, out, conv
         )
@@ -223,7 +223,7 @@ def _conv_transpose_impl(
     out,
 ):
     if lazy.is_dask(input):
-        _check_device(device)
+        lazy.check_device(device, _check_device)
         return lazy.conv_transpose(
             ndim,
             input,

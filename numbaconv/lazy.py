@@ -77,6 +77,17 @@ def host(a, name: str):
     return a
 
 
+def check_device(device, check) -> None:
+    """``device`` valid (``check``: the API's own check) and not 'cuda': the
+    blocks of a dask input run on the CPU."""
+    check(device)
+    if device == "cuda":
+        raise ValueError(
+            "device='cuda' is not supported for dask inputs: their blocks run on the CPU "
+            "(pass device='auto' or 'cpu', or give device arrays without dask)"
+        )
+
+
 def no_out(out, name: str = "out") -> None:
     if out is not None and not isinstance(out, (type, np.dtype, str)):
         raise TypeError(

@@ -187,6 +187,8 @@ def test_errors_before_any_task():
         nc.conv2d(da.zeros((1, 2, 8, 8), dtype=object, chunks=4), w)
     with pytest.raises(ValueError, match="device"):
         nc.conv2d(x, w, device="tpu")
+    with pytest.raises(ValueError, match="run on the CPU"):
+        nc.conv_transpose2d(x, np.zeros((2, 3, 3, 3)), device="cuda")
     with pytest.raises(TypeError, match="output="):
         nnd.correlate(da.zeros((8, 8), chunks=4), np.ones((3, 3)), output=np.zeros((8, 8)))
     with pytest.raises(RuntimeError, match="boundary mode"):
