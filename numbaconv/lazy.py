@@ -233,12 +233,15 @@ def _scratch(shape, dtype) -> np.ndarray:
     70 MB array per block paid its page faults every time: mappings this
     large bypass glibc's heap); the block's function never returns a view
     of its input."""
-    n = max(1, math.prod(shape) * np.dtype(dtype).itemsize)
+    count = math.prod(shape)
+    if count == 0:
+        return np.empty(shape, dtype=dtype)
+    n = count * np.dtype(dtype).itemsize
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None or buf.nbytes < n:
         _SCRATCH.buf = buf = None  # the old one freed first
         buf = _SCRATCH.buf = np.empty(n, dtype=np.uint8)
-    return buf[:n].view(dtype)[: math.prod(shape)].reshape(shape)
+    return buf[:n].view(dtype).reshape(shape)
 
 
 def _concat(nested, axis: int, dtype=None, scratch: bool = False):
@@ -1069,6 +1072,9 @@ def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=
     stops at the true edges and the function pads them), else it returns
     the block ('valid' on the slab)."""
     reasons: list = []
+    if x.size == 0:  # nothing to filter: the empty result, as in memory
+        shape = tuple(ax.out for ax in axes)
+        return require_dask().zeros(shape, dtype=out_dtype), Layout(op, x.chunks, (), (), 0, 0, reasons)
     item = np.dtype(dtype or x.dtype).itemsize
     x, outs, size = plan_axes(x, axes, 0, item, np.dtype(out_dtype).itemsize, reasons)
     wins = windows(axes, outs, x.chunks, 0)

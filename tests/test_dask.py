@@ -197,6 +197,20 @@ def test_errors_before_any_task():
         ns.convolve2d(da.zeros((8, 8), chunks=4), np.ones((3, 3)), boundary="bogus")
 
 
+def test_empty_inputs():
+    w = np.ones((3, 2, 3, 3))
+    assert nc.conv2d(da.zeros((0, 2, 8, 8), chunks=(1, 2, 4, 4)), w, padding=1).compute().shape == (
+        0,
+        3,
+        8,
+        8,
+    )
+    y = nc.conv_transpose2d(da.zeros((0, 2, 4, 4), chunks=2), np.ones((2, 3, 3, 3)), stride=2)
+    assert y.compute().shape == (0, 3, 9, 9)
+    y = nnd.correlate(da.zeros((0, 5), chunks=2), np.ones((3, 3)))
+    assert y.shape == (0, 5) and y.compute().shape == (0, 5)
+
+
 def test_import_does_not_import_dask():
     code = "import sys, numbaconv, numbaconv.signal, numbaconv.ndimage; print('dask' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
