@@ -173,12 +173,10 @@ def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", F
 def _conv_impl(
     ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
 ):
-    if lazy.is_dask(input):
-        lazy.check_device(device, _check_device)
-        return lazy.conv(
-            ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, out, conv
-        )
-    x, w, b, method, dtype, where = _prepare("conv", input, weight, bias, method, device)
+    if lazy.is_dask(input):  # checked alike; the blocks run lazily (numbaconv.lazy)
+        x, w, b, method, dtype = lazy.prepare("conv", input, weight, bias, method, device, out, _check_device)
+    else:
+        x, w, b, method, dtype, where = _prepare("conv", input, weight, bias, method, device)
     plan = make_conv_plan(
         x.shape,
         w.shape,
@@ -191,6 +189,8 @@ def _conv_impl(
         dtype=dtype,
         ndim=ndim,
     )
+    if lazy.is_dask(x):
+        return lazy.conv(x, plan, w, b, method, conv)
     plan = separable.mark(plan, w)
     return _finish("conv", plan, method, input, weight, bias, x, w, b, out, where)
 
@@ -222,25 +222,12 @@ def _conv_transpose_impl(
     device,
     out,
 ):
-    if lazy.is_dask(input):
-        lazy.check_device(device, _check_device)
-        return lazy.conv_transpose(
-            ndim,
-            input,
-            weight,
-            bias,
-            stride,
-            padding,
-            output_padding,
-            groups,
-            dilation,
-            output_size,
-            padding_mode,
-            method,
-            out,
-            conv_transpose,
+    if lazy.is_dask(input):  # checked alike; the blocks run lazily (numbaconv.lazy)
+        x, w, b, method, dtype = lazy.prepare(
+            "conv_transpose", input, weight, bias, method, device, out, _check_device
         )
-    x, w, b, method, dtype, where = _prepare("conv_transpose", input, weight, bias, method, device)
+    else:
+        x, w, b, method, dtype, where = _prepare("conv_transpose", input, weight, bias, method, device)
     plan = make_conv_transpose_plan(
         x.shape,
         w.shape,
@@ -255,6 +242,8 @@ def _conv_transpose_impl(
         dtype=dtype,
         ndim=ndim,
     )
+    if lazy.is_dask(x):
+        return lazy.conv_transpose(x, plan, w, b, method, conv_transpose)
     return _finish("conv_transpose", plan, method, input, weight, bias, x, w, b, out, where)
 
 

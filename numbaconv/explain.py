@@ -139,17 +139,14 @@ def explain(
     'fft'
     """
     _check_device(device)
-    chunking = None
-    if lazy.is_dask(input):
-        chunking = _layout(op, input, weight, bias, method, params)
-        w = np.asarray(lazy.host(weight, "weight"))
-        dtypes = [input.dtype, w.dtype] + (
-            [] if bias is None else [np.asarray(lazy.host(bias, "bias")).dtype]
-        )
-        params = {"dtype": np.result_type(*dtypes), **params}
-        input, weight, bias = tuple(input.shape), w, lazy.host(bias, "bias")
+    x = None
+    if lazy.is_dask(input):  # its blocks' layout beside the whole array's decision
+        x, weight, bias, _, dtype = lazy.prepare(op, input, weight, bias, method, device, None, _check_device)
+        input, params = tuple(x.shape), {"dtype": dtype, **params}
     plan = _plan_of(op, input, weight, bias, params)
     check_method(op, method)
+    run = lazy.conv if op == "conv" else lazy.conv_transpose
+    chunking = None if x is None else run(x, plan, weight, bias, method, None, explain=True)
     if method not in ("auto", "measure"):  # a forced method: its own check first
         choice = choose(op, plan, method, device)
         measured = _measure_all(op, plan, device) if measure and choice.estimates else {}
@@ -161,30 +158,6 @@ def explain(
         choice = Choice("none", device, str(exc), {}, unsupported)
     measured = _measure_all(op, plan, device) if measure and choice.estimates else {}
     return Explanation(op, plan, choice, measured, chunking)
-
-
-def _layout(op, x, weight, bias, method, params):
-    """The :class:`numbaconv.lazy.Layout` of a dask input: its chunks in and
-    out, halos, tasks and a task's memory, and why (rechunks, splits)."""
-    ndim = np.ndim(lazy.host(weight, "weight")) - 2
-    p = {k: v for k, v in params.items() if k != "dtype"}
-    if op == "conv":
-        args = [p.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))]
-        return lazy.conv(
-            ndim, x, weight, bias, *args, p.get("padding_mode", "zeros"), method, None, None, explain=True
-        )
-    keys = (
-        ("stride", 1),
-        ("padding", 0),
-        ("output_padding", 0),
-        ("groups", 1),
-        ("dilation", 1),
-        ("output_size", None),
-    )
-    args = [p.get(k, d) for k, d in keys]
-    return lazy.conv_transpose(
-        ndim, x, weight, bias, *args, p.get("padding_mode", "zeros"), method, None, None, explain=True
-    )
 
 
 def _check_device(device) -> None:

@@ -67,25 +67,32 @@ def require_dask():
     return da
 
 
-def host(a, name: str):
-    """A small operand (weight, bias, kernel) as a NumPy array: computed
-    when it is a dask array."""
+def host(a):
+    """A small operand (weight, bias, kernel) as a NumPy array (a dask array
+    computed once); None stays None."""
     if a is None:
         return None
-    if is_dask(a):
-        return np.asarray(a.compute())
-    return a
+    return np.asarray(a.compute() if is_dask(a) else a)
 
 
-def check_device(device, check) -> None:
-    """``device`` valid (``check``: the API's own check) and not 'cuda': the
-    blocks of a dask input run on the CPU."""
-    check(device)
+def prepare(op, x, weight, bias, method, device, out, check_device):
+    """A dask input's call checked as the in-memory one (``check_device``:
+    the API's check) before any task: ``(x, weight, bias, method, result
+    dtype)``, the weight and bias as NumPy arrays (a dask weight computed
+    once). The blocks run on the CPU: device='cuda' is refused."""
+    from . import dispatch
+
+    require_dask()
+    check_device(device)
     if device == "cuda":
         raise ValueError(
             "device='cuda' is not supported for dask inputs: their blocks run on the CPU "
             "(pass device='auto' or 'cpu', or give device arrays without dask)"
         )
+    no_out(out)
+    method = dispatch.check_method(op, method)
+    w, b, dtype = _operands(x, weight, bias)
+    return x, w, b, method, dtype
 
 
 def no_out(out, name: str = "out") -> None:
@@ -126,7 +133,8 @@ class Axis:
             pads = (int(np.count_nonzero(p < 0)), int(np.count_nonzero(p >= self.size)))
             if inside.size and self._can_pad(pads, inside.size):
                 return inside, pads
-        return np.asarray(fold_index(p, self.size, self.mode), dtype=np.int64), (0, 0)
+        mode = "zeros" if self.mode == "constant" else self.mode  # constant: -1 reads the fill (cval)
+        return np.asarray(fold_index(p, self.size, mode), dtype=np.int64), (0, 0)
 
     def _can_pad(self, pads, n: int) -> bool:
         """Whether padding ``pads`` around a slab of ``n`` inputs holding the
@@ -677,13 +685,11 @@ def _channel_split(x, plan, reasons):
     return x, [(int(a), int(b), 0, 0, plan.c_out) for a, b in zip(bounds, bounds[1:])]
 
 
-def _operands(op, x, weight, bias):
+def _operands(x, weight, bias):
     """The weight and bias as NumPy arrays, dtypes checked, the result dtype."""
     from .shapes import check_dtype, result_dtype
 
-    require_dask()
-    w = np.asarray(host(weight, "weight"))
-    b = None if bias is None else np.asarray(host(bias, "bias"))
+    w, b = host(weight), host(bias)
     dtypes = [x.dtype, w.dtype] + ([] if b is None else [b.dtype])
     for name, d in zip(("input", "weight", "bias"), dtypes):
         check_dtype(d, name)
@@ -740,31 +746,12 @@ def _result(op, name, dsk, keys, x, plan, parts, outs, axes, size, reasons, expl
     return y if plan.batched else y[0]
 
 
-def conv(
-    ndim, x, weight, bias, stride, padding, dilation, groups, padding_mode, method, out, call, explain=False
-):
-    """``conv*`` of a dask input (see the module docstring); ``call``: the
-    in-memory ``conv`` each block runs; ``explain``: the :class:`Layout`
-    instead of the result."""
-    from . import dispatch
-    from .shapes import make_conv_plan
-
-    no_out(out)
-    w, b, dtype = _operands("conv", x, weight, bias)
-    method = dispatch.check_method("conv", method)
-    bshape = None if b is None else b.shape
-    plan = make_conv_plan(
-        x.shape,
-        w.shape,
-        bshape,
-        stride,
-        padding,
-        dilation,
-        groups,
-        padding_mode=padding_mode,
-        dtype=dtype,
-        ndim=ndim,
-    )
+def conv(x, plan, w, b, method, call, explain=False):
+    """``conv*`` of a dask input ``x`` (see the module docstring), its
+    ``plan`` and operands checked by the API (:func:`prepare`); ``call``:
+    the in-memory ``conv`` each block runs; ``explain``: the
+    :class:`Layout` instead of the result."""
+    dtype = plan.dtype
     x = x if plan.batched else x[None]
     reasons: list = []
     x, parts = _channel_split(x, plan, reasons)
@@ -942,67 +929,11 @@ def _t_parts(x, plan, reasons):
     return x, parts
 
 
-def _t_plan(
-    ndim, x, weight, bias, stride, padding, output_padding, groups, dilation, output_size, mode, method
-):
-    """The transposed op's plan (its checks, before any task), operands and method."""
-    from . import dispatch
-    from .shapes import make_conv_transpose_plan
-
-    w, b, dtype = _operands("conv_transpose", x, weight, bias)
-    method = dispatch.check_method("conv_transpose", method)
-    bshape = None if b is None else b.shape
-    plan = make_conv_transpose_plan(
-        x.shape,
-        w.shape,
-        bshape,
-        stride,
-        padding,
-        output_padding,
-        groups,
-        dilation,
-        output_size=output_size,
-        padding_mode=mode,
-        dtype=dtype,
-        ndim=ndim,
-    )
-    return plan, w, b, dtype, method
-
-
-def conv_transpose(
-    ndim,
-    x,
-    weight,
-    bias,
-    stride,
-    padding,
-    output_padding,
-    groups,
-    dilation,
-    output_size,
-    padding_mode,
-    method,
-    out,
-    call,
-    explain=False,
-):
+def conv_transpose(x, plan, w, b, method, call, explain=False):
     """``conv_transpose*`` of a dask input, as a gather over input halos
-    (``call``: the in-memory ``conv_transpose`` each block runs)."""
-    no_out(out)
-    plan, w, b, dtype, method = _t_plan(
-        ndim,
-        x,
-        weight,
-        bias,
-        stride,
-        padding,
-        output_padding,
-        groups,
-        dilation,
-        output_size,
-        padding_mode,
-        method,
-    )
+    (``plan`` and operands as for :func:`conv`; ``call``: the in-memory
+    ``conv_transpose`` each block runs)."""
+    dtype = plan.dtype
     x = x if plan.batched else x[None]
     reasons: list = []
     x, parts = _t_parts(x, plan, reasons)
@@ -1108,23 +1039,11 @@ def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=
     return _array(name, dsk, x, tuple(outs), out_dtype), layout
 
 
-# SciPy's modes: how a window reads past the true edges (a gather where the
-# block's function cannot pad it itself: wrap needs the other end)
-_NDIMAGE_FOLD = {
-    "reflect": "symmetric",
-    "grid-mirror": "symmetric",
-    "mirror": "reflect",
-    "nearest": "replicate",
-    "wrap": "circular",
-    "grid-wrap": "circular",
-    "constant": "constant",
-    "grid-constant": "constant",
-}
-
-
 def ndimage_filter(func, x, kwargs: dict, sizes, origins, modes):
     """A :mod:`numbaconv.ndimage` filter of the dask array ``x``: ``sizes``,
-    ``origins`` and (SciPy) ``modes`` per axis of ``x``. Arguments are checked
+    ``origins`` and modes per axis of ``x`` (SciPy's, as fold modes: how a
+    window reads past the true edges; a gather where the block's call cannot
+    pad it itself, wrap needing the other end). Arguments are checked
     by a call on a one-element array (SciPy's errors, the result dtype);
     each block is the function on its slab, halos ``k - 1 + |origin|`` on
     both sides (at least the filter's reach), cropped."""
@@ -1133,8 +1052,7 @@ def ndimage_filter(func, x, kwargs: dict, sizes, origins, modes):
     axes = []
     for L, k, o, m in zip(x.shape, sizes, origins, modes):
         h = k - 1 + abs(int(o)) if k > 1 else 0
-        fold = _NDIMAGE_FOLD[m]
-        axes.append(Axis(L, L, 1, 2 * h + 1, h, fold, fold != "circular"))
+        axes.append(Axis(L, L, 1, 2 * h + 1, h, m, m != "circular"))
     y, _ = stencil(func.__name__, x, axes, func, (), kwargs, probe.dtype, same=True)
     return y
 

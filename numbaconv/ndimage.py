@@ -269,12 +269,12 @@ def _lazy(func, input, kwargs, sizes, origins, modes):
     """A dask ``input``: :func:`numbaconv.lazy.ndimage_filter` (sizes,
     origins and modes per input axis; a mode that is not a string is left
     for the argument check to refuse)."""
-    modes = [m if isinstance(m, str) else "reflect" for m in modes]
+    modes = [_MODES.get(m, "symmetric") if isinstance(m, str) else "symmetric" for m in modes]
     return lazy.ndimage_filter(func, input, kwargs, sizes, origins, modes)
 
 
 def _lazy_nd(func, input, weights, output, mode, cval, origin, axes, method):
-    w = np.asarray(lazy.host(weights, "weights"))
+    w = lazy.host(weights)
     nd = input.ndim
     axes_t = _check_axes(axes, nd)
     sizes, origins = [1] * nd, [0] * nd
@@ -286,7 +286,7 @@ def _lazy_nd(func, input, weights, output, mode, cval, origin, axes, method):
 
 
 def _lazy_1d(func, input, weights, axis, output, mode, cval, origin, method):
-    w = np.asarray(lazy.host(weights, "weights"))
+    w = lazy.host(weights)
     nd = input.ndim
     sizes, origins = [1] * nd, [0] * nd
     if w.ndim == 1 and -nd <= operator.index(axis) < nd:
@@ -459,7 +459,7 @@ def sepfilter(
         ``output``.
     """
     if lazy.is_dask(input):
-        ks = [np.asarray(lazy.host(k, "kernels")) for k in kernels]
+        ks = [lazy.host(k) for k in kernels]
         nd = input.ndim
         axes_t = _check_axes(axes, nd)
         sizes, origins, modes = [1] * nd, [0] * nd, ["reflect"] * nd

@@ -262,7 +262,7 @@ def _choose(a, b, mode, axes) -> str:
 def _lazy(func, in1, in2, kwargs, conv_axes, pads_of, fold="zeros", fill=0, dtype=None):
     """A dask ``in1`` (``in2`` in memory): :func:`numbaconv.lazy.signal_filter`
     with the padding ``pads_of(n, k)`` on the convolved axes."""
-    b = np.asarray(lazy.host(in2, "in2"))
+    b = lazy.host(in2)
     if in1.ndim != b.ndim:
         raise ValueError("in1 and in2 should have the same dimensionality")
     if in1.size == 0 or b.size == 0:
@@ -438,7 +438,7 @@ def _filter2d(in1, in2, mode, boundary, fillvalue, name, flip):
 def _lazy2d(in1, in2, mode, boundary, fillvalue, name, flip):
     """convolve2d / correlate2d of a dask ``in1``: the boundary read through
     the index maps (the fill value in the result dtype)."""
-    b = np.asarray(lazy.host(in2, "in2"))
+    b = lazy.host(in2)
     if not in1.ndim == b.ndim == 2:
         raise ValueError(f"{name} inputs must both be 2-D arrays")
     func = convolve2d if flip else correlate2d
@@ -521,7 +521,7 @@ def _fft_family(in1, in2, mode, axes, func=None):
     if lazy.is_dask(in1):
         if mode not in _MODES:
             raise ValueError("acceptable mode flags are 'valid', 'same', or 'full'")
-        b = np.asarray(lazy.host(in2, "in2"))
+        b = lazy.host(in2)
         ax = [i for i in _norm_axes(axes, in1.ndim) if b.shape[i] != 1]
         kwargs = dict(mode=mode, axes=axes)
         return _lazy(func, in1, b, kwargs, ax, lambda n, k: _pads(n, k, mode))

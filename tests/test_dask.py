@@ -321,7 +321,7 @@ def test_planner_splits_blocks_within_the_budget():
     x = da.zeros((2, 8, 600, 600), chunks=(2, 8, 600, 600), dtype=np.float32)
     w = np.zeros((8, 8, 15, 15), np.float32)
     with config.override(workspace_bytes=2 * 2**20):
-        layout = lazy.conv(2, x, w, None, 1, 7, 1, 1, "zeros", "auto", None, nc.conv, explain=True)
+        layout = nc.explain("conv", x, w, padding=7).chunking
         blocks = [max(c) for c in layout.output_chunks[2:]]
         halo = 2 * 8 * 4 * ((blocks[0] + 14) * (blocks[1] + 14) - blocks[0] * blocks[1])
         assert halo <= 2**20 and "split" in " ".join(layout.reasons)
