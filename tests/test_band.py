@@ -1,7 +1,8 @@
 """Band blocks of the direct path (numbaconv/cpu/igemm.py, ``uses_band``):
 one output channel per group (depthwise, single-channel filters), H stride 1,
-five or more kernel rows, computed by microkernel.fma_band in blocks of rows
-that share each loaded input row. The common grid's kernels are too short to
+three or more kernel rows, computed by microkernel.fma_band in blocks of rows
+that share each loaded input row (4 rows for kernels of 3 or 4 rows, 6 for
+longer ones). The common grid's kernels are too short to
 reach them, so these cases are their own: every padding mode, W stride and
 dilation, H dilation (rows dh apart), 3-D, several input channels, channel
 chunks, bias, at 4, 8 and 16 lanes and with 16 registers, against the NumPy
@@ -38,6 +39,9 @@ CASES = {
         "replicate",
     ),
     "dw-narrow": ((1, 2, 19, 3), (2, 1, 5, 2), (1, 1), [(0, 0), (1, 1)], (1, 1), 2, "zeros"),
+    "dw3x3-short": ((2, 3, 13, 35), (3, 1, 3, 3), (1, 1), [(1, 1), (1, 1)], (1, 1), 3, "zeros"),
+    "dw3x3-dil2-reflect": ((1, 2, 17, 21), (2, 1, 3, 3), (1, 1), [(2, 2), (2, 2)], (2, 2), 2, "reflect"),
+    "c2to1-4x3-sw2-circular": ((2, 2, 11, 19), (1, 2, 4, 3), (1, 2), [(2, 1), (1, 1)], (1, 1), 1, "circular"),
     "3d-dw2x5x3": (
         (2, 2, 4, 12, 10),
         (2, 1, 2, 5, 3),
@@ -115,14 +119,19 @@ def test_band_channel_chunks_accumulate():
 
 def test_band_only_where_it_pays():
     """Band blocks need H stride 1, one output channel per group, at least
-    BAND_ROWS - 1 kernel rows and enough output rows; other shapes keep the
-    row blocks."""
+    3 kernel rows and enough output rows; other shapes keep the row blocks.
+    Blocks of 4 rows for 3 or 4 kernel rows, 6 for more (fma_band needs
+    kh >= rows - 1)."""
 
     def plan(ws, stride=1, groups=1):
         return make_conv_plan((1, 4, 16, 16), ws, None, stride, 0, 1, groups, dtype=np.float32)
 
     assert igemm.uses_band(plan((4, 1, 5, 5), groups=4))
-    assert not igemm.uses_band(plan((4, 1, 3, 3), groups=4))  # too few kernel rows
+    assert igemm.uses_band(plan((4, 1, 3, 3), groups=4))
+    assert not igemm.uses_band(plan((4, 1, 2, 5), groups=4))  # too few kernel rows
+    assert [igemm.band_rows(k) for k in range(1, 8)] == [0, 0, 4, 4, 6, 6, 6]
+    for k in range(3, 12):
+        assert k >= igemm.band_rows(k) - 1
     assert not igemm.uses_band(plan((4, 1, 5, 5), stride=(2, 1), groups=4))  # H stride
     assert not igemm.uses_band(plan((8, 2, 5, 5), groups=2))  # four output channels per group
     # 14 rows in blocks of 6 rows 2 apart: 24 computed, more than 1.5x

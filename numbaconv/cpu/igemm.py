@@ -148,21 +148,34 @@ def _block_cl(tile, wp, cb, tab, spec, vectors, k, a0, b0, ps, at, vl):
 
 
 @njit(inline="always")
-def _band(wp, tile, c, tb, spec, vectors, kh, k, a0, b0, ak, cs, rp, c0, ldc, cnt, nrows, bias, add):
-    # BAND_ROWS output rows x vectors of pixels of one output channel, into
-    # c (the target or a scratch block) through masks
+def _band(wp, tile, c, tb, spec, R, vectors, kh, k, a0, b0, ak, cs, rp, c0, ldc, cnt, nrows, bias, add):
+    # R (4 or 6: band_rows) output rows x vectors of pixels of one output
+    # channel, into c (the target or a scratch block) through masks
     nt = tb.shape[0]
-    if vectors >= 4:
+    if R == 6:
+        if vectors >= 4:
+            fma_band(
+                wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 6, 4, 2
+            )
+        elif vectors >= 2:
+            fma_band(
+                wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 6, 2, 2
+            )
+        else:
+            fma_band(
+                wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 6, 1, 2
+            )
+    elif vectors >= 4:
         fma_band(
-            wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 6, 4, 2
+            wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 4, 4, 2
         )
     elif vectors >= 2:
         fma_band(
-            wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 6, 2, 2
+            wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 4, 2, 2
         )
     else:
         fma_band(
-            wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 6, 1, 2
+            wp, tile, c, tb, nt, kh, a0, b0, k, ak, cs, rp, c0, ldc, cnt, nrows, bias, add, spec, 4, 1, 2
         )
 
 
@@ -186,10 +199,29 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
                 if unit:
                     u, ldc, add = _offset(geo, n, g, od, h0 + base + ph, p0), geo[35] * dh, c0 > 0
                     _band(
-                        wp, tile, of, tb, spec, V, kh, nc, a0, b0, ak, cs, rp, u, ldc, OW - p0, rows, bv, add
+                        wp,
+                        tile,
+                        of,
+                        tb,
+                        spec,
+                        R,
+                        V,
+                        kh,
+                        nc,
+                        a0,
+                        b0,
+                        ak,
+                        cs,
+                        rp,
+                        u,
+                        ldc,
+                        OW - p0,
+                        rows,
+                        bv,
+                        add,
                     )
                     continue
-                _band(wp, tile, cb, tb, spec, V, kh, nc, a0, b0, ak, cs, rp, 0, px, px, R, 0.0, 0)
+                _band(wp, tile, cb, tb, spec, R, V, kh, nc, a0, b0, ak, cs, rp, 0, px, px, R, 0.0, 0)
                 cnt = np.uint64(min(px, OW - p0))
                 for r in range(min(R, rows)):
                     oh = base + ph + r * dh
@@ -453,25 +485,33 @@ def uses_channels_last(plan, lanes: int) -> bool:
     return config.direct_layout == "channels" and plan.c_out // plan.groups >= lanes
 
 
-BAND_ROWS = 6  # output rows of a band block (fma_band's rows literal in _band)
+BAND_ROWS = 6  # output rows of a band block for kernels of 5 or more rows
+SHORT_BAND_ROWS = 4  # and for 3 or 4 rows (fma_band's rows literals in _band)
+
+
+def band_rows(kh: int) -> int:
+    """Output rows of a band block for a kernel of ``kh`` rows (0: none).
+    :func:`numbaconv.cpu.microkernel.fma_band` needs ``kh >= rows - 1``;
+    each loaded input row feeds up to ``min(rows, kh)`` FMAs."""
+    return BAND_ROWS if kh >= BAND_ROWS - 1 else SHORT_BAND_ROWS if kh >= SHORT_BAND_ROWS - 1 else 0
 
 
 def uses_band(plan) -> bool:
     """Band blocks (:func:`numbaconv.cpu.microkernel.fma_band`: rows of one
-    output channel sharing each loaded input row) for one output channel per
-    group (depthwise, single-channel filters) at H stride 1 with at least
-    ``BAND_ROWS - 1`` kernel rows, and output rows enough that a block's junk
-    rows past the plane stay under half of them. With fewer kernel rows a
-    band block does as many loads per FMA as the pixel layout's one-row block
-    and measured no faster (3x3: 34 vs 39 GFLOP/s on one core of the Emerald
-    Rapids host)."""
-    unit = BAND_ROWS * plan.dilation[1]
+    output channel sharing each loaded input row, stored straight into the
+    output through masks) for one output channel per group (depthwise,
+    single-channel filters) at H stride 1 with at least 3 kernel rows
+    (:func:`band_rows`), and output rows enough that a block's junk rows past
+    the plane stay under half of them. With 1 or 2 kernel rows a band block
+    does about as many loads per FMA as the pixel layout's one-row block."""
+    rows_per_block = band_rows(plan.kernel[1])
+    unit = rows_per_block * plan.dilation[1]
     rows = plan.out_size[1]
     return (
         config.direct_layout != "channels"
         and plan.c_out == plan.groups
         and plan.stride[1] == 1
-        and plan.kernel[1] >= BAND_ROWS - 1
+        and rows_per_block > 0
         and -(-rows // unit) * unit <= 1.5 * rows  # few rows: the last block's junk rows outweigh it
     )
 
@@ -542,9 +582,9 @@ class Geometry:
         self.og = plan.c_out // plan.groups
         self.cg = plan.c_in // plan.groups
         self.channels_last = uses_channels_last(plan, lanes)
-        self.band_rows = BAND_ROWS if band and uses_band(plan) else 0
+        self.band_rows = band_rows(kh) if band and uses_band(plan) else 0
         if self.band_rows:  # one output channel: blocks of rows x pixels of a row
-            vmax = vectors_for(BAND_ROWS, registers)
+            vmax = max(v for v in (4, 2, 1) if v <= vectors_for(self.band_rows, registers) or v == 1)
             need = -(-ow // lanes)
             self.vectors = min(v for v in (vmax, min(vmax, 2), 1) if v >= need or v == vmax)
             self.block = 1
@@ -581,7 +621,7 @@ class Geometry:
         band = oh if base >= want else max(1, oh * base // want)
         if band < oh and self.nob > 1 and self._rounding(oh) < self._rounding(band) - 0.02:
             band = oh  # whole planes waste less of the last pixel block; split the o-blocks instead
-        unit = BAND_ROWS * plan.dilation[1] if self.band_rows else 1  # rows a block covers
+        unit = self.band_rows * plan.dilation[1] if self.band_rows else 1  # rows a block covers
         band = min(oh, -(-band // unit) * unit)
         while band > unit and self.cg * self.channel_elements(band) > limit:
             band = -(-((band + 1) // 2) // unit) * unit
@@ -595,7 +635,7 @@ class Geometry:
         self.ps = self.cc if self.cc < line else (-(-self.cc // line) | 1) * line
         # past the last channel: the junk pixels of the last block of a band
         # (band blocks: up to a block of rows past the band, dh apart)
-        rows = BAND_ROWS * plan.dilation[1] + 1 if self.band_rows else 1
+        rows = self.band_rows * plan.dilation[1] + 1 if self.band_rows else 1
         slack = self.px + self.wq * (len(self.ph) * len(self.pw_) + rows)
         self.tile = (self.ps * (self.cs + slack)) if self.channels_last else (self.cc * self.cs + slack)
         tasks = base * self.nbands
