@@ -73,7 +73,7 @@ def _cases():
             out.append(("conv", (1, cin) + sp, (cout, cin // groups) + k, dict(padding=1, groups=groups)))
         out.append(("conv", (1, 2) + sp, (4, 2) + k, dict(padding=1, padding_mode="reflect")))
         out.append(("conv", (1, 8) + sp, (4, 8) + k, dict(stride=2, dilation=2, padding=2)))
-        if nd > 1:  # depthwise with 5 kernel rows: the band blocks (one task function for 4- and 6-row blocks)
+        if nd > 1:  # depthwise with 5 kernel rows: the band blocks (one task function, 4- and 6-row)
             kb = (1, 5, 3)[3 - nd :]
             out.append(("conv", (1, 2) + sp, (2, 1) + kb, dict(padding=(0, 2, 1)[3 - nd :], groups=2)))
         # a vector of output channels, strided: the channels-last layout

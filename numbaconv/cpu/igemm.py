@@ -828,8 +828,8 @@ def run_phases(x5, bias, phases: tuple, wp, base) -> None:
     Each kind of task runs in one parallel region
     (:func:`numbaconv.cpu.tasks.parallel_tasks`, the task function called by
     its address: a prange calling it directly compiles it twice), its tasks
-    interleaved so that each thread's share holds the same fraction of every
-    phase."""
+    interleaved so that the phases progress together (the threads take the
+    tasks in this order, one at a time)."""
     spec = spec_for(base.dtype)
     if bias is None:
         bias = np.zeros(base.shape[1], dtype=base.dtype)
@@ -880,8 +880,8 @@ def _combined(group, threads, share):
     P, T = len(group), sum(counts)
     phase = np.repeat(np.arange(P, dtype=np.int64), counts)
     local = np.concatenate([np.arange(c, dtype=np.int64) for c in counts])
-    # interleaved: ordered by the position within the phase (static scheduling
-    # gives each thread a contiguous range of tasks)
+    # interleaved: ordered by the position within the phase (the threads
+    # take tasks in this order: the phases' tasks finish together)
     order = np.argsort((local + 0.5) / np.repeat(np.asarray(counts, dtype=np.float64), counts), kind="stable")
     head = 2 + P * _HEADER + 2 * T
     table = np.concatenate(

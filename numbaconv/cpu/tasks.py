@@ -10,6 +10,12 @@ calling convention (:func:`call_task`), so the body is compiled once, in its
 own cached kernel. The address is a run-time argument, so the region caches
 on disk like any kernel. A task that fails (an allocation that raised) sets
 a flag that :func:`parallel_tasks` turns into a ``MemoryError``.
+
+Tasks are handed out dynamically: each thread takes the next task from a
+shared counter (an atomic add) until none is left, instead of a fixed
+contiguous share per thread (``prange``'s static schedule). On a shared
+host a thread that loses its core for a while no longer holds up the call
+with the rest of its share: the others take it.
 """
 
 from __future__ import annotations
@@ -43,13 +49,34 @@ def call_task(typingctx, addr, args, err):
     return types.void(addr, args, err), codegen
 
 
+@intrinsic
+def fetch_add(typingctx, counter, value):
+    """``counter[0] += value`` atomically (an int64 array); the value before."""
+    if not isinstance(counter, types.Array) or counter.dtype != types.int64:
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        data = context.make_array(signature.args[0])(context, builder, llargs[0]).data
+        add = context.cast(builder, llargs[1], signature.args[1], types.int64)
+        return builder.atomic_rmw("add", data, add, "monotonic")
+
+    return types.int64(counter, value), codegen
+
+
 @njit(parallel=True, cache=True)
-def run_tasks(addr, tasks, err, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12):
-    """``task(a0, ..., a12, t)`` for every task ``t``, in parallel. (Thirteen
-    arguments, not a tuple or star args: Numba types those element by element
-    in Python, ~200 us a call; plain arguments take its fast path.)"""
-    for t in prange(tasks):
-        call_task(addr, (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, np.int64(t)), err)
+def run_tasks(addr, tasks, workers, err, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12):
+    """``task(a0, ..., a12, t)`` for every task ``t``, in parallel on
+    ``workers`` threads, each taking the next task from a shared counter.
+    (Thirteen arguments, not a tuple or star args: Numba types those element
+    by element in Python, ~200 us a call; plain arguments take its fast
+    path. ``workers`` from the caller: ``numba.get_num_threads()`` inside
+    the kernel is a dynamic global, which Numba does not cache.)"""
+    counter = np.zeros(1, dtype=np.int64)
+    for _ in prange(workers):
+        t = fetch_add(counter, 1)
+        while t < tasks:
+            call_task(addr, (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, np.int64(t)), err)
+            t = fetch_add(counter, 1)
 
 
 _ADDRESSES: dict = {}
@@ -80,6 +107,7 @@ def parallel_tasks(task, tasks: int, *args) -> None:
     """Run ``task(*args, t)`` for ``t`` in ``range(tasks)`` on Numba's threads
     (13 arguments before ``t``)."""
     err = np.zeros(1, dtype=np.int64)
-    run_tasks(task_address(task, args), tasks, err, *args)
+    workers = max(1, min(tasks, numba.get_num_threads()))
+    run_tasks(task_address(task, args), tasks, workers, err, *args)
     if err[0]:
         raise MemoryError(f"a task of {task.py_func.__name__} failed (out of memory)")
