@@ -40,6 +40,9 @@ OPS = ("conv", "conv_transpose")
 SPECIAL_METHODS = ("auto", "measure")
 
 
+_MODULES: dict = {}  # module name -> module (import_module per call cost ~10 us)
+
+
 @dataclass(frozen=True)
 class MethodRow:
     """One method of one op on one device (see the module doc).
@@ -72,7 +75,10 @@ class MethodRow:
 
     @property
     def module(self) -> ModuleType:
-        return importlib.import_module(self.module_name, __package__)
+        mod = _MODULES.get(self.module_name)
+        if mod is None:
+            mod = _MODULES[self.module_name] = importlib.import_module(self.module_name, __package__)
+        return mod
 
     def supports(self, plan) -> str | None:
         """None when this method can run ``plan`` here, else the reason it cannot."""

@@ -95,10 +95,11 @@ class Spec:
     argument is compiled (and cached on disk) once per spec, and an edit of
     this file's IR generator changes the version, so no stale entry loads."""
 
-    __slots__ = ("lanes", "registers", "version")
+    __slots__ = ("lanes", "registers", "version", "numba_type")
 
     def __init__(self, lanes: int, registers: int):
         self.lanes, self.registers, self.version = int(lanes), int(registers), SOURCE_KEY
+        self.numba_type = None  # its SpecType, made once (typed at every kernel call)
 
     def __repr__(self):
         return f"Spec(lanes={self.lanes}, registers={self.registers})"
@@ -115,7 +116,9 @@ class SpecType(types.Type):
 
 @typeof_impl.register(Spec)
 def _typeof_spec(val, c):
-    return SpecType(val.lanes, val.registers, val.version)
+    if val.numba_type is None:
+        val.numba_type = SpecType(val.lanes, val.registers, val.version)
+    return val.numba_type
 
 
 register_model(SpecType)(models.OpaqueModel)

@@ -84,9 +84,15 @@ _ADDRESSES: dict = {}
 
 def _key(args) -> tuple:
     # what Numba's type of each argument depends on, cheaply
-    # (flags.num: contiguity, writeable, aligned and the rest as one int)
+    # (flags.num: contiguity, writeable, aligned and the rest as one int;
+    # a microkernel.Spec is its own key: its type is fixed per object)
     return tuple(
-        (a.dtype, a.ndim, a.flags.num) if isinstance(a, np.ndarray) else numba.typeof(a) for a in args
+        (a.dtype, a.ndim, a.flags.num)
+        if isinstance(a, np.ndarray)
+        else a
+        if type(a).__name__ == "Spec"
+        else numba.typeof(a)
+        for a in args
     )
 
 
