@@ -122,6 +122,14 @@ class Axis:
     lo: int
     mode: str
     local: bool = False
+    centre: int = -1  # the window position an output goes with; -1: its middle
+
+    @property
+    def centre_at(self) -> int:
+        """The position in an output's window of the input it goes with (the
+        chunk holding that input computes the output): the middle, unless
+        ``centre`` says (SciPy's filters: the input of the same index)."""
+        return (self.span - 1) // 2 if self.centre < 0 else self.centre
 
     def window(self, o0: int, o1: int) -> tuple[np.ndarray, tuple[int, int]]:
         """Input index (or -1) of each padded position outputs ``[o0, o1)``
@@ -148,7 +156,7 @@ class Axis:
     @property
     def halo(self) -> tuple[int, int]:
         """Input positions read before and after the ones an output is centred on."""
-        c = (self.span - 1) // 2
+        c = self.centre_at
         return c, self.span - 1 - c
 
     @property
@@ -169,7 +177,7 @@ def out_chunks(axis: Axis, in_chunks: tuple[int, ...]) -> tuple[int, ...]:
     input chunk that holds the centre of its window (chunk starts aligned
     to the stride); empty chunks dropped."""
     bounds = np.cumsum((0,) + tuple(in_chunks))
-    c = (axis.span - 1) // 2
+    c = axis.centre_at
     cuts = {0, axis.out}
     for b in bounds[1:-1]:
         cuts.add(int(min(axis.out, max(0, -(-(int(b) + axis.lo - c) // axis.stride)))))
@@ -984,24 +992,44 @@ def conv_transpose(x, plan, w, b, method, call, explain=False):
 # ---------------------------------------------------------------- front-ends
 
 
-def _stencil_block(nested, positions, settings, dtype, fill, crops, fn, args, kwargs):
+_BLOCK = threading.local()
+
+
+def block_pads():
+    """Inside a :func:`ndimage_filter` block task: the padding ``(before,
+    after)`` per axis the front-end applies to its slab instead of its own
+    (the true edges' padding; 0 inside the array), so that it returns just
+    the block (the 'valid' part of the slab). None elsewhere."""
+    return getattr(_BLOCK, "pads", None)
+
+
+@contextlib.contextmanager
+def _block_pads(pads):
+    _BLOCK.pads = pads
+    try:
+        yield
+    finally:
+        _BLOCK.pads = None
+
+
+def _stencil_block(nested, positions, settings, dtype, fill, pads, fn, args, kwargs):
     """A front-end's block: the slab (cast to the compute ``dtype``, the
-    fill value outside), ``fn(slab, *args, **kwargs)``, cropped to the block
-    where ``crops`` (per axis ``(start, length)``) is given."""
+    fill value outside), ``fn(slab, *args, **kwargs)``; with ``pads`` (per
+    axis) under :func:`block_pads`."""
     with _task_context(settings):
         slab = assemble(nested, positions, 0, fill, dtype)
-        y = fn(slab, *args, **kwargs)
-        if crops is None:
-            return y
-        return y[tuple(slice(a, a + n) for a, n in crops)]
+        if pads is None:
+            return fn(slab, *args, **kwargs)
+        with _block_pads(pads):
+            return fn(slab, *args, **kwargs)
 
 
-def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=None, same=False):
+def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=None, pads=False):
     """``fn`` (a front-end) block by block over the dask array ``x``, every
-    axis an :class:`Axis`: with ``same`` the function returns its slab's
-    shape and the block is cropped out of it (``local`` axes: the slab
-    stops at the true edges and the function pads them), else it returns
-    the block ('valid' on the slab)."""
+    axis an :class:`Axis`; it returns the block ('valid' on the slab): with
+    ``pads`` it is told the padding of the slab's true edges through
+    :func:`block_pads` (``local`` axes: the slab stops at the true edges
+    and the function pads them)."""
     reasons: list = []
     if x.size == 0:  # nothing to filter: the empty result, as in memory
         shape = tuple(ax.out for ax in axes)
@@ -1010,15 +1038,14 @@ def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=
     x, outs, size = plan_axes(x, axes, 0, item, np.dtype(out_dtype).itemsize, reasons)
     wins = windows(axes, outs, x.chunks, 0)
     settings = _settings()
-    token = _token(x.name, fn.__module__, fn.__name__, args, kwargs, axes, fill, str(dtype), same, settings)
+    token = _token(x.name, fn.__module__, fn.__name__, args, kwargs, axes, fill, str(dtype), pads, settings)
     name = f"numbaconv-{op}-{token}"
     dsk: dict = {}
     keys = _constants(dsk, token, arg=args[0] if args else None)
     rest = tuple(args[1:])
     for s_idx, items in _spatial_grid(wins):
         positions = [it[2].pos for it in items]
-        # the block's first output at slab position lo (less the padding the function adds)
-        crops = [(ax.lo - it[3][0], it[1] - it[0]) for ax, it in zip(axes, items)] if same else None
+        block_pads = tuple(tuple(it[3]) for it in items) if pads else None
         nested = _keys_for(dsk, x.name, (), [it[2] for it in items])
         call_args = ((keys["arg"],) if args else ()) + rest
         dsk[(name,) + s_idx] = (
@@ -1028,7 +1055,7 @@ def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=
             settings,
             dtype,
             fill,
-            crops,
+            block_pads,
             fn,
             list(call_args),
             kwargs,
@@ -1041,19 +1068,21 @@ def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=
 
 def ndimage_filter(func, x, kwargs: dict, sizes, origins, modes):
     """A :mod:`numbaconv.ndimage` filter of the dask array ``x``: ``sizes``,
-    ``origins`` and modes per axis of ``x`` (SciPy's, as fold modes: how a
-    window reads past the true edges; a gather where the block's call cannot
-    pad it itself, wrap needing the other end). Arguments are checked
-    by a call on a one-element array (SciPy's errors, the result dtype);
-    each block is the function on its slab, halos ``k - 1 + |origin|`` on
-    both sides (at least the filter's reach), cropped."""
+    correlation ``origins`` (a convolution's already turned into its
+    correlation's) and modes per axis of ``x`` (SciPy's, as fold modes: how
+    a window reads past the true edges; a gather where the block's call
+    cannot pad it itself, wrap needing the other end). Arguments are
+    checked by a call on a one-element array (SciPy's errors, the result
+    dtype); each block's slab holds the inputs its outputs read, and the
+    function, told the slab's padding (:func:`block_pads`), returns just
+    the block: no halo outputs computed and cropped."""
     no_out(kwargs.get("output"), "output")
     probe = func(np.zeros((1,) * x.ndim, dtype=x.dtype), **kwargs)
     axes = []
     for L, k, o, m in zip(x.shape, sizes, origins, modes):
-        h = k - 1 + abs(int(o)) if k > 1 else 0
-        axes.append(Axis(L, L, 1, 2 * h + 1, h, m, m != "circular"))
-    y, _ = stencil(func.__name__, x, axes, func, (), kwargs, probe.dtype, same=True)
+        lo = k // 2 + int(o)  # output i reads inputs i - lo .. i - lo + k - 1
+        axes.append(Axis(L, L, 1, k, lo, m, m != "circular", centre=lo))
+    y, _ = stencil(func.__name__, x, axes, func, (), kwargs, probe.dtype, pads=True)
     return y
 
 

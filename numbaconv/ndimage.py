@@ -185,6 +185,9 @@ def _run(x, w, origins, mode, cval, output, convolution, method):
     for k, o in zip(w.shape, origins):
         lo = k // 2 + o
         pads.append((lo, k - 1 - lo))
+    block = lazy.block_pads()
+    if block is not None:  # a dask block's slab: its true edges' padding only (lazy.ndimage_filter)
+        pads = [tuple(p) for p in block]
     cdt = _compute_dtype(x, w, output)
     modes = (mode,) * x.ndim if isinstance(mode, str) else tuple(mode)
     y = filters.correlate(x.astype(cdt, copy=False), w.astype(cdt, copy=False), pads, modes, cval, method)
@@ -268,8 +271,11 @@ def _1d(input, weights, axis, output, mode, cval, origin, convolution, method):
 def _lazy(func, input, kwargs, sizes, origins, modes):
     """A dask ``input``: :func:`numbaconv.lazy.ndimage_filter` (sizes,
     origins and modes per input axis; a mode that is not a string is left
-    for the argument check to refuse)."""
+    for the argument check to refuse). A convolution's origins become its
+    correlation's (the flipped weights' window, as :func:`_run` has it)."""
     modes = [_MODES.get(m, "symmetric") if isinstance(m, str) else "symmetric" for m in modes]
+    if func in (convolve, convolve1d):
+        origins = [-int(o) - (1 - k % 2) if k > 1 else 0 for k, o in zip(sizes, origins)]
     return lazy.ndimage_filter(func, input, kwargs, sizes, origins, modes)
 
 

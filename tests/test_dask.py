@@ -255,6 +255,26 @@ def test_ndimage_every_mode_and_function(mode):
             assert np.abs(got - ref).max() <= 8 * np.finfo(np.float32).eps * np.sqrt(24) * scale, (f, chunks)
 
 
+def test_ndimage_output_chunks_are_the_input_chunks():
+    """Output i goes with input i's chunk (SciPy's filters keep the shape):
+    even kernels and origins do not shift the chunks; each block's slab holds
+    only what its outputs read (no halo outputs computed and cropped)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((40, 36)).astype(np.float32)
+    X = da.from_array(x, chunks=(10, 12))
+    w = rng.standard_normal((4, 6))
+    for f, kw in [
+        (nnd.correlate, dict(origin=(1, -2))),
+        (nnd.convolve, dict(origin=(-1, 2), mode="mirror")),
+        (nnd.correlate, dict(mode="wrap")),
+    ]:
+        y = f(X, w, **kw)
+        assert y.chunks == X.chunks, (f, kw)
+        ref = f(x, w, **kw)
+        got = y.compute()
+        assert np.abs(got - ref).max() <= 8 * np.finfo(np.float32).eps * np.sqrt(24) * np.abs(ref).max()
+
+
 def test_ndimage_mode_per_axis_and_integers():
     rng = np.random.default_rng(4)
     x = (rng.random((33, 29)) * 255).astype(np.uint8)
