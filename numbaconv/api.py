@@ -315,6 +315,16 @@ def _warn_over_budget(row, plan: ConvPlan) -> None:
         )
 
 
+def _input_dtype(row, plan: ConvPlan, x) -> np.dtype:
+    """The dtype the kernels read the input in: the plan's, or an 8/16-bit
+    integer input as it is where the method's tiles convert it while they
+    copy (no converted copy of the whole input: ``INTEGER_INPUTS`` of the
+    method's module)."""
+    if x.dtype.name in getattr(row.module, "INTEGER_INPUTS", ()) and plan.dtype.kind == "f":
+        return x.dtype
+    return plan.dtype
+
+
 def _execute(row, plan: ConvPlan, x, w, b, out):
     """Run ``row`` on host arrays (saying so when it needs more than the budget)."""
     _warn_over_budget(row, plan)
@@ -324,7 +334,7 @@ def _execute(row, plan: ConvPlan, x, w, b, out):
     else:
         result = np.empty(plan.output_shape, dtype=plan.dtype)
     if result.size:
-        x5 = _kernel_array(x, plan.dtype, plan.input_shape5)
+        x5 = _kernel_array(x, _input_dtype(row, plan, x), plan.input_shape5)
         w5 = _kernel_array(w, plan.dtype, plan.weight_shape5)
         b1 = None if b is None else np.ascontiguousarray(b, dtype=plan.dtype)
         runner(x5, w5, b1, plan, result.reshape(plan.output_shape5))

@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import filters, lazy
+from .cpu.microkernel import INTEGER_SOURCES
 
 __all__ = ["convolve", "convolve1d", "correlate", "correlate1d", "sepfilter"]
 
@@ -190,7 +191,11 @@ def _run(x, w, origins, mode, cval, output, convolution, method):
         pads = [tuple(p) for p in block]
     cdt = _compute_dtype(x, w, output)
     modes = (mode,) * x.ndim if isinstance(mode, str) else tuple(mode)
-    y = filters.correlate(x.astype(cdt, copy=False), w.astype(cdt, copy=False), pads, modes, cval, method)
+    # 8/16-bit integer images stay as they are: the direct path's tiles
+    # convert them while they copy (no float copy of the whole input)
+    keep = cdt.kind == "f" and x.dtype.name in INTEGER_SOURCES
+    xc = x if keep else x.astype(cdt, copy=False)
+    y = filters.correlate(xc, w.astype(cdt, copy=False), pads, modes, cval, method)
     return _store(y, output)
 
 

@@ -12,10 +12,10 @@ import scipy.ndimage as snd
 import scipy.signal as ss
 
 import numbaconv as nc
-from numbaconv import api, filters, separable
+from numbaconv import api, dispatch, filters, separable
 from numbaconv import ndimage as nnd
 from numbaconv import signal as ns
-from numbaconv.shapes import FILTER_MODES, fold_index, make_filter_plan
+from numbaconv.shapes import FILTER_MODES, fold_index, make_filter_plan, make_plan
 
 from .conftest import assert_close, tolerance
 from .reference import conv_reference
@@ -384,3 +384,37 @@ def test_signal_fft_family_broadcasts_length_one_axes_and_warns_on_nan():
     got = ns.convolve(i16, f32, method="fft")
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, np.convolve(i16.astype(np.float64), f32.astype(np.float64)), atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+@pytest.mark.parametrize(
+    "wshape, kw",
+    [
+        ((9, 2, 3, 3), dict(padding=1, groups=3)),  # pixel blocks
+        ((6, 1, 3, 3), dict(padding=1, groups=6, padding_mode="reflect")),  # band blocks, 4 rows
+        ((6, 1, 7, 5), dict(padding=(3, 2), groups=6, padding_mode="circular")),  # band blocks, 6 rows
+        ((4, 6, 3, 2), dict(stride=(2, 3), dilation=(1, 2), padding=2, padding_mode="replicate")),
+        ((6, 6, 1, 1), dict()),
+    ],
+)
+def test_integer_inputs_read_as_they_are(dtype, wshape, kw):
+    """8/16-bit integer inputs go to the direct path's tiles unconverted (no
+    float copy of the input): the result is the float input's, bit for bit,
+    for every method that takes them and the methods that do not."""
+    rng = np.random.default_rng(11)
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, int(info.max) + 1, (2, 6, 13, 37)).astype(dtype)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    plan = make_plan("conv", x, w, None, **kw)
+    assert api._input_dtype(dispatch.row("conv", "direct", "cpu"), plan, x) == dtype  # read unconverted
+    assert api._input_dtype(dispatch.row("conv", "gemm", "cpu"), plan, x) == np.float32
+    for method in ("direct", "auto", "gemm"):
+        got = nc.conv2d(x, w, method=method, **kw)
+        ref = nc.conv2d(x.astype(np.float32), w, method=method, **kw)
+        assert got.dtype == np.float32 and np.array_equal(got, ref), method
+    x2 = x[0, 0]
+    w2 = np.outer([1.0, 2.0, 1.0], [1.0, 0.0, -1.0, 2.0]).astype(np.float32)
+    for method in ("separable", "direct"):
+        got = nnd.correlate(x2, w2, output=np.float32, method=method)
+        assert np.array_equal(got, nnd.correlate(x2.astype(np.float32), w2, method=method)), method
+    assert np.array_equal(nnd.correlate(x2, w2), snd.correlate(x2, w2.astype(np.float64)))

@@ -356,3 +356,22 @@ def test_vector_run_every_length(lanes, dtype):
             want[d0 : d0 + n] += src[s0 : s0 + n]
             _run_add(got, d0, src, s0, n, spec)
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("src_dtype", ["uint8", "int8", "uint16", "int16"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_vector_run_converts_integer_sources(lanes, dtype, src_dtype):
+    """Mode 0 from 8/16-bit integers (the direct path's tiles of integer
+    images): each value converted exactly, signed and unsigned extremes
+    included, every length."""
+    info = np.iinfo(src_dtype)
+    spec = mk.Spec(lanes, 32)
+    for n in range(3 * lanes + 2):
+        src = np.resize(np.array([info.min, info.max, 0, 1, info.max - 1, info.min + 1], src_dtype), n + 9)
+        for d0, s0 in [(0, 0), (3, 7)]:
+            dst = np.full(n + 12, -3.5, dtype)
+            want = dst.copy()
+            want[d0 : d0 + n] = src[s0 : s0 + n].astype(dtype)
+            _run_copy(dst, d0, src, s0, n, spec)
+            np.testing.assert_array_equal(dst, want)

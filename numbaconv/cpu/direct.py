@@ -34,11 +34,15 @@ from ..common import batch_chunk, nan_where_padding_meets_nonfinite_weights
 from ..runtime import njit
 from ..shapes import conv_tap_maps
 from . import igemm
+from .microkernel import INTEGER_SOURCES
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH (tested).
 _FASTMATH = {"reassoc", "contract"}
 _ROW_OB = 8  # output channels per task in the row kernel
+# input dtypes run() takes as they are (api._execute): the micro-kernel
+# path's tiles convert them while they copy; the row kernel gets a float copy
+INTEGER_INPUTS = INTEGER_SOURCES
 
 
 @njit(inline="always")
@@ -403,13 +407,15 @@ def run(x5, w5, bias, plan, out5):
 
     ``x5`` ``(N, C_in, D, H, W)``, ``w5`` ``(C_out, C_in/groups, KD, KH, KW)``,
     ``bias`` ``(C_out,)`` or None, ``out5`` ``plan.output_shape5``; all
-    C-contiguous, native byte order, dtype ``plan.dtype``. Returns ``out5``.
+    C-contiguous, native byte order, dtype ``plan.dtype`` (``x5`` may also
+    hold 8/16-bit integers: :data:`INTEGER_INPUTS`). Returns ``out5``.
     Real dtypes run on the micro-kernel (:mod:`numbaconv.cpu.igemm`) unless
     its tiles would exceed ``config.workspace_bytes`` (then, as complex
     dtypes, on the row kernel, which needs none).
     """
     if plan.dtype.kind == "f" and igemm.fits(plan):
         return igemm.run(x5, w5, bias, plan, out5)
+    x5 = x5.astype(plan.dtype, copy=False)  # an integer input (INTEGER_INPUTS): the row kernel reads floats
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
     maps = conv_tap_maps(plan)

@@ -145,6 +145,8 @@ def _spec(dtype, lanes, block) -> Spec:
 
 
 _LLVM_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
+# integer inputs the direct path's tiles convert while they copy (exact in float32)
+INTEGER_SOURCES = ("uint8", "int8", "uint16", "int16")
 _FMA_NAMES = {"float32": "f32", "float64": "f64"}
 
 
@@ -583,10 +585,31 @@ class _Run:
         self.pd = context.make_array(signature.args[0])(context, builder, args[0]).data
         self.ps = context.make_array(signature.args[2])(context, builder, args[2]).data
         self.d0, self.s0, self.n, self.bias = args[1], args[3], args[4], args[5]
+        src = np.dtype(signature.args[2].dtype.name)
+        # an integer source (mode 0): loaded as integer vectors, converted
+        self.src_int = src.kind in "iu"
+        self.signed = src.kind == "i"
+        self.st = ir.VectorType(ir.IntType(8 * src.itemsize), self.lanes) if self.src_int else self.vt
+        self.src_align = src.itemsize
 
-    def _ptr(self, base, off, i):
+    def _ptr(self, base, off, i, vt=None):
         b = self.builder
-        return b.bitcast(b.gep(base, [b.add(off, i)]), self.vt.as_pointer())
+        return b.bitcast(b.gep(base, [b.add(off, i)]), (vt or self.vt).as_pointer())
+
+    def _load_src(self, i, mask=None):
+        """``src[s0 + i:]`` as a vector of the destination's type (masked: the
+        lanes of ``mask``, zeros elsewhere)."""
+        b = self.builder
+        ptr = self._ptr(self.ps, self.s0, i, self.st)
+        if mask is None:
+            v = b.load(ptr, align=self.src_align)
+        else:
+            load, _ = _masked(b, self.st, f"i{self.st.element.width}" if self.src_int else self.name)
+            none = ir.Constant(self.st, [0] * self.lanes if self.src_int else [0.0] * self.lanes)
+            v = b.call(load, [ptr, ir.Constant(ir.IntType(32), self.src_align), mask, none])
+        if not self.src_int:
+            return v
+        return b.sitofp(v, self.vt) if self.signed else b.uitofp(v, self.vt)
 
     def _value(self, src, dst):
         """The vector stored: src, src + bias or dst + src (by mode)."""
@@ -612,7 +635,7 @@ class _Run:
         b.position_at_end(loop)
         i = b.phi(self.i64)
         i.add_incoming(zero, entry)
-        src = b.load(self._ptr(self.ps, self.s0, i), align=self.align)
+        src = self._load_src(i)
         value = self._value(src, lambda: b.load(self._ptr(self.pd, self.d0, i), align=self.align))
         b.store(value, self._ptr(self.pd, self.d0, i), align=self.align)
         nxt = b.add(i, ir.Constant(self.i64, L))
@@ -623,7 +646,7 @@ class _Run:
         b.position_at_end(masked)
         mask = _lane_mask(b, L, 0, b.sub(self.n, full))
         none = ir.Constant(self.vt, [0.0] * L)
-        src = b.call(load, [self._ptr(self.ps, self.s0, full), align, mask, none])
+        src = self._load_src(full, mask)
         dptr = self._ptr(self.pd, self.d0, full)
         value = self._value(src, lambda: b.call(load, [dptr, align, mask, none]))
         b.call(store, [value, dptr, align, mask])
@@ -642,11 +665,13 @@ def vector_run(typingctx, dst, d0, src, s0, n, bias, mode, spec):
     for ``i < n``, as whole vectors of ``spec.lanes`` and one masked vector
     (``llvm.masked.load/store``: no scalar remainder loop; a compiled loop of
     short rows, 14-60 values, otherwise runs mostly in its scalar
-    remainder). ``mode`` is an integer literal."""
+    remainder). ``mode`` is an integer literal. In mode 0 ``src`` may hold
+    8- or 16-bit integers (converted exactly to the float ``dst``)."""
     if not isinstance(spec, SpecType) or not isinstance(mode, types.IntegerLiteral):
         return None
     dtype = dst.dtype.name
-    if dtype not in _LLVM_TYPES or src.dtype != dst.dtype:
+    converts = mode.literal_value == 0 and src.dtype.name in INTEGER_SOURCES
+    if dtype not in _LLVM_TYPES or (src.dtype != dst.dtype and not converts):
         return None
     sig = types.void(dst, d0, src, s0, n, bias, mode, spec)
 

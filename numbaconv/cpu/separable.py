@@ -10,6 +10,8 @@ import numpy as np
 from .. import separable
 from . import direct
 
+INTEGER_INPUTS = direct.INTEGER_INPUTS  # the first pass reads the input (direct.run)
+
 
 def supports(plan) -> str | None:
     """The plan must be marked separable (:func:`numbaconv.separable.mark`)."""
