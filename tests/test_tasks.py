@@ -1,6 +1,7 @@
 """The parallel region of the direct and Winograd paths (numbaconv/cpu/tasks.py):
 every task runs exactly once, whatever the task and thread counts, with the
-threads taking tasks from a shared counter; a failing task raises."""
+threads taking tasks from a shared counter; a failing task raises. And the
+per-call machinery around it: the weight caches' byte compare."""
 
 from __future__ import annotations
 
@@ -62,3 +63,27 @@ def test_failing_task_raises_memory_error():
     with pytest.raises(MemoryError, match="_failing_task"):
         _run(_failing_task, 8, hits, np.zeros(1))
     assert hits[3] == 0 and hits.sum() == 7  # the others still ran
+
+
+@pytest.mark.parametrize("count", [1, 3, 8, 15, 16, 1000])
+def test_weight_cache_compares_every_byte(count):
+    """The weight caches serve a kept value only for the same bytes: a change
+    in any one byte (the last of a length compared as 8-byte words or as
+    bytes) makes a new entry."""
+    from numbaconv.common import WeightCache
+
+    cache = WeightCache("weight_cache_bytes")
+    w = np.arange(count, dtype=np.float32)
+    made = []
+
+    def make():
+        made.append(1)
+        return w.copy()
+
+    first = cache.get(w, ("k",), make)
+    assert cache.get(w.copy(), ("k",), make) is first and len(made) == 1
+    for index in (0, count - 1):
+        edited = w.copy()
+        edited.view(np.uint8)[index * 4 + 3] ^= 1  # one bit of one byte
+        assert cache.get(edited, ("k",), make) is not first
+    assert len(made) == 3 if count > 1 else len(made) == 2
