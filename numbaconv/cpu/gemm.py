@@ -263,8 +263,6 @@ def cost_features(plan) -> dict[str, float]:
 
 def run(x5, w5, bias, plan, out5):
     """Convolution by im2col + GEMM (canonical 5-D arrays, see the module doc)."""
-    if bias is None:
-        bias = np.zeros(plan.c_out, dtype=plan.dtype)
     g = plan.groups
     cg = plan.c_in // g
     og = plan.c_out // g
@@ -273,8 +271,11 @@ def run(x5, w5, bias, plan, out5):
         p = plan.in_size[0] * plan.in_size[1] * plan.in_size[2]
         wg = w5.reshape(g, og, cg)
         _matmul(wg, x5.reshape(plan.batch, g, cg, p), out5.reshape(plan.batch, g, og, p))
-        out5 += bias.reshape(1, plan.c_out, 1, 1, 1)
+        if bias is not None:  # a pass over the output: not for a zero bias that is not there
+            out5 += bias.reshape(1, plan.c_out, 1, 1, 1)
         return out5
+    if bias is None:
+        bias = np.zeros(plan.c_out, dtype=plan.dtype)
     rows = chunk_rows(plan)
     if rows < 1:
         raise ValueError(supports(plan))
