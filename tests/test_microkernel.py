@@ -375,3 +375,27 @@ def test_vector_run_converts_integer_sources(lanes, dtype, src_dtype):
             want[d0 : d0 + n] = src[s0 : s0 + n].astype(dtype)
             _run_copy(dst, d0, src, s0, n, spec)
             np.testing.assert_array_equal(dst, want)
+
+
+@njit
+def _run_every_other(d, d0, s, s0, n, spec):
+    mk.vector_run(d, d0, s, s0, n, 0.0, 4, spec)
+
+
+@pytest.mark.parametrize("src_dtype", ["same", "uint8", "int16"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_vector_run_stride_two(lanes, dtype, src_dtype):
+    """Mode 4, a stride-2 phase of a row: ``dst[d0 + i] = src[s0 + 2 i]`` for
+    every length, reading no further than the last value it takes (the
+    source ends there: the last vector's loads are masked)."""
+    sdt = dtype if src_dtype == "same" else src_dtype
+    spec = mk.Spec(lanes, 32)
+    for n in range(3 * lanes + 3):
+        for d0, s0 in [(0, 0), (3, 5)]:
+            src = (np.arange(s0 + max(2 * n - 1, 0)) % 97 - 40 * (sdt != "uint8")).astype(sdt)
+            dst = np.full(n + 7, -3.5, dtype)
+            want = dst.copy()
+            want[d0 : d0 + n] = src[s0 : s0 + 2 * n : 2].astype(dtype)
+            _run_every_other(dst, d0, src, s0, n, spec)
+            np.testing.assert_array_equal(dst, want)

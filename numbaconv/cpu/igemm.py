@@ -99,6 +99,8 @@ def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst, spec,
                             tile[o + q * pst] = xf[so + iw] if iw >= 0 else z
                         if pst == 1 and sw == 1:  # vectors and a masked one (short rows)
                             vector_run(tile, o + a, xf, so + i0, b - a, z, 0, spec)
+                        elif pst == 1 and sw == 2:  # a stride-2 phase: pairs of vectors, even lanes
+                            vector_run(tile, o + a, xf, so + i0, b - a, z, 4, spec)
                         else:
                             ut = np.uint64(o + a * pst)
                             ui = np.uint64(so + i0)

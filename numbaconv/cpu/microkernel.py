@@ -620,7 +620,71 @@ class _Run:
             return b.fadd(dst(), src)
         return src
 
+    def _convert(self, v):
+        """An integer source vector as the destination's floats."""
+        if not self.src_int:
+            return v
+        b = self.builder
+        return b.sitofp(v, self.vt) if self.signed else b.uitofp(v, self.vt)
+
+    def _pair(self, i, masks=None):
+        """``src[s0 + 2*i + 2*l]`` for the lanes ``l``: two source vectors
+        (masked: ``masks``, zeros elsewhere), their even lanes."""
+        b, L = self.builder, self.lanes
+        two = b.mul(i, ir.Constant(self.i64, 2))
+        halves = []
+        for h in range(2):
+            at = b.add(two, ir.Constant(self.i64, h * L))
+            ptr = self._ptr(self.ps, self.s0, at, self.st)
+            if masks is None:
+                halves.append(b.load(ptr, align=self.src_align))
+            else:
+                load, _ = _masked(b, self.st, f"i{self.st.element.width}" if self.src_int else self.name)
+                none = ir.Constant(self.st, [0] * L if self.src_int else [0.0] * L)
+                halves.append(b.call(load, [ptr, ir.Constant(ir.IntType(32), self.src_align), masks[h], none]))
+        even = ir.Constant(ir.VectorType(ir.IntType(32), L), [2 * lane for lane in range(L)])
+        return self._convert(b.shuffle_vector(halves[0], halves[1], even))
+
+    def _every_other(self):
+        """Mode 4: ``dst[d0 + i] = src[s0 + 2 * i]`` (a stride-2 phase of an
+        input row): two loads and a shuffle per vector. The last vector is
+        masked (it would read one value past the run's last source)."""
+        b, L = self.builder, self.lanes
+        _, store = _masked(b, self.vt, self.name)
+        i64, zero = self.i64, ir.Constant(self.i64, 0)
+        one = ir.Constant(i64, 1)
+        # whole vectors while they read no further than src[s0 + 2 * (n - 1)]
+        full = b.select(
+            b.icmp_signed(">", self.n, zero), b.and_(b.sub(self.n, one), ir.Constant(i64, -L)), zero
+        )
+        entry = b.block
+        loop = b.append_basic_block("pair.loop")
+        tail = b.append_basic_block("pair.tail")
+        masked = b.append_basic_block("pair.masked")
+        done = b.append_basic_block("pair.done")
+        b.cbranch(b.icmp_signed(">", full, zero), loop, tail)
+        b.position_at_end(loop)
+        i = b.phi(i64)
+        i.add_incoming(zero, entry)
+        b.store(self._pair(i), self._ptr(self.pd, self.d0, i), align=self.align)
+        nxt = b.add(i, ir.Constant(i64, L))
+        i.add_incoming(nxt, loop)
+        b.cbranch(b.icmp_signed("<", nxt, full), loop, tail)
+        b.position_at_end(tail)
+        b.cbranch(b.icmp_signed("<", full, self.n), masked, done)
+        b.position_at_end(masked)
+        rem = b.sub(self.n, full)
+        reach = b.sub(b.mul(rem, ir.Constant(i64, 2)), one)  # source values the rest reads
+        masks = [_lane_mask(b, L, 0, reach), _lane_mask(b, L, L, reach)]
+        value = self._pair(full, masks)
+        b.call(store, [value, self._ptr(self.pd, self.d0, full), ir.Constant(ir.IntType(32), self.align),
+                       _lane_mask(b, L, 0, rem)])
+        b.branch(done)
+        b.position_at_end(done)
+
     def emit(self):
+        if self.mode == 4:
+            return self._every_other()
         b, L = self.builder, self.lanes
         load, store = _masked(b, self.vt, self.name)
         align = ir.Constant(ir.IntType(32), self.align)
@@ -661,16 +725,17 @@ def vector_run(typingctx, dst, d0, src, s0, n, bias, mode, spec):
         dst[d0 + i] = src[s0 + i]            (mode 0)
         dst[d0 + i] = src[s0 + i] + bias     (mode 1)
         dst[d0 + i] += src[s0 + i]           (mode 2)
+        dst[d0 + i] = src[s0 + 2 * i]        (mode 4: a stride-2 gather)
 
     for ``i < n``, as whole vectors of ``spec.lanes`` and one masked vector
     (``llvm.masked.load/store``: no scalar remainder loop; a compiled loop of
     short rows, 14-60 values, otherwise runs mostly in its scalar
-    remainder). ``mode`` is an integer literal. In mode 0 ``src`` may hold
-    8- or 16-bit integers (converted exactly to the float ``dst``)."""
+    remainder). ``mode`` is an integer literal. In modes 0 and 4 ``src``
+    may hold 8- or 16-bit integers (converted exactly to the float ``dst``)."""
     if not isinstance(spec, SpecType) or not isinstance(mode, types.IntegerLiteral):
         return None
     dtype = dst.dtype.name
-    converts = mode.literal_value == 0 and src.dtype.name in INTEGER_SOURCES
+    converts = mode.literal_value in (0, 4) and src.dtype.name in INTEGER_SOURCES
     if dtype not in _LLVM_TYPES or (src.dtype != dst.dtype and not converts):
         return None
     sig = types.void(dst, d0, src, s0, n, bias, mode, spec)
