@@ -1045,7 +1045,7 @@ def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=
     rest = tuple(args[1:])
     for s_idx, items in _spatial_grid(wins):
         positions = [it[2].pos for it in items]
-        block_pads = tuple(tuple(it[3]) for it in items) if pads else None
+        edge_pads = tuple(tuple(it[3]) for it in items) if pads else None
         nested = _keys_for(dsk, x.name, (), [it[2] for it in items])
         call_args = ((keys["arg"],) if args else ()) + rest
         dsk[(name,) + s_idx] = (
@@ -1055,7 +1055,7 @@ def stencil(op, x, axes: list[Axis], fn, args, kwargs, out_dtype, fill=0, dtype=
             settings,
             dtype,
             fill,
-            block_pads,
+            edge_pads,
             fn,
             list(call_args),
             kwargs,

@@ -586,7 +586,7 @@ class _Run:
         self.ps = context.make_array(signature.args[2])(context, builder, args[2]).data
         self.d0, self.s0, self.n, self.bias = args[1], args[3], args[4], args[5]
         src = np.dtype(signature.args[2].dtype.name)
-        # an integer source (mode 0): loaded as integer vectors, converted
+        # an integer source (modes 0 and 4): loaded as integer vectors, converted
         self.src_int = src.kind in "iu"
         self.signed = src.kind == "i"
         self.st = ir.VectorType(ir.IntType(8 * src.itemsize), self.lanes) if self.src_int else self.vt
@@ -596,20 +596,32 @@ class _Run:
         b = self.builder
         return b.bitcast(b.gep(base, [b.add(off, i)]), (vt or self.vt).as_pointer())
 
-    def _load_src(self, i, mask=None):
-        """``src[s0 + i:]`` as a vector of the destination's type (masked: the
+    def _src_vector(self, at, mask=None):
+        """The source vector at ``src[s0 + at:]`` in its own type (masked: the
         lanes of ``mask``, zeros elsewhere)."""
         b = self.builder
-        ptr = self._ptr(self.ps, self.s0, i, self.st)
+        ptr = self._ptr(self.ps, self.s0, at, self.st)
         if mask is None:
-            v = b.load(ptr, align=self.src_align)
-        else:
-            load, _ = _masked(b, self.st, f"i{self.st.element.width}" if self.src_int else self.name)
-            none = ir.Constant(self.st, [0] * self.lanes if self.src_int else [0.0] * self.lanes)
-            v = b.call(load, [ptr, ir.Constant(ir.IntType(32), self.src_align), mask, none])
+            return b.load(ptr, align=self.src_align)
+        load, _ = _masked(b, self.st, f"i{self.st.element.width}" if self.src_int else self.name)
+        none = ir.Constant(self.st, [0] * self.lanes if self.src_int else [0.0] * self.lanes)
+        return b.call(load, [ptr, ir.Constant(ir.IntType(32), self.src_align), mask, none])
+
+    def _convert(self, v):
+        """A source vector as the destination's floats (integers converted)."""
         if not self.src_int:
             return v
+        b = self.builder
         return b.sitofp(v, self.vt) if self.signed else b.uitofp(v, self.vt)
+
+    def _pair(self, i, masks=(None, None)):
+        """``src[s0 + 2*i + 2*l]`` for the lanes ``l``: two source vectors
+        (masked: ``masks``, zeros elsewhere), their even lanes."""
+        b, L = self.builder, self.lanes
+        two = b.mul(i, ir.Constant(self.i64, 2))
+        halves = [self._src_vector(b.add(two, ir.Constant(self.i64, h * L)), masks[h]) for h in range(2)]
+        even = ir.Constant(ir.VectorType(ir.IntType(32), L), [2 * lane for lane in range(L)])
+        return self._convert(b.shuffle_vector(halves[0], halves[1], even))
 
     def _value(self, src, dst):
         """The vector stored: src, src + bias or dst + src (by mode)."""
@@ -620,76 +632,28 @@ class _Run:
             return b.fadd(dst(), src)
         return src
 
-    def _convert(self, v):
-        """An integer source vector as the destination's floats."""
-        if not self.src_int:
-            return v
-        b = self.builder
-        return b.sitofp(v, self.vt) if self.signed else b.uitofp(v, self.vt)
-
-    def _pair(self, i, masks=None):
-        """``src[s0 + 2*i + 2*l]`` for the lanes ``l``: two source vectors
-        (masked: ``masks``, zeros elsewhere), their even lanes."""
+    def _source(self, i, rest=None):
+        """The values stored at ``dst[d0 + i:]`` before the mode's bias or
+        add: the next vector of the run (mode 4: of every other value); for
+        the last, masked vector ``rest`` is the count of values it holds."""
         b, L = self.builder, self.lanes
-        two = b.mul(i, ir.Constant(self.i64, 2))
-        halves = []
-        for h in range(2):
-            at = b.add(two, ir.Constant(self.i64, h * L))
-            ptr = self._ptr(self.ps, self.s0, at, self.st)
-            if masks is None:
-                halves.append(b.load(ptr, align=self.src_align))
-            else:
-                load, _ = _masked(b, self.st, f"i{self.st.element.width}" if self.src_int else self.name)
-                none = ir.Constant(self.st, [0] * L if self.src_int else [0.0] * L)
-                halves.append(b.call(load, [ptr, ir.Constant(ir.IntType(32), self.src_align), masks[h], none]))
-        even = ir.Constant(ir.VectorType(ir.IntType(32), L), [2 * lane for lane in range(L)])
-        return self._convert(b.shuffle_vector(halves[0], halves[1], even))
-
-    def _every_other(self):
-        """Mode 4: ``dst[d0 + i] = src[s0 + 2 * i]`` (a stride-2 phase of an
-        input row): two loads and a shuffle per vector. The last vector is
-        masked (it would read one value past the run's last source)."""
-        b, L = self.builder, self.lanes
-        _, store = _masked(b, self.vt, self.name)
-        i64, zero = self.i64, ir.Constant(self.i64, 0)
-        one = ir.Constant(i64, 1)
-        # whole vectors while they read no further than src[s0 + 2 * (n - 1)]
-        full = b.select(
-            b.icmp_signed(">", self.n, zero), b.and_(b.sub(self.n, one), ir.Constant(i64, -L)), zero
-        )
-        entry = b.block
-        loop = b.append_basic_block("pair.loop")
-        tail = b.append_basic_block("pair.tail")
-        masked = b.append_basic_block("pair.masked")
-        done = b.append_basic_block("pair.done")
-        b.cbranch(b.icmp_signed(">", full, zero), loop, tail)
-        b.position_at_end(loop)
-        i = b.phi(i64)
-        i.add_incoming(zero, entry)
-        b.store(self._pair(i), self._ptr(self.pd, self.d0, i), align=self.align)
-        nxt = b.add(i, ir.Constant(i64, L))
-        i.add_incoming(nxt, loop)
-        b.cbranch(b.icmp_signed("<", nxt, full), loop, tail)
-        b.position_at_end(tail)
-        b.cbranch(b.icmp_signed("<", full, self.n), masked, done)
-        b.position_at_end(masked)
-        rem = b.sub(self.n, full)
-        reach = b.sub(b.mul(rem, ir.Constant(i64, 2)), one)  # source values the rest reads
-        masks = [_lane_mask(b, L, 0, reach), _lane_mask(b, L, L, reach)]
-        value = self._pair(full, masks)
-        b.call(store, [value, self._ptr(self.pd, self.d0, full), ir.Constant(ir.IntType(32), self.align),
-                       _lane_mask(b, L, 0, rem)])
-        b.branch(done)
-        b.position_at_end(done)
+        if self.mode == 4:
+            if rest is None:
+                return self._pair(i)
+            reach = b.sub(b.mul(rest, ir.Constant(self.i64, 2)), ir.Constant(self.i64, 1))
+            return self._pair(i, (_lane_mask(b, L, 0, reach), _lane_mask(b, L, L, reach)))
+        return self._convert(self._src_vector(i, None if rest is None else _lane_mask(b, L, 0, rest)))
 
     def emit(self):
-        if self.mode == 4:
-            return self._every_other()
         b, L = self.builder, self.lanes
         load, store = _masked(b, self.vt, self.name)
         align = ir.Constant(ir.IntType(32), self.align)
-        zero = ir.Constant(self.i64, 0)
-        full = b.and_(self.n, ir.Constant(self.i64, -L))  # lanes: a power of two
+        zero, one = ir.Constant(self.i64, 0), ir.Constant(self.i64, 1)
+        if self.mode == 4:  # whole vectors while they read no further than src[s0 + 2 * (n - 1)]
+            last = b.and_(b.sub(self.n, one), ir.Constant(self.i64, -L))
+            full = b.select(b.icmp_signed(">", self.n, zero), last, zero)
+        else:
+            full = b.and_(self.n, ir.Constant(self.i64, -L))  # lanes: a power of two
         entry = b.block
         loop = b.append_basic_block("run.loop")
         tail = b.append_basic_block("run.tail")
@@ -699,8 +663,7 @@ class _Run:
         b.position_at_end(loop)
         i = b.phi(self.i64)
         i.add_incoming(zero, entry)
-        src = self._load_src(i)
-        value = self._value(src, lambda: b.load(self._ptr(self.pd, self.d0, i), align=self.align))
+        value = self._value(self._source(i), lambda: b.load(self._ptr(self.pd, self.d0, i), align=self.align))
         b.store(value, self._ptr(self.pd, self.d0, i), align=self.align)
         nxt = b.add(i, ir.Constant(self.i64, L))
         i.add_incoming(nxt, loop)
@@ -708,11 +671,11 @@ class _Run:
         b.position_at_end(tail)
         b.cbranch(b.icmp_signed("<", full, self.n), masked, done)
         b.position_at_end(masked)
-        mask = _lane_mask(b, L, 0, b.sub(self.n, full))
+        rest = b.sub(self.n, full)
+        mask = _lane_mask(b, L, 0, rest)
         none = ir.Constant(self.vt, [0.0] * L)
-        src = self._load_src(full, mask)
         dptr = self._ptr(self.pd, self.d0, full)
-        value = self._value(src, lambda: b.call(load, [dptr, align, mask, none]))
+        value = self._value(self._source(full, rest), lambda: b.call(load, [dptr, align, mask, none]))
         b.call(store, [value, dptr, align, mask])
         b.branch(done)
         b.position_at_end(done)

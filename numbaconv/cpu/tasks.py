@@ -26,6 +26,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from ..runtime import njit
+from .microkernel import Spec
 
 
 @intrinsic
@@ -90,7 +91,7 @@ def _key(args) -> tuple:
         (a.dtype, a.ndim, a.flags.num)
         if isinstance(a, np.ndarray)
         else a
-        if type(a).__name__ == "Spec"
+        if isinstance(a, Spec)
         else numba.typeof(a)
         for a in args
     )
