@@ -448,7 +448,8 @@ def test_local_cluster_with_processes(cluster_client):
     yt = nc.conv_transpose2d(X, wt, stride=2, padding=1, groups=2)
     yf = nnd.correlate(X[0, 0], w[0, 0], mode="mirror")
     got, got_t, got_f = cluster_client.compute([y, yt, yf], sync=True)
-    workers = list(cluster_client.scheduler_info()["workers"])
+    cluster_client.wait_for_workers(2)
+    workers = list(cluster_client.run(lambda: None))  # every worker (cached scheduler_info may lag)
     threads = {w: cluster_client.submit(lazy.task_threads, pure=False, workers=[w]).result() for w in workers}
     ref = nc.conv2d(x, w, padding=1, padding_mode="circular", stride=(1, 2))
     np.testing.assert_allclose(got, ref, rtol=1e-12)
