@@ -141,6 +141,34 @@ def test_assembly_uses_the_vector_width_asked_for(lanes):
     assert sum(reg in line for line in fmas) >= 24, (reg, fmas[:5])
 
 
+@njit
+def _call_taps6(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec):
+    mk.fma_taps(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, 6, 4, 0, 1)
+
+
+def test_block_loops_are_not_unrolled():
+    """The register blocks' loops carry every accumulator: LLVM unrolled
+    them (the tap loop three times, the band block's middle loop twice with
+    a remainder) and kept the band block's 24 accumulators on the stack,
+    loaded and stored every iteration (a 7x7 depthwise conv ran 1.4x
+    slower). Each loop body appears once: exactly its FMAs, and fewer
+    vector moves to or from the stack than there are accumulators."""
+    import llvmlite.binding as llb
+
+    if not llb.get_host_cpu_features().get("avx512f", False):
+        pytest.skip("this host has no AVX-512: 16-lane vectors are split into ymm halves")
+    spec = mk.Spec(16, 32)
+    f, tab = np.zeros(4096, np.float32), np.zeros(3, np.int64)
+    _call_band6(f, f, f, tab, 3, 7, 0, 0, 1, 21, 0, 100, 0, 64, spec)
+    _call_taps6(f, f, f, tab, 3, 6, 0, 0, 1, 18, 1, 0, 0, 64, spec)
+    # band, 6 rows x 4 vectors: rows 0..s (s < 5), the middle row (all 6), rows e..5 (e >= 1)
+    for fn, fmas in ((_call_band6, (15 + 6 + 15) * 4), (_call_taps6, 6 * 4)):
+        lines = fn.inspect_asm(fn.signatures[0]).splitlines()
+        stack = [line for line in lines if "zmm" in line and "(%rsp)" in line]
+        assert sum("vfmadd" in line for line in lines) == fmas, fn
+        assert len(stack) < 24, (fn, stack[:4])
+
+
 def _taps_reference(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, rows, width, table):
     ref = c.astype(np.float64)
     for t in range(nt):

@@ -182,6 +182,19 @@ def _masked(builder, vt, name):
     return load, store
 
 
+def _no_unroll(branch):
+    """Mark the loop whose latch is ``branch`` not to be unrolled
+    (``llvm.loop.unroll.disable``; the loop ID a self-referential node of
+    its own). LLVM unrolled the band block's middle loop by two with a
+    remainder and kept its 24 accumulators on the stack (loaded and stored
+    every iteration)."""
+    module = branch.parent.parent.module
+    option = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+    loop = ir.values.MDValue(module, [], name=str(len(module.metadata)))
+    loop.operands = (loop, option)
+    branch.set_metadata("llvm.loop", loop)
+
+
 def _lane_mask(builder, lanes, first, count):
     """Lanes ``first + l < count`` (i64 ``count``; ``first`` a Python int)."""
     i64 = ir.IntType(64)
@@ -273,7 +286,7 @@ class _Block:
         end = b.block
         step.add_incoming(nxt, end)
         _incoming(acc, (new, end))
-        b.cbranch(b.icmp_signed("<", nxt, self.k), loop, done)
+        _no_unroll(b.cbranch(b.icmp_signed("<", nxt, self.k), loop, done))
         b.position_at_end(done)
         self.store_final(cells, (init, entry), (new, end))
 
@@ -329,13 +342,13 @@ class _TapBlock(_Block):
         v.add_incoming(zero, outer)
         v.add_incoming(nxt, end)
         _incoming(acc, (acc_u, outer), (new, end))
-        b.cbranch(b.icmp_signed("<", nxt, n_inner), inner, latch)
+        _no_unroll(b.cbranch(b.icmp_signed("<", nxt, n_inner), inner, latch))
         b.position_at_end(latch)
         u_next = b.add(u, self.const(1))
         u.add_incoming(zero, entry)
         u.add_incoming(u_next, latch)
         _incoming(acc_u, (init, entry), (new, latch))
-        b.cbranch(b.icmp_signed("<", u_next, n_outer), outer, done)
+        _no_unroll(b.cbranch(b.icmp_signed("<", u_next, n_outer), outer, done))
         b.position_at_end(done)
         self.store_final(cells, (init, entry), (new, latch))
 
@@ -492,7 +505,7 @@ class _BandBlock(_Block):
         nxt = b.add(i, self.const(1))
         i.add_incoming(nxt, head)
         _incoming(part, (new, head))
-        b.cbranch(b.icmp_signed("<", b.add(first, nxt), self.kh), head, skip)
+        _no_unroll(b.cbranch(b.icmp_signed("<", b.add(first, nxt), self.kh), head, skip))
         b.position_at_end(skip)
         out = [b.phi(self.vt) for _ in acc]
         _incoming(out, (acc, pred), (new, head))
@@ -525,12 +538,12 @@ class _BandBlock(_Block):
         t.add_incoming(t_next, t_end)
         _incoming(acc_t, (acc, t_end))
         latch = b.append_basic_block("band.knext")
-        b.cbranch(b.icmp_signed("<", t_next, self.nt), taps, latch)
+        _no_unroll(b.cbranch(b.icmp_signed("<", t_next, self.nt), taps, latch))
         b.position_at_end(latch)
         ch_next = b.add(ch, one)
         ch.add_incoming(ch_next, latch)
         _incoming(acc_c, (acc, latch))
-        b.cbranch(b.icmp_signed("<", ch_next, self.k), chans, done)
+        _no_unroll(b.cbranch(b.icmp_signed("<", ch_next, self.k), chans, done))
         b.position_at_end(done)
         self.store_final(cells, (init, entry), (acc, latch))
 
