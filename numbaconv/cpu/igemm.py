@@ -620,13 +620,16 @@ class Geometry:
         limit = max(1, min(_TILE_BYTES, config.workspace_bytes // max(threads, 1)) // item)
         base = max(1, plan.batch * plan.groups * od)
         want = max(1, _TASKS_PER_THREAD * threads // self.share)
-        band = oh if base >= want else max(1, oh * base // want)
-        if band < oh and self.nob > 1 and self._rounding(oh) < self._rounding(band) - 0.02:
-            band = oh  # whole planes waste less of the last pixel block; split the o-blocks instead
-        unit = self.band_rows * plan.dilation[1] if self.band_rows else 1  # rows a block covers
-        band = min(oh, -(-band // unit) * unit)
-        while band > unit and self.cg * self.channel_elements(band) > limit:
-            band = -(-((band + 1) // 2) // unit) * unit
+        if self.band_rows:
+            band = oh if base >= want else max(1, oh * base // want)
+            unit = self.band_rows * plan.dilation[1]  # rows a block covers
+            band = min(oh, -(-band // unit) * unit)
+            while band > unit and self.cg * self.channel_elements(band) > limit:
+                band = -(-((band + 1) // 2) // unit) * unit
+        else:
+            band = self._pixel_band(
+                oh, oh if base >= want or self.nob > 1 else max(1, oh * base // want), limit
+            )
         self.band, self.nbands = band, -(-oh // band)
         self.rq = band + plan.dilation[1] * (plan.kernel[1] - 1) // self.sh
         self.cs = self.channel_elements(band)
@@ -652,10 +655,22 @@ class Geometry:
         p = self.plan
         return p.batch * -(-p.groups // self.gpt) * p.out_size[0] * self.nbands * -(-self.nob // self.och)
 
-    def _rounding(self, band):
-        """Pixels computed per pixel of a band (the last block's padding)."""
-        pixels = band * self.wq
-        return -(-pixels // self.px) * self.px / pixels
+    def _pixel_band(self, oh, top, limit):
+        """Output rows per band for pixel blocks: of the bands up to ``top``
+        rows whose tile fits ``limit`` elements (at least one row), the one
+        computing the fewest pixels per output pixel (the last pixel block of
+        each band is padded to ``px``; a band's halo rows are copied again),
+        of two alike the one with fewer bands, then the evener. Halving the plane until it fitted
+        padded a 3x3 stride-2 layer's 7-row bands of 203 pixels to 256."""
+        halo = self.plan.dilation[1] * (self.plan.kernel[1] - 1) // self.sh
+
+        def cost(b):
+            whole, rest = divmod(oh, b)
+            blocks = whole * -(-(b * self.wq) // self.px) + -(-(rest * self.wq) // self.px)
+            return blocks * self.px / (oh * self.wq) * (1 + 0.02 * (whole + (rest > 0)) * halo / oh)
+
+        fits = [b for b in range(1, top + 1) if self.cg * self.channel_elements(b) <= limit] or [1]
+        return min(fits, key=lambda b: (round(cost(b), 6), -(-oh // b), b))
 
     def channel_elements(self, band):
         """Tile elements per input channel for a band of ``band`` output rows."""
