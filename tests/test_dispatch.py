@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import numbaconv as nc
-from numbaconv import autotune, calibrate, common, config, costs, dispatch, machine, shapes
+from numbaconv import autotune, calibrate, common, config, costs, dispatch, machine, rates, shapes
 
 from .reference import conv_reference
 
@@ -187,13 +187,25 @@ def test_fit_recovers_known_constants():
         assert got[k] == pytest.approx(true[k], rel=1e-6)
 
 
-def test_calibration_file_is_used_for_this_machine_only(cache_dir):
+def test_calibration_file_is_used_for_this_machine_only(cache_dir, monkeypatch):
+    """This machine's calibration replaces the shipped constants as they
+    are; without one (or with another machine's) the shipped constants are
+    scaled to this machine's rates (set here to twice the development
+    machine's time per unit of work, whatever host runs the test)."""
     plan = shapes.make_plan("conv", (2, 8, 32, 32), (8, 8, 3, 3), padding=1)
-    shipped = dispatch.row("conv", "direct").cost(plan)
+
+    def cost_at(scale):
+        monkeypatch.setattr(rates, "scales", lambda: {**dict.fromkeys(rates.UNITS, scale), "none": 1.0})
+        costs.forget_loaded()
+        return dispatch.row("conv", "direct").cost(plan)
+
+    unscaled = cost_at(1.0)
+    shipped = cost_at(2.0)
+    assert shipped > 1.5 * unscaled
     consts = {k: dict(v) for k, v in costs.SHIPPED.items()}
     consts["conv/direct"] = {k: 10 * v for k, v in consts["conv/direct"].items()}
     calibrate.save({"fingerprint": machine.fingerprint(), "constants": consts, "fit": {}})
-    assert dispatch.row("conv", "direct").cost(plan) == pytest.approx(10 * shipped)
+    assert dispatch.row("conv", "direct").cost(plan) == pytest.approx(10 * unscaled)
     other = dict(machine.fingerprint(), cpu="some other CPU")
     calibrate.save({"fingerprint": other, "constants": consts, "fit": {}})
     assert dispatch.row("conv", "direct").cost(plan) == pytest.approx(shipped)
