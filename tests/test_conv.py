@@ -4,8 +4,6 @@ grid of every method is in test_methods.py."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
@@ -250,63 +248,3 @@ def test_huge_finite_weights_are_not_taken_for_nan():
     w = np.full((2, 2, 3, 3), 3e38, np.float32)
     y = nc.conv2d(x, w, padding=1, method="direct")
     assert not np.isnan(y).any() and np.isinf(y).all()
-
-
-@pytest.fixture
-def small_caches(monkeypatch):
-    """Set igemm's cache budgets (``_L1_BYTES``, ``_TILE_BYTES``) for a
-    test: the geometries made under them are dropped before and after."""
-    from numbaconv.cpu import igemm
-
-    def clear():
-        igemm._geometry.cache_clear()
-        igemm._regions.cache_clear()
-
-    def setting(l1, tile=None):
-        clear()
-        monkeypatch.setattr(igemm, "_L1_BYTES", l1)
-        if tile is not None:
-            monkeypatch.setattr(igemm, "_TILE_BYTES", tile)
-
-    yield setting
-    clear()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_k_blocking_matches_the_reference(small_caches, dtype):
-    """K blocking (pixel blocks outer, chunks of kc input channels, each
-    block added into the output): every case of the grid with one channel
-    per L1 chunk, and a wide layer whose L1 chunks split the tile's channel
-    chunks unevenly (kc 3 of cc 7 of 40 channels), through strides,
-    dilation, groups, every padding mode, bias, 1-D to 3-D."""
-    from numbaconv import shapes
-    from numbaconv.cpu import igemm
-
-    rng = np.random.default_rng(21)
-    small_caches(1)
-    blocked = 0
-    for c in CONV_GRID[::3]:
-        got, ref, tol, (x, w, *_) = run_conv_case(c, dtype, rng)
-        assert_close(got, ref, tol)
-        params = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=c["groups"])
-        plan = shapes.make_plan("conv", x.shape, w.shape, dtype=dtype, padding_mode=c["mode"], **params)
-        geo = igemm.geometry(plan)[0]
-        blocked += geo.kc < min(geo.cc, geo.cg) and not geo.band_rows
-    assert blocked >= 5
-    x = random_array(rng, (2, 40, 12, 11), dtype)
-    w = random_array(rng, (9, 40, 3, 3), dtype)
-    b = random_array(rng, (9,), dtype)
-    params = dict(stride=[2, 2], pads=[(1, 1), (1, 1)], mode="reflect")
-    ref = conv_reference(x, w, b, **params)
-    tol = tolerance(dtype, 40 * 9, x, w, b, **params)
-    plan = shapes.make_plan("conv", x.shape, w.shape, dtype=dtype, stride=2, padding=1, padding_mode="reflect")
-    uneven = 0
-    item = np.dtype(dtype).itemsize
-    for tile, l1 in itertools.product((1024 * item, 1600 * item), (1, 700 * item, 2000 * item)):
-        small_caches(l1, tile)
-        geo = igemm.geometry(plan)[0]
-        assert geo.cc < geo.cg
-        uneven += 1 < geo.kc < geo.cc and geo.cc % geo.kc > 0
-        got = nc.conv2d(x, w, b, stride=2, padding=1, padding_mode="reflect", method="direct")
-        assert_close(got, ref, tol)
-    assert uneven >= 1

@@ -241,7 +241,7 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     # one input plane apart). geo: see Geometry.args
     G, cg, og, rows, nob, band, nbands, cchunk, pw, och, tsize = geo[7:18]
     wq, cs, gpt = geo[4], geo[20], geo[24]
-    OD, OH, kc = geo[28], geo[29], geo[_KC]
+    OD, OH = geo[28], geo[29]
     nt = tb.shape[0]
     n, gc, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, (G + gpt - 1) // gpt)
     h0 = hb * band
@@ -257,24 +257,14 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
             nc = min(cchunk, cg - c0)
             edges = g == gc * gpt and c0 == 0 or geo[25] == 0  # see _fill
             _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec, edges)
-            # o-blocks outer: the block's weights stay in L1 over the pixel
-            # blocks; or (K blocking, kc < nc: a pixel block's input lines of
-            # all nc channels would not stay in L1) pixel blocks outer, then
-            # chunks of kc channels, then the o-blocks, each block added into
-            # the output: the chunk's lines stay in L1 over the o-blocks
-            ob0 = oc * och
-            nob_t = min(nob, ob0 + och) - ob0
-            kb = kc < nc
-            step = kc if kb else nc
-            for u in range(npb if kb else nob_t):
-                for k0 in range(0, nc, step):
-                    for v in range(nob_t if kb else npb):
-                        ob, pb = (ob0 + v, u) if kb else (ob0 + u, v)
-                        a0 = ((g * nob + ob) * cg + c0 + k0) * nt * rows
-                        nr, p0 = min(rows, og - ob * rows), pb * pw
-                        _block(wp, tile, cb, tb, spec, rows, min(step, nc - k0), a0, p0 + k0 * cs, cs, pw)
-                        add = c0 > 0 or k0 > 0
-                        _store(cb, bias, of, geo, n, od, h0, g * og + ob * rows, nr, p0, pw, noh, add, spec)
+            # o-blocks outer: the block's weights stay in L1 over the pixel blocks
+            for ob in range(oc * och, min(nob, (oc + 1) * och)):
+                a0 = ((g * nob + ob) * cg + c0) * nt * rows
+                nr = min(rows, og - ob * rows)
+                for pb in range(npb):
+                    p0 = pb * pw
+                    _block(wp, tile, cb, tb, spec, rows, nc, a0, p0, cs, pw)
+                    _store(cb, bias, of, geo, n, od, h0, g * og + ob * rows, nr, p0, pw, noh, c0 > 0, spec)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -311,7 +301,6 @@ def _band_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
 # The three kinds of task: one call's phases (convs of one input into views
 # of one output: the phases of a transposed op, or a plain conv's one), each
 # task body reading its phase's slices of the concatenated arguments.
-_KC = 37  # geo[_KC]: Geometry.kc, after the target's description (target_desc)
 _HEADER = 9  # per phase: tb offset, length; md, mh, mw offsets; runs offset, rows; wp offset; geo offset
 
 
@@ -561,7 +550,6 @@ def pack(w5, groups: int, block: int, channels_last: bool, band: bool = False) -
 
 
 _TILE_BYTES = 384 * 1024  # a task's input tile: well inside a core's L2
-_L1_BYTES = 16 * 1024  # a pixel block's input lines per channel chunk (K blocking): half an L1
 
 
 def _phases(kernel, dilation, stride):
@@ -655,28 +643,12 @@ class Geometry:
         rows = self.band_rows * plan.dilation[1] + 1 if self.band_rows else 1
         slack = self.px + self.wq * (len(self.ph) * len(self.pw_) + rows)
         self.tile = (self.ps * (self.cs + slack)) if self.channels_last else (self.cc * self.cs + slack)
-        self.kc = self._l1_channels(plan)
         tasks = base * self.nbands
         self.och = self.nob if tasks >= want else -(-self.nob // -(-want // tasks))
         # groups per task: many small groups (depthwise, grouped) share a task,
         # its tile and its set-up (one plane a task: 14x14 depthwise planes
         # spent more in the tasks' entry than in their FMAs)
         self.gpt = max(1, min(plan.groups, tasks // want))
-
-    def _l1_channels(self, plan):
-        """Channels whose input lines of one pixel block fit ``_L1_BYTES``
-        (pixel layout; the tile's channel chunk where they all do): per
-        channel, each (kernel plane, H phase, W phase) plane of the tile is
-        read at the rows its taps use, ``px`` + the taps' column span each."""
-        if self.channels_last or self.band_rows:
-            return self.cc
-        planes: dict = {}
-        for a, b, c in self.taps:
-            rows, cols = planes.setdefault((a, b % self.sh, c % self.sw), (set(), set()))
-            rows.add(b // self.sh)
-            cols.add(c // self.sw)
-        per = sum(len(r) * (self.px + max(c) - min(c)) for r, c in planes.values()) * plan.dtype.itemsize
-        return max(1, min(self.cc, _L1_BYTES // per))
 
     def tasks(self):
         """Tasks of a call: (sample, chunk of groups, output plane, band, chunk of blocks)."""
@@ -912,7 +884,7 @@ def _combined(group, threads, share):
     glen = 0
     for plan, desc, off in group:
         geo, arrays, geo_args = geometry(plan, threads, share=share)
-        g = np.concatenate((geo_args, np.asarray(desc, dtype=np.int64), [geo.kc]))
+        g = np.concatenate((geo_args, np.asarray(desc, dtype=np.int64)))
         headers.append(
             [lens[0], len(arrays[0]), lens[1], lens[2], lens[3], lens[4], len(arrays[4]), off, glen]
         )
