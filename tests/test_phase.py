@@ -148,11 +148,14 @@ def test_igemm_writes_a_strided_view_and_nothing_else(ws, groups, wstep, dtype):
     assert np.all(base[rest] == 7.0)
 
 
-def test_an_edited_weight_is_not_served_from_the_packed_phases():
+@pytest.mark.parametrize("method", ["gather", "gemm"])
+def test_an_edited_weight_is_not_served_from_the_packed_phases(method):
+    """The packed phases (gather) and the transposed weight matrices (gemm)
+    are kept per weight: an array edited in place is packed again."""
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
     w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
-    kw = dict(stride=2, padding=1, output_padding=1, method="gather")
+    kw = dict(stride=2, padding=1, output_padding=1, method=method)
     first = nc.conv_transpose2d(x, w, **kw)
     w[3, 2, 1, 0] += 5.0  # in place: the same array object
     second = nc.conv_transpose2d(x, w, **kw)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import config, costs
-from ..common import fold_workspace
+from ..common import WeightCache, fold_workspace
 from ..runtime import njit, split_run
 from ..shapes import conv_tap_maps, scatter_tap_maps
 from .fold import with_fold
@@ -310,6 +310,24 @@ def run(x5, w5, bias, plan, out5):
     return out5
 
 
+_TRANSPOSED = WeightCache("weight_cache_bytes")
+
+
+def _transposed_weights(w5, groups: int) -> tuple:
+    """Per group, the transposed op's weight ``(Cg, Og * taps)`` transposed
+    to ``(Og * taps, Cg)``, contiguous; kept between calls for the weight
+    (the strided copy of a 2 MB weight took ~0.8 ms a call)."""
+    cg = w5.shape[0] // groups
+    rest = w5[0].size
+
+    def make():
+        return tuple(
+            np.ascontiguousarray(w5[i * cg : (i + 1) * cg].reshape(cg, rest).T) for i in range(groups)
+        )
+
+    return _TRANSPOSED.get(w5, ("gemm-transposed", groups), make)
+
+
 def run_transpose(x5, w5, bias, plan, out5):
     """Transposed convolution by GEMM + col2im (canonical 5-D arrays, see the module doc)."""
     g = plan.groups
@@ -318,8 +336,7 @@ def run_transpose(x5, w5, bias, plan, out5):
     kd, kh, kw = plan.kernel
     taps = kd * kh * kw
     d, h, w = plan.in_size
-    # per group: (Cg, Og * taps) -> transposed (Og * taps, Cg), contiguous
-    wmat = [np.ascontiguousarray(w5[i * cg : (i + 1) * cg].reshape(cg, og * taps).T) for i in range(g)]
+    wmat = _transposed_weights(w5, g)
     rows = chunk_rows(plan)
     if rows < 1 and _total_rows(plan):
         raise ValueError(supports(plan))
