@@ -27,6 +27,7 @@ from numba.extending import intrinsic
 
 from ..runtime import njit
 from .microkernel import Spec
+from .winotile import Tile
 
 
 @intrinsic
@@ -86,12 +87,13 @@ _ADDRESSES: dict = {}
 def _key(args) -> tuple:
     # what Numba's type of each argument depends on, cheaply
     # (flags.num: contiguity, writeable, aligned and the rest as one int;
-    # a microkernel.Spec is its own key: its type is fixed per object)
+    # a microkernel.Spec or winotile.Tile is its own key: its type is fixed
+    # per object)
     return tuple(
         (a.dtype, a.ndim, a.flags.num)
         if isinstance(a, np.ndarray)
         else a
-        if isinstance(a, Spec)
+        if isinstance(a, (Spec, Tile))
         else numba.typeof(a)
         for a in args
     )

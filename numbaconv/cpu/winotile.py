@@ -90,10 +90,11 @@ class Tile:
     """Outputs ``m`` and kernel extent ``r`` per dim (D, H, W) of a Winograd
     tile, as a value whose Numba type carries them."""
 
-    __slots__ = ("m", "r", "version")
+    __slots__ = ("m", "r", "version", "numba_type")
 
     def __init__(self, m, r):
         self.m, self.r, self.version = tuple(map(int, m)), tuple(map(int, r)), SOURCE_KEY
+        self.numba_type = None  # its TileType, made once (typed at every kernel call)
 
     def __repr__(self):
         return f"Tile(m={self.m}, r={self.r})"
@@ -107,7 +108,9 @@ class TileType(types.Type):
 
 @typeof_impl.register(Tile)
 def _typeof_tile(val, c):
-    return TileType(val.m, val.r, val.version)
+    if val.numba_type is None:
+        val.numba_type = TileType(val.m, val.r, val.version)
+    return val.numba_type
 
 
 register_model(TileType)(models.OpaqueModel)
