@@ -76,6 +76,8 @@ def _cases():
         if nd > 1:  # depthwise with 5 kernel rows: the band blocks (one task function, 4- and 6-row)
             kb = (1, 5, 3)[3 - nd :]
             out.append(("conv", (1, 2) + sp, (2, 1) + kb, dict(padding=(0, 2, 1)[3 - nd :], groups=2)))
+        # depthwise, a vector of channels, narrow rows: lanes over channels (cpu/dwcl.py)
+        out.append(("conv", (1, 16) + sp, (16, 1) + k, dict(padding=1, groups=16)))
         # a vector of output channels, strided: the channels-last layout
         out.append(("conv", (1, 8) + sp, (16, 8) + k, dict(stride=2, padding=1)))
         # the common square kernels: Winograd compiles one kernel per tile shape

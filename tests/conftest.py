@@ -68,6 +68,15 @@ def assert_close(got, ref, tol, what=""):
     assert err <= tol, f"{what}: max error {err:.3e} > tolerance {tol:.3e}"
 
 
+def assert_close_to_both(got, ref, tol, args):
+    """``got`` against the NumPy reference ``ref`` and, when installed,
+    PyTorch in float64 (``args``: x, w, bias, stride, pads, dilation,
+    groups, mode)."""
+    assert_close(got, ref, tol, "vs reference")
+    if torch is not None:
+        assert_close(got, torch_conv(*args), tol, "vs torch")
+
+
 def torch_conv(x, w, bias, stride, pads, dilation, groups, mode):
     """PyTorch's answer in float64 (explicit F.pad, then an unpadded conv)."""
     nd = w.ndim - 2

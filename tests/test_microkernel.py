@@ -427,3 +427,84 @@ def test_vector_run_stride_two(lanes, dtype, src_dtype):
             want[d0 : d0 + n] = src[s0 : s0 + 2 * n : 2].astype(dtype)
             _run_every_other(dst, d0, src, s0, n, spec)
             np.testing.assert_array_equal(dst, want)
+
+
+@njit
+def _transpose0(dst, d0, ds, dn, dl, src, s0, ss, sn, sl, bias, b0, spec):
+    mk.transpose_block(dst, d0, ds, dn, dl, src, s0, ss, sn, sl, bias, b0, 0, spec)
+
+
+@njit
+def _transpose1(dst, d0, ds, dn, dl, src, s0, ss, sn, sl, bias, b0, spec):
+    mk.transpose_block(dst, d0, ds, dn, dl, src, s0, ss, sn, sl, bias, b0, 1, spec)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_transpose_block_against_numpy(lanes, dtype):
+    """dst[d0 + j*ds + i] = src[s0 + i*ss + j] (+ bias[b0 + j]) for the
+    source rows and lanes asked (0 in destination lanes past the source
+    rows), every count from 0 to lanes, float and 8/16-bit integer sources;
+    nothing else of dst is written, exactly."""
+    rng = np.random.default_rng(13)
+    spec = mk.Spec(lanes, 32)
+    for sdt in (dtype, np.uint8, np.int16):
+        for _ in range(25):
+            sn, sl, dn, dl = (int(v) for v in rng.integers(0, lanes + 1, size=4))
+            ss, ds = lanes + int(rng.integers(0, 9)), lanes + int(rng.integers(0, 9))
+            s0, d0, b0 = 3, 5, 2
+            src = (rng.standard_normal(s0 + lanes * ss + lanes + 4) * 50).astype(sdt)
+            dst = rng.standard_normal(d0 + lanes * ds + lanes + 4).astype(dtype)
+            bias = rng.standard_normal(b0 + lanes + 3).astype(dtype)
+            for mode, call in ((0, _transpose0), (1, _transpose1)):
+                want = dst.astype(np.float64)
+                for j in range(min(dn, sl)):
+                    for i in range(dl):
+                        v = float(src[s0 + i * ss + j]) if i < sn else 0.0
+                        want[d0 + j * ds + i] = v + (float(bias[b0 + j]) if mode else 0.0)
+                got = dst.copy()
+                call(got, d0, ds, dn, dl, src, s0, ss, sn, sl, bias, b0, spec)
+                what = str((sdt, mode, sn, sl, dn, dl))
+                np.testing.assert_array_equal(got, want.astype(dtype), err_msg=what)
+
+
+@njit
+def _taps_vv(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec):
+    mk.fma_taps_vv(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, 8, 0, 1, 1)
+
+
+@njit
+def _taps_vv2(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec):
+    mk.fma_taps_vv(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, 3, 2, 1, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_fma_taps_vv_against_numpy(lanes, dtype):
+    """The vector x vector tap block (A a vector per row and tap, B a vector
+    per tap shared by the rows): 8 rows x auto vectors accumulating, 3 x 2
+    overwriting, k of 0 to 3, an indirect tap table, nt = 0."""
+    rng = np.random.default_rng(14)
+    spec = mk.Spec(lanes, 32)
+    for call, rows, vectors, accumulate in ((_taps_vv, 8, mk.vectors_for(8, 32), 1), (_taps_vv2, 3, 2, 0)):
+        width = vectors * lanes
+        for nt, k in [(3, 1), (1, 2), (5, 3), (0, 2), (2, 0)]:
+            tab = rng.integers(0, 30, size=max(nt, 1)).astype(np.int64)
+            at, ak, ar, bk = width + 1, 2 * width + 5, width + 3, nt * (width + 1) + 7
+            a0, b0, c0, ldc = 3, 4, 2, width + 5
+            a = rng.standard_normal(a0 + 40 + max(k, 1) * ak + rows * ar + width).astype(dtype)
+            b = rng.standard_normal(b0 + max(k, 1) * bk + nt * at + width).astype(dtype)
+            c = rng.standard_normal(c0 + rows * ldc + 3).astype(dtype)
+            ref = c.astype(np.float64)
+            for r in range(rows):
+                acc = ref[c0 + r * ldc : c0 + r * ldc + width] if accumulate else np.zeros(width)
+                for t in range(nt):
+                    for i in range(k):
+                        oa = a0 + tab[t] + i * ak + r * ar
+                        ob = b0 + t * at + i * bk
+                        acc = acc + a[oa : oa + width].astype(np.float64) * b[ob : ob + width]
+                ref[c0 + r * ldc : c0 + r * ldc + width] = acc
+            call(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec)
+            scale = float(np.abs(a).max() * np.abs(b).max() * max(nt * k, 1))
+            atol = _tol(dtype, nt * k, scale) + 4 * np.finfo(dtype).eps
+            np.testing.assert_allclose(c, ref, rtol=0, atol=atol)

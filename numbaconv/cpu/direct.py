@@ -33,8 +33,8 @@ from .. import config, costs
 from ..common import batch_chunk, nan_where_padding_meets_nonfinite_weights
 from ..runtime import njit
 from ..shapes import conv_tap_maps
-from . import igemm
-from .microkernel import INTEGER_SOURCES
+from . import dwcl, igemm
+from .microkernel import INTEGER_SOURCES, lanes_for
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH (tested).
@@ -322,6 +322,12 @@ def channels_last_workspace(plan) -> int:
     return batch_chunk(plan.batch, per_sample) * per_sample
 
 
+def _uses_dwcl(plan) -> bool:
+    """Narrow depthwise planes of a real dtype: lanes over channels
+    (:mod:`numbaconv.cpu.dwcl`)."""
+    return plan.dtype.kind == "f" and dwcl.uses(plan, lanes_for(plan.dtype))
+
+
 def supports(plan) -> str | None:
     """The direct path runs every case."""
     return None
@@ -330,6 +336,8 @@ def supports(plan) -> str | None:
 def workspace_bytes(plan) -> int:
     """Extra memory :func:`run` allocates for this plan (tiles and packed
     weights; the channels-last copy for complex dtypes)."""
+    if _uses_dwcl(plan):
+        return dwcl.workspace_bytes(plan)
     if plan.dtype.kind == "f":
         need = igemm.workspace_bytes(plan)
         return need if need <= config.workspace_bytes else 0  # igemm.fits
@@ -413,6 +421,8 @@ def run(x5, w5, bias, plan, out5):
     its tiles would exceed ``config.workspace_bytes`` (then, as complex
     dtypes, on the row kernel, which needs none).
     """
+    if _uses_dwcl(plan):
+        return dwcl.run(x5, w5, bias, plan, out5)
     if plan.dtype.kind == "f" and igemm.fits(plan):
         return igemm.run(x5, w5, bias, plan, out5)
     x5 = x5.astype(plan.dtype, copy=False)  # an integer input (INTEGER_INPUTS): the row kernel reads floats

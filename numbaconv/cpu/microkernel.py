@@ -295,12 +295,14 @@ class _TapBlock(_Block):
     """The IR of :func:`fma_taps`: two nested loops (k and taps, in the order
     of ``table``), the accumulators live across both."""
 
+    A_BCAST = True  # A broadcast (fma_taps) or loaded as vectors (fma_taps_vv)
+
     def __init__(self, dtype, context, builder, signature, args):
         spec = signature.args[-5]
         self.rows_, vectors, self.table, self.accumulate = (t.literal_value for t in signature.args[-4:])
         vectors = vectors or vectors_for(self.rows_, spec.registers)
         self.rows_ = self.rows_ or rows_for(vectors, spec.registers)
-        block = (dtype, self.rows_, vectors, spec.lanes, True, False)
+        block = (dtype, self.rows_, vectors, spec.lanes, self.A_BCAST, False)
         k_args = [args[8], args[6], args[9], args[10], args[7], args[11], args[12], args[13]]
         super().__init__(block, context, builder, signature, list(args[:3]) + k_args)
         self.tab = context.make_array(signature.args[3])(context, builder, args[3]).data
@@ -398,6 +400,37 @@ def fma_taps(
     """
     codegen = _block_codegen(_TapBlock, a, b, c, spec, (rows, vectors, table, accumulate))
     if codegen is None:
+        return None
+    sig = types.void(
+        a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table, accumulate
+    )
+    return sig, codegen
+
+
+class _VectorTapBlock(_TapBlock):
+    """The IR of :func:`fma_taps_vv`."""
+
+    A_BCAST = False
+
+
+# fmt: off
+@intrinsic
+def fma_taps_vv(
+    typingctx, a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table, accumulate
+):
+    # fmt: on
+    """:func:`fma_taps` with A loaded as vectors too (no broadcast)::
+
+        C[c0 + r*ldc + v*lanes + l] (+)= sum_{i<k} sum_{t<nt}
+            A[a0 + ta(t) + i*ak + r*ar + v*lanes + l] * B[b0 + tb(t) + i*bk + v*lanes + l]
+
+    Lanes over channels of a depthwise conv: A the input (a channels-last
+    tile, row ``r`` an output pixel ``ar`` apart), B the weights (one vector
+    per tap, shared by the rows). One load per FMA, none shared: the shape
+    for narrow planes, where lanes over pixels leave most lanes idle.
+    Arguments as for :func:`fma_taps` (``rows`` a non-zero literal)."""
+    codegen = _block_codegen(_VectorTapBlock, a, b, c, spec, (rows, vectors, table, accumulate))
+    if codegen is None or rows.literal_value < 1:
         return None
     sig = types.void(
         a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, spec, rows, vectors, table, accumulate
@@ -722,6 +755,96 @@ def vector_run(typingctx, dst, d0, src, s0, n, bias, mode, spec):
             args[i] = context.cast(builder, args[i], signature.args[i], types.int64)
         args[5] = context.cast(builder, args[5], signature.args[5], dst.dtype)
         _Run(dtype, context, builder, signature, args).emit()
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _transposed(builder, rows, lanes):
+    """``rows`` (``lanes`` vectors) transposed: log2(lanes) rounds of
+    two-source shuffles, each swapping the off-diagonal blocks of size ``b``
+    (lanes/2, ..., 1) of every pair of rows ``b`` apart."""
+    rows = list(rows)
+    b = lanes // 2
+    i32 = ir.IntType(32)
+    while b >= 1:
+        vt = ir.VectorType(i32, lanes)
+        low = ir.Constant(vt, [j if (j // b) % 2 == 0 else lanes + j - b for j in range(lanes)])
+        high = ir.Constant(vt, [j + b if (j // b) % 2 == 0 else lanes + j for j in range(lanes)])
+        for i in range(lanes):
+            if (i // b) % 2 == 0:
+                r0, r1 = rows[i], rows[i + b]
+                rows[i] = builder.shuffle_vector(r0, r1, low)
+                rows[i + b] = builder.shuffle_vector(r0, r1, high)
+        b //= 2
+    return rows
+
+
+@intrinsic
+def transpose_block(typingctx, dst, d0, ds, dn, dlanes, src, s0, ss, sn, slanes, bias, b0, mode, spec):
+    """For njit code, a block of up to ``lanes x lanes`` values transposed::
+
+        dst[d0 + j*ds + i] = src[s0 + i*ss + j]  (+ bias[b0 + j] in mode 1)
+
+    for ``i < min(sn, dlanes)`` source rows and ``j < min(dn, slanes)``
+    destination rows; destination lanes ``sn <= i < dlanes`` get 0 (mode 0)
+    or the bias. Rows are vectors (masked loads and stores: nothing outside
+    those ranges is read or written), transposed in registers
+    (:func:`_transposed`). ``src`` may hold 8/16-bit integers (converted
+    exactly). ``mode`` is an integer literal (0 or 1). The copies between a
+    channels-last tile and NCHW arrays."""
+    if not isinstance(spec, SpecType) or not isinstance(mode, types.IntegerLiteral):
+        return None
+    dtype = dst.dtype.name
+    if dtype not in _LLVM_TYPES or not (src.dtype == dst.dtype or src.dtype.name in INTEGER_SOURCES):
+        return None
+    if bias.dtype != dst.dtype:
+        return None
+    sig = types.void(dst, d0, ds, dn, dlanes, src, s0, ss, sn, slanes, bias, b0, mode, spec)
+
+    def codegen(context, builder, signature, args):
+        b = builder
+        lanes = spec.lanes
+        at = (1, 2, 3, 4, 6, 7, 8, 9, 11)
+        d0_, ds_, dn_, dl_, s0_, ss_, sn_, sl_, b0_ = (
+            context.cast(b, args[i], signature.args[i], types.int64) for i in at
+        )
+        pd = context.make_array(signature.args[0])(context, b, args[0]).data
+        ps = context.make_array(signature.args[5])(context, b, args[5]).data
+        pb = context.make_array(signature.args[10])(context, b, args[10]).data
+        i64 = ir.IntType(64)
+        vt = ir.VectorType(_LLVM_TYPES[dtype], lanes)
+        sdt = np.dtype(src.dtype.name)
+        src_int = sdt.kind in "iu"
+        st = ir.VectorType(ir.IntType(8 * sdt.itemsize), lanes) if src_int else vt
+        load, _ = _masked(b, st, f"i{8 * sdt.itemsize}" if src_int else _FMA_NAMES[dtype])
+        fload, store = _masked(b, vt, _FMA_NAMES[dtype])
+        zero_s = ir.Constant(st, [0] * lanes if src_int else [0.0] * lanes)
+        lanes_in = _lane_mask(b, lanes, 0, sl_)
+        mask_t = ir.VectorType(ir.IntType(1), lanes)
+        rows = []
+        for i in range(lanes):
+            live = _splat(b, mask_t, b.icmp_signed("<", ir.Constant(i64, i), sn_))
+            ptr = b.bitcast(b.gep(ps, [b.add(s0_, b.mul(ir.Constant(i64, i), ss_))]), st.as_pointer())
+            v = b.call(load, [ptr, ir.Constant(ir.IntType(32), sdt.itemsize), b.and_(lanes_in, live), zero_s])
+            if src_int:
+                v = b.sitofp(v, vt) if sdt.kind == "i" else b.uitofp(v, vt)
+            rows.append(v)
+        cols = _transposed(b, rows, lanes)
+        align = ir.Constant(ir.IntType(32), np.dtype(dtype).itemsize)
+        lanes_out = _lane_mask(b, lanes, 0, dl_)
+        rows_out = b.select(b.icmp_signed("<", dn_, sl_), dn_, sl_)
+        if mode.literal_value == 1:
+            bptr = b.bitcast(b.gep(pb, [b0_]), vt.as_pointer())
+            none = ir.Constant(vt, [0.0] * lanes)
+            bvec = b.call(fload, [bptr, align, _lane_mask(b, lanes, 0, dn_), none])
+        for j in range(lanes):
+            v = cols[j]
+            if mode.literal_value == 1:
+                v = b.fadd(v, _splat(b, vt, b.extract_element(bvec, ir.Constant(ir.IntType(32), j))))
+            live = _splat(b, mask_t, b.icmp_signed("<", ir.Constant(i64, j), rows_out))
+            ptr = b.bitcast(b.gep(pd, [b.add(d0_, b.mul(ir.Constant(i64, j), ds_))]), vt.as_pointer())
+            b.call(store, [v, ptr, align, b.and_(lanes_out, live)])
         return context.get_dummy_value()
 
     return sig, codegen
