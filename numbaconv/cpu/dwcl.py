@@ -216,11 +216,11 @@ def _task(x, xf, wp, bias, out, of, tab, md, mh, mw, geo, spec, a12, t):
             a0 = ((r * sh) * wq + pb * 8 * sw) * L
             fma_taps_vv(tile, wp, acc, tab, nt, L, a0, cb * nt * L, 1, 0, sw * L, 0, 0, L, spec, 8, 1, 1, 0)
             base = ((n * C + c0) * OD + od) * plane + (h0 + r) * OW + pb * 8
-            for p0 in range(0, 8, L):  # L pixels a transpose (L < 8: 4 lanes)
-                cnt = min(L, OW - pb * 8 - p0)
+            for p0 in range(0, 8, L):  # up to L pixels a transpose (4 lanes: two)
+                cnt = min(L, 8 - p0, OW - pb * 8 - p0)  # source rows: pixels of acc, none past it
                 if cnt > 0:
                     transpose_block(
-                        of, base + p0, OD * plane, nl, cnt, acc, p0 * L, L, L, L, bias, c0, 1, spec
+                        of, base + p0, OD * plane, nl, cnt, acc, p0 * L, L, cnt, L, bias, c0, 1, spec
                     )
 
 
