@@ -122,6 +122,22 @@ def test_dwcl_only_for_narrow_depthwise_planes():
     assert not direct._uses_dwcl(plan((1, 32, 7, 7), (32, 1, 3, 3), 32, np.complex64))
 
 
+def test_dwcl_within_the_workspace_budget_else_the_other_paths(monkeypatch):
+    """Tiles beyond ``config.workspace_bytes`` (a band of one row of a very
+    wide strided plane) leave the case to the other kernels, which still
+    give the answer."""
+    rng = np.random.default_rng(6)
+    x = random_array(rng, (1, 16, 5, 400), np.float64)
+    w = random_array(rng, (16, 1, 3, 3), np.float64)
+    p = make_conv_plan(x.shape, w.shape, None, 2, 1, 1, 16, dtype=np.float64)
+    assert direct._uses_dwcl(p)
+    monkeypatch.setattr(config, "workspace_bytes", dwcl.workspace_bytes(p) - 1)
+    assert not direct._uses_dwcl(p)
+    got = nc.conv2d(x, w, stride=2, padding=1, groups=16, method="direct")
+    ref = conv_reference(x, w, None, stride=[2, 2], pads=[(1, 1), (1, 1)], dilation=[1, 1], groups=16)
+    assert_close(got, ref, 1e-12)
+
+
 def test_dwcl_weights_are_kept_and_an_edited_weight_is_packed_again():
     rng = np.random.default_rng(4)
     x = random_array(rng, (1, 16, 6, 6), np.float32)

@@ -323,9 +323,14 @@ def channels_last_workspace(plan) -> int:
 
 
 def _uses_dwcl(plan) -> bool:
-    """Narrow depthwise planes of a real dtype: lanes over channels
+    """Narrow or H-strided depthwise planes of a real dtype, when the tiles
+    fit ``config.workspace_bytes``: lanes over channels
     (:mod:`numbaconv.cpu.dwcl`)."""
-    return plan.dtype.kind == "f" and dwcl.uses(plan, lanes_for(plan.dtype))
+    return (
+        plan.dtype.kind == "f"
+        and dwcl.uses(plan, lanes_for(plan.dtype))
+        and dwcl.workspace_bytes(plan) <= config.workspace_bytes
+    )
 
 
 def supports(plan) -> str | None:
