@@ -24,6 +24,17 @@ def batch_chunk(batch: int, per_sample: int) -> int:
     return max(1, min(batch, config.workspace_bytes // max(per_sample, 1)))
 
 
+def aligned_copy(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data starts on an ``align``-byte
+    boundary (NumPy's large arrays start 16 bytes into a page: every vector
+    load of a packed weight then spans two cache lines)."""
+    raw = np.empty(a.nbytes + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 class WeightCache:
     """Values derived from a weight (packed layouts, kernel spectra), kept for
     recent weights up to ``config.<setting>`` bytes in all (0: off), least

@@ -49,10 +49,12 @@ that cannot be used is ignored with a RuntimeWarning naming the variable
     block, AVX2 8 and 6 x 2, else 4 and 6 x 2). Tests force 4, 8 and 16.
 ``direct_layout``
     The layout of the direct path's micro-kernel blocks for real dtypes:
-    ``"auto"`` (default), ``"pixels"`` (lanes over output pixels, the weight
-    broadcast) or ``"channels"`` (lanes over output channels, the input
-    channels-last; where a group has at least a vector of output channels,
-    else pixels). Tests force both.
+    ``"auto"`` (default: channels where the pixel blocks would be mostly
+    padding, small planes with many channels), ``"pixels"`` (lanes over
+    output pixels, the weight broadcast) or ``"channels"`` (lanes over
+    output channels, the input channels-last, blocks of any output pixels;
+    where a group has at least a vector of output channels, else pixels).
+    Tests force both.
 ``direct_channels_last_min``
     The direct path for complex dtypes switches from its row kernel to its
     channels-last kernel (vectorized along input channels) when a group has at

@@ -224,6 +224,42 @@ def test_fma_taps_against_numpy(table, lanes, dtype):
         )
 
 
+@njit
+def _call_taps_rows(a, b, c, tab, nt, at, a0, b0, k, ak, rows_at, bk, c0, ldc, spec):
+    mk.fma_taps(a, b, c, tab, nt, at, a0, b0, k, ak, rows_at, bk, c0, ldc, spec, 5, 0, 1, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_fma_taps_with_a_row_table(lanes, dtype):
+    """``ar`` as an int64 array: row r of A at ``ar[r]`` (any order, repeats
+    allowed), the rest as with a row stride; C overwritten (accumulate 0)."""
+    rng = np.random.default_rng(11)
+    spec = mk.Spec(lanes, 32)
+    rows, vectors = 5, mk.vectors_for(5, 32)
+    width = vectors * lanes
+    for nt, k in [(3, 7), (1, 1), (2, 0)]:
+        tab = rng.integers(0, 40, size=nt).astype(np.int64)
+        rows_at = np.array([17, 3, 3, 40, 0], dtype=np.int64)
+        at, a0, b0, ak, bk, c0 = 7, 2, 3, 1, width + 1, 5
+        ldc = width + 2
+        a = rng.standard_normal(a0 + 41 + tab.max() + k * ak).astype(dtype)
+        b = rng.standard_normal(b0 + nt * at + k * bk + width).astype(dtype)
+        c = rng.standard_normal(c0 + rows * ldc).astype(dtype)
+        ref = c.astype(np.float64)
+        for r in range(rows):
+            ref[c0 + r * ldc : c0 + r * ldc + width] = 0
+            for t in range(nt):
+                for i in range(k):
+                    o = b0 + t * at + i * bk
+                    ref[c0 + r * ldc : c0 + r * ldc + width] += (
+                        float(a[a0 + tab[t] + i * ak + rows_at[r]]) * b[o : o + width]
+                    )
+        _call_taps_rows(a, b, c, tab, nt, at, a0, b0, k, ak, rows_at, bk, c0, ldc, spec)
+        scale = float(np.abs(a).max() * np.abs(b).max() * max(nt * k, 1))
+        np.testing.assert_allclose(c, ref, rtol=0, atol=_tol(dtype, nt * k, scale) + 8 * np.finfo(dtype).eps)
+
+
 def test_vectors_and_rows_per_register_count():
     """The block shapes fit the registers: accumulators + B vectors + one broadcast."""
     for registers in (16, 32):

@@ -35,10 +35,10 @@ import numba
 import numpy as np
 
 from .. import config
-from ..common import WeightCache
+from ..common import WeightCache, aligned_copy
 from ..runtime import njit
 from ..shapes import fold_index
-from .microkernel import fma_band, fma_taps, rows_for, spec_for, vector_run, vectors_for
+from .microkernel import fma_band, fma_taps, rows_for, spec_for, transpose_block, vector_run, vectors_for
 from .tasks import parallel_tasks
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
@@ -136,17 +136,18 @@ def _block(wp, src, cb, tb, spec, rows, k, a0, b0, cs, pw):
 
 
 @njit(inline="always")
-def _block_cl(tile, wp, cb, tab, spec, vectors, k, a0, b0, ps, at, vl):
-    # rows_for(vectors) pixels x vectors * lanes output channels
+def _block_cl(tile, wp, cb, tab, spec, vectors, k, a0, b0, rows_at, at, vl, c0):
+    # rows_for(vectors) pixels (tile offsets rows_at[r]) x vectors * lanes
+    # output channels, added into cb from c0 (rows vl apart)
     nt = tab.shape[0]
     if vectors == 4:
-        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 4, 1, 0)
+        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, rows_at, vl, c0, vl, spec, 0, 4, 1, 1)
     elif vectors == 3:
-        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 3, 1, 0)
+        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, rows_at, vl, c0, vl, spec, 0, 3, 1, 1)
     elif vectors == 2:
-        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 2, 1, 0)
+        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, rows_at, vl, c0, vl, spec, 0, 2, 1, 1)
     else:
-        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, ps, vl, 0, vl, spec, 0, 1, 1, 0)
+        fma_taps(tile, wp, cb, tab, nt, at, a0, b0, k, 1, rows_at, vl, c0, vl, spec, 0, 1, 1, 1)
 
 
 @njit(inline="always")
@@ -335,29 +336,66 @@ def _task(t, nbands, noc, OD, G):
 @njit(cache=True, fastmath=_FASTMATH)
 def _conv_cl_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc, tc):
     # the phase of task tc (see _phase); the arguments below are its slices
-    wp, tab, md, mh, mw, runs, geo, t = _phase(wpc, tbc, mdc, mhc, mwc, runsc, geoc, tc)
-    # One task; the tile channels-last (pixel stride ps); of (out flat): unused,
-    # the arguments of every kind of task alike (tasks.run_tasks)
+    wp, tabs, md, mh, mw, runs, geo, t = _phase(wpc, tbc, mdc, mhc, mwc, runsc, geoc, tc)
+    # One task: the tile channels-last (pixel stride ps), its output pixels
+    # (the band's, in order: no junk columns) in blocks of px gathered rows
+    # (tile offsets: tabs after the nt tap offsets) x vl output channels,
+    # summed over the chunk's channels kc at a time (a block's weights, nt x
+    # kc x vl, stay in L2 over the task's pixel blocks) into acc, then stored
     G, cg, og, vectors, nob, band, nbands, cc, px, och, tsize, vl, ps = geo[7:20]
-    OD, OH, gpt = geo[28], geo[29], geo[24]
-    nt, wq = tab.shape[0], geo[4]
-    n, gc, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, (G + gpt - 1) // gpt)
+    OD, OH, OW, gpt, nt, kc, ipt = geo[28], geo[29], geo[30], geo[24], geo[37], geo[38], geo[39]
+    tab, pix = tabs[:nt], tabs[nt:]
+    ns, gc, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, (G + gpt - 1) // gpt)
+    n0 = ns * ipt  # the task's samples: n0.. (ipt > 1: whole planes, one after the other in the tile)
+    m = min(ipt, x.shape[0] - n0)
     h0 = hb * band
     noh = min(band, OH - h0)
+    S = ps * geo[20]  # a sample's part of the tile
+    npb = (m * noh * OW + px - 1) // px
+    ppad = (ipt * band * OW + px - 1) // px * px
+    ob0, ob1 = oc * och, min(nob, (oc + 1) * och)
     tile = np.empty(tsize, dtype=out.dtype)
-    tile[ps * geo[20] :] = 0  # the slack junk pixels read (see _conv_task)
-    cb = np.empty(px * vl, dtype=out.dtype)
+    tile[ipt * S :] = 0  # the slack past the pixels (see _conv_task)
+    acc = np.empty((ob1 - ob0) * ppad * vl, dtype=out.dtype)
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
+        acc[:] = 0
         for c0 in range(0, cg, cc):
             nc = min(cc, cg - c0)
             edges = g == gc * gpt and c0 == 0 or geo[25] == 0  # see _fill
-            _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, 1, ps, spec, edges)
-            for p0 in range(0, noh * wq, px):
-                for ob in range(oc * och, min(nob, (oc + 1) * och)):
-                    b0 = ((g * nob + ob) * nt * cg + c0) * vl
-                    _block_cl(tile, wp, cb, tab, spec, vectors, nc, p0 * ps, b0, ps, cg * vl, vl)
-                    o0, no = g * og + ob * vl, min(vl, og - ob * vl)
-                    _store_cl(cb, bias, of, geo, n, od, h0, o0, no, p0, px, noh, vl, c0 > 0)
+            for j in range(m):
+                _fill(
+                    x,
+                    xf,
+                    tile[j * S :],
+                    n0 + j,
+                    g * cg + c0,
+                    nc,
+                    od,
+                    h0,
+                    md,
+                    mh,
+                    mw,
+                    runs,
+                    geo,
+                    1,
+                    ps,
+                    spec,
+                    edges,
+                )
+            for ob in range(ob0, ob1):
+                for k0 in range(0, nc, kc):
+                    b0 = ((g * nob + ob) * nt * cg + c0 + k0) * vl
+                    nk = min(kc, nc - k0)
+                    for pb in range(npb):
+                        c = ((ob - ob0) * ppad + pb * px) * vl
+                        _block_cl(
+                            tile, wp, acc, tab, spec, vectors, nk, k0, b0, pix[pb * px :], cg * vl, vl, c
+                        )
+        for ob in range(ob0, ob1):
+            o0 = g * og + ob * vl
+            for j in range(m):
+                a0 = ((ob - ob0) * ppad + j * noh * OW) * vl
+                _store_cl(acc, a0, bias, of, geo, n0 + j, od, h0, o0, min(vl, og - ob * vl), noh, spec)
 
 
 @njit(inline="always")
@@ -389,23 +427,27 @@ def _put(of, uo, sw, cb, k, cnt, bv, add, spec):
 
 
 @njit(inline="always")
-def _store_cl(cb, bias, of, geo, n, od, oh0, o0, no, p0, px, noh, vl, add):
-    # pixels [p0, p0 + px) x channels [o0, o0 + no) of a channels-last block
-    # (cb[r * vl + j]) into the target, channel by channel
-    wq, ow_n = geo[4], geo[30]
-    for j in range(no):
-        bv = bias[o0 + j]
-        for r in range(px):
-            oh = (p0 + r) // wq
-            ow = p0 + r - oh * wq
-            if oh >= noh:
-                break
-            if ow < ow_n:
-                u = _offset(geo, n, o0 + j, od, oh0 + oh, ow)
-                if add:
-                    of[u] += cb[r * vl + j]
-                else:
-                    of[u] = cb[r * vl + j] + bv
+def _store_cl(acc, a0, bias, of, geo, n, od, oh0, o0, no, noh, spec):
+    # the band's noh x OW pixels x channels [o0, o0 + no) of a channels-last
+    # accumulator (acc[a0 + p * vl + j]), plus the bias, into the target: at
+    # a unit W stride by transposes of up to lanes pixels of a row x lanes
+    # channels, else one value at a time
+    OW, vl, cst = geo[30], geo[18], geo[33]
+    L = vl // geo[10]
+    for oh in range(noh):
+        for ow in range(0, OW, L if geo[36] == 1 else OW):
+            u = _offset(geo, n, o0, od, oh0 + oh, ow)
+            s0 = a0 + (oh * OW + ow) * vl
+            if geo[36] == 1:
+                cnt = min(L, OW - ow)
+                for j0 in range(0, no, L):
+                    transpose_block(
+                        of, u + j0 * cst, cst, no - j0, cnt, acc, s0 + j0, vl, cnt, L, bias, o0 + j0, 1, spec
+                    )
+                continue
+            for q in range(OW):
+                for j in range(no):
+                    of[u + q * geo[36] + j * cst] = acc[s0 + q * vl + j] + bias[o0 + j]
 
 
 @njit(inline="always")
@@ -464,27 +506,49 @@ def block_rows(og: int, registers: int) -> int:
     return max((6, 5, 4), key=lambda r: og / (-(-og // r) * r) * (1 - 1 / (r + 2)))
 
 
-def block_vectors(og: int, lanes: int, registers: int) -> int:
+def block_vectors(og: int, lanes: int, registers: int, pixels: int = 0) -> int:
     """Vectors of output channels per register block of the channels-last
     layout: the most useful FMAs per cycle, counting the padded lanes of the
-    last block, the loads per FMA and the accumulators in flight."""
+    last block, the padded rows of a plane's last block (``pixels`` output
+    pixels; 0: none), the loads per FMA and the accumulators in flight."""
 
     def rate(v):
         rows = rows_for(v, registers)
         vl = v * lanes
-        useful = og / (-(-og // vl) * vl)
+        useful = og / (-(-og // vl) * vl) * (pixels / (-(-pixels // rows) * rows) if pixels else 1.0)
         fmas = rows * v
         return useful * fmas / max(fmas, rows + v) * min(1.0, fmas / 12)
 
     return max(range(4, 0, -1), key=rate)
 
 
-def uses_channels_last(plan, lanes: int) -> bool:
-    """The channels-last layout (lanes over output channels) where
-    ``config.direct_layout`` asks for it and a group has at least a vector of
-    output channels. "auto" takes the pixel layout: it measured faster on
-    every workload and neighbour tried (docs/performance.md)."""
-    return config.direct_layout == "channels" and plan.c_out // plan.groups >= lanes
+def uses_channels_last(plan, lanes: int, registers: int = 32) -> bool:
+    """The channels-last layout (lanes over output channels, gathered pixel
+    rows) where ``config.direct_layout`` asks for it, and with "auto" where
+    the pixel layout's blocks would be mostly padding: its useful fraction of
+    the FMAs (the junk columns of the padded rows, the last block of a plane,
+    the channel blocks) under 1/1.1 of this layout's. Both need a group to
+    have at least a vector of output channels; "auto" also wants 16 input
+    channels a group (the k loop of a tap runs over them)."""
+    og, cg = plan.c_out // plan.groups, plan.c_in // plan.groups
+    if config.direct_layout == "pixels" or og < lanes:
+        return False
+    if config.direct_layout == "channels":
+        return True
+    if cg < CL_MIN_CHANNELS or plan.c_out == plan.groups:
+        return False
+    _, oh, ow = plan.out_size
+    wq = ow + plan.dilation[2] * (plan.kernel[2] - 1) // plan.stride[2]
+    rows = block_rows(og, registers)
+    px = vectors_for(rows, registers) * lanes
+    pixel = _useful(og, rows, oh * wq, px) * ow / wq
+    v = block_vectors(og, lanes, registers, oh * ow)
+    channels = _useful(og, v * lanes, oh * ow, rows_for(v, registers))
+    return channels > CL_MARGIN * pixel
+
+
+CL_MIN_CHANNELS = 16
+CL_MARGIN = 1.1  # the channels-last blocks ran 5-8% below the pixel blocks on planes where both were full
 
 
 BAND_ROWS = 6  # output rows of a band block for kernels of 5 or more rows
@@ -546,10 +610,11 @@ def pack(w5, groups: int, block: int, channels_last: bool, band: bool = False) -
     wpad[:, :og] = w
     order = (0, 1, 4, 3, 2) if channels_last else (0, 1, 3, 4, 2)
     packed = wpad.reshape(groups, nob, block, cg, -1).transpose(order)
-    return np.ascontiguousarray(packed).ravel()
+    return aligned_copy(packed).ravel()
 
 
 _TILE_BYTES = 384 * 1024  # a task's input tile: well inside a core's L2
+_SLAB_BYTES = 4 << 20  # channels-last: a block's weights per channel chunk (chunks measured slower: see docs)
 
 
 def _phases(kernel, dilation, stride):
@@ -583,7 +648,7 @@ class Geometry:
         self.hq = oh + dh * (kh - 1) // self.sh
         self.og = plan.c_out // plan.groups
         self.cg = plan.c_in // plan.groups
-        self.channels_last = uses_channels_last(plan, lanes)
+        self.channels_last = uses_channels_last(plan, lanes, registers)
         self.band_rows = band_rows(kh) if band and uses_band(plan) else 0
         if self.band_rows:  # one output channel: blocks of rows x pixels of a row
             vmax = max(v for v in (4, 2, 1) if v <= vectors_for(self.band_rows, registers) or v == 1)
@@ -592,9 +657,9 @@ class Geometry:
             self.block = 1
             self.px = self.vectors * lanes
         elif self.channels_last:
-            self.vectors = block_vectors(self.og, lanes, registers)
+            self.vectors = block_vectors(self.og, lanes, registers, oh * ow)
             self.block = self.vectors * lanes  # output channels per block
-            self.px = rows_for(self.vectors, registers)  # pixels per block
+            self.px = rows_for(self.vectors, registers)  # pixels per block (gathered rows)
         else:
             self.vectors = self.block = block_rows(self.og, registers)
             self.px = vectors_for(self.block, registers) * lanes
@@ -630,6 +695,10 @@ class Geometry:
             band = self._pixel_band(
                 oh, oh if base >= want or self.nob > 1 else max(1, oh * base // want), limit
             )
+        # channels-last: a task's accumulators (its pixels padded to px, x
+        # its output channels) and the channels per weight chunk (kc)
+        self.ppad = 0
+        self.kc = max(1, _SLAB_BYTES // (len(self.taps) * self.block * item))
         self.band, self.nbands = band, -(-oh // band)
         self.rq = band + plan.dilation[1] * (plan.kernel[1] - 1) // self.sh
         self.cs = self.channel_elements(band)
@@ -642,18 +711,42 @@ class Geometry:
         # (band blocks: up to a block of rows past the band, dh apart)
         rows = self.band_rows * plan.dilation[1] + 1 if self.band_rows else 1
         slack = self.px + self.wq * (len(self.ph) * len(self.pw_) + rows)
-        self.tile = (self.ps * (self.cs + slack)) if self.channels_last else (self.cc * self.cs + slack)
+        self.ipt = self._images(plan, limit) if self.channels_last and self.nbands == 1 else 1
+        if self.channels_last:
+            base = max(1, -(-plan.batch // self.ipt) * plan.groups * od)
+            self.ppad = -(-self.ipt * band * plan.out_size[2] // self.px) * self.px
+        self.tile = (
+            (self.ps * (self.ipt * self.cs + slack)) if self.channels_last else (self.cc * self.cs + slack)
+        )
         tasks = base * self.nbands
         self.och = self.nob if tasks >= want else -(-self.nob // -(-want // tasks))
+        self.kc = min(self.kc, self.cc)
         # groups per task: many small groups (depthwise, grouped) share a task,
         # its tile and its set-up (one plane a task: 14x14 depthwise planes
         # spent more in the tasks' entry than in their FMAs)
         self.gpt = max(1, min(plan.groups, tasks // want))
 
     def tasks(self):
-        """Tasks of a call: (sample, chunk of groups, output plane, band, chunk of blocks)."""
+        """Tasks of a call: (samples, chunk of groups, output plane, band, chunk of blocks)."""
         p = self.plan
-        return p.batch * -(-p.groups // self.gpt) * p.out_size[0] * self.nbands * -(-self.nob // self.och)
+        samples = -(-p.batch // self.ipt)
+        return samples * -(-p.groups // self.gpt) * p.out_size[0] * self.nbands * -(-self.nob // self.och)
+
+    def _images(self, plan, limit):
+        """Samples per task of the channels-last layout (whole planes): the
+        fewest whose pixels fill the blocks of ``px`` rows to within 3%
+        (a 7x7 plane's 49 pixels in blocks of 6: 91%; two planes' 98: 96%),
+        else the fullest, up to 4, while the tile holds every channel."""
+        if self.cc < self.cg:
+            return 1
+        pixels = plan.out_size[1] * plan.out_size[2]
+
+        def fill(m):
+            return m * pixels / (-(-m * pixels // self.px) * self.px)
+
+        fits = [m for m in range(1, min(plan.batch, 4) + 1) if m * self.cg * self.cs <= limit] or [1]
+        good = [m for m in fits if fill(m) >= 0.97]
+        return good[0] if good else max(fits, key=fill)
 
     def _pixel_band(self, oh, top, limit):
         """Output rows per band for pixel blocks: of the bands up to ``top``
@@ -663,11 +756,12 @@ class Geometry:
         of two alike the one with fewer bands, then the evener. Halving the plane until it fitted
         padded a 3x3 stride-2 layer's 7-row bands of 203 pixels to 256."""
         halo = self.plan.dilation[1] * (self.plan.kernel[1] - 1) // self.sh
+        row = self.plan.out_size[2] if self.channels_last else self.wq  # pixels a row's blocks cover
 
         def cost(b):
             whole, rest = divmod(oh, b)
-            blocks = whole * -(-(b * self.wq) // self.px) + -(-(rest * self.wq) // self.px)
-            return blocks * self.px / (oh * self.wq) * (1 + 0.02 * (whole + (rest > 0)) * halo / oh)
+            blocks = whole * -(-(b * row) // self.px) + -(-(rest * row) // self.px)
+            return blocks * self.px / (oh * row) * (1 + 0.02 * (whole + (rest > 0)) * halo / oh)
 
         fits = [b for b in range(1, top + 1) if self.cg * self.channel_elements(b) <= limit] or [1]
         return min(fits, key=lambda b: (round(cost(b), 6), -(-oh // b), b))
@@ -687,7 +781,16 @@ class Geometry:
         for a, b, c in taps:
             i, j = self.ph.index(b % self.sh), self.pw_.index(c % self.sw)
             out.append(a * plane + (i * npw + j) * rq * wq + (b // self.sh) * wq + c // self.sw)
-        return np.array(out, dtype=np.int64) * (self.ps if self.channels_last else 1)
+        if not self.channels_last:
+            return np.array(out, dtype=np.int64)
+        # then, channels-last: each of a band's output pixels' tile offset
+        # (its row r and column q at (r * wq + q) * ps), 0 past them
+        ow = self.plan.out_size[2]
+        p = np.arange(self.band * ow, dtype=np.int64)
+        one = (p // ow * self.wq + p % ow) * self.ps
+        pix = np.zeros(self.ppad, dtype=np.int64)
+        pix[: self.ipt * p.size] = (np.arange(self.ipt)[:, None] * self.cs * self.ps + one[None, :]).ravel()
+        return np.concatenate((np.array(out, dtype=np.int64) * self.ps, pix))
 
     def runs(self):
         """Per W phase ``(a, b, i0)``: the phase's columns ``[a, b)`` read the
@@ -728,8 +831,20 @@ class Geometry:
         return self.tile_bytes(threads) + self.weight_bytes()
 
     def tile_bytes(self, threads):
-        """Bytes of one tile and accumulator block per thread."""
-        return threads * (self.tile + max(self.block, self.band_rows) * self.px) * self.plan.dtype.itemsize
+        """Bytes of one tile and accumulator block (channels-last: a task's
+        accumulators) per thread."""
+        acc = (
+            self.och * self.ppad * self.block
+            if self.channels_last
+            else max(self.block, self.band_rows) * self.px
+        )
+        return threads * (self.tile + acc) * self.plan.dtype.itemsize
+
+    def tail(self):
+        """What the kernels take after the target's description (``geo[37:]``):
+        the taps, the channels-last layout's channels per weight chunk and
+        samples per task."""
+        return [len(self.taps), self.kc, self.ipt]
 
     def weight_bytes(self):
         """Bytes of the packed weights."""
@@ -752,6 +867,8 @@ def cost_features(plan, share: int = 1) -> dict[str, float]:
     if geo.band_rows:  # blocks of rows (dh apart) x px columns of each row
         rows = -(-geo.band // (geo.band_rows * plan.dilation[1])) * geo.band_rows * plan.dilation[1]
         pixels = base * geo.nbands * rows * (-(-plan.out_size[2] // geo.px) * geo.px)
+    elif geo.channels_last:  # the band's pixels (ipt samples' a task), no junk columns
+        pixels = -(-plan.batch // geo.ipt) * plan.groups * od * geo.nbands * geo.ppad
     flops = 2.0 * pixels * geo.nob * geo.block * geo.cg * len(geo.taps)
     chunks = -(-geo.cg // geo.cc)
     noc = -(-geo.nob // geo.och)  # each o-chunk of a band copies the band's tile
@@ -884,7 +1001,7 @@ def _combined(group, threads, share):
     glen = 0
     for plan, desc, off in group:
         geo, arrays, geo_args = geometry(plan, threads, share=share)
-        g = np.concatenate((geo_args, np.asarray(desc, dtype=np.int64)))
+        g = np.concatenate((geo_args, np.asarray(desc, dtype=np.int64), geo.tail()))
         headers.append(
             [lens[0], len(arrays[0]), lens[1], lens[2], lens[3], lens[4], len(arrays[4]), off, glen]
         )

@@ -227,11 +227,15 @@ class _Block:
         off = b.add(self.c0, b.add(b.mul(self.const(r), self.ldc), self.const(v * self.lanes)))
         return b.bitcast(b.gep(self.pc, [off]), self.vt.as_pointer())
 
+    row_offsets = None  # A's rows at offsets from a table (see _TapBlock), else r*ar apart
+
     def operand(self, ptr, base, sk, sr, step, r, v, bcast):
         """A vector at ``base + step*sk + r*sr + v*lanes``, or the scalar at
-        ``base + step*sk + r*sr`` splatted."""
+        ``base + step*sk + r*sr`` splatted (A's rows: ``row_offsets[r]``
+        for ``r*sr`` where those are given)."""
         b = self.builder
-        off = b.add(base, b.add(b.mul(step, sk), b.mul(self.const(r), sr)))
+        row = self.row_offsets[r] if sr is self.ar and self.row_offsets else b.mul(self.const(r), sr)
+        off = b.add(base, b.add(b.mul(step, sk), row))
         if bcast:
             return _splat(b, self.vt, b.load(b.gep(ptr, [off]), align=self.align))
         off = b.add(off, self.const(v * self.lanes))
@@ -307,6 +311,11 @@ class _TapBlock(_Block):
         super().__init__(block, context, builder, signature, list(args[:3]) + k_args)
         self.tab = context.make_array(signature.args[3])(context, builder, args[3]).data
         self.nt, self.at = args[4], args[5]
+        if isinstance(signature.args[10], types.Array):  # ar: A's row offsets, read once
+            rows = context.make_array(signature.args[10])(context, builder, args[10]).data
+            self.row_offsets = [
+                builder.load(builder.gep(rows, [self.const(r)]), align=8) for r in range(self.rows)
+            ]
 
     def emit(self):
         # table 0 (B): for i < k: for t < nt: A a0 + t*at + i*ak, B b0 + tab[t] + i*bk
@@ -390,6 +399,9 @@ def fma_taps(
     ``ta(t) = tab[t]``, ``tb(t) = t*at``, k the inner loop (lanes over output
     channels, A a channels-last input: a tap's channels are contiguous).
     Indirect taps: a convolution's kernel taps at any stride and dilation.
+    ``ar`` may be an int64 array instead: row ``r`` of A at ``ar[r]`` in
+    place of ``r*ar`` (gathered rows: output pixels anywhere in a tile, no
+    junk columns between the rows of a plane).
 
     ``spec`` is a :class:`Spec` (lanes and registers, in its type, so a caller
     compiled with ``cache=True`` has one on-disk entry per spec); ``rows``,
