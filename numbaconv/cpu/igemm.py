@@ -113,6 +113,61 @@ def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst, spec,
 
 
 @njit(inline="always")
+def _fill_cl(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, ps, spec, edges):
+    # _fill's tile channels-last: tile[pixel * ps + c], the pixels as _fill
+    # orders them; lanes channels at a time: the interior of a row at W
+    # stride 1 by transposes of up to lanes columns, the rest one value at a
+    # time (a value per load and store, ps apart, took ~7% of a 3x3 s2
+    # 256-channel layer)
+    kd_n, nph, npw, rq, wq, hq = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    C, D, H, W = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    L = geo[18] // geo[10]  # lanes: the block's channels over its vectors
+    plane = D * H * W
+    z = tile.dtype.type(0)
+    for cb in range(0, nc, L):
+        cn = min(L, nc - cb)
+        o = cb
+        for kd in range(kd_n):
+            idd = md[od * kd_n + kd]
+            for i in range(nph):
+                for j in range(npw):
+                    for r in range(rq):
+                        ih = mh[i * hq + h0 + r] if h0 + r < hq else -1
+                        if idd >= 0 and ih >= 0:
+                            so = (((n * C + c0 + cb) * D + idd) * H + ih) * W
+                            _fill_cl_row(xf, tile, o, so, plane, cn, runs, j, mw, geo, ps, spec, edges)
+                        elif edges:
+                            for q in range(wq):
+                                for lane in range(cn):
+                                    tile[o + q * ps + lane] = z
+                        o += wq * ps
+
+
+@njit(inline="always")
+def _fill_cl_row(xf, tile, o, so, plane, cn, runs, j, mw, geo, ps, spec, edges):
+    # one tile row of _fill_cl: cn channels from so (plane apart), W phase j
+    wq, sw = geo[4], geo[6]
+    a, b, i0 = runs[j, 0], runs[j, 1], runs[j, 2]
+    L = geo[18] // geo[10]
+    z = tile.dtype.type(0)
+    if sw == 1:
+        for q0 in range(a, b, L):
+            cnt = min(L, b - q0)
+            transpose_block(
+                tile, o + q0 * ps, ps, cnt, cn, xf, so + i0 + q0 - a, plane, cn, cnt, tile, 0, 0, spec
+            )
+    else:
+        for q in range(a, b):
+            for lane in range(cn):
+                tile[o + q * ps + lane] = xf[so + lane * plane + i0 + (q - a) * sw]
+    for q in range(wq if edges else 0):
+        if q < a or q >= b:
+            iw = mw[j * wq + q]
+            for lane in range(cn):
+                tile[o + q * ps + lane] = xf[so + lane * plane + iw] if iw >= 0 else z
+
+
+@njit(inline="always")
 def _block(wp, src, cb, tb, spec, rows, k, a0, b0, cs, pw):
     # rows output channels x pw pixels over k channels and every tap; every
     # block shape in one kernel (one compile per dtype, not per shape)
@@ -362,26 +417,9 @@ def _conv_cl_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, ge
         for c0 in range(0, cg, cc):
             nc = min(cc, cg - c0)
             edges = g == gc * gpt and c0 == 0 or geo[25] == 0  # see _fill
+            ci = g * cg + c0
             for j in range(m):
-                _fill(
-                    x,
-                    xf,
-                    tile[j * S :],
-                    n0 + j,
-                    g * cg + c0,
-                    nc,
-                    od,
-                    h0,
-                    md,
-                    mh,
-                    mw,
-                    runs,
-                    geo,
-                    1,
-                    ps,
-                    spec,
-                    edges,
-                )
+                _fill_cl(x, xf, tile[j * S :], n0 + j, ci, nc, od, h0, md, mh, mw, runs, geo, ps, spec, edges)
             for ob in range(ob0, ob1):
                 for k0 in range(0, nc, kc):
                     b0 = ((g * nob + ob) * nt * cg + c0 + k0) * vl
