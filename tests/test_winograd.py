@@ -307,6 +307,24 @@ def test_tile_transforms_against_numpy(m, r, lanes):
     np.testing.assert_allclose(of, want, rtol=1e-12, atol=1e-12)
 
 
+def test_transposed_phases_on_winograd_need_two_taps_along_each_dim():
+    """auto's gather sends a phase to Winograd only when its sub-kernel has
+    2+ taps along every dim the input spans: a 3x3 stride-2 op's 2x1 and 1x2
+    phases stay in the direct region (measured faster whole-op), a 4x4
+    stride-2 op's 2x2 phases of 128 channels go to Winograd."""
+    from numbaconv.cpu import gather
+    from numbaconv.shapes import make_conv_transpose_plan
+
+    def kinds(xs, ws, **kw):
+        plan = make_conv_transpose_plan(xs, ws, None, dtype=np.float32, ndim=2, **kw)
+        phases = gather.phase_plans(plan, xs[0], (0, 0, 0), (1,) + tuple(plan.out_size[1:]))
+        return {p[1].kernel[1:]: gather._winograd_pays(p[1]) for p in phases}
+
+    k3 = kinds((8, 128, 28, 28), (128, 64, 3, 3), stride=2, padding=1, output_padding=1)
+    assert not k3[(2, 1)] and not k3[(1, 2)] and not k3[(1, 1)]
+    assert kinds((8, 128, 32, 32), (128, 64, 4, 4), stride=2, padding=1) == {(2, 2): True}
+
+
 @pytest.fixture
 def winograd_phases(monkeypatch):
     """Every transposed phase Winograd can run goes to it (the cost model

@@ -294,10 +294,15 @@ def _split(phases, constants_id) -> tuple:
 
 
 def _winograd_pays(sub) -> bool:
-    if winograd.supports(sub) is not None:
+    # Sub-kernels with 2+ taps along every dim the input spans: 2x1 and 1x2
+    # ones (the side phases of a 3x3 stride-2 op) measured 10-35% slower
+    # whole-op on Winograd than on the direct region on Zen 4, though
+    # estimated faster; the direct estimate is the phase's share of the one
+    # direct region (its call counted once for all phases, not here)
+    if winograd.supports(sub) is not None or any(k < 2 for k, n in zip(sub.kernel, sub.in_size) if n > 1):
         return False
     fast = costs.estimate("conv/winograd", winograd.cost_features(sub))
-    return fast < 0.9 * costs.estimate("conv/direct", direct.cost_features(sub))
+    return fast < 0.9 * costs.estimate("conv/direct", {**direct.cost_features(sub), "call": 0.0})
 
 
 def _gather_runs(plan, w5, lo: int, size: int):
