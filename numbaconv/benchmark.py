@@ -367,6 +367,10 @@ def bench(
     and its regret: auto's time / the fastest forced method's time, measured
     in alternating blocks of the two (so that the host's drift cancels)."""
     cases = _select(quick, case, custom)
+    from . import costs, rates
+
+    rates.refresh()  # auto's estimates in this machine's units: its fastest reading so far
+    costs.forget_loaded()
     torch_peer = _peer_torch()
     _settle_allocator()
     from .cpu import microkernel

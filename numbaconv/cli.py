@@ -197,8 +197,10 @@ def _info(args, parser) -> None:
     data["numpy_gemm_gflops"] = round(rate["numpy_gflops"], 1)
     from . import rates
 
+    machine_rates = rates.refresh()  # a faster reading than the stored one replaces it
+    costs.forget_loaded()
     data["cost_constants"] = costs.source()
-    data["machine_rates"] = ", ".join(f"{u} {v:.3g}/s" for u, v in rates.rates().items())
+    data["machine_rates"] = ", ".join(f"{u} {v:.3g}/s" for u, v in machine_rates.items())
     cache = warmup.cache_state()
     data["kernel_cache"] = (
         f"{cache['warm_kernels']} of {cache['kernels']} kernels compiled for this CPU in Numba's on-disk "

@@ -92,3 +92,18 @@ def test_rates_are_measured_once_per_machine(fresh, monkeypatch):
     with pytest.warns(RuntimeWarning, match="unreadable rates file"):
         rates.rates()
     assert len(calls) == 3
+
+
+def test_refresh_keeps_the_faster_reading_per_unit(fresh, monkeypatch):
+    """A probe taken under load is not kept for good: refresh() probes again
+    and stores, per unit, the faster of the two readings."""
+    slow = {"flop": 1e11, "mem": 3e10, "fft": 1e9, "call": 4e7}
+    fast = {"flop": 2e11, "mem": 2e10, "fft": 2e9, "call": 3e7}
+    monkeypatch.setattr(rates, "probe", lambda: dict(slow))
+    assert rates.rates() == slow  # measured and stored
+    monkeypatch.setattr(rates, "probe", lambda: dict(fast))
+    want = {"flop": 2e11, "mem": 3e10, "fft": 2e9, "call": 4e7}
+    assert rates.refresh() == want and rates.rates() == want
+    rates.forget()
+    monkeypatch.setattr(rates, "probe", lambda: pytest.fail("stored: no probe"))
+    assert rates.rates() == want
