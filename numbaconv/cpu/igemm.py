@@ -20,9 +20,12 @@ weight broadcast) accumulates over every tap and input channel of the group
 in registers, and the block is stored straight into the NCHW output with the
 bias (:func:`_store`). Weights are packed once per weight
 (``[group][block][channel][tap][row]``, zero rows past the group's channels)
-and kept between calls, compared by content. ``config.direct_layout =
-"channels"`` selects the other layout (lanes over output channels, the tile
-channels-last, the input broadcast: :func:`_conv_cl_task`). Each kind of task runs through
+and kept between calls, compared by content. The other layout
+(:func:`_conv_cl_task`: lanes over output channels, the tile channels-last,
+the input broadcast) computes blocks of any output pixels through a row
+table, so a plane's rows pack without junk columns: "auto" takes it where
+the pixel blocks would be mostly padding (:func:`uses_channels_last`: small
+planes with many channels), ``config.direct_layout`` forces either. Each kind of task runs through
 :func:`numbaconv.cpu.tasks.parallel_tasks` (one parallel region, the task
 function called by its address).
 """
