@@ -576,7 +576,7 @@ def uses_channels_last(plan, lanes: int, registers: int = 32) -> bool:
         return False
     if config.direct_layout == "channels":
         return True
-    if cg < CL_MIN_CHANNELS or plan.c_out == plan.groups:
+    if cg < CL_MIN_CHANNELS:
         return False
     _, oh, ow = plan.out_size
     wq = ow + plan.dilation[2] * (plan.kernel[2] - 1) // plan.stride[2]
@@ -736,10 +736,6 @@ class Geometry:
             band = self._pixel_band(
                 oh, oh if base >= want or self.nob > 1 else max(1, oh * base // want), limit
             )
-        # channels-last: a task's accumulators (its pixels padded to px, x
-        # its output channels) and the channels per weight chunk (kc)
-        self.ppad = 0
-        self.kc = max(1, _SLAB_BYTES // (len(self.taps) * self.block * item))
         self.band, self.nbands = band, -(-oh // band)
         self.rq = band + plan.dilation[1] * (plan.kernel[1] - 1) // self.sh
         self.cs = self.channel_elements(band)
@@ -752,16 +748,19 @@ class Geometry:
         # (band blocks: up to a block of rows past the band, dh apart)
         rows = self.band_rows * plan.dilation[1] + 1 if self.band_rows else 1
         slack = self.px + self.wq * (len(self.ph) * len(self.pw_) + rows)
+        # channels-last: samples per task, a task's accumulators (its pixels
+        # padded to px, x its output channels), channels per weight chunk
         self.ipt = self._images(plan, limit) if self.channels_last and self.nbands == 1 else 1
+        self.ppad = 0
         if self.channels_last:
             base = max(1, -(-plan.batch // self.ipt) * plan.groups * od)
             self.ppad = -(-self.ipt * band * plan.out_size[2] // self.px) * self.px
+        self.kc = max(1, min(self.cc, _SLAB_BYTES // (len(self.taps) * self.block * item)))
         self.tile = (
             (self.ps * (self.ipt * self.cs + slack)) if self.channels_last else (self.cc * self.cs + slack)
         )
         tasks = base * self.nbands
         self.och = self.nob if tasks >= want else -(-self.nob // -(-want // tasks))
-        self.kc = min(self.kc, self.cc)
         # groups per task: many small groups (depthwise, grouped) share a task,
         # its tile and its set-up (one plane a task: 14x14 depthwise planes
         # spent more in the tasks' entry than in their FMAs)
