@@ -171,26 +171,85 @@ def _fill_cl_row(xf, tile, o, so, plane, cn, runs, j, mw, geo, ps, spec, edges):
 
 
 @njit(inline="always")
-def _block(wp, src, cb, tb, spec, rows, k, a0, b0, cs, pw):
-    # rows output channels x pw pixels over k channels and every tap; every
-    # block shape in one kernel (one compile per dtype, not per shape)
+def _block(wp, src, cb, tb, spec, rows, k, a0, b0, cs, pw, c0, add):
+    # rows output channels x pw pixels over k channels and every tap, into cb
+    # from c0 (add: into what it holds, a later K chunk); every block shape
+    # in one kernel (one compile per dtype, not per shape)
     nt = tb.shape[0]
     if rows == 6:
-        fma_taps(wp, src, cb, tb, nt, 6, a0, b0, k, nt * 6, 1, cs, 0, pw, spec, 6, 0, 0, 0)
+        if add:
+            fma_taps(wp, src, cb, tb, nt, 6, a0, b0, k, nt * 6, 1, cs, c0, pw, spec, 6, 0, 0, 1)
+        else:
+            fma_taps(wp, src, cb, tb, nt, 6, a0, b0, k, nt * 6, 1, cs, c0, pw, spec, 6, 0, 0, 0)
     elif rows == 5:
-        fma_taps(wp, src, cb, tb, nt, 5, a0, b0, k, nt * 5, 1, cs, 0, pw, spec, 5, 0, 0, 0)
+        if add:
+            fma_taps(wp, src, cb, tb, nt, 5, a0, b0, k, nt * 5, 1, cs, c0, pw, spec, 5, 0, 0, 1)
+        else:
+            fma_taps(wp, src, cb, tb, nt, 5, a0, b0, k, nt * 5, 1, cs, c0, pw, spec, 5, 0, 0, 0)
     elif rows == 4:
-        fma_taps(wp, src, cb, tb, nt, 4, a0, b0, k, nt * 4, 1, cs, 0, pw, spec, 4, 0, 0, 0)
+        if add:
+            fma_taps(wp, src, cb, tb, nt, 4, a0, b0, k, nt * 4, 1, cs, c0, pw, spec, 4, 0, 0, 1)
+        else:
+            fma_taps(wp, src, cb, tb, nt, 4, a0, b0, k, nt * 4, 1, cs, c0, pw, spec, 4, 0, 0, 0)
     elif rows == 3:
-        fma_taps(wp, src, cb, tb, nt, 3, a0, b0, k, nt * 3, 1, cs, 0, pw, spec, 3, 0, 0, 0)
+        if add:
+            fma_taps(wp, src, cb, tb, nt, 3, a0, b0, k, nt * 3, 1, cs, c0, pw, spec, 3, 0, 0, 1)
+        else:
+            fma_taps(wp, src, cb, tb, nt, 3, a0, b0, k, nt * 3, 1, cs, c0, pw, spec, 3, 0, 0, 0)
     elif rows == 2:
-        fma_taps(wp, src, cb, tb, nt, 2, a0, b0, k, nt * 2, 1, cs, 0, pw, spec, 2, 0, 0, 0)
+        if add:
+            fma_taps(wp, src, cb, tb, nt, 2, a0, b0, k, nt * 2, 1, cs, c0, pw, spec, 2, 0, 0, 1)
+        else:
+            fma_taps(wp, src, cb, tb, nt, 2, a0, b0, k, nt * 2, 1, cs, c0, pw, spec, 2, 0, 0, 0)
     elif rows == TALL_ROWS:
-        fma_taps(
-            wp, src, cb, tb, nt, TALL_ROWS, a0, b0, k, nt * TALL_ROWS, 1, cs, 0, pw, spec, TALL_ROWS, 0, 0, 0
-        )
+        if add:
+            fma_taps(
+                wp,
+                src,
+                cb,
+                tb,
+                nt,
+                TALL_ROWS,
+                a0,
+                b0,
+                k,
+                nt * TALL_ROWS,
+                1,
+                cs,
+                c0,
+                pw,
+                spec,
+                TALL_ROWS,
+                0,
+                0,
+                1,
+            )
+        else:
+            fma_taps(
+                wp,
+                src,
+                cb,
+                tb,
+                nt,
+                TALL_ROWS,
+                a0,
+                b0,
+                k,
+                nt * TALL_ROWS,
+                1,
+                cs,
+                c0,
+                pw,
+                spec,
+                TALL_ROWS,
+                0,
+                0,
+                0,
+            )
+    elif add:
+        fma_taps(wp, src, cb, tb, nt, 1, a0, b0, k, nt, 1, cs, c0, pw, spec, 1, 0, 0, 1)
     else:
-        fma_taps(wp, src, cb, tb, nt, 1, a0, b0, k, nt, 1, cs, 0, pw, spec, 1, 0, 0, 0)
+        fma_taps(wp, src, cb, tb, nt, 1, a0, b0, k, nt, 1, cs, c0, pw, spec, 1, 0, 0, 0)
 
 
 @njit(inline="always")
@@ -299,7 +358,7 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     # reading the input in place measured 1.1-1.8x slower (a block's loads
     # one input plane apart). geo: see Geometry.args
     G, cg, og, rows, nob, band, nbands, cchunk, pw, och, tsize = geo[7:18]
-    wq, cs, gpt = geo[4], geo[20], geo[24]
+    wq, cs, gpt, kc = geo[4], geo[20], geo[24], geo[38]
     OD, OH = geo[28], geo[29]
     nt = tb.shape[0]
     n, gc, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, (G + gpt - 1) // gpt)
@@ -310,20 +369,42 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     # the slack that junk pixels read: zeros, not whatever the allocator left
     # (denormals there cost microcode assists: a 4x slower 5x5 float64 filter)
     tile[cchunk * cs :] = 0
-    cb = np.empty(rows * pw, dtype=out.dtype)
+    ob0, ob1 = oc * och, min(nob, (oc + 1) * och)
+    blk = rows * pw
+    cb = np.empty((ob1 - ob0) * blk, dtype=out.dtype)
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cchunk):
             nc = min(cchunk, cg - c0)
             edges = g == gc * gpt and c0 == 0 or geo[25] == 0  # see _fill
             _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec, edges)
-            # o-blocks outer: the block's weights stay in L1 over the pixel blocks
-            for ob in range(oc * och, min(nob, (oc + 1) * och)):
-                a0 = ((g * nob + ob) * cg + c0) * nt * rows
-                nr = min(rows, og - ob * rows)
-                for pb in range(npb):
-                    p0 = pb * pw
-                    _block(wp, tile, cb, tb, spec, rows, nc, a0, p0, cs, pw)
-                    _store(cb, bias, of, geo, n, od, h0, g * og + ob * rows, nr, p0, pw, noh, c0 > 0, spec)
+            # per pixel block, K chunks of kc channels outer, the o-blocks
+            # inner: the chunk's tile lines stay in L1 over the o-blocks (a
+            # whole K's lines did not: each block streamed them from L2)
+            for pb in range(npb):
+                p0 = pb * pw
+                for k0 in range(0, nc, kc):
+                    nk = min(kc, nc - k0)
+                    for ob in range(ob0, ob1):
+                        a0 = ((g * nob + ob) * cg + c0 + k0) * nt * rows
+                        _block(
+                            wp,
+                            tile,
+                            cb,
+                            tb,
+                            spec,
+                            rows,
+                            nk,
+                            a0,
+                            p0 + k0 * cs,
+                            cs,
+                            pw,
+                            (ob - ob0) * blk,
+                            k0 > 0,
+                        )
+                for ob in range(ob0, ob1):
+                    nr = min(rows, og - ob * rows)
+                    o0 = g * og + ob * rows
+                    _store(cb, (ob - ob0) * blk, bias, of, geo, n, od, h0, o0, nr, p0, pw, noh, c0 > 0, spec)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -492,8 +573,8 @@ def _store_cl(acc, a0, bias, of, geo, n, od, oh0, o0, no, noh, spec):
 
 
 @njit(inline="always")
-def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
-    # pixels [p0, p0 + pw) of rows o0.. of the block into the target (plus
+def _store(cb, cbo, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
+    # pixels [p0, p0 + pw) of rows o0.. of the block at cb[cbo:] into the target (plus
     # the bias, or added to it: a later channel chunk), row segment by row
     # segment, through of (flat) at computed offsets (no views: no refcounts)
     wq, ow_n = geo[4], geo[30]
@@ -519,7 +600,7 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
                     _offset(geo, n, o0 + r, od, oh0 + oh, ow),
                     geo[36],
                     cb,
-                    r * pw + p - p0,
+                    cbo + r * pw + p - p0,
                     cnt,
                     bv,
                     add,
@@ -655,6 +736,10 @@ def pack(w5, groups: int, block: int, channels_last: bool, band: bool = False) -
 
 
 _TILE_BYTES = 384 * 1024  # a task's input tile: well inside a core's L2
+# pixel blocks: the tile lines a K chunk's blocks read (half a 32 KB L1);
+# with the whole K a block streamed them from L2 (AMD Zen 5, 2 threads:
+# 1x1 c256, 3x3 s2 64->128, the 7x7 stem and 3x3 c64 5-10% faster)
+_L1_BYTES = 16 * 1024
 _SLAB_BYTES = 4 << 20  # channels-last: a block's weights per channel chunk (chunks measured slower: see docs)
 
 
@@ -755,7 +840,10 @@ class Geometry:
         if self.channels_last:
             base = max(1, -(-plan.batch // self.ipt) * plan.groups * od)
             self.ppad = -(-self.ipt * band * plan.out_size[2] // self.px) * self.px
-        self.kc = max(1, min(self.cc, _SLAB_BYTES // (len(self.taps) * self.block * item)))
+        if self.channels_last:
+            self.kc = max(1, min(self.cc, _SLAB_BYTES // (len(self.taps) * self.block * item)))
+        else:
+            self.kc = max(1, min(self.cc, _L1_BYTES // (self._block_span() * item)))
         self.tile = (
             (self.ps * (self.ipt * self.cs + slack)) if self.channels_last else (self.cc * self.cs + slack)
         )
@@ -765,6 +853,20 @@ class Geometry:
         # its tile and its set-up (one plane a task: 14x14 depthwise planes
         # spent more in the tasks' entry than in their FMAs)
         self.gpt = max(1, min(plan.groups, tasks // want))
+
+    def _block_span(self):
+        """Tile elements of one input channel that a pixel block reads: the
+        union of its taps' runs of ``px`` values (cache lines counted whole)."""
+        if self.channels_last or self.band_rows:
+            return 1
+        line = 16
+        starts = sorted({int(t) // line for t in self.tap_offsets()})
+        span, end = 0, -1
+        for a in starts:
+            b = a + -(-self.px // line) + 1
+            span += b - max(a, end) if b > end else 0
+            end = max(end, b)
+        return span * line
 
     def tasks(self):
         """Tasks of a call: (samples, chunk of groups, output plane, band, chunk of blocks)."""
@@ -876,7 +978,7 @@ class Geometry:
         acc = (
             self.och * self.ppad * self.block
             if self.channels_last
-            else max(self.block, self.band_rows) * self.px
+            else max(self.block * self.och, self.band_rows) * self.px
         )
         return threads * (self.tile + acc) * self.plan.dtype.itemsize
 
