@@ -189,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _info(args, parser) -> None:
     data = info()
+    cache = warmup.cache_state()  # before the probes below compile theirs
     from .cpu import microkernel
 
     rate = microkernel.measure_rate()
@@ -201,7 +202,6 @@ def _info(args, parser) -> None:
     costs.forget_loaded()
     data["cost_constants"] = costs.source()
     data["machine_rates"] = ", ".join(f"{u} {v:.3g}/s" for u, v in machine_rates.items())
-    cache = warmup.cache_state()
     data["kernel_cache"] = (
         f"{cache['warm_kernels']} of {cache['kernels']} kernels compiled for this CPU in Numba's on-disk "
         f"cache ({cache['cached_signatures']} signatures); `numbaconv warmup` compiles the rest"

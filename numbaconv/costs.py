@@ -63,7 +63,7 @@ SHIPPED: dict[str, dict[str, float]] = {
     },
     "conv/winograd": {
         "call": 0.000166,
-        "gemm_flops": 2.43e-12,
+        "point_flops": 2.43e-12,
         "blocks": 2.46e-07,
         "transformed": 1.02e-11,
         "gathered": 0,

@@ -3,12 +3,17 @@ constants fitted on the development machine carry to other CPUs.
 
 The shipped constants (:data:`numbaconv.costs.SHIPPED`) are seconds per
 unit *on the development machine*. Each feature a method counts is work of
-one kind (:data:`UNIT_OF`): arithmetic (``flop``: FLOPs, FMAs, transformed
-values, micro-kernel blocks), memory traffic (``mem``: elements read,
+one kind (:data:`UNIT_OF`): arithmetic on numbaconv's micro-kernels (``flop``:
+FLOPs, FMAs, transformed values, micro-kernel blocks), arithmetic in NumPy's
+BLAS (``blas``: the GEMM method's products), memory traffic (``mem``: elements read,
 copied or written), FFT work (``fft``) or per-call overhead in Python
 (``call``). :func:`probe` measures this machine's rate of each kind in well
-under a second, with no compilation: NumPy's float32 GEMM (all threads), a
-32 MiB copy, a complex FFT, and an interpreted loop. On a machine without a
+under a second: the micro-kernel's float32 FMAs on operands in L1 (all
+threads; one small kernel, cached on disk), NumPy's float32 GEMM (all
+threads), a 32 MiB copy, a complex FFT, and an interpreted loop. The two
+arithmetic rates are kept apart because they need not move together: on an
+AMD Zen 5 host the micro-kernel ran at 1.3-2x NumPy's (OpenBLAS) GEMM
+rate, where on the development machine the two were within 5%. On a machine without a
 calibration of its own (``numbaconv calibrate``), :func:`scales` gives each
 kind's ``development rate / this rate``, and the shipped constants are
 multiplied by it: a machine with twice the GEMM rate gets half the
@@ -30,15 +35,15 @@ from . import config
 from .files import read_json, write_json_atomic
 from .machine import block_best, fingerprint
 
-UNITS = ("flop", "mem", "fft", "call")
+UNITS = ("flop", "blas", "mem", "fft", "call")
 
 # The kind of work of each cost feature (every feature of every CPU row, tested).
 UNIT_OF: dict[str, str] = {
     **dict.fromkeys(
-        ("flops", "flops_px", "flops_px_1tap", "flops_cl", "gemm_flops", "gemm_flops_short",
-         "gemm_flops_thin", "cmacs", "transformed", "blocks"),
+        ("flops", "flops_px", "flops_px_1tap", "flops_cl", "point_flops", "cmacs", "transformed", "blocks"),
         "flop",
     ),
+    **dict.fromkeys(("gemm_flops", "gemm_flops_short", "gemm_flops_thin"), "blas"),
     **dict.fromkeys(("outputs", "inputs", "tile", "lowered", "points", "gathered"), "mem"),
     "fft_point_logs": "fft",
     **dict.fromkeys(("call", "phases", "gemm_calls", "transforms"), "call"),
@@ -46,8 +51,11 @@ UNIT_OF: dict[str, str] = {
 }  # fmt: skip
 
 # probe() on the development machine when the constants were fitted
-# (2 vCPUs of an Intel Xeon, Emerald Rapids; best of several runs)
-SHIPPED_RATES: dict[str, float] = {"flop": 2.5e11, "mem": 2.4e10, "fft": 7.0e8, "call": 3.2e7}
+# (2 vCPUs of an Intel Xeon, Emerald Rapids; best of several runs). "flop"
+# was not probed there (the probe came later): the micro-kernel's GEMM ran
+# within 5% of NumPy's on that machine (297 vs 312 GFLOP/s, `numbaconv info`),
+# so it is taken equal to the BLAS rate.
+SHIPPED_RATES: dict[str, float] = {"flop": 2.5e11, "blas": 2.5e11, "mem": 2.4e10, "fft": 7.0e8, "call": 3.2e7}
 SHIPPED_FINGERPRINT = {
     "cpu": "Intel(R) Xeon(R) Processor",
     "machine": "x86_64",
@@ -72,13 +80,17 @@ def _loop(n: int) -> int:
 
 
 def probe() -> dict[str, float]:
-    """This machine's rates (per second): float32 GEMM FLOPs (NumPy's BLAS,
+    """This machine's rates (per second): the micro-kernel's float32 FLOPs
+    (:func:`numbaconv.cpu.microkernel.peak_rate`), float32 GEMM FLOPs (NumPy's BLAS,
     768^3), bytes copied (32 MiB), FFT points x log2 (complex128, 2^16
     points), interpreted loop steps. Each the best of a few runs (~0.3 s)."""
     n = 768
     a = np.ones((n, n), np.float32)
     c = np.empty((n, n), np.float32)
-    flop = 2.0 * n**3 / _best(lambda: np.matmul(a, a, out=c), 5)
+    from .cpu.microkernel import peak_rate  # numba: imported when first probed
+
+    flop = peak_rate()
+    blas = 2.0 * n**3 / _best(lambda: np.matmul(a, a, out=c), 5)
     time.sleep(0.05)  # BLAS threads spin for a while after a GEMM
     src = np.ones(4 * 2**20, np.float64)
     dst = np.empty_like(src)
@@ -87,7 +99,7 @@ def probe() -> dict[str, float]:
     fft = 2**16 * 16 / _best(lambda: np.fft.fft(z), 5)
     steps = 20000
     call = steps / _best(lambda: _loop(steps), 5)
-    return {"flop": flop, "mem": mem, "fft": fft, "call": call}
+    return {"flop": flop, "blas": blas, "mem": mem, "fft": fft, "call": call}
 
 
 _LOCK = threading.Lock()
@@ -107,6 +119,8 @@ def _stored(path: str, fp: dict) -> dict[str, float] | None:
         data = read_json(path, _MAX_FILE_BYTES)
         if not (isinstance(data, dict) and data.get("fingerprint") == fp):
             return None
+        if isinstance(data.get("rates"), dict) and set(data["rates"]) != set(UNITS):
+            return None  # written by a version with other units: measured again
         found = {u: float(data["rates"][u]) for u in UNITS}
         if not all(np.isfinite(v) and v > 0 for v in found.values()):
             raise ValueError("rates must be positive numbers")

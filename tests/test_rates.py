@@ -37,11 +37,21 @@ def test_the_probe_measures_positive_rates():
 
 
 def test_shipped_constants_scale_to_this_machine(fresh, monkeypatch):
-    here = {"flop": 2 * rates.SHIPPED_RATES["flop"], "mem": rates.SHIPPED_RATES["mem"],
-            "fft": 100 * rates.SHIPPED_RATES["fft"], "call": rates.SHIPPED_RATES["call"] / 2}  # fmt: skip
+    here = {"flop": 2 * rates.SHIPPED_RATES["flop"], "blas": rates.SHIPPED_RATES["blas"] / 4,
+            "mem": rates.SHIPPED_RATES["mem"], "fft": 100 * rates.SHIPPED_RATES["fft"],
+            "call": rates.SHIPPED_RATES["call"] / 2}  # fmt: skip
     monkeypatch.setattr(rates, "rates", lambda: here)
     monkeypatch.setattr(rates, "SHIPPED_FINGERPRINT", {"cpu": "another"})
-    assert rates.scales() == {"flop": 0.5, "mem": 1.0, "fft": 1 / rates.MAX_SCALE, "call": 2.0, "none": 1.0}
+    assert rates.scales() == {
+        "flop": 0.5, "blas": 4.0, "mem": 1.0, "fft": 1 / rates.MAX_SCALE, "call": 2.0, "none": 1.0
+    }  # fmt: skip
+    # the two kinds of arithmetic apart: the micro-kernel paths' FLOPs and the BLAS GEMM's
+    table = costs.constants()
+    assert table["conv/direct"]["flops_px"] == pytest.approx(costs.SHIPPED["conv/direct"]["flops_px"] / 2)
+    assert table["conv/winograd"]["point_flops"] == pytest.approx(
+        costs.SHIPPED["conv/winograd"]["point_flops"] / 2
+    )
+    assert table["conv/gemm"]["gemm_flops"] == pytest.approx(costs.SHIPPED["conv/gemm"]["gemm_flops"] * 4)
     table = costs.constants()
     for key, consts in costs.SHIPPED.items():
         for name, value in consts.items():
@@ -92,18 +102,42 @@ def test_rates_are_measured_once_per_machine(fresh, monkeypatch):
     with pytest.warns(RuntimeWarning, match="unreadable rates file"):
         rates.rates()
     assert len(calls) == 3
+    # a file of an earlier version, with other units (no "blas"): measured
+    # again, silently (no unit left unmeasured)
+    data["fingerprint"] = machine.fingerprint()
+    data["rates"] = {"flop": 1.0, "mem": 1.0, "fft": 1.0, "call": 1.0}
+    (fresh / "rates.json").write_text(json.dumps(data))
+    rates.forget()
+    assert set(rates.rates()) == set(rates.UNITS) and len(calls) == 4
 
 
 def test_refresh_keeps_the_faster_reading_per_unit(fresh, monkeypatch):
     """A probe taken under load is not kept for good: refresh() probes again
     and stores, per unit, the faster of the two readings."""
-    slow = {"flop": 1e11, "mem": 3e10, "fft": 1e9, "call": 4e7}
-    fast = {"flop": 2e11, "mem": 2e10, "fft": 2e9, "call": 3e7}
+    slow = {"flop": 1e11, "blas": 2e11, "mem": 3e10, "fft": 1e9, "call": 4e7}
+    fast = {"flop": 2e11, "blas": 1e11, "mem": 2e10, "fft": 2e9, "call": 3e7}
     monkeypatch.setattr(rates, "probe", lambda: dict(slow))
     assert rates.rates() == slow  # measured and stored
     monkeypatch.setattr(rates, "probe", lambda: dict(fast))
-    want = {"flop": 2e11, "mem": 3e10, "fft": 2e9, "call": 4e7}
+    want = {"flop": 2e11, "blas": 2e11, "mem": 3e10, "fft": 2e9, "call": 4e7}
     assert rates.refresh() == want and rates.rates() == want
     rates.forget()
     monkeypatch.setattr(rates, "probe", lambda: pytest.fail("stored: no probe"))
     assert rates.rates() == want
+
+
+def test_the_micro_kernel_rate_probe(monkeypatch):
+    """peak_rate: the in-cache FMA rate of the micro-kernel, all threads;
+    (its operands in L1) not below a tenth of the micro-kernel GEMM's rate on
+    a product streaming from L2 and not above the hardware's ceiling (a probe
+    that timed nothing, or the wrong count of FLOPs, would be far off)."""
+    import numba
+
+    from numbaconv.cpu import microkernel
+
+    got = microkernel.peak_rate(0.02)
+    gemm = microkernel.measure_rate(256, repeat=3)["ukernel_gflops"] * 1e9
+    assert np.isfinite(got) and got > 0.1 * gemm
+    # and under any CPU's ceiling: 4 vector FMAs a cycle at 6 GHz on every thread
+    lanes = microkernel.lanes_for(np.float32)
+    assert got < numba.get_num_threads() * lanes * 2 * 4 * 6e9

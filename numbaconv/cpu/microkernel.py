@@ -990,3 +990,49 @@ def block_call(dtype: str, rows: int, vectors: int, lanes: int, a_bcast: bool, b
         uk(a, b, c, k, a0, ak, ar, b0, bk, c0, ldc)
 
     return call
+
+
+_PEAK_K = 64  # k steps a block: its B panel (64 x 4 vectors of float32: 16 KB) stays in a 32 KB L1
+
+
+@njit(parallel=True, cache=True)
+def _peak_loop(a, b, c, tab, reps, spec):
+    # every thread: reps blocks of 6 rows x vectors_for(6) vectors over k on
+    # panels in L1, into its own rows of c (the in-cache FMA rate, no memory)
+    ldc = c.shape[1]
+    for t in prange(c.shape[0] // 6):
+        for _ in range(reps):
+            fma_taps(a, b, c.ravel(), tab, 1, 6, 0, 0, _PEAK_K, 6, 1, ldc, t * 6 * ldc, ldc, spec, 6, 0, 0, 1)
+
+
+def peak_rate(seconds: float = 0.1) -> float:
+    """FLOP/s of the float32 broadcast-A micro-kernel on operands in L1, all
+    Numba threads: the arithmetic rate the direct and Winograd paths' costs
+    scale by (:mod:`numbaconv.rates`). Best of a few runs of ~``seconds / 5``."""
+    import time
+
+    import numba
+
+    spec = spec_for(np.float32)
+    nr = vectors_for(6, spec.registers) * spec.lanes
+    threads = numba.get_num_threads()
+    a = np.full(_PEAK_K * 6, 1e-3, np.float32)
+    b = np.full(_PEAK_K * nr, 1e-3, np.float32)
+    c = np.zeros((6 * threads, nr), np.float32)
+    tab = np.zeros(1, np.int64)
+    _peak_loop(a, b, c, tab, 1, spec)  # compile (cached on disk) and warm
+    per_rep = 2.0 * threads * _PEAK_K * 6 * nr
+    reps = 64
+    while True:  # reps for ~seconds / 5 a run
+        t0 = time.perf_counter()
+        _peak_loop(a, b, c, tab, reps, spec)
+        dt = time.perf_counter() - t0
+        if dt >= seconds / 5 or reps >= 1 << 24:
+            break
+        reps *= 4 if dt < seconds / 40 else 2
+    best = dt
+    for _ in range(4):
+        t0 = time.perf_counter()
+        _peak_loop(a, b, c, tab, reps, spec)
+        best = min(best, time.perf_counter() - t0)
+    return per_rep * reps / best

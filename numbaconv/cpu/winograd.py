@@ -246,7 +246,7 @@ def cost_features(plan) -> dict[str, float]:
     return costs.per_dtype(
         {
             "call": 1.0,
-            "gemm_flops": 2.0 * tiles * plan.groups * geo.cop * geo.cig * geo.points * balance,
+            "point_flops": 2.0 * tiles * plan.groups * geo.cop * geo.cig * geo.points * balance,
             "blocks": geo.tasks * geo.points * geo.nob * chunks * (geo.R // (_VECTORS * geo.lanes)) * balance,
             "transformed": ins * sum(geo.alpha) + outs * sum(geo.m),
             "gathered": ins,
