@@ -17,8 +17,10 @@ phase of a transposed op's output (:mod:`numbaconv.cpu.gather`).
 Per block of ``rows`` output channels x ``pw`` pixels the micro-kernel
 (:func:`numbaconv.cpu.microkernel.fma_taps`, lanes over output pixels, the
 weight broadcast) accumulates over every tap and input channel of the group
-in registers, and the block is stored straight into the NCHW output with the
-bias (:func:`_store`). Weights are packed once per weight
+in registers, in K chunks of ``kc`` channels whose tile lines fit 16 KB of
+L1 (each chunk runs over all of the task's blocks of output channels before
+the next, adding into their accumulators), and the blocks are stored
+straight into the NCHW output with the bias (:func:`_store`). Weights are packed once per weight
 (``[group][block][channel][tap][row]``, zero rows past the group's channels)
 and kept between calls, compared by content. The other layout
 (:func:`_conv_cl_task`: lanes over output channels, the tile channels-last,
