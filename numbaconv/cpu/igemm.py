@@ -403,10 +403,12 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
                             (ob - ob0) * blk,
                             k0 > 0,
                         )
-                for ob in range(ob0, ob1):
-                    nr = min(rows, og - ob * rows)
-                    o0 = g * og + ob * rows
-                    _store(cb, (ob - ob0) * blk, bias, of, geo, n, od, h0, o0, nr, p0, pw, noh, c0 > 0, spec)
+                # the o-blocks' rows are consecutive in cb: one store for all
+                # (each call of an inlined function taking arrays updates
+                # their reference counts: 8 atomics that wait for the stores
+                # before them, 35% of a 3x3 stem's time when made per o-block)
+                nr = min((ob1 - ob0) * rows, og - ob0 * rows)
+                _store(cb, bias, of, geo, n, od, h0, g * og + ob0 * rows, nr, p0, pw, noh, c0 > 0, spec)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -575,8 +577,8 @@ def _store_cl(acc, a0, bias, of, geo, n, od, oh0, o0, no, noh, spec):
 
 
 @njit(inline="always")
-def _store(cb, cbo, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
-    # pixels [p0, p0 + pw) of rows o0.. of the block at cb[cbo:] into the target (plus
+def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
+    # pixels [p0, p0 + pw) of rows o0.. of the block into the target (plus
     # the bias, or added to it: a later channel chunk), row segment by row
     # segment, through of (flat) at computed offsets (no views: no refcounts)
     wq, ow_n = geo[4], geo[30]
@@ -602,7 +604,7 @@ def _store(cb, cbo, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
                     _offset(geo, n, o0 + r, od, oh0 + oh, ow),
                     geo[36],
                     cb,
-                    cbo + r * pw + p - p0,
+                    r * pw + p - p0,
                     cnt,
                     bv,
                     add,
