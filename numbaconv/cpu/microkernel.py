@@ -996,13 +996,13 @@ _PEAK_K = 64  # k steps a block: its B panel (64 x 4 vectors of float32: 16 KB) 
 
 
 @njit(parallel=True, cache=True)
-def _peak_loop(a, b, c, tab, reps, spec):
+def _peak_loop(a, b, c, ldc, threads, tab, reps, spec):
     # every thread: reps blocks of 6 rows x vectors_for(6) vectors over k on
-    # panels in L1, into its own rows of c (the in-cache FMA rate, no memory)
-    ldc = c.shape[1]
-    for t in prange(c.shape[0] // 6):
+    # panels in L1, into its own rows of c (flat, ldc a row: no view made in
+    # the loop, whose reference count both threads would update)
+    for t in prange(threads):
         for _ in range(reps):
-            fma_taps(a, b, c.ravel(), tab, 1, 6, 0, 0, _PEAK_K, 6, 1, ldc, t * 6 * ldc, ldc, spec, 6, 0, 0, 1)
+            fma_taps(a, b, c, tab, 1, 6, 0, 0, _PEAK_K, 6, 1, ldc, t * 6 * ldc, ldc, spec, 6, 0, 0, 1)
 
 
 def peak_rate(seconds: float = 0.1) -> float:
@@ -1018,14 +1018,14 @@ def peak_rate(seconds: float = 0.1) -> float:
     threads = numba.get_num_threads()
     a = np.full(_PEAK_K * 6, 1e-3, np.float32)
     b = np.full(_PEAK_K * nr, 1e-3, np.float32)
-    c = np.zeros((6 * threads, nr), np.float32)
+    c = np.zeros(6 * threads * nr, np.float32)
     tab = np.zeros(1, np.int64)
-    _peak_loop(a, b, c, tab, 1, spec)  # compile (cached on disk) and warm
+    _peak_loop(a, b, c, nr, threads, tab, 1, spec)  # compile (cached on disk) and warm
     per_rep = 2.0 * threads * _PEAK_K * 6 * nr
     reps = 64
     while True:  # reps for ~seconds / 5 a run
         t0 = time.perf_counter()
-        _peak_loop(a, b, c, tab, reps, spec)
+        _peak_loop(a, b, c, nr, threads, tab, reps, spec)
         dt = time.perf_counter() - t0
         if dt >= seconds / 5 or reps >= 1 << 24:
             break
@@ -1033,6 +1033,6 @@ def peak_rate(seconds: float = 0.1) -> float:
     best = dt
     for _ in range(4):
         t0 = time.perf_counter()
-        _peak_loop(a, b, c, tab, reps, spec)
+        _peak_loop(a, b, c, nr, threads, tab, reps, spec)
         best = min(best, time.perf_counter() - t0)
     return per_rep * reps / best
