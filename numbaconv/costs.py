@@ -43,7 +43,7 @@ SHIPPED: dict[str, dict[str, float]] = {
         "flops_px": 4.96e-12,
         "flops_px_1tap": 6.57e-12,
         "flops_cl": 4.96e-12,  # not fitted: the pixel blocks' rate (measured alike on Zen 4, 2026-12-02)
-        "blocks": 1.03e-07,
+        "block_values": 2.68e-10,  # fitted per block (1.03e-07) of 384 values, the development host's block
     },
     "conv/gemm": {
         "call": 0.000338,
@@ -64,7 +64,7 @@ SHIPPED: dict[str, dict[str, float]] = {
     "conv/winograd": {
         "call": 0.000166,
         "point_flops": 2.43e-12,
-        "blocks": 2.46e-07,
+        "block_values": 6.41e-10,  # fitted per block (2.46e-07) of 384 values, the development host's block
         "transformed": 1.02e-11,
         "gathered": 0,
         "outputs": 0,
@@ -84,7 +84,7 @@ SHIPPED: dict[str, dict[str, float]] = {
         "flops_px": 6.05e-12,
         "flops_px_1tap": 5.1e-12,
         "flops_cl": 6.05e-12,  # not fitted: as flops_px
-        "blocks": 0,
+        "block_values": 0,
     },
     "conv_transpose/gemm": {
         "call": 0.00034,

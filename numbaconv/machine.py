@@ -50,10 +50,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_arch() -> str:
+    """LLVM's name for this CPU (``znver3``, ``znver4``, ``sapphirerapids``,
+    ...): virtual machines often report one model name ("AMD EPYC") for
+    CPU generations whose vector units differ."""
+    import llvmlite.binding as llb
+
+    return llb.get_host_cpu_name()
+
+
 def fingerprint() -> dict:
-    """What the cost constants depend on: the CPU, its core count and the thread count."""
+    """What the cost constants depend on: the CPU (model name and LLVM's CPU
+    type), its core count and the thread count."""
     return {
         "cpu": cpu_name(),
+        "arch": cpu_arch(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
@@ -93,7 +104,7 @@ def info() -> dict:
         "numpy": numpy.__version__,
         "numba": numba.__version__,
         "scipy": scipy.__version__,
-        "cpu": cpu_name(),
+        "cpu": f"{cpu_name()} ({cpu_arch()})",
         "cpu_count": os.cpu_count(),
         "numba_threads": numba.get_num_threads(),
         "threading_layer": threading_layer(),

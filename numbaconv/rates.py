@@ -4,7 +4,7 @@ constants fitted on the development machine carry to other CPUs.
 The shipped constants (:data:`numbaconv.costs.SHIPPED`) are seconds per
 unit *on the development machine*. Each feature a method counts is work of
 one kind (:data:`UNIT_OF`): arithmetic on numbaconv's micro-kernels (``flop``:
-FLOPs, FMAs, transformed values, micro-kernel blocks), arithmetic in NumPy's
+FLOPs, FMAs, transformed values, micro-kernel blocks' accumulator values), arithmetic in NumPy's
 BLAS (``blas``: the GEMM method's products), memory traffic (``mem``: elements read,
 copied or written), FFT work (``fft``) or per-call overhead in Python
 (``call``). :func:`probe` measures this machine's rate of each kind in well
@@ -40,7 +40,8 @@ UNITS = ("flop", "blas", "mem", "fft", "call")
 # The kind of work of each cost feature (every feature of every CPU row, tested).
 UNIT_OF: dict[str, str] = {
     **dict.fromkeys(
-        ("flops", "flops_px", "flops_px_1tap", "flops_cl", "point_flops", "cmacs", "transformed", "blocks"),
+        ("flops", "flops_px", "flops_px_1tap", "flops_cl", "point_flops", "cmacs", "transformed",
+         "block_values"),
         "flop",
     ),
     **dict.fromkeys(("gemm_flops", "gemm_flops_short", "gemm_flops_thin"), "blas"),
@@ -180,11 +181,19 @@ def forget() -> None:
         _MEMO.clear()
 
 
+def is_development_machine() -> bool:
+    """Whether this machine's fingerprint has :data:`SHIPPED_FINGERPRINT`'s
+    values (its keys only: LLVM's CPU type was added to the fingerprint
+    after the constants were fitted)."""
+    here = fingerprint()
+    return all(here.get(k) == v for k, v in SHIPPED_FINGERPRINT.items())
+
+
 def scales() -> dict[str, float]:
     """Per unit, how much longer a unit of work takes here than on the
     development machine (1.0 everywhere on that machine's fingerprint;
     "none": counts already in seconds of another row's estimate)."""
-    if fingerprint() == SHIPPED_FINGERPRINT:
+    if is_development_machine():
         return dict.fromkeys(UNITS + ("none",), 1.0)
     here = rates()
     out = {u: float(np.clip(SHIPPED_RATES[u] / here[u], 1 / MAX_SCALE, MAX_SCALE)) for u in UNITS}

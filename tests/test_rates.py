@@ -111,6 +111,49 @@ def test_rates_are_measured_once_per_machine(fresh, monkeypatch):
     assert set(rates.rates()) == set(rates.UNITS) and len(calls) == 4
 
 
+def test_cpu_types_of_one_model_name_are_other_machines(fresh, monkeypatch):
+    """Virtual machines report one model name ("AMD EPYC") for CPU
+    generations whose vector units differ (AVX2 on Zen 3, AVX-512 on Zen 4
+    and 5): the fingerprint tells them apart by LLVM's CPU type, so one's
+    rates are not used on the other."""
+    monkeypatch.setattr(machine, "cpu_arch", lambda: "znver5")
+    monkeypatch.setattr(rates, "probe", lambda: dict.fromkeys(rates.UNITS, 1e9))
+    assert rates.rates()["flop"] == 1e9
+    monkeypatch.setattr(machine, "cpu_arch", lambda: "znver3")
+    monkeypatch.setattr(rates, "probe", lambda: dict.fromkeys(rates.UNITS, 2e9))
+    rates.forget()
+    assert rates.rates()["flop"] == 2e9
+    assert machine.fingerprint()["arch"] == "znver3"
+    # the development machine is recognised by the keys it was recorded with
+    monkeypatch.setattr(
+        rates, "SHIPPED_FINGERPRINT", {k: v for k, v in machine.fingerprint().items() if k != "arch"}
+    )
+    assert rates.is_development_machine()
+
+
+def test_block_costs_follow_the_hosts_register_block(monkeypatch):
+    """The register blocks' cost is counted in accumulator values: a host
+    with 8 lanes and 16 registers (AVX2) runs the same FLOPs in blocks of a
+    quarter to a sixth of an AVX-512 block's values, each loading and storing
+    that much less, so the count must not grow with the number of blocks
+    (it did: Winograd was estimated 3x too slow on an AVX2 host)."""
+    from numbaconv.explain import _plan_of
+
+    x = np.zeros((8, 64, 56, 56), np.float32)
+    w = np.zeros((64, 64, 3, 3), np.float32)
+    got = {}
+    for lanes in (16, 8):
+        monkeypatch.setattr(config, "simd_lanes", lanes)
+        plan = _plan_of("conv", x, w, None, {"padding": 1})
+        direct = dispatch.row("conv", "direct").cost_features(plan)["block_values"]
+        wino = dispatch.row("conv", "winograd").cost_features(plan)["block_values"]
+        got[lanes] = direct, wino
+    # the same pixels x output channels in every block layout: within what
+    # padded blocks and tiles add
+    assert got[8][0] == pytest.approx(got[16][0], rel=0.25)
+    assert got[8][1] == pytest.approx(got[16][1], rel=0.25)
+
+
 def test_refresh_keeps_the_faster_reading_per_unit(fresh, monkeypatch):
     """A probe taken under load is not kept for good: refresh() probes again
     and stores, per unit, the faster of the two readings."""

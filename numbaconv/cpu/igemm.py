@@ -992,19 +992,24 @@ class Geometry:
         samples per task."""
         return [len(self.taps), self.kc, self.ipt]
 
+    def block_values(self) -> int:
+        """Accumulator values of one register block (rows x pixels, or
+        output channels x pixels in the channels-last layout)."""
+        return max(1, self.band_rows) * self.block * self.px
+
     def weight_bytes(self):
         """Bytes of the packed weights."""
         return self.plan.groups * self.nob * self.block * self.cg * len(self.taps) * self.plan.dtype.itemsize
 
 
-FEATURES = ("call", "outputs", "inputs", "tile", "flops_px", "flops_px_1tap", "flops_cl", "blocks")
+FEATURES = ("call", "outputs", "inputs", "tile", "flops_px", "flops_px_1tap", "flops_cl", "block_values")
 
 
 def cost_features(plan, share: int = 1) -> dict[str, float]:
     """Operation counts of one call (float32 units, before ``costs.per_dtype``):
     the FLOPs the micro-kernel does (junk columns and padded blocks included)
     in either layout, the elements copied into tiles (halos included), the
-    register blocks (each loads and stores its accumulators), the inputs and
+    register blocks' accumulator values (each block loads and stores them), the inputs and
     the outputs (memory traffic: what bounds pointwise and depthwise layers)."""
     geo = geometry(plan, dtype=np.float32, share=share)[0]
     od, oh, _ = plan.out_size
@@ -1027,7 +1032,11 @@ def cost_features(plan, share: int = 1) -> dict[str, float]:
         "flops_px": 0.0 if geo.channels_last or len(geo.taps) == 1 else flops,
         "flops_px_1tap": flops if not geo.channels_last and len(geo.taps) == 1 else 0.0,
         "flops_cl": flops if geo.channels_last else 0.0,
-        "blocks": float(pixels // (geo.px * max(1, geo.band_rows)) * geo.nob * chunks),
+        # each register block loads and stores its accumulators: counted in
+        # values, so a host with narrower vectors (more, smaller blocks for
+        # the same FLOPs) is not charged a wide block's cost per block
+        "block_values": float(pixels // (geo.px * max(1, geo.band_rows)) * geo.nob * chunks)
+        * geo.block_values(),
     }
 
 

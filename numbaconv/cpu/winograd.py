@@ -231,7 +231,7 @@ def workspace_bytes(plan) -> int:
 def cost_features(plan) -> dict[str, float]:
     """Operation counts of one call (float32 units, ``costs.per_dtype``): the
     element-wise products as GEMM FLOPs (padded lanes and rows included) and
-    micro-kernel calls, the values gathered into tiles and transformed (each
+    the accumulator values of the micro-kernel blocks, the values gathered into tiles and transformed (each
     weighted by the passes' lengths), the values transformed back and
     scattered, the outputs."""
     geo = geometry(plan)
@@ -247,7 +247,8 @@ def cost_features(plan) -> dict[str, float]:
         {
             "call": 1.0,
             "point_flops": 2.0 * tiles * plan.groups * geo.cop * geo.cig * geo.points * balance,
-            "blocks": geo.tasks * geo.points * geo.nob * chunks * (geo.R // (_VECTORS * geo.lanes)) * balance,
+            # accumulator values of the micro-kernel blocks (each loads and stores them)
+            "block_values": geo.tasks * geo.points * geo.nob * chunks * geo.R * geo.rows * balance,
             "transformed": ins * sum(geo.alpha) + outs * sum(geo.m),
             "gathered": ins,
             "outputs": float(plan.batch * plan.c_out * int(np.prod(plan.out_size))),
