@@ -56,7 +56,7 @@ from .. import costs
 from ..common import WeightCache
 from ..runtime import njit
 from ..shapes import fold_index
-from .microkernel import fma_taps, rows_for, spec_for
+from .microkernel import fma_taps, spec_for, vectors_for
 from .tasks import parallel_tasks
 from .winotile import Tile, matrices, tile_in, tile_out
 
@@ -69,7 +69,8 @@ MAX_KERNEL = 5  # largest kernel extent per dim the method takes
 # docs/winograd.md); fewer where few channels per group leave the
 # transforms' rounding less averaged (tile_sizes).
 TILE = {2: 4, 3: 4, 4: 3, 5: 4}
-_VECTORS = 4  # vectors per micro-kernel block (lanes over tiles); rows from the registers
+_VECTORS = 4  # vectors of tiles a task (lanes over tiles)
+_ROWS = 6  # rows (output channels) of a micro-kernel block; its vectors from the registers
 _CHUNK_BYTES = 1024 * 1024
 
 
@@ -162,7 +163,13 @@ class Geometry:
         self.outs = int(np.prod(self.m))
         self.cig = plan.c_in // plan.groups
         self.cog = plan.c_out // plan.groups
-        self.rows = rows_for(_VECTORS, registers)
+        # blocks of 6 rows x 4 vectors (32 registers) or 6 x 2 (16: AVX2),
+        # two blocks then a task's tiles: 2 x 4 blocks had 8 accumulators
+        # for 6 loads, too few to hide the FMA latency
+        self.rows = _ROWS
+        self.vectors = vectors_for(_ROWS, registers)  # what fma_taps makes of rows 6, vectors 0
+        if _VECTORS % self.vectors:  # 16 and 32 registers give 2 and 4
+            raise ValueError(f"no Winograd blocks for {registers} vector registers")
         self.lanes = lanes
         self.nob = -(-self.cog // self.rows)
         self.cop = self.nob * self.rows
@@ -180,7 +187,7 @@ class Geometry:
     def args(self) -> np.ndarray:
         return np.array(
             [self.cig, self.cog, self.cop, self.R, self.nblk, self.kc, *self.alpha, *self.m, *self.ntiles,
-             self.total, self.rows, _VECTORS * self.lanes],
+             self.total, self.rows, self.vectors * self.lanes, self.lanes],
             dtype=np.int64,
         )  # fmt: skip
 
@@ -289,9 +296,9 @@ def _gemm(U, V, M, tab, g, p, nc, c0, spec, geo, acc):
             b0 = p * kc * R + vb * vw
             c_0 = (p * cop + ob * rows) * R + vb * vw
             if acc:
-                fma_taps(U, V, M, tab, 1, 0, a0, b0, nc, rows, 1, R, c_0, R, spec, 0, 4, 0, 1)
+                fma_taps(U, V, M, tab, 1, 0, a0, b0, nc, rows, 1, R, c_0, R, spec, 6, 0, 0, 1)
             else:
-                fma_taps(U, V, M, tab, 1, 0, a0, b0, nc, rows, 1, R, c_0, R, spec, 0, 4, 0, 0)
+                fma_taps(U, V, M, tab, 1, 0, a0, b0, nc, rows, 1, R, c_0, R, spec, 6, 0, 0, 0)
 
 
 @njit(inline="always")
@@ -349,7 +356,7 @@ def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
     xo = np.empty(T * R, dtype=np.int64)
     oo = np.empty(ms[0] * ms[1] * ms[2] * R, dtype=np.int64)
     _offsets(x, out, inm, outm, geo, (t - g * nblk) * R, xo, oo)
-    lanes = geo[17] // 4
+    lanes = geo[18]
     V = np.empty(T * kc * R, dtype=xf.dtype)
     M = np.empty(T * cop * R, dtype=xf.dtype)
     plane = x.shape[2] * x.shape[3] * x.shape[4]
