@@ -197,6 +197,44 @@ def test_every_lane_count(lanes, dtype, monkeypatch):
     _check(x, w, b, dtype, padding=1)
 
 
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_output_channel_chunks_where_tile_blocks_are_fewer_than_threads(threads, monkeypatch):
+    """Small planes (batch 1, 7x7) make fewer tile blocks than threads: the
+    output channels then split into chunks of o-blocks, one task each (a
+    ragged last chunk; groups; both dtypes; a non-finite input still sends
+    the call to the direct path from whichever chunk's task finds it)."""
+    monkeypatch.setattr(wg, "_threads", lambda: threads)
+    wg._geometry.cache_clear()
+    wg._maps.cache_clear()
+    try:
+        rng = np.random.default_rng(threads)
+        chunked = []
+        for dtype in (np.float32, np.float64):
+            for nd, groups, cout in ((2, 1, 40), (2, 2, 26), (1, 1, 20), (3, 1, 13)):
+                size = {1: (12,), 2: (7, 7), 3: (5, 6, 7)}[nd]
+                x, w, b = _case(rng, nd, 1, 8 * groups, cout, groups, size, (3,) * nd, dtype)
+                plan = shapes.make_plan("conv", x, w, b, padding=1, groups=groups)
+                geo = wg.geometry(plan)
+                base = groups * geo.nblk
+                want = min(geo.nob, -(-threads // base)) if base < threads else 1
+                assert geo.obc == -(-geo.nob // want)  # o-blocks a chunk, the chunks balanced
+                assert geo.ocs == -(-geo.nob // geo.obc)
+                assert geo.tasks == base * geo.ocs
+                assert (geo.ocs - 1) * geo.obc < geo.nob <= geo.ocs * geo.obc
+                chunked.append(geo.ocs)
+                _check(x, w, b, dtype, padding=1, groups=groups)
+        assert max(chunked) == 1 if threads == 1 else max(chunked) > 1
+        x, w, b = _case(rng, 2, 1, 8, 40, 1, (7, 7), (3, 3), np.float32)
+        x[0, 3, 6, 6] = np.nan
+        got = nc.conv2d(x, w, b, padding=1, method="winograd")
+        want = nc.conv2d(x, w, b, padding=1, method="direct")
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert np.isfinite(got).sum() > got.size // 2
+    finally:
+        wg._geometry.cache_clear()
+        wg._maps.cache_clear()
+
+
 def test_nonfinite_values_give_pytorchs_answer():
     """The transforms would spread an Inf or NaN over its tile; the call is
     then the direct path's, whose NaN/Inf pattern is PyTorch's."""

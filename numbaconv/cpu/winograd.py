@@ -155,7 +155,7 @@ def weight_transform(w5, plan, m) -> np.ndarray:
 class Geometry:
     """A plan's tiles, blocks and tasks for ``lanes`` and ``registers``."""
 
-    def __init__(self, plan, lanes: int, registers: int):
+    def __init__(self, plan, lanes: int, registers: int, threads: int = 1):
         self.m = tile_sizes(plan)
         self.alpha = tuple(m + k - 1 for m, k in zip(self.m, plan.kernel))
         self.tile = Tile(self.m, plan.kernel)
@@ -177,7 +177,14 @@ class Geometry:
         self.total = plan.batch * int(np.prod(self.ntiles))
         self.R = _VECTORS * lanes  # tiles per task: one block of the micro-kernel
         self.nblk = -(-self.total // self.R)
-        self.tasks = plan.groups * self.nblk
+        # fewer tile blocks than threads (small planes, batch 1): the output
+        # channels split into chunks, each a task that transforms the
+        # block's inputs again (no thread idle for want of tiles)
+        base = plan.groups * self.nblk
+        self.ocs = min(self.nob, _ceil(threads, base)) if base < threads else 1
+        self.obc = _ceil(self.nob, self.ocs)  # o-blocks a chunk
+        self.ocs = _ceil(self.nob, self.obc)
+        self.tasks = base * self.ocs
         kc = max(1, _CHUNK_BYTES // (self.points * self.R * plan.dtype.itemsize))
         self.kc = -(-self.cig // -(-self.cig // kc))  # balanced channel chunks
 
@@ -187,7 +194,7 @@ class Geometry:
     def args(self) -> np.ndarray:
         return np.array(
             [self.cig, self.cog, self.cop, self.R, self.nblk, self.kc, *self.alpha, *self.m, *self.ntiles,
-             self.total, self.rows, self.vectors * self.lanes, self.lanes],
+             self.total, self.rows, self.vectors * self.lanes, self.lanes, self.ocs, self.obc],
             dtype=np.int64,
         )  # fmt: skip
 
@@ -198,21 +205,26 @@ class Geometry:
         return (per_task + (self.points + self.outs) * self.R * 8) * min(threads, self.tasks)
 
 
+def _threads() -> int:
+    """The threads the tasks are planned for (Numba's, at the call)."""
+    return numba.get_num_threads()
+
+
 def geometry(plan) -> Geometry:
     spec = spec_for(plan.dtype)
-    return _geometry(plan, spec.lanes, spec.registers)
+    return _geometry(plan, spec.lanes, spec.registers, _threads())
 
 
 @functools.lru_cache(maxsize=128)
-def _geometry(plan, lanes, registers):
-    return Geometry(plan, lanes, registers)
+def _geometry(plan, lanes, registers, threads):
+    return Geometry(plan, lanes, registers, threads)
 
 
 @functools.lru_cache(maxsize=128)
-def _maps(plan, lanes, registers, start=(0, 0, 0), step=(1, 1, 1)):
+def _maps(plan, lanes, registers, threads, start=(0, 0, 0), step=(1, 1, 1)):
     # the maps, outputs at start + step * o of the target (a phase of a
     # transposed op's output: numbaconv.cpu.gather)
-    geo = _geometry(plan, lanes, registers)
+    geo = _geometry(plan, lanes, registers, threads)
     inm, outm = geo.maps(plan)
     if start != (0, 0, 0) or step != (1, 1, 1):
         outm = outm.copy()
@@ -242,12 +254,12 @@ def cost_features(plan) -> dict[str, float]:
     weighted by the passes' lengths), the values transformed back and
     scattered, the outputs."""
     geo = geometry(plan)
-    threads = numba.get_num_threads()
+    threads = _threads()
     # the busiest thread's share: tasks are equal, so fewer tasks than
     # threads (or a ragged last round) leave threads idle
     balance = _ceil(geo.tasks, threads) * threads / geo.tasks
     tiles = geo.nblk * geo.R
-    ins = tiles * plan.c_in * geo.points * balance
+    ins = tiles * plan.c_in * geo.points * balance * geo.ocs  # each o-chunk transforms them
     outs = tiles * plan.c_out * geo.points * balance
     chunks = _ceil(geo.cig, geo.kc)
     return costs.per_dtype(
@@ -255,7 +267,7 @@ def cost_features(plan) -> dict[str, float]:
             "call": 1.0,
             "point_flops": 2.0 * tiles * plan.groups * geo.cop * geo.cig * geo.points * balance,
             # accumulator values of the micro-kernel blocks (each loads and stores them)
-            "block_values": geo.tasks * geo.points * geo.nob * chunks * geo.R * geo.rows * balance,
+            "block_values": geo.tasks * geo.points * geo.obc * chunks * geo.R * geo.rows * balance,
             "transformed": ins * sum(geo.alpha) + outs * sum(geo.m),
             "gathered": ins,
             "outputs": float(plan.batch * plan.c_out * int(np.prod(plan.out_size))),
@@ -285,13 +297,14 @@ def packed_weight(w5, plan, geo) -> tuple[np.ndarray, bool]:
 
 
 @njit(nogil=True, cache=True)
-def _gemm(U, V, M, tab, g, p, nc, c0, spec, geo, acc):
+def _gemm(U, V, M, tab, g, p, nc, c0, ob0, ob1, spec, geo, acc):
     # M[p][o][tile] (+)= sum_{c < nc} U[g][p][o // rows][c0 + c][o % rows] * V[p][c][tile]
+    # for the o-blocks ob0 <= o // rows < ob1
     cig, cop, R, kc, rows, vw = geo[0], geo[2], geo[3], geo[5], geo[16], geo[17]
     T = geo[6] * geo[7] * geo[8]
     nob = cop // rows
     for vb in range(R // vw):
-        for ob in range(nob):
+        for ob in range(ob0, ob1):
             a0 = (((g * T + p) * nob + ob) * cig + c0) * rows
             b0 = p * kc * R + vb * vw
             c_0 = (p * cop + ob * rows) * R + vb * vw
@@ -338,10 +351,15 @@ def _offsets(x, out, inm, outm, geo, tau0, xo, oo):
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH)
 def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
-    # one group x one block of R tiles (see the module doc); xf, of: x and out flat
+    # one group x one block of R tiles x one chunk of output channels (see
+    # the module doc); xf, of: x and out flat
     cig, cog, cop, R, nblk, kc = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
     al, ms = (geo[6], geo[7], geo[8]), (geo[9], geo[10], geo[11])
+    rows, ocs, obc = geo[16], geo[19], geo[20]
+    chunk = t % ocs
+    t = t // ocs  # the group's tile block, as without chunks
     g = t // nblk
+    ob0, ob1 = chunk * obc, min(cop // rows, (chunk + 1) * obc)
     T = al[0] * al[1] * al[2]
     z = xf.dtype.type(0)
     # this task's share of the input, checked for non-finite values (the
@@ -351,7 +369,7 @@ def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
     for i in range(np.uint64(t * share), np.uint64(min(xf.size, (t + 1) * share))):
         chk += xf[i] * z
     if chk != 0:
-        bad[t] = 1
+        bad[t * ocs + chunk] = 1
         return
     xo = np.empty(T * R, dtype=np.int64)
     oo = np.empty(ms[0] * ms[1] * ms[2] * R, dtype=np.int64)
@@ -367,9 +385,9 @@ def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
             for l0 in range(0, R, lanes):
                 tile_in(V, ci * R + l0, kc * R, xf, cx, xo, l0, R, tile, spec)
         for p in range(T):
-            _gemm(U, V, M, tab, g, p, nc, c0, spec, geo, c0 > 0)
+            _gemm(U, V, M, tab, g, p, nc, c0, ob0, ob1, spec, geo, c0 > 0)
     oplane = out.shape[2] * out.shape[3] * out.shape[4]
-    for o in range(cog):
+    for o in range(ob0 * rows, min(cog, ob1 * rows)):
         oc = (g * cog + o) * oplane
         bv = bias[g * cog + o]
         for l0 in range(0, R, lanes):
@@ -393,8 +411,9 @@ def run_into(x5, w5, bias, plan, target, start=(0, 0, 0), step=(1, 1, 1)) -> boo
     or weight is not finite: the caller's other path then writes those
     outputs (what this one wrote of them is overwritten)."""
     spec = spec_for(plan.dtype)
-    geo = _geometry(plan, spec.lanes, spec.registers)
-    inm, outm, args = _maps(plan, spec.lanes, spec.registers, tuple(start), tuple(step))
+    threads = _threads()
+    geo = _geometry(plan, spec.lanes, spec.registers, threads)
+    inm, outm, args = _maps(plan, spec.lanes, spec.registers, threads, tuple(start), tuple(step))
     U, finite = packed_weight(w5, plan, geo)
     if not finite:
         return False
