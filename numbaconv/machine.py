@@ -9,6 +9,7 @@ Imports nothing from numbaconv but :mod:`numbaconv.config`.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -50,6 +51,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
 def cpu_arch() -> str:
     """LLVM's name for this CPU (``znver3``, ``znver4``, ``sapphirerapids``,
     ...): virtual machines often report one model name ("AMD EPYC") for

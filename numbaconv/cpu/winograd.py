@@ -181,8 +181,8 @@ class Geometry:
         # channels split into chunks, each a task that transforms the
         # block's inputs again (no thread idle for want of tiles)
         base = plan.groups * self.nblk
-        self.ocs = min(self.nob, _ceil(threads, base)) if base < threads else 1
-        self.obc = _ceil(self.nob, self.ocs)  # o-blocks a chunk
+        want = min(self.nob, _ceil(threads, base)) if base < threads else 1
+        self.obc = _ceil(self.nob, want)  # o-blocks a chunk, the chunks balanced
         self.ocs = _ceil(self.nob, self.obc)
         self.tasks = base * self.ocs
         kc = max(1, _CHUNK_BYTES // (self.points * self.R * plan.dtype.itemsize))
