@@ -480,13 +480,16 @@ def _transpose1(dst, d0, ds, dn, dl, src, s0, ss, sn, sl, bias, b0, spec):
 def test_transpose_block_against_numpy(lanes, dtype):
     """dst[d0 + j*ds + i] = src[s0 + i*ss + j] (+ bias[b0 + j]) for the
     source rows and lanes asked (0 in destination lanes past the source
-    rows), every count from 0 to lanes, float and 8/16-bit integer sources;
-    nothing else of dst is written, exactly."""
+    rows), every count from 0 to lanes (whole blocks among them: plain
+    loads and stores), float and 8/16-bit integer sources; nothing else of
+    dst is written, exactly."""
     rng = np.random.default_rng(13)
     spec = mk.Spec(lanes, 32)
     for sdt in (dtype, np.uint8, np.int16):
-        for _ in range(25):
-            sn, sl, dn, dl = (int(v) for v in rng.integers(0, lanes + 1, size=4))
+        # whole blocks (plain loads and stores), whole in but not out, out but not in; then random
+        forced = [(lanes,) * 4, (lanes, lanes, lanes, lanes - 1), (lanes - 1, lanes, lanes, lanes)]
+        for trial in range(25):
+            sn, sl, dn, dl = forced[trial] if trial < 3 else (int(v) for v in rng.integers(0, lanes + 1, size=4))
             ss, ds = lanes + int(rng.integers(0, 9)), lanes + int(rng.integers(0, 9))
             s0, d0, b0 = 3, 5, 2
             src = (rng.standard_normal(s0 + lanes * ss + lanes + 4) * 50).astype(sdt)

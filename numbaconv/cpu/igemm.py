@@ -578,39 +578,31 @@ def _store_cl(acc, a0, bias, of, geo, n, od, oh0, o0, no, noh, spec):
 
 @njit(inline="always")
 def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
-    # pixels [p0, p0 + pw) of rows o0.. of the block into the target (plus
-    # the bias, or added to it: a later channel chunk), row segment by row
-    # segment, through of (flat) at computed offsets (no views: no refcounts)
+    # pixels [p0, p0 + pw) of rows o0.. of the block (cb rows pw apart) into
+    # the target (plus the bias, or added to it: a later channel chunk),
+    # through of (flat) at computed offsets (no views: no refcounts). Row
+    # segments outer, channels inner: every channel's segment has the same
+    # length, so the vector loop's branches repeat
     wq, ow_n = geo[4], geo[30]
     # no junk columns and the target's rows one run: the block is one segment
     flat = wq == ow_n and geo[35] == ow_n * geo[36]
-    for r in range(nr):
-        bv = bias[o0 + r]
-        p = p0
-        while p < p0 + pw:
-            oh = p // wq
-            if oh >= noh:
-                break
-            ow = p - oh * wq
-            if flat:
-                e = p0 + pw
-                cnt = min(e, noh * wq) - p
-            else:
-                e = min(p0 + pw, p + wq - ow)  # end of this row's part of the block
-                cnt = min(e - p, ow_n - ow)
-            if cnt > 0:  # one call site: each inlined copy of _put is four vectorized loops to compile
-                _put(
-                    of,
-                    _offset(geo, n, o0 + r, od, oh0 + oh, ow),
-                    geo[36],
-                    cb,
-                    r * pw + p - p0,
-                    cnt,
-                    bv,
-                    add,
-                    spec,
-                )
-            p = e
+    p = p0
+    while p < p0 + pw:
+        oh = p // wq
+        if oh >= noh:
+            break
+        ow = p - oh * wq
+        if flat:
+            e = p0 + pw
+            cnt = min(e, noh * wq) - p
+        else:
+            e = min(p0 + pw, p + wq - ow)  # end of this row's part of the block
+            cnt = min(e - p, ow_n - ow)
+        if cnt > 0:
+            u = _offset(geo, n, o0, od, oh0 + oh, ow)
+            for r in range(nr):  # one call site: each inlined copy of _put is four vectorized loops to compile
+                _put(of, u + r * geo[33], geo[36], cb, r * pw + p - p0, cnt, bias[o0 + r], add, spec)
+        p = e
 
 
 TALL_ROWS = 14  # output channels of the tall row block (2 vectors with 32 registers)
