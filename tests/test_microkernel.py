@@ -489,7 +489,8 @@ def test_transpose_block_against_numpy(lanes, dtype):
         # whole blocks (plain loads and stores), whole in but not out, out but not in; then random
         forced = [(lanes,) * 4, (lanes, lanes, lanes, lanes - 1), (lanes - 1, lanes, lanes, lanes)]
         for trial in range(25):
-            sn, sl, dn, dl = forced[trial] if trial < 3 else (int(v) for v in rng.integers(0, lanes + 1, size=4))
+            drawn = (int(v) for v in rng.integers(0, lanes + 1, size=4))
+            sn, sl, dn, dl = forced[trial] if trial < 3 else drawn
             ss, ds = lanes + int(rng.integers(0, 9)), lanes + int(rng.integers(0, 9))
             s0, d0, b0 = 3, 5, 2
             src = (rng.standard_normal(s0 + lanes * ss + lanes + 4) * 50).astype(sdt)

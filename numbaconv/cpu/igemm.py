@@ -600,7 +600,8 @@ def _store(cb, bias, of, geo, n, od, oh0, o0, nr, p0, pw, noh, add, spec):
             cnt = min(e - p, ow_n - ow)
         if cnt > 0:
             u = _offset(geo, n, o0, od, oh0 + oh, ow)
-            for r in range(nr):  # one call site: each inlined copy of _put is four vectorized loops to compile
+            # one call site: each inlined copy of _put is four vectorized loops to compile
+            for r in range(nr):
                 _put(of, u + r * geo[33], geo[36], cb, r * pw + p - p0, cnt, bias[o0 + r], add, spec)
         p = e
 
