@@ -33,7 +33,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
 
-from .microkernel import _FMA_NAMES, _LLVM_TYPES, SpecType, _splat
+from .microkernel import _FMA_NAMES, _LLVM_TYPES, SpecType, _guarded, _splat
 
 SOURCE_KEY = zlib.crc32(Path(__file__).read_bytes())
 
@@ -302,10 +302,25 @@ def tile_out(typingctx, of, oc, bias, oo, o0, ops, M, m0, mps, tile, spec):
             f"llvm.masked.scatter.v{g.lanes}{_FMA_NAMES[dtype]}.v{g.lanes}p0",
         )
         bv = _splat(b, g.vt, bias_)
+        align = ir.Constant(ir.IntType(32), g.align)
+        outs, live = [], None
         for j, pos in enumerate(_positions(shape)):
             offs = b.load(g.vec_ptr(pO, b.add(o0_, b.mul(g.const(j), ops_)), g.it), align=8)
             ptrs, mask = g.addresses(pF, oc_, offs)
-            b.call(scatter, [b.fadd(values[pos], bv), ptrs, ir.Constant(ir.IntType(32), g.align), mask])
+            outs.append((b.fadd(values[pos], bv), ptrs, mask))
+            live = mask if live is None else b.and_(live, mask)
+        # every lane of every output written (tiles inside the plane: all but
+        # the edge tiles): the scatters without masks, which AVX2 (no scatter
+        # instruction) runs as plain stores instead of a branch per lane
+        mask_t = ir.IntType(g.lanes)
+        full = b.icmp_unsigned("==", b.bitcast(live, mask_t), ir.Constant(mask_t, (1 << g.lanes) - 1))
+        every = ir.Constant(ir.VectorType(ir.IntType(1), g.lanes), [1] * g.lanes)
+
+        def scatter_all(masked):
+            for value, ptrs, mask in outs:
+                b.call(scatter, [value, ptrs, align, mask if masked else every])
+
+        _guarded(b, full, lambda: scatter_all(False), lambda: scatter_all(True))
         return context.get_dummy_value()
 
     return sig, codegen
