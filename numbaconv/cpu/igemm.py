@@ -560,12 +560,17 @@ def _store_cl(acc, a0, bias, of, geo, n, od, oh0, o0, no, noh, spec):
     # channels, else one value at a time
     OW, vl, cst = geo[30], geo[18], geo[33]
     L = vl // geo[10]
-    for oh in range(noh):
-        for ow in range(0, OW, L if geo[36] == 1 else OW):
+    # the target's rows one run (a plane of a C-contiguous output): the
+    # band's pixels as one row, so that a 7-wide plane's transposes are whole
+    # blocks of lanes pixels (plain stores) but the last, not 7 partial ones
+    flat = geo[36] == 1 and geo[35] == OW
+    nrow, width = (1, noh * OW) if flat else (noh, OW)
+    for oh in range(nrow):
+        for ow in range(0, width, L if geo[36] == 1 else width):
             u = _offset(geo, n, o0, od, oh0 + oh, ow)
-            s0 = a0 + (oh * OW + ow) * vl
+            s0 = a0 + (oh * width + ow) * vl
             if geo[36] == 1:
-                cnt = min(L, OW - ow)
+                cnt = min(L, width - ow)
                 for j0 in range(0, no, L):
                     transpose_block(
                         of, u + j0 * cst, cst, no - j0, cnt, acc, s0 + j0, vl, cnt, L, bias, o0 + j0, 1, spec
