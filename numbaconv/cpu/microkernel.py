@@ -882,6 +882,54 @@ def _transposed(builder, rows, lanes):
     return rows
 
 
+def _rows_in(b, ptrs, count, width, align, name):
+    """Vectors at ``ptrs`` (rows ``i < count``, lanes ``< width``, zeros
+    elsewhere; nothing else read): plain loads when every row and lane is
+    inside, else masked ones (:func:`_guarded`)."""
+    vt = ptrs[0].type.pointee
+    lanes = vt.count
+    i64 = ir.IntType(64)
+    load, _ = _masked(b, vt, name)
+    zero = ir.Constant(vt, [0] * lanes if isinstance(vt.element, ir.IntType) else [0.0] * lanes)
+    mask_t = ir.VectorType(ir.IntType(1), lanes)
+
+    def masked():
+        lanes_in = _lane_mask(b, lanes, 0, width)
+        out = []
+        for i, ptr in enumerate(ptrs):
+            live = _splat(b, mask_t, b.icmp_signed("<", ir.Constant(i64, i), count))
+            out.append(b.call(load, [ptr, ir.Constant(ir.IntType(32), align), b.and_(lanes_in, live), zero]))
+        return out
+
+    full = ir.Constant(i64, lanes)
+    whole = b.and_(b.icmp_signed(">=", width, full), b.icmp_signed(">=", count, full))
+    return _guarded(b, whole, lambda: [b.load(p, align=align) for p in ptrs], masked)
+
+
+def _rows_out(b, values, ptrs, count, width, align, name):
+    """``values`` at ``ptrs`` (rows ``j < count``, lanes ``< width``; nothing
+    else written): plain stores when every row and lane is inside, else
+    masked ones (:func:`_guarded`)."""
+    vt = values[0].type
+    lanes = vt.count
+    i64 = ir.IntType(64)
+    _, store = _masked(b, vt, name)
+    mask_t = ir.VectorType(ir.IntType(1), lanes)
+
+    def plain():
+        for v, ptr in zip(values, ptrs):
+            b.store(v, ptr, align=align)
+
+    def masked():
+        lanes_out = _lane_mask(b, lanes, 0, width)
+        for j, (v, ptr) in enumerate(zip(values, ptrs)):
+            live = _splat(b, mask_t, b.icmp_signed("<", ir.Constant(i64, j), count))
+            b.call(store, [v, ptr, ir.Constant(ir.IntType(32), align), b.and_(lanes_out, live)])
+
+    full = ir.Constant(i64, lanes)
+    _guarded(b, b.and_(b.icmp_signed(">=", width, full), b.icmp_signed(">=", count, full)), plain, masked)
+
+
 @intrinsic
 def transpose_block(typingctx, dst, d0, ds, dn, dlanes, src, s0, ss, sn, slanes, bias, b0, mode, spec):
     """For njit code, a block of up to ``lanes x lanes`` values transposed::
@@ -919,33 +967,16 @@ def transpose_block(typingctx, dst, d0, ds, dn, dlanes, src, s0, ss, sn, slanes,
         sdt = np.dtype(src.dtype.name)
         src_int = sdt.kind in "iu"
         st = ir.VectorType(ir.IntType(8 * sdt.itemsize), lanes) if src_int else vt
-        load, _ = _masked(b, st, f"i{8 * sdt.itemsize}" if src_int else _FMA_NAMES[dtype])
-        fload, store = _masked(b, vt, _FMA_NAMES[dtype])
-        zero_s = ir.Constant(st, [0] * lanes if src_int else [0.0] * lanes)
-        lanes_in = _lane_mask(b, lanes, 0, sl_)
-        mask_t = ir.VectorType(ir.IntType(1), lanes)
-        full_l = ir.Constant(i64, lanes)
+        fload, _ = _masked(b, vt, _FMA_NAMES[dtype])
         src_ptrs = [
             b.bitcast(b.gep(ps, [b.add(s0_, b.mul(ir.Constant(i64, i), ss_))]), st.as_pointer())
             for i in range(lanes)
         ]
-
-        def masked_loads():
-            out = []
-            for i, ptr in enumerate(src_ptrs):
-                live = _splat(b, mask_t, b.icmp_signed("<", ir.Constant(i64, i), sn_))
-                mask = b.and_(lanes_in, live)
-                out.append(b.call(load, [ptr, ir.Constant(ir.IntType(32), sdt.itemsize), mask, zero_s]))
-            return out
-
-        full_in = b.and_(b.icmp_signed(">=", sl_, full_l), b.icmp_signed(">=", sn_, full_l))
-        rows = _guarded(b, full_in, lambda: [b.load(p, align=sdt.itemsize) for p in src_ptrs], masked_loads)
+        rows = _rows_in(b, src_ptrs, sn_, sl_, sdt.itemsize, f"i{8 * sdt.itemsize}" if src_int else _FMA_NAMES[dtype])
         if src_int:
             rows = [b.sitofp(v, vt) if sdt.kind == "i" else b.uitofp(v, vt) for v in rows]
         cols = _transposed(b, rows, lanes)
         align = ir.Constant(ir.IntType(32), np.dtype(dtype).itemsize)
-        lanes_out = _lane_mask(b, lanes, 0, dl_)
-        rows_out = b.select(b.icmp_signed("<", dn_, sl_), dn_, sl_)
         if mode.literal_value == 1:
             bptr = b.bitcast(b.gep(pb, [b0_]), vt.as_pointer())
             none = ir.Constant(vt, [0.0] * lanes)
@@ -957,18 +988,8 @@ def transpose_block(typingctx, dst, d0, ds, dn, dlanes, src, s0, ss, sn, slanes,
                 v = b.fadd(v, _splat(b, vt, b.extract_element(bvec, ir.Constant(ir.IntType(32), j))))
             values.append(v)
             dst_ptrs.append(b.bitcast(b.gep(pd, [b.add(d0_, b.mul(ir.Constant(i64, j), ds_))]), vt.as_pointer()))
-
-        def plain():
-            for v, ptr in zip(values, dst_ptrs):
-                b.store(v, ptr, align=np.dtype(dtype).itemsize)
-
-        def masked():
-            for j, (v, ptr) in enumerate(zip(values, dst_ptrs)):
-                live = _splat(b, mask_t, b.icmp_signed("<", ir.Constant(i64, j), rows_out))
-                b.call(store, [v, ptr, align, b.and_(lanes_out, live)])
-
-        full_out = b.and_(b.icmp_signed(">=", dl_, full_l), b.icmp_signed(">=", rows_out, full_l))
-        _guarded(b, full_out, plain, masked)
+        rows_out = b.select(b.icmp_signed("<", dn_, sl_), dn_, sl_)
+        _rows_out(b, values, dst_ptrs, rows_out, dl_, np.dtype(dtype).itemsize, _FMA_NAMES[dtype])
         return context.get_dummy_value()
 
     return sig, codegen
