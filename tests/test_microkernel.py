@@ -346,8 +346,9 @@ def _call_band_target(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, cnt,
 @pytest.mark.parametrize("lanes", LANES)
 def test_fma_band_into_the_target(lanes, dtype):
     """Mode 2: the block read and written in place in C (the output) through
-    masks: rows below nrows, columns below cnt; from the bias, or added to
-    C (add); nothing else of C changes, NaN and Inf in the block reach C."""
+    masks: rows below nrows, columns below cnt (a whole block: plain loads
+    and stores); from the bias, or added to C (add); nothing else of C
+    changes, NaN and Inf in the block reach C."""
     rows, vectors = 6, mk.vectors_for(6, 32)
     width = vectors * lanes
     rng = np.random.default_rng(12)
@@ -365,6 +366,7 @@ def test_fma_band_into_the_target(lanes, dtype):
     nans = 0
     for cnt, nrows, add in [
         (width, rows, 0),
+        (width + 3, rows + 2, 1),  # whole block, added into C (plain loads and stores)
         (width - lanes // 2 - 1, 4, 0),
         (1, 1, 1),
         (lanes + 1, 9, 1),
