@@ -346,8 +346,8 @@ def _call_band_target(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, cnt,
 @pytest.mark.parametrize("lanes", LANES)
 def test_fma_band_into_the_target(lanes, dtype):
     """Mode 2: the block read and written in place in C (the output) through
-    masks: rows below nrows, columns below cnt (a whole block: plain loads
-    and stores); from the bias, or added to C (add); nothing else of C
+    masks: rows below nrows, columns below cnt (a whole block: plain
+    stores); from the bias, or added to C (add); nothing else of C
     changes, NaN and Inf in the block reach C."""
     rows, vectors = 6, mk.vectors_for(6, 32)
     width = vectors * lanes
@@ -366,7 +366,7 @@ def test_fma_band_into_the_target(lanes, dtype):
     nans = 0
     for cnt, nrows, add in [
         (width, rows, 0),
-        (width + 3, rows + 2, 1),  # whole block, added into C (plain loads and stores)
+        (width + 3, rows + 2, 1),  # whole block, added into C (plain stores)
         (width - lanes // 2 - 1, 4, 0),
         (1, 1, 1),
         (lanes + 1, 9, 1),
@@ -488,7 +488,7 @@ def test_transpose_block_against_numpy(lanes, dtype):
     rng = np.random.default_rng(13)
     spec = mk.Spec(lanes, 32)
     for sdt in (dtype, np.uint8, np.int16):
-        # whole blocks (plain loads and stores), whole in but not out, out but not in; then random
+        # whole blocks (plain stores), whole in but not out, out but not in; then random
         forced = [(lanes,) * 4, (lanes, lanes, lanes, lanes - 1), (lanes - 1, lanes, lanes, lanes)]
         for trial in range(25):
             drawn = (int(v) for v in rng.integers(0, lanes + 1, size=4))

@@ -184,28 +184,16 @@ def _masked(builder, vt, name):
 
 def _guarded(builder, full, plain, masked):
     """``plain()`` where the i1 ``full`` holds (every lane of every vector
-    involved is live), else ``masked()``: each emits the same loads or
-    stores, without and with their masks. A masked store costs 8-12 cycles
-    on AMD Zen 3 (AVX2 ``vmaskmovps``: microcoded) where a plain one costs
-    one; the band blocks' and transposes' masks are all-ones but at a
-    plane's edge, so the branch is predicted. Returns the values each
-    emitted (a phi per value), or None."""
+    involved is live), else ``masked()``: each emits the same stores (or
+    scatters), without and with their masks. A masked store costs 8-12
+    cycles on AMD Zen 3 (AVX2 ``vmaskmovps``: microcoded) where a plain one
+    costs one; the band blocks' and transposes' masks are all-ones but at a
+    plane's edge, so the branch is predicted."""
     with builder.if_else(full, likely=True) as (then, otherwise):
         with then:
-            a = plain()
-            a_end = builder.block
+            plain()
         with otherwise:
-            m = masked()
-            m_end = builder.block
-    if a is None:
-        return None
-    out = []
-    for x, y in zip(a, m):
-        phi = builder.phi(x.type)
-        phi.add_incoming(x, a_end)
-        phi.add_incoming(y, m_end)
-        out.append(phi)
-    return out
+            masked()
 
 
 def _store_first(builder, store, value, ptr, rest, align):
@@ -554,22 +542,10 @@ class _BandBlock(_Block):
         none = ir.Constant(self.vt, [0.0] * self.lanes)
         add = b.icmp_signed("!=", self.add, self.const(0))
         start = _splat(b, self.vt, self.bias)
-        pred = b.block
-        with b.if_then(add):
-            loaded = _guarded(
-                b,
-                self._full(),
-                lambda: [b.load(self.c_ptr(r, v), align=self.align) for r, v in cells],
-                lambda: [b.call(load, [self.c_ptr(r, v), align, self._mask(r, v), none]) for r, v in cells],
-            )
-            then = b.block
-        out = []
-        for x in loaded:
-            phi = b.phi(self.vt)
-            phi.add_incoming(x, then)
-            phi.add_incoming(start, pred)
-            out.append(phi)
-        return out
+        return [
+            b.select(add, b.call(load, [self.c_ptr(r, v), align, self._mask(r, v), none]), start)
+            for r, v in cells
+        ]
 
     def store_final(self, cells, *sources):
         """Mode 2: masked stores of the cells in the target."""
@@ -883,27 +859,21 @@ def _transposed(builder, rows, lanes):
 
 
 def _rows_in(b, ptrs, count, width, align, name):
-    """Vectors at ``ptrs`` (rows ``i < count``, lanes ``< width``, zeros
-    elsewhere; nothing else read): plain loads when every row and lane is
-    inside, else masked ones (:func:`_guarded`)."""
+    """Vectors at ``ptrs`` through masks (rows ``i < count``, lanes ``< width``,
+    zeros elsewhere; nothing else read). Masked loads stay: only the masked
+    store is microcoded on AMD Zen 3."""
     vt = ptrs[0].type.pointee
     lanes = vt.count
     i64 = ir.IntType(64)
     load, _ = _masked(b, vt, name)
     zero = ir.Constant(vt, [0] * lanes if isinstance(vt.element, ir.IntType) else [0.0] * lanes)
     mask_t = ir.VectorType(ir.IntType(1), lanes)
-
-    def masked():
-        lanes_in = _lane_mask(b, lanes, 0, width)
-        out = []
-        for i, ptr in enumerate(ptrs):
-            live = _splat(b, mask_t, b.icmp_signed("<", ir.Constant(i64, i), count))
-            out.append(b.call(load, [ptr, ir.Constant(ir.IntType(32), align), b.and_(lanes_in, live), zero]))
-        return out
-
-    full = ir.Constant(i64, lanes)
-    whole = b.and_(b.icmp_signed(">=", width, full), b.icmp_signed(">=", count, full))
-    return _guarded(b, whole, lambda: [b.load(p, align=align) for p in ptrs], masked)
+    lanes_in = _lane_mask(b, lanes, 0, width)
+    out = []
+    for i, ptr in enumerate(ptrs):
+        live = _splat(b, mask_t, b.icmp_signed("<", ir.Constant(i64, i), count))
+        out.append(b.call(load, [ptr, ir.Constant(ir.IntType(32), align), b.and_(lanes_in, live), zero]))
+    return out
 
 
 def _rows_out(b, values, ptrs, count, width, align, name):
