@@ -61,6 +61,37 @@ def test_many_small_chunks_equal_one_chunk(name, plan, call, monkeypatch):
         np.testing.assert_allclose(y, one, rtol=1e-12, atol=1e-12, err_msg=f"{name}, {rows} rows per chunk")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128, np.float32])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_samples_written_in_place_in_chunks(dtype, with_bias, monkeypatch):
+    """Output planes of >= 256 positions: each sample's GEMM writes its output
+    in place (bias as a row of ones), whole samples per chunk; every chunking
+    and the row-chunked fallback (a sample over the budget) agree with the
+    reference."""
+    rng = np.random.default_rng(11)
+    x = random_array(rng, (3, 4, 17, 19), dtype)
+    w = random_array(rng, (6, 2, 3, 3), dtype)
+    b = random_array(rng, (6,), dtype) if with_bias else None
+    kw = dict(padding=((1, 2), 1), dilation=(1, 2), groups=2)
+    plan = shapes.make_conv_plan(
+        x.shape, w.shape, None if b is None else b.shape, padding_mode="reflect", dtype=dtype, **kw
+    )
+    assert int(np.prod(plan.out_size)) >= gemm._IN_PLACE_POSITIONS
+    assert gemm.sample_chunk(plan) == 3  # the default budget: one chunk
+    ref = conv_reference(x, w, b, pads=[(1, 2), (1, 1)], dilation=[1, 2], groups=2, mode="reflect")
+    tol = tolerance(dtype, 18, x, w, b, pads=[(1, 2), (1, 1)], dilation=[1, 2], groups=2, mode="reflect")
+    per_sample = (2 * 9 + 1) * int(np.prod(plan.out_size)) * np.dtype(dtype).itemsize
+    for samples in (2, 1, 0):
+        monkeypatch.setattr(config, "workspace_bytes", max(samples * per_sample, gemm._row_bytes(plan)))
+        assert gemm.sample_chunk(plan) == samples
+        assert gemm.workspace_bytes(plan) <= config.workspace_bytes
+        x_before = x.copy()
+        y = nc.conv2d(x, w, b, padding_mode="reflect", method="gemm", **kw)
+        np.testing.assert_array_equal(x, x_before)
+        assert y.dtype == dtype
+        assert_close(y, ref, tol, f"{samples} samples per chunk")
+
+
 def test_budget_below_one_row_is_refused_and_auto_falls_back(monkeypatch):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 8, 6, 6))

@@ -103,12 +103,13 @@ def _im2col(x, cols, r0, r1, c0, fd, gd, fh, gh, fw, gw, sw, dw, lo_w, k0, k1):
 @njit(nogil=True, cache=True)
 def _store(res, out, bias, r0, r1, o0, t0, t1):
     # out[n, o0 + o, od, oh, :] = res[o, (r - r0) * OW + :] + bias[o0 + o]
-    # for tasks t = (r - r0) * Og + o in [t0, t1)
-    Og = res.shape[0]
+    # for tasks t = o * (r1 - r0) + (r - r0) in [t0, t1): a task's row of
+    # ``res`` follows the last one's, as its output row does within a plane
     OD, OH, OW = out.shape[2], out.shape[3], out.shape[4]
+    nr = r1 - r0
     for t in range(t0, t1):
-        o = t % Og
-        r = r0 + t // Og
+        o = t // nr
+        r = r0 + t - o * nr
         oh = r % OH
         od = (r // OH) % OD
         n = r // (OH * OD)
@@ -205,6 +206,25 @@ def chunk_rows(plan) -> int:
     return min(_total_rows(plan), config.workspace_bytes // _row_bytes(plan))
 
 
+# a sample's GEMM writes its output in place when its output planes hold at
+# least this many positions; below, one GEMM over the chunk's samples and a
+# copy into the output run faster (a BLAS call per 7x7 sample is short)
+_IN_PLACE_POSITIONS = 256
+
+
+def sample_chunk(plan) -> int:
+    """Samples per chunk when each sample's GEMM writes straight into the
+    output (its patch matrix, plus a row of ones that carries the bias, within
+    ``config.workspace_bytes``); 0 when that does not pay or one sample's
+    matrix does not fit (then the rows are chunked with a result buffer)."""
+    positions = int(np.prod(plan.out_size))
+    if plan.op != "conv" or positions < _IN_PLACE_POSITIONS:
+        return 0
+    k = plan.c_in // plan.groups * plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
+    per_sample = (k + 1) * positions * plan.dtype.itemsize
+    return min(plan.batch, config.workspace_bytes // per_sample)
+
+
 def supports(plan) -> str | None:
     """None when ``method="gemm"`` can run the plan, else why not."""
     if plan.op == "conv" and _is_pointwise(plan):
@@ -224,6 +244,10 @@ def workspace_bytes(plan) -> int:
     extended buffer for the non-zero padding modes."""
     if plan.op == "conv" and _is_pointwise(plan):
         return 0
+    samples = sample_chunk(plan)
+    if samples:
+        k = plan.c_in // plan.groups * plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
+        return samples * (k + 1) * int(np.prod(plan.out_size)) * plan.dtype.itemsize
     return max(chunk_rows(plan), 0) * _row_bytes(plan) + fold_workspace(plan)
 
 
@@ -274,6 +298,8 @@ def run(x5, w5, bias, plan, out5):
         if bias is not None:  # a pass over the output: not for a zero bias that is not there
             out5 += bias.reshape(1, plan.c_out, 1, 1, 1)
         return out5
+    if sample_chunk(plan) and out5.flags.c_contiguous:
+        return _run_in_place(x5, w5, bias, plan, out5)
     if bias is None:
         bias = np.zeros(plan.c_out, dtype=plan.dtype)
     rows = chunk_rows(plan)
@@ -292,21 +318,50 @@ def run(x5, w5, bias, plan, out5):
         cols = cols_buf[: k * m].reshape(k, m)
         res = res_buf[: og * m].reshape(og, m)
         for i in range(g):
-            split_run(
-                _im2col,
-                k,
-                x5,
-                cols,
-                r0,
-                r1,
-                i * cg,
-                *maps,
-                plan.stride[2],
-                plan.dilation[2],
-                plan.padding[2][0],
-            )
+            _lower(x5, cols, r0, r1, i * cg, maps, plan)
             _matmul(wmat[i], cols, res)
             split_run(_store, og * (r1 - r0), res, out5, bias, r0, r1, i * og)
+    return out5
+
+
+def _lower(x5, cols, r0, r1, c0, maps, plan) -> None:
+    """The patch matrix rows ``[0, len(cols))`` of output rows ``[r0, r1)``
+    and the group whose first input channel is ``c0``."""
+    split_run(_im2col, cols.shape[0], x5, cols, r0, r1, c0, *maps, plan.stride[2], plan.dilation[2],
+              plan.padding[2][0])  # fmt: skip
+
+
+def _run_in_place(x5, w5, bias, plan, out5):
+    """:func:`run` for whole samples a chunk: the GEMM of each sample and
+    group writes ``out[n, group]`` (a ``(Og, positions)`` matrix) in place, no
+    result buffer or copy; the bias rides in the GEMM as a row of ones in the
+    patch matrix against a bias column of the weight."""
+    g, n_all = plan.groups, plan.batch
+    cg, og = plan.c_in // g, plan.c_out // g
+    k = cg * plan.kernel[0] * plan.kernel[1] * plan.kernel[2]
+    kb = k + (bias is not None)
+    pos = int(np.prod(plan.out_size))
+    samples = sample_chunk(plan)
+    cols_buf = np.empty(kb * samples * pos, dtype=plan.dtype)
+    wmat = []
+    for i in range(g):
+        wi = np.empty((og, kb), dtype=plan.dtype)
+        wi[:, :k] = w5[i * og : (i + 1) * og].reshape(og, k)
+        if bias is not None:
+            wi[:, k] = bias[i * og : (i + 1) * og]
+        wmat.append(wi)
+    maps = conv_tap_maps(plan)
+    per = plan.out_size[0] * plan.out_size[1]  # output rows of a sample
+    target = out5.reshape(n_all, g, og, pos)  # out5 is C-contiguous: a view
+    for n0 in range(0, n_all, samples):
+        n1 = min(n0 + samples, n_all)
+        m = (n1 - n0) * pos
+        cols = cols_buf[: kb * m].reshape(kb, m)
+        cols[k:] = 1  # the bias's row of ones (none without a bias)
+        for i in range(g):
+            _lower(x5, cols[:k], n0 * per, n1 * per, i * cg, maps, plan)
+            # (S, kb, pos) views of the patch matrix: one BLAS call per sample
+            _matmul(wmat[i], cols.reshape(kb, n1 - n0, pos).transpose(1, 0, 2), target[n0:n1, i])
     return out5
 
 
