@@ -5,12 +5,13 @@ The shipped constants (:data:`numbaconv.costs.SHIPPED`) are seconds per
 unit *on the development machine*. Each feature a method counts is work of
 one kind (:data:`UNIT_OF`): arithmetic on numbaconv's micro-kernels (``flop``:
 FLOPs, FMAs, transformed values, micro-kernel blocks' accumulator values), arithmetic in NumPy's
-BLAS (``blas``: the GEMM method's products), memory traffic (``mem``: elements read,
+BLAS (``gemm``: the GEMM method's products), memory traffic (``mem``: elements read,
 copied or written), FFT work (``fft``) or per-call overhead in Python
 (``call``). :func:`probe` measures this machine's rate of each kind in well
 under a second: the micro-kernel's float32 FMAs on operands in L1 (all
-threads; one small kernel, cached on disk), NumPy's float32 GEMM (all
-threads), a 32 MiB copy, a complex FFT, and an interpreted loop. The two
+threads; one small kernel, cached on disk), NumPy's float32 GEMM on
+products shaped like a convolution's patch matrices (all threads), a 32 MiB
+copy, a complex FFT, and an interpreted loop. The two
 arithmetic rates are kept apart because they need not move together: on an
 AMD Zen 5 host the micro-kernel ran at 1.3-2x NumPy's (OpenBLAS) GEMM
 rate, where on the development machine the two were within 5%. On a machine without a
@@ -24,6 +25,7 @@ fingerprint uses the shipped constants as they are.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -35,7 +37,7 @@ from . import config
 from .files import read_json, write_json_atomic
 from .machine import block_best, fingerprint
 
-UNITS = ("flop", "blas", "mem", "fft", "call")
+UNITS = ("flop", "gemm", "mem", "fft", "call")
 
 # The kind of work of each cost feature (every feature of every CPU row, tested).
 UNIT_OF: dict[str, str] = {
@@ -44,7 +46,7 @@ UNIT_OF: dict[str, str] = {
          "block_values"),
         "flop",
     ),
-    **dict.fromkeys(("gemm_flops", "gemm_flops_short", "gemm_flops_thin"), "blas"),
+    **dict.fromkeys(("gemm_flops", "gemm_flops_short", "gemm_flops_thin"), "gemm"),
     **dict.fromkeys(("outputs", "inputs", "tile", "lowered", "points", "gathered"), "mem"),
     "fft_point_logs": "fft",
     **dict.fromkeys(("call", "phases", "gemm_calls", "transforms"), "call"),
@@ -54,9 +56,29 @@ UNIT_OF: dict[str, str] = {
 # probe() on the development machine when the constants were fitted
 # (2 vCPUs of an Intel Xeon, Emerald Rapids; best of several runs). "flop"
 # was not probed there (the probe came later): the micro-kernel's GEMM ran
-# within 5% of NumPy's on that machine (297 vs 312 GFLOP/s, `numbaconv info`),
-# so it is taken equal to the BLAS rate.
-SHIPPED_RATES: dict[str, float] = {"flop": 2.5e11, "blas": 2.5e11, "mem": 2.4e10, "fft": 7.0e8, "call": 3.2e7}
+# within 5% of NumPy's square GEMM on that machine (297 vs 312 GFLOP/s,
+# `numbaconv info`; 2.5e11 in the probe of the time), so it is taken equal
+# to that. "gemm" (NumPy's GEMM on conv-shaped products, :data:`GEMM_SHAPES`)
+# came later still: it is that machine's fitted rate of the GEMM method's
+# products, 1 / SHIPPED["conv/gemm"]["gemm_flops"] (its resnet_1x1_c256,
+# one such product a sample, ran at 164 GFLOP/s where its square 2048^3 GEMM
+# ran at ~330). The square GEMM (768^3) stood for it until the fourteenth session:
+# on an AMD Zen 3 host conv-shaped products ran at 0.85-1.0 of the square
+# one's rate, on the development machine at ~0.5, so the GEMM method's
+# estimates there came out 1.9x its measured times (1x1 convs: auto chose
+# direct at 2.4x GEMM's time).
+SHIPPED_RATES: dict[str, float] = {
+    "flop": 2.5e11,
+    "gemm": 1.39e11,
+    "mem": 2.4e10,
+    "fft": 7.0e8,
+    "call": 3.2e7,
+}
+
+# (M, K, N) of the products the "gemm" rate is read off: C_out x C_in * taps
+# x positions of a 3x3 layer at 64 channels on 56x56, of one at 256 channels
+# on 14x14, and of a 1x1 layer 256 -> 512 at 28x28 (geometric mean of rates)
+GEMM_SHAPES = ((64, 576, 3136), (256, 2304, 196), (512, 256, 784))
 SHIPPED_FINGERPRINT = {
     "cpu": "Intel(R) Xeon(R) Processor",
     "machine": "x86_64",
@@ -80,18 +102,28 @@ def _loop(n: int) -> int:
     return d[0]
 
 
+def _gemm_rate() -> float:
+    """NumPy's float32 GEMM FLOPs per second on :data:`GEMM_SHAPES` (all
+    threads; geometric mean over the shapes, each the best of five)."""
+    logs = []
+    for m, k, n in GEMM_SHAPES:
+        a = np.ones((m, k), np.float32)
+        b = np.ones((k, n), np.float32)
+        c = np.empty((m, n), np.float32)
+        logs.append(np.log(2.0 * m * k * n / _best(functools.partial(np.matmul, a, b, out=c), 5)))
+    return float(np.exp(np.mean(logs)))
+
+
 def probe() -> dict[str, float]:
     """This machine's rates (per second): the micro-kernel's float32 FLOPs
-    (:func:`numbaconv.cpu.microkernel.peak_rate`), float32 GEMM FLOPs (NumPy's BLAS,
-    768^3), bytes copied (32 MiB), FFT points x log2 (complex128, 2^16
-    points), interpreted loop steps. Each the best of a few runs (~0.3 s)."""
-    n = 768
-    a = np.ones((n, n), np.float32)
-    c = np.empty((n, n), np.float32)
+    (:func:`numbaconv.cpu.microkernel.peak_rate`), float32 GEMM FLOPs (NumPy's BLAS
+    on conv-shaped products, :func:`_gemm_rate`), bytes copied (32 MiB), FFT
+    points x log2 (complex128, 2^16 points), interpreted loop steps. Each
+    the best of a few runs (~0.3 s)."""
     from .cpu.microkernel import peak_rate  # numba: imported when first probed
 
     flop = peak_rate()
-    blas = 2.0 * n**3 / _best(lambda: np.matmul(a, a, out=c), 5)
+    gemm = _gemm_rate()
     time.sleep(0.05)  # BLAS threads spin for a while after a GEMM
     src = np.ones(4 * 2**20, np.float64)
     dst = np.empty_like(src)
@@ -100,7 +132,7 @@ def probe() -> dict[str, float]:
     fft = 2**16 * 16 / _best(lambda: np.fft.fft(z), 5)
     steps = 20000
     call = steps / _best(lambda: _loop(steps), 5)
-    return {"flop": flop, "blas": blas, "mem": mem, "fft": fft, "call": call}
+    return {"flop": flop, "gemm": gemm, "mem": mem, "fft": fft, "call": call}
 
 
 _LOCK = threading.Lock()

@@ -37,13 +37,13 @@ def test_the_probe_measures_positive_rates():
 
 
 def test_shipped_constants_scale_to_this_machine(fresh, monkeypatch):
-    here = {"flop": 2 * rates.SHIPPED_RATES["flop"], "blas": rates.SHIPPED_RATES["blas"] / 4,
+    here = {"flop": 2 * rates.SHIPPED_RATES["flop"], "gemm": rates.SHIPPED_RATES["gemm"] / 4,
             "mem": rates.SHIPPED_RATES["mem"], "fft": 100 * rates.SHIPPED_RATES["fft"],
             "call": rates.SHIPPED_RATES["call"] / 2}  # fmt: skip
     monkeypatch.setattr(rates, "rates", lambda: here)
     monkeypatch.setattr(rates, "SHIPPED_FINGERPRINT", {"cpu": "another"})
     assert rates.scales() == {
-        "flop": 0.5, "blas": 4.0, "mem": 1.0, "fft": 1 / rates.MAX_SCALE, "call": 2.0, "none": 1.0
+        "flop": 0.5, "gemm": 4.0, "mem": 1.0, "fft": 1 / rates.MAX_SCALE, "call": 2.0, "none": 1.0
     }  # fmt: skip
     # the two kinds of arithmetic apart: the micro-kernel paths' FLOPs and the BLAS GEMM's
     table = costs.constants()
@@ -102,7 +102,7 @@ def test_rates_are_measured_once_per_machine(fresh, monkeypatch):
     with pytest.warns(RuntimeWarning, match="unreadable rates file"):
         rates.rates()
     assert len(calls) == 3
-    # a file of an earlier version, with other units (no "blas"): measured
+    # a file of an earlier version, with other units (no "gemm"): measured
     # again, silently (no unit left unmeasured)
     data["fingerprint"] = machine.fingerprint()
     data["rates"] = {"flop": 1.0, "mem": 1.0, "fft": 1.0, "call": 1.0}
@@ -157,12 +157,12 @@ def test_block_costs_follow_the_hosts_register_block(monkeypatch):
 def test_refresh_keeps_the_faster_reading_per_unit(fresh, monkeypatch):
     """A probe taken under load is not kept for good: refresh() probes again
     and stores, per unit, the faster of the two readings."""
-    slow = {"flop": 1e11, "blas": 2e11, "mem": 3e10, "fft": 1e9, "call": 4e7}
-    fast = {"flop": 2e11, "blas": 1e11, "mem": 2e10, "fft": 2e9, "call": 3e7}
+    slow = {"flop": 1e11, "gemm": 2e11, "mem": 3e10, "fft": 1e9, "call": 4e7}
+    fast = {"flop": 2e11, "gemm": 1e11, "mem": 2e10, "fft": 2e9, "call": 3e7}
     monkeypatch.setattr(rates, "probe", lambda: dict(slow))
     assert rates.rates() == slow  # measured and stored
     monkeypatch.setattr(rates, "probe", lambda: dict(fast))
-    want = {"flop": 2e11, "blas": 2e11, "mem": 3e10, "fft": 2e9, "call": 4e7}
+    want = {"flop": 2e11, "gemm": 2e11, "mem": 3e10, "fft": 2e9, "call": 4e7}
     assert rates.refresh() == want and rates.rates() == want
     rates.forget()
     monkeypatch.setattr(rates, "probe", lambda: pytest.fail("stored: no probe"))

@@ -78,10 +78,19 @@ def _im2col(x, cols, r0, r1, c0, fd, gd, fh, gh, fw, gw, sw, dw, lo_w, k0, k1):
         lo = min(max(0, -(off // sw)), OW)
         hi = max(min(OW, (W - 1 - off) // sw + 1), lo)
         ux = np.uint64(lo * sw + off)
+        # (n, od, oh) of row r0, stepped row by row (no divisions per row)
+        oh = r0 % OH
+        od = (r0 // OH) % OD
+        n = r0 // (OH * OD)
         for r in range(r0, r1):
-            oh = r % OH
-            od = (r // OH) % OD
-            n = r // (OH * OD)
+            if r > r0:
+                oh += 1
+                if oh == OH:
+                    oh = 0
+                    od += 1
+                    if od == OD:
+                        od = 0
+                        n += 1
             idd = _tap(fd, gd, od, kd)
             ih = _tap(fh, gh, oh, kh)
             base = (r - r0) * OW
