@@ -195,14 +195,22 @@ def _conv_impl(
     return _finish("conv", plan, method, input, weight, bias, x, w, b, out, where)
 
 
-def filter_conv(x, w, padding, groups, modes, method="auto", plan=None) -> np.ndarray:
+def filter_conv(x, w, padding, groups, modes, method="auto", plan=None, store=None) -> np.ndarray:
     """The SciPy front-ends' conv (numbaconv.signal, numbaconv.ndimage): stride
     and dilation 1, ``padding`` ``(lo, hi)`` and a mode of
     ``shapes.FILTER_MODES`` per spatial dim, no limit on the padding;
-    ``plan``: the caller's (already marked) plan of these arrays."""
+    ``plan``: the caller's (already marked) plan of these arrays. ``store``:
+    the integer dtype the caller stores the result in (truncated toward zero,
+    wrapped); the result comes in it where the method can write it itself
+    (one pass less over the image), else in the plan's dtype."""
     x, w, _, method, dtype, where = _prepare("conv", x, w, None, method, "cpu")
     if plan is None:
         plan = separable.mark(make_filter_plan(x.shape, w.shape, padding, groups, tuple(modes), dtype), w)
+    if store is not None and method != "measure":
+        row = dispatch.resolve("conv", plan, method)
+        if getattr(row.module, "stores_integers", lambda plan: False)(plan):
+            with runtime.kernel_section():
+                return _execute(row, plan, x, w, None, None, np.dtype(store))
     return _finish("conv", plan, method, x, w, None, x, w, None, None, where)
 
 
@@ -325,14 +333,16 @@ def _input_dtype(row, plan: ConvPlan, x) -> np.dtype:
     return plan.dtype
 
 
-def _execute(row, plan: ConvPlan, x, w, b, out):
-    """Run ``row`` on host arrays (saying so when it needs more than the budget)."""
+def _execute(row, plan: ConvPlan, x, w, b, out, result_dtype=None):
+    """Run ``row`` on host arrays (saying so when it needs more than the
+    budget); ``result_dtype``: an integer dtype the row stores itself
+    (its module's ``stores_integers(plan)``), without ``out``."""
     _warn_over_budget(row, plan)
     runner = row.runner()
     if out is not None and out.flags.c_contiguous:
         result = out
     else:
-        result = np.empty(plan.output_shape, dtype=plan.dtype)
+        result = np.empty(plan.output_shape, dtype=result_dtype or plan.dtype)
     if result.size:
         x5 = _kernel_array(x, _input_dtype(row, plan, x), plan.input_shape5)
         w5 = _kernel_array(w, plan.dtype, plan.weight_shape5)

@@ -51,12 +51,16 @@ def _fold_mode(mode: str) -> str:
     return "zeros" if mode == "constant" else mode
 
 
-def correlate(x: np.ndarray, w: np.ndarray, pads, modes, cval=0, method: str = "auto") -> np.ndarray:
+def correlate(
+    x: np.ndarray, w: np.ndarray, pads, modes, cval=0, method: str = "auto", store=None
+) -> np.ndarray:
     """``out[o] = sum_k w[k] * xe[o + k - lo]`` with ``xe`` the array
     extended by each axis's mode (``cval`` in "constant" axes).
 
     ``x`` and ``w`` have the same number of dims and a float or complex
     dtype; ``pads`` is ``(lo, hi)`` per axis, ``modes`` a mode per axis.
+    ``store``: an integer dtype the caller stores the result in (truncated
+    toward zero, wrapped); the result may come in it (``api.filter_conv``).
 
     Shape
     -----
@@ -70,13 +74,14 @@ def correlate(x: np.ndarray, w: np.ndarray, pads, modes, cval=0, method: str = "
     if x.size == 0 or w.size == 0:
         y = np.zeros(out_shape, dtype)
     else:
-        y = _correlate_folded(x, w, pads, [_fold_mode(m) for m in modes], method)
+        fill = cval != 0 and "constant" in modes  # added to the float result below
+        y = _correlate_folded(x, w, pads, [_fold_mode(m) for m in modes], method, None if fill else store)
     if cval != 0 and "constant" in modes:
         y = y + cval * _outside_sums(x.shape, w, pads, modes).astype(dtype, copy=False)
     return y
 
 
-def _correlate_folded(x, w, pads, modes, method):
+def _correlate_folded(x, w, pads, modes, method, store=None):
     """:func:`correlate` with zero for "constant": the batched axes moved
     first, the others through :func:`_correlate_axes`."""
     nd = x.ndim
@@ -89,14 +94,15 @@ def _correlate_folded(x, w, pads, modes, method):
     lead = xt.shape[: len(batch)]
     xt = xt.reshape((-1,) + xt.shape[len(batch) :])
     wt = np.transpose(w, order).reshape(tuple(w.shape[d] for d in axes))
-    y = _correlate_axes(xt, wt, [pads[d] for d in axes], [modes[d] for d in axes], method)
+    y = _correlate_axes(xt, wt, [pads[d] for d in axes], [modes[d] for d in axes], method, store)
     y = y.reshape(lead + y.shape[1:])
     return np.transpose(y, np.argsort(order))
 
 
-def _correlate_axes(xb, w, pads, modes, method):
+def _correlate_axes(xb, w, pads, modes, method, store=None):
     """A batch ``xb`` (B, *spatial) correlated with ``w`` (*spatial); more than
-    three axes: the sum over the first kernel axis of slabs of lower rank."""
+    three axes: the sum over the first kernel axis of slabs of lower rank
+    (in float: ``store`` is for three axes or fewer)."""
     nd = w.ndim
     if nd <= _MAX_AXES:
         x5 = xb.reshape((xb.shape[0], 1) + xb.shape[1:])
@@ -108,7 +114,7 @@ def _correlate_axes(xb, w, pads, modes, method):
                 make_filter_plan(x5.shape, w5.shape, tuple(pads), 1, tuple(modes), dtype), w5
             )
             method = choose_method(plan)
-        y = api.filter_conv(x5, w5, tuple(pads), 1, tuple(modes), method, plan)
+        y = api.filter_conv(x5, w5, tuple(pads), 1, tuple(modes), method, plan, store)
         return y.reshape((xb.shape[0],) + y.shape[2:])
     n, k = xb.shape[1], w.shape[0]
     (lo, hi), rest = pads[0], pads[1:]

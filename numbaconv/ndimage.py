@@ -146,6 +146,9 @@ def _store(y: np.ndarray, out: np.ndarray | np.dtype) -> np.ndarray:
         if y.dtype == out:
             return y
         out = np.empty(y.shape, out)
+    elif y.dtype == out.dtype:  # stored by the kernel already (filters.correlate's store)
+        out[...] = y
+        return out
     if out.dtype.kind == "b":
         out[...] = y != 0
     elif out.dtype.kind in "iu":
@@ -195,7 +198,9 @@ def _run(x, w, origins, mode, cval, output, convolution, method):
     # convert them while they copy (no float copy of the whole input)
     keep = cdt.kind == "f" and x.dtype.name in INTEGER_SOURCES
     xc = x if keep else x.astype(cdt, copy=False)
-    y = filters.correlate(xc, w.astype(cdt, copy=False), pads, modes, cval, method)
+    out_dtype = output if isinstance(output, np.dtype) else output.dtype
+    store = out_dtype if cdt.kind == "f" and out_dtype.kind in "iu" and out_dtype != np.uint64 else None
+    y = filters.correlate(xc, w.astype(cdt, copy=False), pads, modes, cval, method, store)
     return _store(y, output)
 
 

@@ -49,9 +49,9 @@ def test_kernel_fastmath_flags_equal_config():
     import pathlib
     import re
 
-    from numbaconv.cpu import direct, scatter
+    from numbaconv.cpu import direct, scatter, sepfused
 
-    for module in (direct, scatter):
+    for module in (direct, scatter, sepfused):
         assert module._FASTMATH == config.FASTMATH, module
     root = pathlib.Path(nc.__file__).parent
     for path in root.rglob("*.py"):

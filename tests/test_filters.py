@@ -418,3 +418,90 @@ def test_integer_inputs_read_as_they_are(dtype, wshape, kw):
         got = nnd.correlate(x2, w2, output=np.float32, method=method)
         assert np.array_equal(got, nnd.correlate(x2.astype(np.float32), w2, method=method)), method
     assert np.array_equal(nnd.correlate(x2, w2), snd.correlate(x2, w2.astype(np.float64)))
+
+
+# --- the fused separable kernel (numbaconv.cpu.sepfused) ----------------------
+
+
+@pytest.mark.parametrize("mode", ["reflect", "mirror", "nearest", "wrap", "constant"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.float32, np.float64])
+def test_fused_separable_filter_matches_scipy_with_integer_outputs(mode, dtype):
+    """Rank-one kernels over H and W run as one fused kernel (integer outputs
+    stored by the kernel, truncated and wrapped as SciPy stores a double)."""
+    rng = np.random.default_rng(21)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    shape = (37, 45)
+    x = rng.integers(info.min, int(info.max) + 1, shape) if info else rng.standard_normal(shape) * 100
+    x = x.astype(dtype)
+    w = np.outer([1.0, 3.0, 2.0, -1.0, 0.5], [2.0, 1.0, 0.0, 1.5, -0.5, 1.0, 0.25])
+    plan = make_filter_plan((1, 1, 1) + shape, (1, 1, 1) + w.shape, ((0, 0), (2, 2), (3, 3)), 1,
+                            ("zeros", "symmetric", "symmetric"), np.float64)  # fmt: skip
+    from numbaconv.cpu import sepfused
+
+    assert sepfused.fits(separable.mark(plan, w.reshape((1, 1, 1) + w.shape)))
+    x0 = x.copy()
+    for origin in (0, (-1, 2)):
+        got = nnd.correlate(x, w, mode=mode, cval=3.5, origin=origin, method="separable")
+        ref = snd.correlate(x, w, mode=mode, cval=3.5, origin=origin)
+        assert got.dtype == ref.dtype
+        if info is None:
+            assert_close(got, ref, 64 * np.finfo(dtype).eps * float(np.abs(x).max()) * np.abs(w).sum())
+        else:  # float32 sums: an exact-integer value may truncate to the other side
+            assert np.abs(got.astype(np.int64) - ref.astype(np.int64)).max() <= 1, origin
+            assert (got != ref).mean() < 0.01
+        out = np.empty(shape, np.int32)
+        got = nnd.correlate(x, w, mode=mode, output=out, method="separable")
+        assert got is out
+        ref = snd.correlate(x, w, mode=mode, output=np.int32)
+        assert np.abs(got.astype(np.int64) - ref).max() <= 1
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_fused_integer_store_wraps_values_beyond_int32_as_int64():
+    """A row with a value outside int32's range is stored through int64 (the
+    vector conversion through int32 would give INT32_MIN)."""
+    x = np.zeros((6, 40), np.float64)
+    x[2, 5] = 3.0e9 + 7
+    x[4, 30] = -5.0e9 - 3
+    w = np.outer([0.0, 1.0, 0.0], [0.0, 1.0, 0.0])
+    for dtype in (np.int32, np.uint8, np.int16):
+        got = nnd.correlate(x, w, output=dtype, method="separable")
+        # as the other stores (cpu.convert.truncate_into): truncated to int64,
+        # then wrapped (SciPy's C cast of such a double is undefined behaviour)
+        ref = np.trunc(snd.correlate(x, w)).astype(np.int64).astype(dtype)
+        np.testing.assert_array_equal(got, ref, err_msg=str(dtype))
+        np.testing.assert_array_equal(got, nnd.correlate(x, w, output=dtype, method="direct"))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(padding=(3, 2), dilation=(2, 3), padding_mode="circular"),
+        dict(padding=((9, 1), (0, 14)), padding_mode="zeros"),  # whole rows and columns of padding
+        dict(padding=(4, 6), padding_mode="reflect"),
+    ],
+    ids=str,
+)
+def test_fused_separable_conv_with_dilation_bias_channels_and_planes(kw):
+    """The conv API's separable method on the fused kernel: groups, bias,
+    dilation, padding larger than the kernel reach, 3-D inputs with one tap
+    along D (each plane filtered), against the direct method in float64."""
+    from numbaconv.cpu import sepfused
+
+    rng = np.random.default_rng(22)
+    c = 3
+    w = rng.standard_normal((c, 1, 1, 5, 1)) * rng.standard_normal((c, 1, 1, 1, 4))
+    b = rng.standard_normal(c)
+    x = rng.standard_normal((2, c, 3, 11, 17))
+    kw3 = dict(kw, padding=(0,) + tuple(kw["padding"]), dilation=(1,) + tuple(kw.get("dilation", (1, 1))))
+    if isinstance(kw["padding"][0], tuple):
+        kw3["padding"] = ((0, 0),) + tuple(kw["padding"])
+    plan = make_plan("conv", x, w, b, groups=c, **kw3)
+    assert sepfused.fits(separable.mark(plan, w))
+    for dtype in (np.float64, np.float32):
+        got = nc.conv3d(
+            x.astype(dtype), w.astype(dtype), b.astype(dtype), groups=c, method="separable", **kw3
+        )
+        ref = nc.conv3d(x, w, b, groups=c, method="direct", **kw3)
+        assert got.dtype == dtype
+        assert_close(got, ref, 16 * np.finfo(dtype).eps * 20 * (np.abs(x).max() * np.abs(w).max() * 20 + 3))

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import separable
-from . import direct
+from .. import costs, separable
+from . import direct, sepfused
 
 INTEGER_INPUTS = direct.INTEGER_INPUTS  # the first pass reads the input (direct.run)
 
@@ -23,16 +23,40 @@ def supports(plan) -> str | None:
 
 
 def cost_features(plan) -> dict[str, float]:
-    """The direct path's features of every pass, summed."""
+    """The direct path's features of every pass, summed; for the fused
+    kernel (:func:`sepfused.fits`) its own counts in the direct path's
+    units: its FLOPs as one-tap FLOPs (each sweep streams a row per tap past
+    an accumulator row, as the one-tap blocks stream lines past theirs) and
+    the image read and written as elements copied (``tile``)."""
+    if sepfused.fits(plan):
+        f = dict.fromkeys(direct.cost_features(plan), 0.0)
+        f["call"] = 1.0
+        f["flops_px_1tap"] = float(sepfused.flops(plan))
+        f["tile"] = float(
+            plan.batch * plan.c_in * int(np.prod(plan.in_size)) + int(np.prod(plan.output_shape5))
+        )
+        return costs.per_dtype(f, plan)
     return separable.pass_features(plan, direct.cost_features)
 
 
+def stores_integers(plan) -> bool:
+    """Whether :func:`run` writes an integer ``out5`` itself (the fused kernel)."""
+    return sepfused.fits(plan)
+
+
 def workspace_bytes(plan) -> int:
-    """The intermediates of the passes and the largest pass's own workspace."""
+    """The intermediates of the passes and the largest pass's own workspace
+    (a row a task where the passes run fused)."""
+    if sepfused.fits(plan):
+        return 0
     passes = separable.pass_plans(plan)
     return separable.intermediate_bytes(plan) + max((direct.workspace_bytes(p) for _, p in passes), default=0)
 
 
 def run(x5, w5, bias, plan, out5):
-    """The passes of a separable conv on canonical 5-D host arrays."""
+    """The passes of a separable conv on canonical 5-D host arrays (fused
+    into one kernel over H and W where :func:`sepfused.fits`)."""
+    if sepfused.fits(plan):
+        sepfused.run(x5, separable.pass_weights(w5, plan), bias, plan, out5)
+        return out5
     return separable.run_passes(x5, w5, bias, plan, out5, direct.run, np.empty)
