@@ -164,8 +164,21 @@ def intermediate_bytes(plan: ConvPlan) -> int:
     return sum(int(np.prod(p.output_shape5)) for _, p in passes) * plan.dtype.itemsize
 
 
-def pass_weights(w5: np.ndarray, plan: ConvPlan) -> list[np.ndarray]:
-    """Each pass's weight ``(C, 1, 1, 1, k)`` placed on its dim, in the plan's dtype."""
+def pass_weights(w5: np.ndarray, plan: ConvPlan) -> tuple[np.ndarray, ...]:
+    """Each pass's weight ``(C, 1, 1, 1, k)`` placed on its dim, in the plan's
+    dtype (read-only: kept per weight, compared by content)."""
+    dims = tuple(d for d in range(3) if plan.kernel[d] > 1 or plan.stride[d] > 1 or plan.padding[d] != (0, 0))
+    key = ("pass weights", plan.kernel, dims, plan.dtype.str)
+    host = np.asarray(w5)
+    return _PASS_WEIGHTS.get(host, key, lambda: _pass_weights(host, plan))
+
+
+# the passes' weights, kept per weight: the rank-one test again, and the
+# factors' arrays, were ~0.4 ms of a 2048^2 image filter's 3 ms
+_PASS_WEIGHTS = WeightCache("weight_cache_bytes")
+
+
+def _pass_weights(w5: np.ndarray, plan: ConvPlan) -> tuple[np.ndarray, ...]:
     found = factors(w5, plan)
     if found is None:
         raise ValueError(
@@ -177,8 +190,8 @@ def pass_weights(w5: np.ndarray, plan: ConvPlan) -> list[np.ndarray]:
     for i, (d, _) in enumerate(passes):
         k = f[d] * scale[:, None] if i == len(passes) - 1 else f[d]  # the scale with the last pass
         k = k.reshape((plan.c_out, 1) + tuple(plan.kernel[d] if e == d else 1 for e in range(3)))
-        out.append(np.ascontiguousarray(k, dtype=plan.dtype))
-    return out
+        out.append(np.array(k, dtype=plan.dtype, order="C"))
+    return tuple(out)
 
 
 def run_passes(x5, w5, bias, plan: ConvPlan, out5, runner, empty):

@@ -457,6 +457,49 @@ def test_fused_separable_filter_matches_scipy_with_integer_outputs(mode, dtype):
     np.testing.assert_array_equal(x, x0)
 
 
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "circular", "replicate"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16])
+@pytest.mark.parametrize(
+    "kernel, dilation", [((5, 4), (2, 3)), ((2, 3), (1, 1)), ((7, 2), (1, 2)), ((3, 9), (1, 1))]
+)
+def test_fused_blocks_of_rows_give_the_float_inputs_result(mode, dtype, kernel, dilation):
+    """8/16-bit inputs are converted a row at a time into the strip's buffer;
+    blocks of 4, 2 or 1 output rows (by the column factor's length and
+    dilation) read it, whatever the strip's and the plane's tails: the result
+    is the float input's, bit for bit, and the float64 direct path's within
+    float32's bound."""
+    from numbaconv.cpu import sepfused
+
+    rng = np.random.default_rng(23)
+    c = 2
+    w = rng.standard_normal((c, 1, kernel[0], 1)) * rng.standard_normal((c, 1, 1, kernel[1]))
+    w = w.astype(np.float32)
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, int(info.max) + 1, (2, c, 71, 37)).astype(dtype)
+    kw = dict(groups=c, padding=(5, 4), dilation=dilation, padding_mode=mode)
+    plan = separable.mark(make_plan("conv", x.astype(np.float32), w, None, **kw), w[:, :, None])
+    assert sepfused.fits(plan)
+    assert sepfused.block_rows(plan) == (1 if dilation[0] > 1 else 4 if kernel[0] >= 3 else 2)
+    got = nc.conv2d(x, w, method="separable", **kw)
+    assert np.array_equal(got, nc.conv2d(x.astype(np.float32), w, method="separable", **kw))
+    assert_close(got, nc.conv2d(x.astype(np.float64), w.astype(np.float64), method="direct", **kw),
+                 64 * np.finfo(np.float32).eps * float(np.abs(w).sum()) * info.max)  # fmt: skip
+
+
+def test_narrow_sums_bound_the_outputs_by_the_input_dtype():
+    """The integer store converts through int32 unchecked only where no
+    output can leave its range."""
+    from numbaconv.cpu import sepfused
+
+    wv, wh, b = np.ones(7, np.float32), np.ones(7, np.float32), np.zeros(1, np.float32)
+    assert sepfused.narrow_sums(np.uint8, wv, wh, b)
+    assert sepfused.narrow_sums(np.int16, wv, wh, b)
+    assert not sepfused.narrow_sums(np.int16, wv * 1000, wh * 40, b)  # 32768 * 7000 * 280: 6.4e10
+    assert not sepfused.narrow_sums(np.float32, wv, wh, b)
+    assert not sepfused.narrow_sums(np.uint8, wv, wh, b + 2.0**31)
+    assert not sepfused.narrow_sums(np.uint8, wv * np.float32(np.nan), wh, b)
+
+
 def test_fused_integer_store_wraps_values_beyond_int32_as_int64():
     """A row with a value outside int32's range is stored through int64 (the
     vector conversion through int32 would give INT32_MIN)."""

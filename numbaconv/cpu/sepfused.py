@@ -22,11 +22,15 @@ LLVM.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import prange
+from numba.extending import overload
 
 from ..runtime import kernel_section, njit
 from ..shapes import fold_index
+from .microkernel import fma_band, spec_for, vector_run, vectors_for
 
 # literal, as the other kernels' (numba's cache keys on the file's contents);
 # must equal numbaconv.config.FASTMATH (tested)
@@ -53,110 +57,49 @@ def fits(plan) -> bool:
     )
 
 
-# Sweeps over a row: dst[i] (+)= sum_j w_j * a_j[i] for i < n (1-D views and
-# unsigned indices: no wraparound test per element, so LLVM vectorizes them)
 @njit(inline="always")
-def _set1(dst, b, a0, w0, n):
-    for i in range(n):
-        dst[i] = b + w0 * a0[i]
-
-
-@njit(inline="always")
-def _add1(dst, a0, w0, n):
-    for i in range(n):
-        dst[i] += w0 * a0[i]
+def _fill(x, n, c, d, prow, base, lo, hi, W, buf, spec):
+    # buf rows lo..hi-1 := padded rows base + lo .. base + hi - 1: input rows
+    # converted (or copied) to the weights' dtype, zeros past the edges
+    for i in range(lo, hi):
+        r = prow[base + i] if base + i < prow.shape[0] else -1
+        if r >= 0:
+            vector_run(buf, i * W, x[n, c, d, r], 0, W, 0.0, 0, spec)
+        else:
+            buf[i * W : (i + 1) * W] = 0
 
 
 @njit(inline="always")
-def _add8(dst, a0, a1, a2, a3, a4, a5, a6, a7, w, n):
-    w0, w1, w2, w3, w4, w5, w6, w7 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
-    for i in range(n):
-        dst[i] += ((w0 * a0[i] + w1 * a1[i] + w2 * a2[i]) + (w3 * a3[i] + w4 * a4[i])) + (
-            (w5 * a5[i] + w6 * a6[i]) + w7 * a7[i]
-        )
+def _columns(wv, buf, v, tab, kh, c, b0, rp, R, nrows, W, ew, lo_w, step, spec):
+    # v rows 0..nrows-1, columns lo_w..lo_w+W-1 := the column factor over
+    # the buffer's rows (output row r, tap h: row b0 + (r + h) * rp / W);
+    # tab: one zero (the single tap offset along the row)
+    for p0 in range(0, W, step):
+        if R == 4:
+            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ew, W - p0, nrows, 0.0, 0,
+                     spec, 4, 0, 2)  # fmt: skip
+        elif R == 2:
+            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ew, W - p0, nrows, 0.0, 0,
+                     spec, 2, 0, 2)  # fmt: skip
+        else:
+            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ew, W - p0, 1, 0.0, 0,
+                     spec, 1, 0, 2)  # fmt: skip
 
 
 @njit(inline="always")
-def _add4(dst, a0, a1, a2, a3, w, n):
-    w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
-    for i in range(n):
-        dst[i] += (w0 * a0[i] + w1 * a1[i] + w2 * a2[i]) + w3 * a3[i]
-
-
-@njit(inline="always")
-def _add2(dst, a0, a1, w, n):
-    w0, w1 = w[0], w[1]
-    for i in range(n):
-        dst[i] += w0 * a0[i] + w1 * a1[i]
-
-
-@njit(inline="always")
-def _column_pass(x, n, c, d, rows, wts, count, v, lo_w):
-    # v[lo_w + col] = sum_j wts[j] * x[n, c, d, rows[j], col]: the first row
-    # sets, the others add 8, 4, 2, 1 rows a sweep (fewer passes over v)
-    W = np.uint64(x.shape[4])
-    vi = v[lo_w:]
-    if count == 0:
-        for i in range(W):
-            vi[i] = 0
-        return
-    _set1(vi, 0, x[n, c, d, rows[0]], wts[0], W)
-    j = 1
-    while j + 8 <= count:
-        r = rows[j : j + 8]
-        _add8(vi, x[n, c, d, r[0]], x[n, c, d, r[1]], x[n, c, d, r[2]], x[n, c, d, r[3]], x[n, c, d, r[4]],
-              x[n, c, d, r[5]], x[n, c, d, r[6]], x[n, c, d, r[7]], wts[j : j + 8], W)  # fmt: skip
-        j += 8
-    if j + 4 <= count:
-        r = rows[j : j + 4]
-        _add4(vi, x[n, c, d, r[0]], x[n, c, d, r[1]], x[n, c, d, r[2]], x[n, c, d, r[3]], wts[j : j + 4], W)
-        j += 4
-    if j + 2 <= count:
-        _add2(vi, x[n, c, d, rows[j]], x[n, c, d, rows[j + 1]], wts[j : j + 2], W)
-        j += 2
-    if j < count:
-        _add1(vi, x[n, c, d, rows[j]], wts[j], W)
-
-
-@njit(inline="always")
-def _row_pass(v, wh, c, dw, b, orow):
-    # orow[ow] = b + sum_t wh[c, t] * v[ow + t * dw]: the first tap sets,
-    # the others add 8, 4, 2, 1 taps a sweep
-    OW = np.uint64(orow.shape[0])
-    kw = wh.shape[1]
-    w = wh[c]
-    _set1(orow, b, v, w[0], OW)
-    t = 1
-    while t + 8 <= kw:
-        _add8(orow, v[t * dw :], v[(t + 1) * dw :], v[(t + 2) * dw :], v[(t + 3) * dw :], v[(t + 4) * dw :],
-              v[(t + 5) * dw :], v[(t + 6) * dw :], v[(t + 7) * dw :], w[t : t + 8], OW)  # fmt: skip
-        t += 8
-    if t + 4 <= kw:
-        _add4(orow, v[t * dw :], v[(t + 1) * dw :], v[(t + 2) * dw :], v[(t + 3) * dw :], w[t : t + 4], OW)
-        t += 4
-    if t + 2 <= kw:
-        _add2(orow, v[t * dw :], v[(t + 1) * dw :], w[t : t + 2], OW)
-        t += 2
-    if t < kw:
-        _add1(orow, v[t * dw :], w[t], OW)
-
-
-@njit(inline="always")
-def _make_row(x, wv, wh, b, rmap, cmap, lo_w, dw, n, c, d, oh, v, rows, wts, target):
-    # output row (n, c, d, oh) into ``target`` (a float row of OW values)
-    W = x.shape[4]
-    count = 0
-    for t in range(rmap.shape[1]):
-        if rmap[oh, t] >= 0:
-            rows[count] = rmap[oh, t]
-            wts[count] = wv[c, t]
-            count += 1
-    _column_pass(x, n, c, d, rows, wts, count, v, lo_w)
-    for e in range(lo_w):  # the edges: copies of folded interior columns, or zeros
-        v[e] = v[lo_w + cmap[e]] if cmap[e] >= 0 else 0
+def _row(wh, v, r, ew, tabw, c, b, cmap, lo_w, W, target, step, spec):
+    # v row r's edge columns (copies of folded interior columns, or zeros),
+    # then target[ow] = b + sum_t wh[c, t] * v[r, ow + tabw[t]]
+    e0 = r * ew
+    for e in range(lo_w):
+        v[e0 + e] = v[e0 + lo_w + cmap[e]] if cmap[e] >= 0 else 0
     for e in range(lo_w + W, cmap.shape[0]):
-        v[e] = v[lo_w + cmap[e]] if cmap[e] >= 0 else 0
-    _row_pass(v, wh, c, dw, b, target)
+        v[e0 + e] = v[e0 + lo_w + cmap[e]] if cmap[e] >= 0 else 0
+    kw, OW = tabw.shape[0], target.shape[0]
+    for p0 in range(0, OW, step):
+        fma_band(
+            wh, v, target, tabw, kw, 1, c * kw, e0 + p0, 1, 0, 0, 0, p0, 0, OW - p0, 1, b, 0, spec, 1, 0, 2
+        )
 
 
 @njit(inline="always")
@@ -167,31 +110,74 @@ def _task(task, strips, D, C):
     return s, p // (D * C), (p // D) % C, p % D
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def _fused(x, wv, wh, bias, rmap, cmap, lo_w, dw, strip, out):
-    # x (N, C, D, H, W) float or 8/16-bit integer; out (N, C, D, OH, OW) of
-    # the weights' float dtype; wv (C, KH), wh (C, KW), bias (C,); rmap
-    # (OH, KH) input row or -1; cmap (E,) input column of extended column e or -1
-    OH = out.shape[3]
-    strips = (OH + strip - 1) // strip
-    for task in prange(x.shape[0] * x.shape[1] * x.shape[2] * strips):
-        s, n, c, d = _task(task, strips, x.shape[2], x.shape[1])
-        v = np.empty(cmap.shape[0], wv.dtype)
-        rows = np.empty(rmap.shape[1], np.int64)
-        wts = np.empty(rmap.shape[1], wv.dtype)
-        for oh in range(s * strip, min(OH, (s + 1) * strip)):
-            _make_row(x, wv, wh, bias[c], rmap, cmap, lo_w, dw, n, c, d, oh, v, rows, wts, out[n, c, d, oh])
+@njit(inline="always")
+def _strip(x, wv, wh, bias, prow, cmap, tabw, lo_w, dh, R, strip, steps, spec, s, n, c, d, OH, narrow, out):
+    # the output rows of strip s of plane (n, c, d): blocks of R rows (dh
+    # apart where R = 1) made from a buffer of the strip's padded input rows
+    kh, W, ew = wv.shape[0] // out.shape[1], x.shape[4], cmap.shape[0]
+    o0, o1 = s * strip, min(OH, (s + 1) * strip)
+    span = R - 1 + (kh - 1) * dh + 1  # buffer rows a block reads
+    slack = steps[0] + steps[1] + ew
+    buf = np.empty((o1 - o0 + span - 1) * W + slack, wv.dtype)
+    buf[buf.shape[0] - slack :] = 0
+    v = np.empty(R * ew + slack, wv.dtype)
+    v[R * ew :] = 0
+    row = np.empty(out.shape[4] + slack, wv.dtype)
+    rp = W if R > 1 else dh * W
+    tab = np.zeros(1, np.int64)
+    filled = 0
+    for oh in range(o0, o1, R):
+        nrows = min(R, o1 - oh)
+        need = oh - o0 + span
+        _fill(x, n, c, d, prow, o0, filled, need, W, buf, spec)
+        filled = need
+        _columns(wv, buf, v, tab, kh, c, (oh - o0) * W, rp, R, nrows, W, ew, lo_w, steps[0], spec)
+        for r in range(nrows):
+            target = _target(out, n, c, d, oh + r, row)
+            _row(wh, v, r, ew, tabw, c, bias[c], cmap, lo_w, W, target, steps[1], spec)
+            _finish(out, n, c, d, oh + r, row, narrow)
+
+
+def _target(out, n, c, d, oh, row):
+    """The float row the row pass writes: output row (n, c, d, oh) of a float
+    ``out``, else ``row`` (then truncated into the integer output)."""
+
+
+@overload(_target, inline="always")
+def _target_impl(out, n, c, d, oh, row):
+    if out.dtype == row.dtype:
+        return lambda out, n, c, d, oh, row: out[n, c, d, oh]
+    return lambda out, n, c, d, oh, row: row[: out.shape[4]]
+
+
+def _finish(out, n, c, d, oh, row, narrow):
+    """An integer ``out``: its row (n, c, d, oh) := ``row`` truncated
+    (:func:`_truncate_row`); a float one holds its row already."""
+
+
+@overload(_finish, inline="always")
+def _finish_impl(out, n, c, d, oh, row, narrow):
+    if out.dtype == row.dtype:
+        return lambda out, n, c, d, oh, row, narrow: None
+    return lambda out, n, c, d, oh, row, narrow: _truncate_row(row, out[n, c, d, oh], narrow)
 
 
 @njit(inline="always")
-def _truncate_row(buf, orow):
-    # orow[i] = int64(buf[i]), wrapped in orow's dtype. Through int32 first:
-    # AVX2 has no vector float -> int64 conversion (LLVM went value by
-    # value); a value out of int32's range converts to INT32_MIN, and a row
-    # with one is redone through int64 (rare: the filters' sums are small)
+def _truncate_row(buf, orow, narrow):
+    # orow[i] = int64(buf[i]), wrapped in orow's dtype. Through int32: AVX2
+    # has no vector float -> int64 conversion (LLVM went value by value).
+    # ``narrow``: every value is known to lie inside int32's range (a bound
+    # from the input's dtype and the weights: :func:`narrow_sums`); else a
+    # value out of it converts to INT32_MIN, and a row with one is redone
+    # through int64 (the check halved this loop's speed)
+    n = np.uint64(orow.shape[0])
+    if narrow:
+        for i in range(n):
+            orow[i] = np.int32(buf[i])
+        return
     low = np.int32(-2147483648)
     seen = np.int32(0)
-    for i in range(np.uint64(orow.shape[0])):
+    for i in range(n):
         t = np.int32(buf[i])
         orow[i] = t
         seen |= np.int32(t == low)
@@ -201,21 +187,65 @@ def _truncate_row(buf, orow):
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def _fused_int(x, wv, wh, bias, rmap, cmap, lo_w, dw, strip, out):
-    # _fused into an integer ``out``: each value truncated toward zero and
-    # wrapped in out's dtype, as SciPy's C loops store a double
-    # (numbaconv.cpu.convert.truncate_into)
-    OH, OW = out.shape[3], out.shape[4]
+def _fused(x, wv, wh, bias, prow, cmap, tabw, lo_w, dh, R, strip, steps, spec, narrow, out):
+    # x (N, C, D, H, W) C-contiguous, float or 8/16-bit integer; out (N, C,
+    # D, OH, OW) C-contiguous, of the weights' float dtype or an integer
+    # dtype (values truncated toward zero and wrapped, as SciPy's C loops
+    # store a double: numbaconv.cpu.convert.truncate_into); wv (C * KH,), wh
+    # (C * KW,), bias (C,); prow: input row of padded row p, or -1; cmap:
+    # input column of extended column e, or -1; tabw: the row taps' offsets;
+    # R: output rows a block (4 or 2; 1 for dh > 1); steps: pixels of a
+    # column-pass and a row-pass block; narrow: the sums fit int32 (integer out)
+    OH = out.shape[3]
     strips = (OH + strip - 1) // strip
     for task in prange(x.shape[0] * x.shape[1] * x.shape[2] * strips):
         s, n, c, d = _task(task, strips, x.shape[2], x.shape[1])
-        v = np.empty(cmap.shape[0], wv.dtype)
-        rows = np.empty(rmap.shape[1], np.int64)
-        wts = np.empty(rmap.shape[1], wv.dtype)
-        buf = np.empty(OW, wv.dtype)
-        for oh in range(s * strip, min(OH, (s + 1) * strip)):
-            _make_row(x, wv, wh, bias[c], rmap, cmap, lo_w, dw, n, c, d, oh, v, rows, wts, buf)
-            _truncate_row(buf, out[n, c, d, oh])
+        _strip(
+            x, wv, wh, bias, prow, cmap, tabw, lo_w, dh, R, strip, steps, spec, s, n, c, d, OH, narrow, out
+        )
+
+
+def narrow_sums(x_dtype, wv, wh, bias) -> bool:
+    """Whether every output lies well inside int32's range whatever an
+    integer input holds: max|x| * sum|column factor| * sum|row factor| +
+    max|bias| below 2^31 with a margin for the float sums' rounding (no bound
+    for float inputs: False)."""
+    x_dtype = np.dtype(x_dtype)
+    if x_dtype.kind not in "iub":
+        return False
+    info = np.iinfo(x_dtype) if x_dtype.kind != "b" else None
+    big = 1.0 if info is None else float(max(abs(int(info.min)), int(info.max)))
+    C = bias.shape[0]
+    sv = np.abs(wv.astype(np.float64).reshape(C, -1)).sum(axis=1)
+    sh = np.abs(wh.astype(np.float64).reshape(C, -1)).sum(axis=1)
+    bound = float(np.max(big * sv * sh + np.abs(bias.astype(np.float64)), initial=0.0))
+    return bool(np.isfinite(bound) and bound < 0.99 * 2.0**31)
+
+
+def block_rows(plan) -> int:
+    """Output rows of a block (they share the input rows they read): 4, or
+    2 for a 2-tap column factor (a block reads ``kh >= rows - 1`` rows),
+    1 with dilation along H (rows dh apart share none)."""
+    if plan.dilation[1] > 1:
+        return 1
+    return 4 if plan.kernel[1] >= 3 else 2
+
+
+@functools.lru_cache(maxsize=64)
+def _maps(plan, spec) -> tuple:
+    """``(R, prow, cmap, tabw, steps)`` of the kernel for ``plan`` (kept per
+    plan: ~0.2 ms of index arithmetic a call)."""
+    (kh, kw), (dh, dw) = plan.kernel[1:], plan.dilation[1:]
+    (lo_h, hi_h), (lo_w, hi_w) = plan.padding[1:]
+    h, w = plan.in_size[1:]
+    R = block_rows(plan)
+    span = R - 1 + (kh - 1) * dh + 1
+    p = np.arange(plan.out_size[1] + span) - lo_h  # padded rows past the last block's are read as zeros
+    prow = np.where(p < h + hi_h, fold_index(p, h, plan.mode(1)), -1).astype(np.int64)
+    cmap = fold_index(np.arange(w + lo_w + hi_w) - lo_w, w, plan.mode(2)).astype(np.int64)
+    tabw = np.arange(kw, dtype=np.int64) * dw
+    steps = np.array([vectors_for(R, spec.registers), vectors_for(1, spec.registers)], np.int64) * spec.lanes
+    return R, prow, cmap, tabw, steps
 
 
 def run(x5, pass_weights, bias, plan, out5) -> None:
@@ -223,18 +253,16 @@ def run(x5, pass_weights, bias, plan, out5) -> None:
     ``pass_weights``: :func:`numbaconv.separable.pass_weights`, W then H.
     ``out5`` has the plan's dtype, or an integer dtype (not uint64: values
     truncated toward zero and wrapped, as SciPy stores them)."""
-    (kh, kw), (dh, dw) = plan.kernel[1:], plan.dilation[1:]
-    (lo_h, _), (lo_w, hi_w) = plan.padding[1:]
-    oh, ow = plan.out_size[1:]
-    h, w = plan.in_size[1:]
-    rmap = np.arange(oh)[:, None] + np.arange(kh)[None, :] * dh - lo_h
-    rmap = np.ascontiguousarray(fold_index(rmap, h, plan.mode(1)), dtype=np.int64)
-    cmap = np.ascontiguousarray(
-        fold_index(np.arange(w + lo_w + hi_w) - lo_w, w, plan.mode(2)), dtype=np.int64
-    )
-    wh = np.ascontiguousarray(pass_weights[0].reshape(plan.c_out, kw))
-    wv = np.ascontiguousarray(pass_weights[1].reshape(plan.c_out, kh))
+    spec = spec_for(plan.dtype)
+    R, prow, cmap, tabw, steps = _maps(plan, spec)
+    wh = np.ascontiguousarray(pass_weights[0].reshape(-1))
+    wv = np.ascontiguousarray(pass_weights[1].reshape(-1))
     b = np.zeros(plan.c_out, plan.dtype) if bias is None else np.ascontiguousarray(bias, dtype=plan.dtype)
-    kernel = _fused_int if out5.dtype.kind in "iu" else _fused
+    x5 = np.ascontiguousarray(x5)
+    target = out5 if out5.flags.c_contiguous else np.empty(out5.shape, out5.dtype)
+    narrow = out5.dtype.kind in "iu" and narrow_sums(x5.dtype, wv, wh, b)
+    lo_w, dh = plan.padding[2][0], plan.dilation[1]
     with kernel_section():
-        kernel(x5, wv, wh, b, rmap, cmap, lo_w, dw, _STRIP_ROWS, out5)
+        _fused(x5, wv, wh, b, prow, cmap, tabw, lo_w, dh, R, _STRIP_ROWS, steps, spec, narrow, target)
+    if target is not out5:
+        out5[...] = target
