@@ -70,36 +70,66 @@ def _fill(x, n, c, d, prow, base, lo, hi, W, buf, spec):
 
 
 @njit(inline="always")
-def _columns(wv, buf, v, tab, kh, c, b0, rp, R, nrows, W, ew, lo_w, step, spec):
-    # v rows 0..nrows-1, columns lo_w..lo_w+W-1 := the column factor over
-    # the buffer's rows (output row r, tap h: row b0 + (r + h) * rp / W);
-    # tab: one zero (the single tap offset along the row)
+def _columns(wv, buf, v, tab, kh, c, b0, rp, R, W, ewp, lo_w, step, spec):
+    # v rows 0..R-1 (ewp apart), columns lo_w..lo_w+W-1 := the column
+    # factor over the buffer's rows (output row r, tap h: buffer row
+    # (b0 + (r + h) * rp) / W); tab: one zero (the one tap along the row).
+    # Whole blocks, unmasked: what lands past a row's W columns (its edge
+    # columns, its slack, rows past the strip's last) is rewritten or unread
     for p0 in range(0, W, step):
         if R == 4:
-            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ew, W - p0, nrows, 0.0, 0,
-                     spec, 4, 0, 2)  # fmt: skip
+            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ewp, 0, 0, 0.0, 0,
+                     spec, 4, 0, 0)  # fmt: skip
         elif R == 2:
-            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ew, W - p0, nrows, 0.0, 0,
-                     spec, 2, 0, 2)  # fmt: skip
+            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ewp, 0, 0, 0.0, 0,
+                     spec, 2, 0, 0)  # fmt: skip
         else:
-            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ew, W - p0, 1, 0.0, 0,
-                     spec, 1, 0, 2)  # fmt: skip
+            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ewp, 0, 0, 0.0, 0,
+                     spec, 1, 0, 0)  # fmt: skip
 
 
 @njit(inline="always")
-def _row(wh, v, r, ew, tabw, c, b, cmap, lo_w, W, target, step, spec):
-    # v row r's edge columns (copies of folded interior columns, or zeros),
-    # then target[ow] = b + sum_t wh[c, t] * v[r, ow + tabw[t]]
-    e0 = r * ew
+def _row(wh, v, e0, tabw, c, b, cmap, lo_w, W, target, scratch, step, spec):
+    # the v row at e0's edge columns (copies of folded interior columns, or
+    # zeros), then target[ow] = b + sum_t wh[c, t] * v[e0 + ow + tabw[t]]:
+    # whole blocks stored unmasked where no bias is added and the block ends
+    # inside the target (or the target is a scratch row with slack), masked
+    # (from the bias) otherwise
     for e in range(lo_w):
         v[e0 + e] = v[e0 + lo_w + cmap[e]] if cmap[e] >= 0 else 0
     for e in range(lo_w + W, cmap.shape[0]):
         v[e0 + e] = v[e0 + lo_w + cmap[e]] if cmap[e] >= 0 else 0
     kw, OW = tabw.shape[0], target.shape[0]
     for p0 in range(0, OW, step):
-        fma_band(
-            wh, v, target, tabw, kw, 1, c * kw, e0 + p0, 1, 0, 0, 0, p0, 0, OW - p0, 1, b, 0, spec, 1, 0, 2
-        )
+        if b == 0 and (scratch or p0 + step <= OW):
+            fma_band(
+                wh, v, target, tabw, kw, 1, c * kw, e0 + p0, 1, 0, 0, 0, p0, 0, 0, 0, b, 0, spec, 1, 0, 0
+            )
+        else:
+            fma_band(
+                wh,
+                v,
+                target,
+                tabw,
+                kw,
+                1,
+                c * kw,
+                e0 + p0,
+                1,
+                0,
+                0,
+                0,
+                p0,
+                0,
+                OW - p0,
+                1,
+                b,
+                0,
+                spec,
+                1,
+                0,
+                2,
+            )
 
 
 @njit(inline="always")
@@ -115,13 +145,14 @@ def _strip(x, wv, wh, bias, prow, cmap, tabw, lo_w, dh, R, strip, steps, spec, s
     # the output rows of strip s of plane (n, c, d): blocks of R rows (dh
     # apart where R = 1) made from a buffer of the strip's padded input rows
     kh, W, ew = wv.shape[0] // out.shape[1], x.shape[4], cmap.shape[0]
+    ewp = ew + steps[0]  # v's row stride: room for a column block's overrun
     o0, o1 = s * strip, min(OH, (s + 1) * strip)
     span = R - 1 + (kh - 1) * dh + 1  # buffer rows a block reads
     slack = steps[0] + steps[1] + ew
     buf = np.empty((o1 - o0 + span - 1) * W + slack, wv.dtype)
     buf[buf.shape[0] - slack :] = 0
-    v = np.empty(R * ew + slack, wv.dtype)
-    v[R * ew :] = 0
+    v = np.empty(R * ewp + slack, wv.dtype)
+    v[R * ewp :] = 0
     row = np.empty(out.shape[4] + slack, wv.dtype)
     rp = W if R > 1 else dh * W
     tab = np.zeros(1, np.int64)
@@ -131,23 +162,24 @@ def _strip(x, wv, wh, bias, prow, cmap, tabw, lo_w, dh, R, strip, steps, spec, s
         need = oh - o0 + span
         _fill(x, n, c, d, prow, o0, filled, need, W, buf, spec)
         filled = need
-        _columns(wv, buf, v, tab, kh, c, (oh - o0) * W, rp, R, nrows, W, ew, lo_w, steps[0], spec)
+        _columns(wv, buf, v, tab, kh, c, (oh - o0) * W, rp, R, W, ewp, lo_w, steps[0], spec)
         for r in range(nrows):
-            target = _target(out, n, c, d, oh + r, row)
-            _row(wh, v, r, ew, tabw, c, bias[c], cmap, lo_w, W, target, steps[1], spec)
+            target, scratch = _target(out, n, c, d, oh + r, row)
+            _row(wh, v, r * ewp, tabw, c, bias[c], cmap, lo_w, W, target, scratch, steps[1], spec)
             _finish(out, n, c, d, oh + r, row, narrow)
 
 
 def _target(out, n, c, d, oh, row):
-    """The float row the row pass writes: output row (n, c, d, oh) of a float
-    ``out``, else ``row`` (then truncated into the integer output)."""
+    """The float row the row pass writes and whether it is scratch (slack
+    past its end): output row (n, c, d, oh) of a float ``out``, else ``row``
+    (then truncated into the integer output)."""
 
 
 @overload(_target, inline="always")
 def _target_impl(out, n, c, d, oh, row):
     if out.dtype == row.dtype:
-        return lambda out, n, c, d, oh, row: out[n, c, d, oh]
-    return lambda out, n, c, d, oh, row: row[: out.shape[4]]
+        return lambda out, n, c, d, oh, row: (out[n, c, d, oh], False)
+    return lambda out, n, c, d, oh, row: (row[: out.shape[4]], True)
 
 
 def _finish(out, n, c, d, oh, row, narrow):
