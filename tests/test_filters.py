@@ -462,13 +462,19 @@ def test_fused_separable_filter_matches_scipy_with_integer_outputs(mode, dtype):
 @pytest.mark.parametrize(
     "kernel, dilation", [((5, 4), (2, 3)), ((2, 3), (1, 1)), ((7, 2), (1, 2)), ((3, 9), (1, 1))]
 )
-def test_fused_blocks_of_rows_give_the_float_inputs_result(mode, dtype, kernel, dilation):
+@pytest.mark.parametrize("tile", [None, 8])
+def test_fused_blocks_of_rows_give_the_float_inputs_result(mode, dtype, kernel, dilation, tile, monkeypatch):
     """8/16-bit inputs are converted a row at a time into the strip's buffer;
     blocks of 4, 2 or 1 output rows (by the column factor's length and
-    dilation) read it, whatever the strip's and the plane's tails: the result
-    is the float input's, bit for bit, and the float64 direct path's within
-    float32's bound."""
+    dilation) read it, whatever the strip's and the plane's tails, in tiles
+    of columns (here also of 8: edge runs folded inside a tile, tiles
+    narrower than the kernel): the result is the float input's, bit for bit,
+    and the float64 direct path's within float32's bound."""
     from numbaconv.cpu import sepfused
+
+    if tile:
+        monkeypatch.setattr(sepfused, "_TILE_COLS", tile)
+    sepfused._geometry.cache_clear()
 
     rng = np.random.default_rng(23)
     c = 2
@@ -484,6 +490,9 @@ def test_fused_blocks_of_rows_give_the_float_inputs_result(mode, dtype, kernel, 
     assert np.array_equal(got, nc.conv2d(x.astype(np.float32), w, method="separable", **kw))
     assert_close(got, nc.conv2d(x.astype(np.float64), w.astype(np.float64), method="direct", **kw),
                  64 * np.finfo(np.float32).eps * float(np.abs(w).sum()) * info.max)  # fmt: skip
+    tiles = (len(sepfused._geometry(plan, sepfused.spec_for(np.float32))[1]) - 7) // 4
+    assert tiles == (1 if tile is None else -(-plan.out_size[2] // 8)), tiles
+    sepfused._geometry.cache_clear()
 
 
 def test_narrow_sums_bound_the_outputs_by_the_input_dtype():

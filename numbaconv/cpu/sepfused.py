@@ -4,20 +4,23 @@
 The two 1-D passes of :mod:`numbaconv.separable` write and read back a whole
 intermediate image: for a 7x7 Gaussian on a 2048^2 uint8 image that is 16 MB
 out and 16 MB in around 8 MB of input and output, and the passes' time is
-memory traffic. Here each output row is made while its inputs are in cache,
-as OpenCV's ``sepFilter2D`` does: the column factor combines the ``KH``
-input rows the row reads (converting 8/16-bit integers on the fly) into one
-row extended by the W padding, and the row factor runs along it into the
-output. Rows of one plane are split into strips, a task per (plane, strip);
-a task's extended row is its only buffer.
+memory traffic. Here output rows are made while their inputs are in cache,
+as OpenCV's ``sepFilter2D`` does. A task owns a strip of rows and a tile of
+columns of one plane (rows of 64 K samples would not stay in cache). Its
+input rows are converted (8/16-bit integers) or copied once each into a
+buffer of the tile's extended columns, the W padding folded in by index
+(runs of input columns, zeros past the edges); blocks of 4 output rows
+(2 for a 2-tap column factor, 1 with dilation along H) take the column
+factor over the buffer rows they share on the band micro-kernel
+(:func:`numbaconv.cpu.microkernel.fma_band`: each loaded row feeds every
+output row it reaches, accumulators in registers), and the row factor runs
+along each result row on the same kernel (one row, the taps' offsets in a
+table) straight into the output. Integer outputs (ndimage's default for an
+integer image) are truncated and wrapped as SciPy stores a double.
 
-Padding folds by index: the rows a output row reads come from a table
-(``-1``: a zero row), the extended row's edge columns are copies of its
-folded interior columns (the column pass is linear and column by column, so
-the combination of a folded column is the folded column of the combination)
-or zeros. Taps go four at a time (four loads and one load and store of the
-accumulator row per four FMAs), the inner loops over columns vectorized by
-LLVM.
+Padding folds by index: the rows an output row reads come from a table
+(``-1``: a zero row); the column factor is linear and column by column, so
+its value at a folded column is the folded column's.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .microkernel import fma_band, spec_for, vector_run, vectors_for
 # must equal numbaconv.config.FASTMATH (tested)
 _FASTMATH = {"reassoc", "contract"}
 _STRIP_ROWS = 32  # output rows a task makes: enough tasks for the threads, rows reused in cache
+_TILE_COLS = 2048  # output columns at most a task makes: its rows stay in L1/L2 (a 64 K-sample row does not)
 
 
 def flops(plan) -> int:
@@ -58,47 +62,50 @@ def fits(plan) -> bool:
 
 
 @njit(inline="always")
-def _fill(x, n, c, d, prow, base, lo, hi, W, buf, spec):
-    # buf rows lo..hi-1 := padded rows base + lo .. base + hi - 1: input rows
-    # converted (or copied) to the weights' dtype, zeros past the edges
+def _fill(x, n, c, d, prow, base, lo, hi, runs, eb, buf, spec):
+    # buf rows lo..hi-1 (eb apart) := the tile's extended columns of padded
+    # rows base + lo .. base + hi - 1: runs of input columns converted (or
+    # copied) to the weights' dtype, zeros past the edges. runs (k, 3): a
+    # run's offset in the extended row, its first input column (-1: zeros),
+    # its length
     for i in range(lo, hi):
-        r = prow[base + i] if base + i < prow.shape[0] else -1
-        if r >= 0:
-            vector_run(buf, i * W, x[n, c, d, r], 0, W, 0.0, 0, spec)
-        else:
-            buf[i * W : (i + 1) * W] = 0
+        r = prow[base + i]
+        for k in range(runs.shape[0]):
+            e, src, m = i * eb + runs[k, 0], runs[k, 1], runs[k, 2]
+            if r >= 0 and src >= 0:
+                vector_run(buf, e, x[n, c, d, r], src, m, 0.0, 0, spec)
+            else:
+                buf[e : e + m] = 0
 
 
 @njit(inline="always")
-def _columns(wv, buf, v, tab, kh, c, b0, rp, R, W, ewp, lo_w, step, spec):
-    # v rows 0..R-1 (ewp apart), columns lo_w..lo_w+W-1 := the column
-    # factor over the buffer's rows (output row r, tap h: buffer row
-    # (b0 + (r + h) * rp) / W); tab: one zero (the one tap along the row).
-    # Whole blocks, unmasked: what lands past a row's W columns (its edge
-    # columns, its slack, rows past the strip's last) is rewritten or unread
-    for p0 in range(0, W, step):
+def _columns(wv, buf, v, tab, kh, c, b0, rp, R, E, ewp, step, spec):
+    # v rows 0..R-1 (ewp apart), columns 0..E-1 := the column factor over
+    # the buffer's rows (output row r, tap h: the row at b0 + (r + h) * rp);
+    # tab: one zero (the one tap along the row). Whole blocks, unmasked:
+    # what lands past a row's E columns (its slack, rows past the strip's
+    # last) is never read
+    for p0 in range(0, E, step):
         if R == 4:
-            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ewp, 0, 0, 0.0, 0,
-                     spec, 4, 0, 0)  # fmt: skip
+            fma_band(
+                wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, p0, ewp, 0, 0, 0.0, 0, spec, 4, 0, 0
+            )
         elif R == 2:
-            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ewp, 0, 0, 0.0, 0,
-                     spec, 2, 0, 0)  # fmt: skip
+            fma_band(
+                wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, p0, ewp, 0, 0, 0.0, 0, spec, 2, 0, 0
+            )
         else:
-            fma_band(wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, lo_w + p0, ewp, 0, 0, 0.0, 0,
-                     spec, 1, 0, 0)  # fmt: skip
+            fma_band(
+                wv, buf, v, tab, 1, kh, c * kh, b0 + p0, 1, 0, 0, rp, p0, ewp, 0, 0, 0.0, 0, spec, 1, 0, 0
+            )
 
 
 @njit(inline="always")
-def _row(wh, v, e0, tabw, c, b, cmap, lo_w, W, target, scratch, step, spec):
-    # the v row at e0's edge columns (copies of folded interior columns, or
-    # zeros), then target[ow] = b + sum_t wh[c, t] * v[e0 + ow + tabw[t]]:
-    # whole blocks stored unmasked where no bias is added and the block ends
-    # inside the target (or the target is a scratch row with slack), masked
-    # (from the bias) otherwise
-    for e in range(lo_w):
-        v[e0 + e] = v[e0 + lo_w + cmap[e]] if cmap[e] >= 0 else 0
-    for e in range(lo_w + W, cmap.shape[0]):
-        v[e0 + e] = v[e0 + lo_w + cmap[e]] if cmap[e] >= 0 else 0
+def _row(wh, v, e0, tabw, c, b, target, scratch, step, spec):
+    # target[ow] = b + sum_t wh[c, t] * v[e0 + ow + tabw[t]]: whole blocks
+    # stored unmasked where no bias is added and the block ends inside the
+    # target (or the target is a scratch row with slack), masked (from the
+    # bias) otherwise
     kw, OW = tabw.shape[0], target.shape[0]
     for p0 in range(0, OW, step):
         if b == 0 and (scratch or p0 + step <= OW):
@@ -106,92 +113,76 @@ def _row(wh, v, e0, tabw, c, b, cmap, lo_w, W, target, scratch, step, spec):
                 wh, v, target, tabw, kw, 1, c * kw, e0 + p0, 1, 0, 0, 0, p0, 0, 0, 0, b, 0, spec, 1, 0, 0
             )
         else:
+            cnt = OW - p0
             fma_band(
-                wh,
-                v,
-                target,
-                tabw,
-                kw,
-                1,
-                c * kw,
-                e0 + p0,
-                1,
-                0,
-                0,
-                0,
-                p0,
-                0,
-                OW - p0,
-                1,
-                b,
-                0,
-                spec,
-                1,
-                0,
-                2,
+                wh, v, target, tabw, kw, 1, c * kw, e0 + p0, 1, 0, 0, 0, p0, 0, cnt, 1, b, 0, spec, 1, 0, 2
             )
 
 
 @njit(inline="always")
-def _task(task, strips, D, C):
-    # (strip, n, c, d) of a task
-    s = task % strips
-    p = task // strips
-    return s, p // (D * C), (p // D) % C, p % D
+def _task(task, strips, tiles, D, C):
+    # (strip, tile, n, c, d) of a task
+    j = task % tiles
+    p = task // tiles
+    s = p % strips
+    p = p // strips
+    return s, j, p // (D * C), (p // D) % C, p % D
 
 
 @njit(inline="always")
-def _strip(x, wv, wh, bias, prow, cmap, tabw, lo_w, dh, R, strip, steps, spec, s, n, c, d, OH, narrow, out):
-    # the output rows of strip s of plane (n, c, d): blocks of R rows (dh
-    # apart where R = 1) made from a buffer of the strip's padded input rows
-    kh, W, ew = wv.shape[0] // out.shape[1], x.shape[4], cmap.shape[0]
-    ewp = ew + steps[0]  # v's row stride: room for a column block's overrun
-    o0, o1 = s * strip, min(OH, (s + 1) * strip)
+def _strip(x, wv, wh, bias, prow, geo, runs, tabw, s, j, n, c, d, spec, narrow, out):
+    # the output rows of strip s, columns of tile j, of plane (n, c, d):
+    # blocks of R rows (dh apart where R = 1) made from a buffer of the
+    # strip's padded input rows, the tile's extended columns
+    R, dh, strip, eb, step0, step1, slack = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
+    c0, c1, r0, r1 = geo[7 + 4 * j], geo[8 + 4 * j], geo[9 + 4 * j], geo[10 + 4 * j]
+    kh, kw = wv.shape[0] // out.shape[1], wh.shape[0] // out.shape[1]
+    E = c1 - c0 + tabw[kw - 1]  # the tile's extended columns
+    ewp = eb + step0  # v's row stride: room for a column block's overrun
+    o0, o1 = s * strip, min(out.shape[3], (s + 1) * strip)
     span = R - 1 + (kh - 1) * dh + 1  # buffer rows a block reads
-    slack = steps[0] + steps[1] + ew
-    buf = np.empty((o1 - o0 + span - 1) * W + slack, wv.dtype)
+    buf = np.empty((o1 - o0 + span - 1) * eb + slack, wv.dtype)
     buf[buf.shape[0] - slack :] = 0
     v = np.empty(R * ewp + slack, wv.dtype)
     v[R * ewp :] = 0
-    row = np.empty(out.shape[4] + slack, wv.dtype)
-    rp = W if R > 1 else dh * W
+    row = np.empty(c1 - c0 + slack, wv.dtype)
+    rp = eb if R > 1 else dh * eb
     tab = np.zeros(1, np.int64)
     filled = 0
     for oh in range(o0, o1, R):
-        nrows = min(R, o1 - oh)
         need = oh - o0 + span
-        _fill(x, n, c, d, prow, o0, filled, need, W, buf, spec)
+        _fill(x, n, c, d, prow, o0, filled, need, runs[r0:r1], eb, buf, spec)
         filled = need
-        _columns(wv, buf, v, tab, kh, c, (oh - o0) * W, rp, R, W, ewp, lo_w, steps[0], spec)
-        for r in range(nrows):
-            target, scratch = _target(out, n, c, d, oh + r, row)
-            _row(wh, v, r * ewp, tabw, c, bias[c], cmap, lo_w, W, target, scratch, steps[1], spec)
-            _finish(out, n, c, d, oh + r, row, narrow)
+        _columns(wv, buf, v, tab, kh, c, (oh - o0) * eb, rp, R, E, ewp, step0, spec)
+        for r in range(min(R, o1 - oh)):
+            target, scratch = _target(out, n, c, d, oh + r, c0, c1, row)
+            _row(wh, v, r * ewp, tabw, c, bias[c], target, scratch, step1, spec)
+            _finish(out, n, c, d, oh + r, c0, c1, row, narrow)
 
 
-def _target(out, n, c, d, oh, row):
+def _target(out, n, c, d, oh, c0, c1, row):
     """The float row the row pass writes and whether it is scratch (slack
-    past its end): output row (n, c, d, oh) of a float ``out``, else ``row``
-    (then truncated into the integer output)."""
+    past its end): columns c0..c1-1 of output row (n, c, d, oh) of a float
+    ``out``, else ``row`` (then truncated into the integer output)."""
 
 
 @overload(_target, inline="always")
-def _target_impl(out, n, c, d, oh, row):
+def _target_impl(out, n, c, d, oh, c0, c1, row):
     if out.dtype == row.dtype:
-        return lambda out, n, c, d, oh, row: (out[n, c, d, oh], False)
-    return lambda out, n, c, d, oh, row: (row[: out.shape[4]], True)
+        return lambda out, n, c, d, oh, c0, c1, row: (out[n, c, d, oh, c0:c1], False)
+    return lambda out, n, c, d, oh, c0, c1, row: (row[: c1 - c0], True)
 
 
-def _finish(out, n, c, d, oh, row, narrow):
-    """An integer ``out``: its row (n, c, d, oh) := ``row`` truncated
-    (:func:`_truncate_row`); a float one holds its row already."""
+def _finish(out, n, c, d, oh, c0, c1, row, narrow):
+    """An integer ``out``: columns c0..c1-1 of its row (n, c, d, oh) :=
+    ``row`` truncated (:func:`_truncate_row`); a float one holds them already."""
 
 
 @overload(_finish, inline="always")
-def _finish_impl(out, n, c, d, oh, row, narrow):
+def _finish_impl(out, n, c, d, oh, c0, c1, row, narrow):
     if out.dtype == row.dtype:
-        return lambda out, n, c, d, oh, row, narrow: None
-    return lambda out, n, c, d, oh, row, narrow: _truncate_row(row, out[n, c, d, oh], narrow)
+        return lambda out, n, c, d, oh, c0, c1, row, narrow: None
+    return lambda out, n, c, d, oh, c0, c1, row, narrow: _truncate_row(row, out[n, c, d, oh, c0:c1], narrow)
 
 
 @njit(inline="always")
@@ -219,22 +210,19 @@ def _truncate_row(buf, orow, narrow):
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH)
-def _fused(x, wv, wh, bias, prow, cmap, tabw, lo_w, dh, R, strip, steps, spec, narrow, out):
+def _fused(x, wv, wh, bias, prow, geo, runs, tabw, spec, narrow, out):
     # x (N, C, D, H, W) C-contiguous, float or 8/16-bit integer; out (N, C,
     # D, OH, OW) C-contiguous, of the weights' float dtype or an integer
     # dtype (values truncated toward zero and wrapped, as SciPy's C loops
     # store a double: numbaconv.cpu.convert.truncate_into); wv (C * KH,), wh
-    # (C * KW,), bias (C,); prow: input row of padded row p, or -1; cmap:
-    # input column of extended column e, or -1; tabw: the row taps' offsets;
-    # R: output rows a block (4 or 2; 1 for dh > 1); steps: pixels of a
-    # column-pass and a row-pass block; narrow: the sums fit int32 (integer out)
-    OH = out.shape[3]
-    strips = (OH + strip - 1) // strip
-    for task in prange(x.shape[0] * x.shape[1] * x.shape[2] * strips):
-        s, n, c, d = _task(task, strips, x.shape[2], x.shape[1])
-        _strip(
-            x, wv, wh, bias, prow, cmap, tabw, lo_w, dh, R, strip, steps, spec, s, n, c, d, OH, narrow, out
-        )
+    # (C * KW,), bias (C,); prow: input row of padded row p, or -1; tabw:
+    # the row taps' offsets; geo, runs: see _geometry; narrow: the sums fit
+    # int32 (integer out). A task per (plane, strip of rows, tile of columns)
+    strips = (out.shape[3] + geo[2] - 1) // geo[2]
+    tiles = (geo.shape[0] - 7) // 4
+    for task in prange(x.shape[0] * x.shape[1] * x.shape[2] * strips * tiles):
+        s, j, n, c, d = _task(task, strips, tiles, x.shape[2], x.shape[1])
+        _strip(x, wv, wh, bias, prow, geo, runs, tabw, s, j, n, c, d, spec, narrow, out)
 
 
 def narrow_sums(x_dtype, wv, wh, bias) -> bool:
@@ -263,10 +251,22 @@ def block_rows(plan) -> int:
     return 4 if plan.kernel[1] >= 3 else 2
 
 
+def _runs(cols: np.ndarray) -> np.ndarray:
+    """``cols`` (input column of each extended column, -1: zero) as runs
+    ``(offset, first column or -1, length)``: consecutive columns, or zeros."""
+    cut = np.flatnonzero((np.diff(cols) != 1) | (cols[1:] < 0) | (cols[:-1] < 0)) + 1
+    starts = np.concatenate([[0], cut])
+    lengths = np.diff(np.concatenate([starts, [cols.size]]))
+    return np.stack([starts, cols[starts], lengths], axis=1).astype(np.int64)
+
+
 @functools.lru_cache(maxsize=64)
-def _maps(plan, spec) -> tuple:
-    """``(R, prow, cmap, tabw, steps)`` of the kernel for ``plan`` (kept per
-    plan: ~0.2 ms of index arithmetic a call)."""
+def _geometry(plan, spec) -> tuple:
+    """``(prow, geo, runs, tabw)`` of the kernel for ``plan`` (kept per plan:
+    index arithmetic of ~0.2 ms a call). ``geo``: block rows, dh, strip
+    rows, the buffer's row stride, the column and row passes' block widths,
+    the buffers' slack, then per tile of output columns its first and end
+    column and its rows of ``runs`` (:func:`_runs` of its extended columns)."""
     (kh, kw), (dh, dw) = plan.kernel[1:], plan.dilation[1:]
     (lo_h, hi_h), (lo_w, hi_w) = plan.padding[1:]
     h, w = plan.in_size[1:]
@@ -276,8 +276,21 @@ def _maps(plan, spec) -> tuple:
     prow = np.where(p < h + hi_h, fold_index(p, h, plan.mode(1)), -1).astype(np.int64)
     cmap = fold_index(np.arange(w + lo_w + hi_w) - lo_w, w, plan.mode(2)).astype(np.int64)
     tabw = np.arange(kw, dtype=np.int64) * dw
-    steps = np.array([vectors_for(R, spec.registers), vectors_for(1, spec.registers)], np.int64) * spec.lanes
-    return R, prow, cmap, tabw, steps
+    step0, step1 = (vectors_for(r, spec.registers) * spec.lanes for r in (R, 1))
+    ow = plan.out_size[2]
+    ntiles = -(-ow // _TILE_COLS)
+    width = -(-ow // ntiles)  # balanced tiles
+    width = -(-width // step1) * step1 if width > step1 else width  # whole row-pass blocks
+    tiles, runs = [], []
+    for c0 in range(0, ow, width):
+        c1 = min(ow, c0 + width)
+        r = _runs(cmap[c0 : c1 + int(tabw[-1])])
+        tiles += [c0, c1, sum(len(x) for x in runs), sum(len(x) for x in runs) + len(r)]
+        runs.append(r)
+    eb = width + int(tabw[-1]) + step0
+    slack = step0 + step1 + eb
+    geo = np.array([R, dh, _STRIP_ROWS, eb, step0, step1, slack] + tiles, np.int64)
+    return prow, geo, np.concatenate(runs), tabw
 
 
 def run(x5, pass_weights, bias, plan, out5) -> None:
@@ -286,15 +299,14 @@ def run(x5, pass_weights, bias, plan, out5) -> None:
     ``out5`` has the plan's dtype, or an integer dtype (not uint64: values
     truncated toward zero and wrapped, as SciPy stores them)."""
     spec = spec_for(plan.dtype)
-    R, prow, cmap, tabw, steps = _maps(plan, spec)
+    prow, geo, runs, tabw = _geometry(plan, spec)
     wh = np.ascontiguousarray(pass_weights[0].reshape(-1))
     wv = np.ascontiguousarray(pass_weights[1].reshape(-1))
     b = np.zeros(plan.c_out, plan.dtype) if bias is None else np.ascontiguousarray(bias, dtype=plan.dtype)
     x5 = np.ascontiguousarray(x5)
     target = out5 if out5.flags.c_contiguous else np.empty(out5.shape, out5.dtype)
     narrow = out5.dtype.kind in "iu" and narrow_sums(x5.dtype, wv, wh, b)
-    lo_w, dh = plan.padding[2][0], plan.dilation[1]
     with kernel_section():
-        _fused(x5, wv, wh, b, prow, cmap, tabw, lo_w, dh, R, _STRIP_ROWS, steps, spec, narrow, target)
+        _fused(x5, wv, wh, b, prow, geo, runs, tabw, spec, narrow, target)
     if target is not out5:
         out5[...] = target
