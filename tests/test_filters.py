@@ -557,3 +557,62 @@ def test_fused_separable_conv_with_dilation_bias_channels_and_planes(kw):
         ref = nc.conv3d(x, w, b, groups=c, method="direct", **kw3)
         assert got.dtype == dtype
         assert_close(got, ref, 16 * np.finfo(dtype).eps * 20 * (np.abs(x).max() * np.abs(w).max() * 20 + 3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "xshape, wshape, kw",
+    [
+        ((2, 3, 300), (3, 1, 5), dict(padding=2, groups=3, bias=True)),  # depthwise conv1d
+        ((1, 1, 700), (1, 1, 63), dict(padding=(31,), padding_mode="reflect")),  # a long 1-D filter
+        (
+            (2, 4, 3, 290),
+            (4, 1, 1, 9),
+            dict(padding=(1, 4), dilation=(1, 3), groups=4, padding_mode="circular"),
+        ),
+        ((1, 2, 2, 5, 300), (2, 1, 1, 1, 4), dict(padding=(0, 2, 3), groups=2, padding_mode="replicate")),
+        ((1, 1, 2, 2100), (1, 1, 1, 7), dict(padding=(0, 3), bias=True)),  # two column tiles
+    ],
+    ids=str,
+)
+def test_row_filters_run_on_the_fused_kernel(dtype, xshape, wshape, kw):
+    """The direct method runs a kernel of one row along W with one channel
+    per group (1-D filters, depthwise conv1d) on the fused kernel's row
+    pass: against the reference and PyTorch, padding rows along H, modes,
+    dilation, bias, several column tiles."""
+    from numbaconv.cpu import sepfused
+
+    from .conftest import assert_close_to_both
+
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal(xshape).astype(dtype)
+    w = rng.standard_normal(wshape).astype(dtype)
+    b = rng.standard_normal(wshape[0]).astype(dtype) if kw.pop("bias", False) else None
+    nd = len(wshape) - 2
+    fn = {1: nc.conv1d, 2: nc.conv2d, 3: nc.conv3d}[nd]
+    plan = make_plan("conv", x, w, b, **kw)
+    assert sepfused.row_filter(plan)
+    x0 = x.copy()
+    got = fn(x, w, b, method="direct", **kw)
+    np.testing.assert_array_equal(x, x0)
+    pad = kw.get("padding", 0)
+    pad = (pad,) * nd if isinstance(pad, int) else pad
+    pads = [(p, p) for p in pad]
+    dil = list(kw.get("dilation", (1,) * nd))
+    mode, groups = kw.get("padding_mode", "zeros"), kw.get("groups", 1)
+    b64 = None if b is None else b.astype(np.float64)
+    ref = conv_reference(x.astype(np.float64), w.astype(np.float64), b64, [1] * nd, pads, dil, groups, mode)
+    tol = tolerance(
+        dtype, wshape[-1], x, w, b, stride=[1] * nd, pads=pads, dilation=dil, groups=groups, mode=mode
+    )
+    assert_close_to_both(got, ref, tol, (x, w, b, [1] * nd, pads, dil, groups, mode))
+
+
+def test_row_filter_inf_weights_meet_zero_padding_as_pytorch():
+    """Zero padding times an infinite tap is NaN (PyTorch's sum: the padding
+    is a zero in the sum), elsewhere the infinite term."""
+    x = np.ones((1, 1, 400), np.float32)
+    w = np.array([[[np.inf, 1.0, 2.0]]], np.float32)
+    got = nc.conv1d(x, w, padding=1, method="direct")
+    assert np.isnan(got[0, 0, 0])  # the first output's tap 0 reads the padding
+    assert np.isposinf(got[0, 0, 1:]).all()

@@ -33,7 +33,7 @@ from .. import config, costs
 from ..common import batch_chunk, nan_where_padding_meets_nonfinite_weights
 from ..runtime import njit
 from ..shapes import conv_tap_maps
-from . import dwcl, igemm
+from . import dwcl, igemm, sepfused
 from .microkernel import INTEGER_SOURCES, lanes_for
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
@@ -341,6 +341,8 @@ def supports(plan) -> str | None:
 def workspace_bytes(plan) -> int:
     """Extra memory :func:`run` allocates for this plan (tiles and packed
     weights; the channels-last copy for complex dtypes)."""
+    if sepfused.row_filter(plan):
+        return 0  # a strip's rows a task
     if _uses_dwcl(plan):
         return dwcl.workspace_bytes(plan)
     if plan.dtype.kind == "f":
@@ -352,8 +354,12 @@ def workspace_bytes(plan) -> int:
 def cost_features(plan) -> dict[str, float]:
     """Operation counts of one call (float32 units): see
     :func:`numbaconv.cpu.igemm.cost_features` (complex dtypes are counted as
-    the same work at their item size)."""
-    return costs.per_dtype(igemm.cost_features(plan), plan)
+    the same work at their item size); row filters: the fused kernel's
+    (:func:`numbaconv.cpu.sepfused.cost_features`)."""
+    f = igemm.cost_features(plan)
+    if sepfused.row_filter(plan):
+        f = sepfused.cost_features(plan, f)
+    return costs.per_dtype(f, plan)
 
 
 def run_channels_last(x5, wt, bias, out5, tables, runs, ps):
@@ -426,6 +432,9 @@ def run(x5, w5, bias, plan, out5):
     its tiles would exceed ``config.workspace_bytes`` (then, as complex
     dtypes, on the row kernel, which needs none).
     """
+    if sepfused.row_filter(plan):  # one row of taps, one channel per group: the fused row kernel
+        sepfused.run(x5, sepfused.row_weights(w5, plan), bias, plan, out5)
+        return out5
     if _uses_dwcl(plan):
         return dwcl.run(x5, w5, bias, plan, out5)
     if plan.dtype.kind == "f" and igemm.fits(plan):

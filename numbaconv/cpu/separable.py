@@ -29,13 +29,7 @@ def cost_features(plan) -> dict[str, float]:
     an accumulator row, as the one-tap blocks stream lines past theirs) and
     the image read and written as elements copied (``tile``)."""
     if sepfused.fits(plan):
-        f = dict.fromkeys(direct.cost_features(plan), 0.0)
-        f["call"] = 1.0
-        f["flops_px_1tap"] = float(sepfused.flops(plan))
-        f["tile"] = float(
-            plan.batch * plan.c_in * int(np.prod(plan.in_size)) + int(np.prod(plan.output_shape5))
-        )
-        return costs.per_dtype(f, plan)
+        return costs.per_dtype(sepfused.cost_features(plan, direct.cost_features(plan)), plan)
     return separable.pass_features(plan, direct.cost_features)
 
 

@@ -61,6 +61,45 @@ def fits(plan) -> bool:
     )
 
 
+ROW_MIN_WIDTH = 256  # output columns a row filter needs for :func:`row_filter` (narrower: dwcl, igemm)
+
+
+def row_filter(plan) -> bool:
+    """Whether the direct method runs ``plan`` here as a row filter (its
+    column factor a single 1): one channel per group (single-channel
+    filters, depthwise), a kernel of one row along W, stride 1,
+    non-negative padding (H and W; none along D), a real dtype, rows of at
+    least :data:`ROW_MIN_WIDTH` outputs."""
+    return (
+        plan.op == "conv"
+        and plan.c_in == plan.groups == plan.c_out
+        and plan.kernel[:2] == (1, 1)
+        and plan.padding[0] == (0, 0)
+        and plan.stride == (1, 1, 1)
+        and all(lo >= 0 and hi >= 0 for lo, hi in plan.padding[1:])
+        and plan.dtype.kind == "f"
+        and plan.out_size[2] >= ROW_MIN_WIDTH
+    )
+
+
+def row_weights(w5, plan) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`run`'s pass weights of a row filter (:func:`row_filter`): the
+    kernel's row, and a column factor of ones."""
+    return w5.reshape(plan.c_out, -1), np.ones(plan.c_out, plan.dtype)
+
+
+def cost_features(plan, names) -> dict[str, float]:
+    """Its counts in the direct path's units (``names``: its feature names):
+    its FLOPs as one-tap FLOPs (each block streams a row per tap past its
+    accumulators, as the one-tap blocks do) and the image read and written
+    as elements copied (``tile``)."""
+    f = dict.fromkeys(names, 0.0)
+    f["call"] = 1.0
+    f["flops_px_1tap"] = float(flops(plan))
+    f["tile"] = float(plan.batch * plan.c_in * int(np.prod(plan.in_size)) + int(np.prod(plan.output_shape5)))
+    return f
+
+
 @njit(inline="always")
 def _fill(x, n, c, d, prow, base, lo, hi, runs, eb, buf, spec):
     # buf rows lo..hi-1 (eb apart) := the tile's extended columns of padded
