@@ -495,6 +495,23 @@ def test_fused_blocks_of_rows_give_the_float_inputs_result(mode, dtype, kernel, 
     sepfused._geometry.cache_clear()
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64])
+@pytest.mark.parametrize("width", [37, 300])
+def test_fused_integer_outputs_are_the_float_results_truncated(dtype, width):
+    """Integer outputs (stored by the micro-kernel, truncated through int32,
+    where the input's dtype bounds the sums; else through the float row):
+    the float32 result truncated toward zero and wrapped, bit for bit,
+    negative sums included."""
+    rng = np.random.default_rng(41)
+    x = rng.integers(0, 256, (45, width)).astype(np.uint8)
+    w = np.outer([1.0, -3.0, 2.0, 0.5, 1.0], [2.0, -1.0, 0.25, 1.5, -0.5, 1.0, 3.0])
+    got = nnd.correlate(x, w, output=dtype, method="separable")
+    f = nnd.correlate(x, w, output=np.float32, method="separable")
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, np.trunc(f).astype(np.int64).astype(dtype))
+    assert (f < 0).any() and (np.abs(f) > 128).any()  # the wrap is exercised
+
+
 def test_narrow_sums_bound_the_outputs_by_the_input_dtype():
     """The integer store converts through int32 unchecked only where no
     output can leave its range."""

@@ -384,6 +384,43 @@ def test_fma_band_into_the_target(lanes, dtype):
 
 
 @njit
+def _call_band_ints(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, bias, spec):
+    mk.fma_band(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, 0, 0, bias, 0, spec, 4, 0, 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+@pytest.mark.parametrize("target", ["uint8", "int8", "int16", "uint16", "int32", "uint32"])
+def test_fma_band_into_an_integer_target(target, lanes, dtype):
+    """Mode 3: the whole block from the bias, each value truncated toward
+    zero through int32 and wrapped to C's integer type (as NumPy casts an
+    int32); nothing else of C changes."""
+    rows, vectors = 4, mk.vectors_for(4, 32)
+    width = vectors * lanes
+    rng = np.random.default_rng(13)
+    spec = mk.Spec(lanes, 32)
+    kh, nt, k = 5, 2, 1
+    tab = np.array([0, 3], np.int64)
+    a0, b0, c0, rp = 1, 2, 3, width + 5
+    ak, bk, ldc = kh * nt, (rows + kh) * rp + 10, width + 2
+    a = rng.standard_normal(a0 + ak + 3).astype(dtype)
+    b = (rng.standard_normal(b0 + bk + 20 + width) * 300).astype(dtype)
+    zeros = np.zeros(c0 + rows * ldc + 3, np.float64)
+    ref = _band_reference(a, b, zeros, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, rows, width, 0)
+    c = rng.integers(0, 100, c0 + rows * ldc + 3).astype(target)
+    want = c.copy()
+    for r in range(rows):
+        seg = slice(c0 + r * ldc, c0 + r * ldc + width)
+        want[seg] = np.trunc(ref[seg] - 2.5).astype(np.int32).astype(target)
+    _call_band_ints(a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, -2.5, spec)
+    # the sums in dtype may round across an integer: at most one unit (mod the type's range)
+    diff = (c.astype(np.int64) - want.astype(np.int64)) % (1 << (8 * np.dtype(target).itemsize))
+    assert np.isin(diff, [0, 1, (1 << (8 * np.dtype(target).itemsize)) - 1]).all()
+    assert (diff == 0).mean() > 0.95
+    assert (ref[c0 : c0 + width] - 2.5 < 0).any()  # negative values wrap
+
+
+@njit
 def _run_set(d, d0, s, s0, n, bias, spec):
     mk.vector_run(d, d0, s, s0, n, bias, 1, spec)
 

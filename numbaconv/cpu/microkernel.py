@@ -425,7 +425,10 @@ def _block_codegen(block, a, b, c, spec, literals):
     if not all(isinstance(t, types.IntegerLiteral) for t in literals):
         return None
     dtype = a.dtype.name
-    if dtype not in _LLVM_TYPES or b.dtype != a.dtype or c.dtype != a.dtype:
+    int_target = (
+        c.dtype.name in INTEGER_TARGETS and getattr(block, "INTEGER_MODE", None) == literals[-1].literal_value
+    )
+    if dtype not in _LLVM_TYPES or b.dtype != a.dtype or (c.dtype != a.dtype and not int_target):
         return None
 
     def codegen(context, builder, signature, args):
@@ -433,6 +436,10 @@ def _block_codegen(block, a, b, c, spec, literals):
         return context.get_dummy_value()
 
     return codegen
+
+
+# integer outputs fma_band's mode 3 stores (through int32: no wider ones)
+INTEGER_TARGETS = ("uint8", "int8", "uint16", "int16", "int32", "uint32")
 
 
 @intrinsic
@@ -521,6 +528,7 @@ class _BandBlock(_Block):
         k_args = [args[8], args[6], args[9], args[9], args[7], args[10], args[12], args[13]]
         super().__init__(block, context, builder, signature, list(args[:3]) + k_args)
         self.tab = context.make_array(signature.args[3])(context, builder, args[3]).data
+        self.c_type = np.dtype(signature.args[2].dtype.name)
         self.nt, self.kh, self.rp = args[4], args[5], args[11]
         self.cnt, self.nrows, self.bias, self.add = args[14], args[15], args[16], args[17]
 
@@ -531,9 +539,13 @@ class _BandBlock(_Block):
         row = b.icmp_signed("<", self.const(r), self.nrows)
         return b.and_(lanes, _splat(b, ir.VectorType(ir.IntType(1), self.lanes), row))
 
+    INTEGER_MODE = 3  # the accumulate literal whose C may be an integer array
+
     def initial(self, cells, accumulate=True):
         """Mode 2 (C is the target): C's cells in the target (masked loads)
-        where ``add``, else the bias."""
+        where ``add``, else the bias; mode 3: the bias."""
+        if self.accumulate == 3:
+            return [_splat(self.builder, self.vt, self.bias) for _ in cells]
         if self.accumulate < 2:
             return super().initial(cells, self.accumulate == 1)
         b = self.builder
@@ -548,7 +560,12 @@ class _BandBlock(_Block):
         ]
 
     def store_final(self, cells, *sources):
-        """Mode 2: masked stores of the cells in the target."""
+        """Mode 2: masked stores of the cells in the target; mode 3: each
+        cell truncated toward zero through int32 (``fptosi``: the caller
+        knows every value lies inside int32's range), wrapped to C's integer
+        type and stored whole."""
+        if self.accumulate == 3:
+            return self._store_integers(cells, sources)
         if self.accumulate < 2:
             return super().store_final(cells, *sources)
         b = self.builder
@@ -566,6 +583,20 @@ class _BandBlock(_Block):
                 b.call(store, [phi, self.c_ptr(r, v), align, self._mask(r, v)])
 
         _guarded(b, self._full(), plain, masked)
+
+    def _store_integers(self, cells, sources):
+        b = self.builder
+        final = [b.phi(self.vt) for _ in cells]
+        _incoming(final, *sources)
+        ct = self.c_type
+        i32 = ir.VectorType(ir.IntType(32), self.lanes)
+        out_t = ir.VectorType(ir.IntType(8 * ct.itemsize), self.lanes)
+        for phi, (r, v) in zip(final, cells):
+            value = b.fptosi(phi, i32)
+            if ct.itemsize < 4:
+                value = b.trunc(value, out_t)
+            off = b.add(self.c0, b.add(b.mul(self.const(r), self.ldc), self.const(v * self.lanes)))
+            b.store(value, b.bitcast(b.gep(self.pc, [off]), out_t.as_pointer()), align=ct.itemsize)
 
     def _full(self):
         """Every cell of the block in the target (no lane masked off)."""
@@ -684,13 +715,17 @@ def fma_band(
     stride along the rows: only rows below ``nrows`` and columns below
     ``cnt`` of the block are read and written (masked vectors), starting from
     ``bias`` or (``add`` nonzero: a later chunk of channels) adding into C.
-    No scratch block, no copy.
+    No scratch block, no copy. ``accumulate`` 3: C may be an integer array
+    (:data:`INTEGER_TARGETS`): the block, from ``bias``, is stored whole,
+    each value truncated toward zero through int32 and wrapped to C's type
+    (the caller guarantees int32's range: out of it LLVM's conversion has
+    no defined result).
     """
     codegen = _block_codegen(_BandBlock, a, b, c, spec, (rows, vectors, accumulate))
     if codegen is None or not all(isinstance(t, (types.Integer, types.Boolean)) for t in (cnt, nrows, add)):
         return None
     i64 = types.int64
-    args = (a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, i64, i64, c.dtype, i64, spec, rows, vectors)
+    args = (a, b, c, tab, nt, kh, a0, b0, k, ak, bk, rp, c0, ldc, i64, i64, a.dtype, i64, spec, rows, vectors)
     return types.void(*args, accumulate), codegen
 
 

@@ -33,7 +33,7 @@ from numba.extending import overload
 
 from ..runtime import kernel_section, njit
 from ..shapes import fold_index
-from .microkernel import fma_band, spec_for, vector_run, vectors_for
+from .microkernel import INTEGER_TARGETS, fma_band, spec_for, vector_run, vectors_for
 
 # literal, as the other kernels' (numba's cache keys on the file's contents);
 # must equal numbaconv.config.FASTMATH (tested)
@@ -194,34 +194,53 @@ def _strip(x, wv, wh, bias, prow, geo, runs, tabw, s, j, n, c, d, spec, narrow, 
         filled = need
         _columns(wv, buf, v, tab, kh, c, (oh - o0) * eb, rp, R, E, ewp, step0, spec)
         for r in range(min(R, o1 - oh)):
-            target, scratch = _target(out, n, c, d, oh + r, c0, c1, row)
-            _row(wh, v, r * ewp, tabw, c, bias[c], target, scratch, step1, spec)
-            _finish(out, n, c, d, oh + r, c0, c1, row, narrow)
+            _emit(out, n, c, d, oh + r, c0, c1, row, wh, v, r * ewp, tabw, bias[c], step1, spec, narrow)
 
 
-def _target(out, n, c, d, oh, c0, c1, row):
-    """The float row the row pass writes and whether it is scratch (slack
-    past its end): columns c0..c1-1 of output row (n, c, d, oh) of a float
-    ``out``, else ``row`` (then truncated into the integer output)."""
+def _emit(out, n, c, d, oh, c0, c1, row, wh, v, e0, tabw, b, step, spec, narrow):
+    """Columns c0..c1-1 of output row (n, c, d, oh) from the v row at e0
+    (:func:`_row`): into a float ``out`` directly; into an integer one,
+    truncated and wrapped (:func:`_row_int`)."""
 
 
-@overload(_target, inline="always")
-def _target_impl(out, n, c, d, oh, c0, c1, row):
+@overload(_emit, inline="always")
+def _emit_impl(out, n, c, d, oh, c0, c1, row, wh, v, e0, tabw, b, step, spec, narrow):
     if out.dtype == row.dtype:
-        return lambda out, n, c, d, oh, c0, c1, row: (out[n, c, d, oh, c0:c1], False)
-    return lambda out, n, c, d, oh, c0, c1, row: (row[: c1 - c0], True)
+
+        def impl(out, n, c, d, oh, c0, c1, row, wh, v, e0, tabw, b, step, spec, narrow):
+            _row(wh, v, e0, tabw, c, b, out[n, c, d, oh, c0:c1], False, step, spec)
+
+        return impl
+
+    if out.dtype.name in INTEGER_TARGETS:
+
+        def impl_int(out, n, c, d, oh, c0, c1, row, wh, v, e0, tabw, b, step, spec, narrow):
+            _row_int(wh, v, e0, tabw, c, b, out[n, c, d, oh, c0:c1], row, step, spec, narrow)
+
+        return impl_int
+
+    def impl_wide(out, n, c, d, oh, c0, c1, row, wh, v, e0, tabw, b, step, spec, narrow):
+        _row(wh, v, e0, tabw, c, b, row[: c1 - c0], True, step, spec)
+        _truncate_row(row, out[n, c, d, oh, c0:c1], narrow)
+
+    return impl_wide
 
 
-def _finish(out, n, c, d, oh, c0, c1, row, narrow):
-    """An integer ``out``: columns c0..c1-1 of its row (n, c, d, oh) :=
-    ``row`` truncated (:func:`_truncate_row`); a float one holds them already."""
-
-
-@overload(_finish, inline="always")
-def _finish_impl(out, n, c, d, oh, c0, c1, row, narrow):
-    if out.dtype == row.dtype:
-        return lambda out, n, c, d, oh, c0, c1, row, narrow: None
-    return lambda out, n, c, d, oh, c0, c1, row, narrow: _truncate_row(row, out[n, c, d, oh, c0:c1], narrow)
+@njit(inline="always")
+def _row_int(wh, v, e0, tabw, c, b, orow, row, step, spec, narrow):
+    # _row into the integer row ``orow``: where every sum is known to lie
+    # inside int32 (narrow) and the out dtype is one fma_band's mode 3
+    # stores, whole blocks truncated by the micro-kernel; the rest through
+    # the float scratch ``row`` and _truncate_row
+    kw, OW = tabw.shape[0], orow.shape[0]
+    p0 = 0
+    if narrow:
+        while p0 + step <= OW:
+            fma_band(wh, v, orow, tabw, kw, 1, c * kw, e0 + p0, 1, 0, 0, 0, p0, 0, 0, 0, b, 0, spec, 1, 0, 3)
+            p0 += step
+    if p0 < OW:
+        _row(wh, v, e0 + p0, tabw, c, b, row[: OW - p0], True, step, spec)
+        _truncate_row(row, orow[p0:], narrow)
 
 
 @njit(inline="always")
