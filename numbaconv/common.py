@@ -86,6 +86,8 @@ def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     as 8-byte words where the length allows (half the time of bytes: a
     2.4 MB weight 0.2 ms, memory-bound)."""
     a, b = a.reshape(-1), b.reshape(-1)
+    if a.size <= 1 << 16:  # small (most weights): bytes compared in C, ~0.2 us where array_equal took ~3
+        return a.tobytes() == b.tobytes()
     if a.size % 8 == 0:
         return bool(np.array_equal(a.view(np.uint64), b.view(np.uint64)))
     return bool(np.array_equal(a, b))

@@ -300,6 +300,15 @@ def narrow_sums(x_dtype, wv, wh, bias) -> bool:
     return bool(np.isfinite(bound) and bound < 0.99 * 2.0**31)
 
 
+@functools.lru_cache(maxsize=256)
+def _narrow(x_dtype, wv, wh, bias, dtype) -> bool:
+    # narrow_sums kept per input dtype and weights (given as bytes): ~30 us a call
+    def arr(raw):
+        return np.frombuffer(raw, dtype)
+
+    return narrow_sums(x_dtype, arr(wv), arr(wh), arr(bias))
+
+
 def block_rows(plan) -> int:
     """Output rows of a block (they share the input rows they read): 4, or
     2 for a 2-tap column factor (a block reads ``kh >= rows - 1`` rows),
@@ -363,7 +372,9 @@ def run(x5, pass_weights, bias, plan, out5) -> None:
     b = np.zeros(plan.c_out, plan.dtype) if bias is None else np.ascontiguousarray(bias, dtype=plan.dtype)
     x5 = np.ascontiguousarray(x5)
     target = out5 if out5.flags.c_contiguous else np.empty(out5.shape, out5.dtype)
-    narrow = out5.dtype.kind in "iu" and narrow_sums(x5.dtype, wv, wh, b)
+    narrow = out5.dtype.kind in "iu" and _narrow(
+        x5.dtype.str, wv.tobytes(), wh.tobytes(), b.tobytes(), b.dtype.str
+    )
     with kernel_section():
         _fused(x5, wv, wh, b, prow, geo, runs, tabw, spec, narrow, target)
     if target is not out5:
