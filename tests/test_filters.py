@@ -580,15 +580,14 @@ def test_fused_separable_conv_with_dilation_bias_channels_and_planes(kw):
 @pytest.mark.parametrize(
     "xshape, wshape, kw",
     [
-        ((2, 3, 300), (3, 1, 5), dict(padding=2, groups=3, bias=True)),  # depthwise conv1d
-        ((1, 1, 700), (1, 1, 63), dict(padding=(31,), padding_mode="reflect")),  # a long 1-D filter
+        ((2, 3, 4100), (3, 1, 5), dict(padding=2, groups=3, bias=True)),  # depthwise conv1d
+        ((1, 1, 4200), (1, 1, 63), dict(padding=(31,), padding_mode="reflect")),  # a long 1-D filter
         (
-            (2, 4, 3, 290),
-            (4, 1, 1, 9),
-            dict(padding=(1, 4), dilation=(1, 3), groups=4, padding_mode="circular"),
+            (1, 2, 3, 4120),
+            (2, 1, 1, 9),
+            dict(padding=(1, 4), dilation=(1, 3), groups=2, padding_mode="circular"),
         ),
-        ((1, 2, 2, 5, 300), (2, 1, 1, 1, 4), dict(padding=(0, 2, 3), groups=2, padding_mode="replicate")),
-        ((1, 1, 2, 2100), (1, 1, 1, 7), dict(padding=(0, 3), bias=True)),  # two column tiles
+        ((1, 2, 2, 3, 4100), (2, 1, 1, 1, 4), dict(padding=(0, 2, 3), groups=2, padding_mode="replicate")),
     ],
     ids=str,
 )
@@ -596,7 +595,8 @@ def test_row_filters_run_on_the_fused_kernel(dtype, xshape, wshape, kw):
     """The direct method runs a kernel of one row along W with one channel
     per group (1-D filters, depthwise conv1d) on the fused kernel's row
     pass: against the reference and PyTorch, padding rows along H, modes,
-    dilation, bias, several column tiles."""
+    dilation, bias, rows of several column tiles (4096 outputs or more; a
+    shorter row stays on the direct path's own kernels)."""
     from numbaconv.cpu import sepfused
 
     from .conftest import assert_close_to_both
@@ -609,6 +609,7 @@ def test_row_filters_run_on_the_fused_kernel(dtype, xshape, wshape, kw):
     fn = {1: nc.conv1d, 2: nc.conv2d, 3: nc.conv3d}[nd]
     plan = make_plan("conv", x, w, b, **kw)
     assert sepfused.row_filter(plan)
+    assert not sepfused.row_filter(make_plan("conv", x[..., :600], w, b, **kw))
     x0 = x.copy()
     got = fn(x, w, b, method="direct", **kw)
     np.testing.assert_array_equal(x, x0)
@@ -628,7 +629,7 @@ def test_row_filters_run_on_the_fused_kernel(dtype, xshape, wshape, kw):
 def test_row_filter_inf_weights_meet_zero_padding_as_pytorch():
     """Zero padding times an infinite tap is NaN (PyTorch's sum: the padding
     is a zero in the sum), elsewhere the infinite term."""
-    x = np.ones((1, 1, 400), np.float32)
+    x = np.ones((1, 1, 4200), np.float32)
     w = np.array([[[np.inf, 1.0, 2.0]]], np.float32)
     got = nc.conv1d(x, w, padding=1, method="direct")
     assert np.isnan(got[0, 0, 0])  # the first output's tap 0 reads the padding
