@@ -183,3 +183,27 @@ def test_tall_row_blocks_on_small_planes(dtype, variant):
     params = dict(stride=[1, 1], pads=pads, dilation=[1, 1], groups=2, mode="zeros")
     ref = conv_reference(x, w, b, **params)
     assert_close(got, ref, tolerance(dtype, 27, x, w, b, **params))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("hw", [(31, 37), (9, 19), (50, 8)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_band_tail_blocks_move_back(hw, dtype, variant):
+    """The last block of a row (and of a band's rows) that would pass its
+    end moves back to end there, storing some values of the block before it
+    again: planes whose widths and heights are not multiples of a block,
+    split into several bands (one sample, two channels: bands are the
+    tasks), equal the reference everywhere, the overlapped columns and rows
+    included; a bias checks that no value is stored with it twice."""
+    h, w = hw
+    xs, ws, pads = (1, 2, h, w), (2, 1, 7, 5), [(3, 3), (2, 2)]
+    plan = make_conv_plan(xs, ws, (2,), 1, pads, 1, 2, dtype=dtype)
+    geo = igemm.geometry(plan)[0]
+    assert igemm.uses_band(plan) and geo.band_rows == 6
+    assert geo.nbands > 1 or h < 10  # several bands: the move stays inside each
+    rng = np.random.default_rng(11)
+    x, wt, b = (random_array(rng, s, dtype) for s in (xs, ws, (2,)))
+    b += 100  # a bias added twice would show
+    got = nc.conv2d(x, wt, b, 1, pads, 1, 2, method="direct")
+    params = dict(stride=[1, 1], pads=pads, dilation=[1, 1], groups=2, mode="zeros")
+    ref = conv_reference(x, wt, b, **params)
+    assert_close(got, ref, tolerance(dtype, 35, x, wt, b, **params))
