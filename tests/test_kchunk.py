@@ -31,9 +31,9 @@ def chunk(request, monkeypatch):
     monkeypatch.setattr(config, "direct_layout", "pixels")
     monkeypatch.setattr(config, "simd_lanes", 8)
     monkeypatch.setattr(igemm, "_L1_BYTES", 0)  # read below, per case
-    igemm._geometry.cache_clear()
+    igemm.clear_caches()
     yield request.param
-    igemm._geometry.cache_clear()
+    igemm.clear_caches()
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -43,7 +43,7 @@ def test_k_chunks_vs_reference_and_torch(name, dtype, chunk, monkeypatch):
     plan = make_conv_plan(xs, ws, (ws[0],), stride, pads, dil, groups, padding_mode=mode, dtype=dtype)
     span = igemm.geometry(plan)[0]._block_span()
     monkeypatch.setattr(igemm, "_L1_BYTES", chunk * span * np.dtype(dtype).itemsize)
-    igemm._geometry.cache_clear()
+    igemm.clear_caches()
     geo = igemm.geometry(plan)[0]
     cg = xs[1] // groups
     assert not geo.channels_last and not geo.band_rows

@@ -369,7 +369,7 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     # reading the input in place measured 1.1-1.8x slower (a block's loads
     # one input plane apart). geo: see Geometry.args
     G, cg, og, rows, nob, band, nbands, cchunk, pw, och, tsize = geo[7:18]
-    wq, cs, gpt, kc = geo[4], geo[20], geo[24], geo[38]
+    wq, cs, gpt, kc, span = geo[4], geo[20], geo[24], geo[38], geo[40]
     OD, OH = geo[28], geo[29]
     nt = tb.shape[0]
     n, gc, od, hb, oc = _task(t, nbands, (nob + och - 1) // och, OD, (G + gpt - 1) // gpt)
@@ -381,7 +381,8 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     # (denormals there cost microcode assists: a 4x slower 5x5 float64 filter)
     tile[cchunk * cs :] = 0
     ob0, ob1 = oc * och, min(nob, (oc + 1) * och)
-    blk = rows * pw
+    sp = span * pw  # pixels a store: span pixel blocks (Geometry.span)
+    blk = rows * sp
     cb = np.empty((ob1 - ob0) * blk, dtype=out.dtype)
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cchunk):
@@ -391,33 +392,21 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
             # per pixel block, K chunks of kc channels outer, the o-blocks
             # inner: the chunk's tile lines stay in L1 over the o-blocks (a
             # whole K's lines did not: each block streamed them from L2)
-            for pb in range(npb):
-                p0 = pb * pw
-                for k0 in range(0, nc, kc):
-                    nk = min(kc, nc - k0)
-                    for ob in range(ob0, ob1):
-                        a0 = ((g * nob + ob) * cg + c0 + k0) * nt * rows
-                        _block(
-                            wp,
-                            tile,
-                            cb,
-                            tb,
-                            spec,
-                            rows,
-                            nk,
-                            a0,
-                            p0 + k0 * cs,
-                            cs,
-                            pw,
-                            (ob - ob0) * blk,
-                            k0 > 0,
-                        )
+            for s0 in range(0, npb, span):
+                for pb in range(s0, min(npb, s0 + span)):
+                    p0 = pb * pw
+                    for k0 in range(0, nc, kc):
+                        nk = min(kc, nc - k0)
+                        for ob in range(ob0, ob1):
+                            a0 = ((g * nob + ob) * cg + c0 + k0) * nt * rows
+                            c = (ob - ob0) * blk + (pb - s0) * pw
+                            _block(wp, tile, cb, tb, spec, rows, nk, a0, p0 + k0 * cs, cs, sp, c, k0 > 0)
                 # the o-blocks' rows are consecutive in cb: one store for all
                 # (each call of an inlined function taking arrays updates
                 # their reference counts: 8 atomics that wait for the stores
                 # before them, 35% of a 3x3 stem's time when made per o-block)
                 nr = min((ob1 - ob0) * rows, og - ob0 * rows)
-                _store(cb, bias, of, geo, n, od, h0, g * og + ob0 * rows, nr, p0, pw, noh, c0 > 0, spec)
+                _store(cb, bias, of, geo, n, od, h0, g * og + ob0 * rows, nr, s0 * pw, sp, noh, c0 > 0, spec)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -681,6 +670,8 @@ def uses_channels_last(plan, lanes: int, registers: int = 32) -> bool:
 
 
 CL_MIN_CHANNELS = 16
+STORE_PIXELS = 128  # pixels of the pixel layout's stores (Geometry.span)
+STORE_BYTES = 16 * 1024  # and the most accumulators they hold
 CL_MARGIN = 1.1  # the channels-last blocks ran 5-8% below the pixel blocks on planes where both were full
 
 
@@ -864,6 +855,14 @@ class Geometry:
         # its tile and its set-up (one plane a task: 14x14 depthwise planes
         # spent more in the tasks' entry than in their FMAs)
         self.gpt = max(1, min(plan.groups, tasks // want))
+        # pixel layout: pixel blocks a store takes (the output rows written in
+        # runs of ~STORE_PIXELS, not px: a 3x3 stem's 32 channels x 24 pixels
+        # a store spent more in the calls than in the stores), as long as
+        # the accumulators stay within STORE_BYTES
+        self.span = 1
+        if not (self.channels_last or self.band_rows):
+            per = self.och * self.block * self.px * item
+            self.span = max(1, min(-(-STORE_PIXELS // self.px), STORE_BYTES // per))
 
     def _block_span(self):
         """Tile elements of one input channel that a pixel block reads: the
@@ -989,7 +988,7 @@ class Geometry:
         acc = (
             self.och * self.ppad * self.block
             if self.channels_last
-            else max(self.block * self.och, self.band_rows) * self.px
+            else max(self.block * self.och, self.band_rows) * self.px * self.span
         )
         return threads * (self.tile + acc) * self.plan.dtype.itemsize
 
@@ -997,7 +996,7 @@ class Geometry:
         """What the kernels take after the target's description (``geo[37:]``):
         the taps, the channels-last layout's channels per weight chunk and
         samples per task."""
-        return [len(self.taps), self.kc, self.ipt]
+        return [len(self.taps), self.kc, self.ipt, self.span]
 
     def block_values(self) -> int:
         """Accumulator values of one register block (rows x pixels, or
@@ -1133,6 +1132,13 @@ def run_phases(x5, bias, phases: tuple, wp, base) -> None:
         parallel_tasks(
             task, tasks, x5, x5.reshape(-1), wp, bias, base, base.reshape(-1), *args[:5], spec, args[5]
         )
+
+
+def clear_caches() -> None:
+    """Forget the kept geometries and task regions (after changing a module
+    constant they read: tests)."""
+    _geometry.cache_clear()
+    _regions.cache_clear()
 
 
 def setting(dtype) -> tuple:
