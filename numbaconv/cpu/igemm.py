@@ -995,7 +995,7 @@ class Geometry:
     def tail(self):
         """What the kernels take after the target's description (``geo[37:]``):
         the taps, the channels-last layout's channels per weight chunk and
-        samples per task."""
+        samples per task, the pixel layout's pixel blocks per store."""
         return [len(self.taps), self.kc, self.ipt, self.span]
 
     def block_values(self) -> int:
