@@ -30,6 +30,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
+from numba.np.ufunc import parallel as _parallel  # imported by numba itself
 
 _SERIAL = threading.RLock()
 _FORKED_AFTER_OPENMP = False
@@ -82,6 +83,19 @@ def threading_layer() -> str | None:
         return numba.threading_layer()
     except ValueError:
         return None
+
+
+def threads() -> int:
+    """``numba.get_num_threads()`` for the calls of a kernel's set-up: once
+    Numba's threading layer is up, its C getter directly (the public
+    function re-enters the layer's start-up locks on every call: 0.7 vs
+    0.12 us, read ~6 times a conv call)."""
+    getter = getattr(_parallel, "_get_num_threads", None)
+    if getattr(_parallel, "_is_initialized", False) and getter is not None:
+        count = getter()
+        if count > 0:
+            return count
+    return numba.get_num_threads()
 
 
 def num_threads() -> int:

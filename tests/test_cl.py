@@ -139,8 +139,8 @@ def test_transposed_phases_store_one_value_at_a_time(stride, monkeypatch):
     b = random_array(rng, (24,), np.float64)
     kw = dict(stride=stride, padding=1, output_padding=1)
     kinds = []
-    run = igemm.parallel_tasks
-    monkeypatch.setattr(igemm, "parallel_tasks", lambda task, *a: kinds.append(task) or run(task, *a))
+    run = igemm.run_at
+    monkeypatch.setattr(igemm, "run_at", lambda addr, task, *a: kinds.append(task) or run(addr, task, *a))
     with config.override(simd_lanes=8):  # sub-kernels of 2 x 1 to 2 x 2 taps: no Winograd phase
         got = nc.conv_transpose2d(x, w, b, method="gather", **kw)
     assert igemm._conv_cl_task in kinds

@@ -36,15 +36,15 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 
 from .. import config
 from ..common import WeightCache, aligned_copy
 from ..runtime import njit
+from ..runtime import threads as _threads
 from ..shapes import fold_index
 from .microkernel import fma_band, fma_taps, rows_for, spec_for, transpose_block, vector_run, vectors_for
-from .tasks import parallel_tasks
+from .tasks import run_at, task_address
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH (tested).
@@ -1064,7 +1064,7 @@ def geometry(plan, threads: int | None = None, dtype=None, share: int = 1):
     (with the lanes of ``dtype`` if given, else of the plan's dtype; ``share``
     plans' tasks in one parallel region: :func:`run_phases`)."""
     spec = spec_for(plan.dtype if dtype is None else dtype)
-    threads = numba.get_num_threads() if threads is None else threads
+    threads = _threads() if threads is None else threads
     return _geometry(
         plan, spec.lanes, spec.registers, threads, config.direct_layout, config.workspace_bytes, share
     )
@@ -1072,7 +1072,7 @@ def geometry(plan, threads: int | None = None, dtype=None, share: int = 1):
 
 def workspace_bytes(plan, share: int = 1) -> int:
     """The tasks' tiles, one per thread at a time, and the packed weights."""
-    threads = numba.get_num_threads()
+    threads = _threads()
     return geometry(plan, threads, share=share)[0].workspace(threads)
 
 
@@ -1121,17 +1121,41 @@ def run_phases(x5, bias, phases: tuple, wp, base) -> None:
     ``phases`` are ``(plan, view, offset)``, the view as :func:`target_desc`
     gives it, the plan's weight packed at ``offset`` of ``wp`` (:func:`pack`).
     Each kind of task runs in one parallel region
-    (:func:`numbaconv.cpu.tasks.parallel_tasks`, the task function called by
-    its address: a prange calling it directly compiles it twice), its tasks
+    (:func:`numbaconv.cpu.tasks.run_at`, the task function called by its
+    address: a prange calling it directly compiles it twice), its tasks
     interleaved so that the phases progress together (the threads take the
-    tasks in this order, one at a time)."""
+    tasks in this order, one at a time). The regions and their tasks'
+    addresses are kept per phases, setting and the arrays' types
+    (:func:`_bound`)."""
     spec = spec_for(base.dtype)
     if bias is None:
         bias = np.zeros(base.shape[1], dtype=base.dtype)
-    for task, tasks, args in _regions(phases, *setting(base.dtype)):
-        parallel_tasks(
-            task, tasks, x5, x5.reshape(-1), wp, bias, base, base.reshape(-1), *args[:5], spec, args[5]
-        )
+    xf, basef = x5.reshape(-1), base.reshape(-1)
+    for task, tasks, args, address in _bound(phases, setting(base.dtype), x5, xf, wp, bias, base, basef):
+        run_at(address, task, tasks, x5, xf, wp, bias, base, basef, *args[:5], spec, args[5])
+
+
+_BOUND: dict = {}
+_BOUND_MAX = 256
+
+
+def _bound(phases, setting_, *arrays) -> list:
+    """``(task function, task count, (tb, md, mh, mw, runs, geo), address)``
+    per region of :func:`_regions`, the address compiled for ``arrays`` (the
+    first six arguments of a task) and the region's own: kept per phases,
+    :func:`setting` and what the arrays' Numba types depend on."""
+    key = (phases, setting_) + tuple((a.dtype, a.ndim, a.flags.num) for a in arrays)
+    bound = _BOUND.get(key)
+    if bound is None:
+        spec = spec_for(arrays[4].dtype)
+        bound = [
+            (task, tasks, args, task_address(task, arrays + tuple(args[:5]) + (spec, args[5])))
+            for task, tasks, args in _regions(phases, *setting_)
+        ]
+        if len(_BOUND) >= _BOUND_MAX:
+            _BOUND.clear()
+        _BOUND[key] = bound
+    return bound
 
 
 def clear_caches() -> None:
@@ -1139,13 +1163,14 @@ def clear_caches() -> None:
     constant they read: tests)."""
     _geometry.cache_clear()
     _regions.cache_clear()
+    _BOUND.clear()
 
 
 def setting(dtype) -> tuple:
     """What a geometry depends on besides the plan: threads, the config's
     layout and budget, the dtype's lanes and registers (a cache key)."""
     spec = spec_for(dtype)
-    return numba.get_num_threads(), config.direct_layout, config.workspace_bytes, spec.lanes, spec.registers
+    return _threads(), config.direct_layout, config.workspace_bytes, spec.lanes, spec.registers
 
 
 @functools.lru_cache(maxsize=128)
