@@ -87,3 +87,50 @@ def test_weight_cache_compares_every_byte(count):
         edited.view(np.uint8)[index * 4 + 3] ^= 1  # one bit of one byte
         assert cache.get(edited, ("k",), make) is not first
     assert len(made) == 3 if count > 1 else len(made) == 2
+
+
+def test_thread_count_follows_numba():
+    """runtime.threads (Numba's C getter once its layer is up) reads what
+    numba.set_num_threads set, as numba.get_num_threads does."""
+    from numbaconv import runtime
+
+    before = numba.get_num_threads()
+    try:
+        for count in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(count)
+            assert runtime.threads() == numba.get_num_threads() == count
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_direct_path_keeps_bound_regions_per_setting(monkeypatch):
+    """igemm._bound: the task regions and their addresses are made once per
+    (phases, setting, array types): a repeated call looks none up; another
+    thread count or workspace budget (other tasks) makes its own, and every
+    result matches the reference."""
+    import numbaconv as nc
+    from numbaconv import config
+    from numbaconv.cpu import igemm
+
+    from .reference import conv_reference
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 9, 11))
+    w = rng.standard_normal((6, 8, 3, 3))
+    ref = conv_reference(x, w, None, stride=[1, 1], pads=[(1, 1)] * 2, dilation=[1, 1], groups=1)
+    looked_up = []
+    address = igemm.task_address
+    monkeypatch.setattr(igemm, "task_address", lambda task, a: looked_up.append(task) or address(task, a))
+    igemm.clear_caches()
+    before = numba.get_num_threads()
+    try:
+        for threads, budget, new in [(2, None, True), (2, None, False), (1, None, True), (1, 2**16, True)]:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            looked_up.clear()
+            with config.override(**({} if budget is None else {"workspace_bytes": budget})):
+                got = nc.conv2d(x, w, padding=1, method="direct")
+            assert bool(looked_up) == new or numba.config.NUMBA_NUM_THREADS == 1
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+    finally:
+        numba.set_num_threads(before)
+        igemm.clear_caches()
