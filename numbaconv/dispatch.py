@@ -28,7 +28,7 @@ import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from . import config, costs
+from . import config, costs, runtime
 
 
 class UnsupportedMethodError(ValueError):
@@ -183,7 +183,18 @@ def format_ms(seconds: float) -> str:
 
 
 def _settings_key():
-    return (config.workspace_bytes, config.direct_channels_last_min, id(costs.constants()))
+    # what the kept estimates depend on besides the plan: the settings the
+    # methods' geometries read (layout, vector lanes and block, budget),
+    # Numba's thread count (tasks, tiles) and the constants in use
+    return (
+        config.workspace_bytes,
+        config.direct_channels_last_min,
+        config.direct_layout,
+        config.simd_lanes,
+        config.simd_block,
+        runtime.num_threads(),
+        id(costs.constants()),
+    )
 
 
 def estimate_all(

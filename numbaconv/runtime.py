@@ -85,24 +85,19 @@ def threading_layer() -> str | None:
         return None
 
 
-def threads() -> int:
-    """``numba.get_num_threads()`` for the calls of a kernel's set-up: once
-    Numba's threading layer is up, its C getter directly (the public
-    function re-enters the layer's start-up locks on every call: 0.7 vs
-    0.12 us, read ~6 times a conv call)."""
+def num_threads() -> int:
+    """Numba's thread count (``numba.get_num_threads()``), read through
+    Numba's C getter once its threading layer is up (the public function
+    re-enters the layer's start-up locks on every call: 0.7 vs 0.12 us, read
+    several times a call), and without starting the layer when no parallel
+    kernel has run yet (then nobody can have called ``numba.set_num_threads``
+    either): a process that only ran the GEMM path stays fork-safe."""
     getter = getattr(_parallel, "_get_num_threads", None)
     if getattr(_parallel, "_is_initialized", False) and getter is not None:
         count = getter()
         if count > 0:
             return count
-    return numba.get_num_threads()
-
-
-def num_threads() -> int:
-    """Numba's thread count (``numba.get_num_threads()``) without starting its
-    threading layer when no parallel kernel has run yet (then nobody can have
-    called ``numba.set_num_threads`` either): a process that only ran the GEMM
-    path stays fork-safe."""
+        return numba.get_num_threads()
     if threading_layer() is None:
         return numba.config.NUMBA_NUM_THREADS
     return numba.get_num_threads()

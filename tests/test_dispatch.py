@@ -333,3 +333,28 @@ def test_plans_from_shapes_match_the_api():
     assert plan == shapes.make_conv_transpose_plan(
         (2, 4, 7), (4, 3, 5), None, stride=2, output_padding=1, dtype=np.float32
     )
+
+
+def test_kept_estimates_follow_layout_and_threads():
+    """The auto choice's kept estimates are per setting the geometries read:
+    the direct path's estimate under direct_layout='pixels' is that
+    layout's (not the one kept from the default layout), and a changed
+    thread count is a new entry."""
+    import numba
+
+    plan = shapes.make_conv_plan(
+        (8, 512, 7, 7), (512, 512, 3, 3), None, 1, 1, 1, 1, padding_mode="zeros",
+        dtype=np.dtype("float32"), ndim=2,
+    )  # fmt: skip
+    auto = dispatch.estimate_all("conv", plan)[0]["direct"]
+    with config.override(direct_layout="pixels"):
+        pixels = dispatch.estimate_all("conv", plan)[0]["direct"]
+    assert pixels != auto  # channels-last blocks under auto on 7x7 planes
+    assert dispatch.estimate_all("conv", plan)[0]["direct"] == auto
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        key = dispatch._settings_key()
+    finally:
+        numba.set_num_threads(before)
+    assert key != dispatch._settings_key() or before == 1

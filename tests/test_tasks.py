@@ -90,7 +90,7 @@ def test_weight_cache_compares_every_byte(count):
 
 
 def test_thread_count_follows_numba():
-    """runtime.threads (Numba's C getter once its layer is up) reads what
+    """runtime.num_threads (Numba's C getter once its layer is up) reads what
     numba.set_num_threads set, as numba.get_num_threads does."""
     from numbaconv import runtime
 
@@ -98,7 +98,7 @@ def test_thread_count_follows_numba():
     try:
         for count in sorted({1, numba.config.NUMBA_NUM_THREADS}):
             numba.set_num_threads(count)
-            assert runtime.threads() == numba.get_num_threads() == count
+            assert runtime.num_threads() == numba.get_num_threads() == count
     finally:
         numba.set_num_threads(before)
 

@@ -25,13 +25,13 @@ race-free and deterministic.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
 from .. import config, costs
 from ..common import batch_chunk, nan_where_padding_meets_nonfinite_weights
 from ..runtime import njit
+from ..runtime import num_threads as threads_now
 from ..shapes import conv_tap_maps
 from . import dwcl, igemm, sepfused
 from .microkernel import INTEGER_SOURCES, lanes_for
@@ -454,7 +454,7 @@ def run(x5, w5, bias, plan, out5):
         ob = min(og, _ROW_OB)
         base = plan.batch * plan.groups * (-(-og // ob)) * plan.out_size[0]
         ow = plan.out_size[2]
-        want = 16 * numba.get_num_threads()
+        want = 16 * threads_now()
         owb = ow if base >= want else max(256, -(-ow // -(-want // base)))
         _rows_kernel(x5, w5, bias, out5, *maps, ob, min(owb, ow))
     nan_where_padding_meets_nonfinite_weights(plan, w5, out5)

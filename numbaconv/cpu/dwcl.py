@@ -23,6 +23,7 @@ import numpy as np
 
 from ..common import WeightCache
 from ..runtime import njit
+from ..runtime import num_threads as threads_now
 from ..shapes import fold_index
 from .igemm import _task as _task_of
 from .microkernel import fma_taps_vv, spec_for, transpose_block
@@ -126,20 +127,18 @@ def _geometry(plan, lanes, threads):
 
 def geometry(plan, threads: int | None = None):
     """``(Geometry, (md, mh, mw, taps, geo))`` of ``plan`` on this host."""
-    import numba
 
     spec = spec_for(plan.dtype)
-    return _geometry(plan, spec.lanes, numba.get_num_threads() if threads is None else threads)
+    return _geometry(plan, spec.lanes, threads_now() if threads is None else threads)
 
 
 def workspace_bytes(plan) -> int:
     """One tile and register block per thread, the packed weights."""
-    import numba
 
     geo = geometry(plan)[0]
     item = plan.dtype.itemsize
     per = (geo.tile + PIXELS * geo.lanes) * item
-    return numba.get_num_threads() * per + geo.ncb * len(geo.taps(plan)) * geo.lanes * item
+    return threads_now() * per + geo.ncb * len(geo.taps(plan)) * geo.lanes * item
 
 
 _PACKED = WeightCache("weight_cache_bytes")

@@ -37,6 +37,7 @@ from numba.extending import overload
 from .. import config, costs
 from ..common import WeightCache, dilated_flipped, flipped, fold_workspace, transposed_as_conv
 from ..runtime import njit, split_run
+from ..runtime import num_threads as threads_now
 from ..shapes import MODE_CODES
 from .fold import with_fold
 
@@ -532,7 +533,7 @@ def _group(lens, signals: int) -> int:
     multi-dimensional transforms (vectorized within each already)."""
     if lens[0] > 1 or lens[1] > 1:
         return 1
-    return int(max(1, min(_GROUP_1D, signals // numba.get_num_threads())))
+    return int(max(1, min(_GROUP_1D, signals // threads_now())))
 
 
 def _batch_maps(window, batch, ext):
@@ -618,7 +619,7 @@ def _correlate(x5, w5, bias, cor, out5, window):
     _sfft()  # rocket-fft's symbols, before a kernel is compiled or loaded from the cache
     tiles, lens = _tile_plan(cor)
     spans = [_span(cor, i) for i in range(3)]
-    kspec, fshape = _kernel_spectrum(w5, cor, lens, numba.get_num_threads())
+    kspec, fshape = _kernel_spectrum(w5, cor, lens, threads_now())
     need = [_valid_len(cor, i) for i in range(3)]
     axes = tuple(ax for ax in (1, 2) if lens[ax - 1] > 1) + (3,)  # of (signal, L0, L1, L2)
     ext = [min(lens[i], tiles[i] + spans[i] - 1) for i in range(3)]

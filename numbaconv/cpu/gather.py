@@ -30,11 +30,11 @@ import functools
 import itertools
 import math
 
-import numba
 import numpy as np
 
 from .. import config, costs
 from ..common import WeightCache, fold_chunk, fold_workspace, transposed_as_conv
+from ..runtime import num_threads as threads_now
 from ..shapes import gather_tap_maps
 from . import direct, igemm, winograd
 from .fold import with_fold
@@ -149,7 +149,7 @@ def workspace_bytes(plan) -> int:
     buffer of the non-zero modes."""
     if _phased(plan):
         phases = _phases(plan)
-        threads = numba.get_num_threads()
+        threads = threads_now()
         geos = [igemm.geometry(sub, threads, share=_share(phases))[0] for _, sub, _ in phases]
         work = max((g.tile_bytes(threads) for g in geos), default=0) + sum(g.weight_bytes() for g in geos)
     else:

@@ -25,7 +25,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ..runtime import njit, threads
+from ..runtime import njit, num_threads
 from .microkernel import Spec
 from .winotile import Tile
 
@@ -123,7 +123,7 @@ def run_at(address: int, task, tasks: int, *args) -> None:
     (:func:`task_address` of these arguments' types: a caller that keeps it
     skips the type key, ~4 us a call)."""
     err = np.zeros(1, dtype=np.int64)
-    workers = max(1, min(tasks, threads()))
+    workers = max(1, min(tasks, num_threads()))
     run_tasks(address, tasks, workers, err, *args)
     if err[0]:
         raise MemoryError(f"a task of {task.py_func.__name__} failed (out of memory)")

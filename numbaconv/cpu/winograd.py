@@ -49,12 +49,12 @@ from __future__ import annotations
 
 import functools
 
-import numba
 import numpy as np
 
 from .. import costs
 from ..common import WeightCache
 from ..runtime import njit
+from ..runtime import num_threads as threads_now
 from ..shapes import fold_index
 from .microkernel import fma_taps, spec_for, vectors_for
 from .tasks import parallel_tasks
@@ -207,7 +207,7 @@ class Geometry:
 
 def _threads() -> int:
     """The threads the tasks are planned for (Numba's, at the call)."""
-    return numba.get_num_threads()
+    return threads_now()
 
 
 def geometry(plan) -> Geometry:
@@ -244,7 +244,7 @@ def workspace_bytes(plan) -> int:
     weight transform."""
     geo = geometry(plan)
     packed = plan.groups * geo.points * geo.cop * geo.cig
-    return geo.workspace_bytes(plan.dtype.itemsize, numba.get_num_threads()) + packed * plan.dtype.itemsize
+    return geo.workspace_bytes(plan.dtype.itemsize, threads_now()) + packed * plan.dtype.itemsize
 
 
 def cost_features(plan) -> dict[str, float]:
