@@ -3,7 +3,7 @@
 planes are too few, bands of output rows come first (each task all of its
 band's blocks of output channels), as long as a band keeps the kernel's
 halo rows and 4 pixel blocks; chunks of blocks of output channels only
-after that. Results against the reference and PyTorch on such calls."""
+after that, and to 4 tasks a thread. Results against the reference and PyTorch on such calls."""
 
 from __future__ import annotations
 
@@ -48,10 +48,13 @@ def test_bands_before_channel_chunks(name, threads, pixels):
     # blocks need (of those, the one padding the pixel blocks least)
     top = min(oh, max(oh * plan.batch // want, halo, -(-4 * geo.px // geo.wq), 1))
     assert geo.band <= top
-    if plan.batch * geo.nbands >= want:  # tasks enough from the bands
+    # chunks of blocks of output channels (each fills its band's tile again)
+    # only for tasks enough, and fewer of them: 4 a thread
+    chunked = igemm._CHUNK_TASKS_PER_THREAD * threads
+    if plan.batch * geo.nbands >= chunked:
         assert geo.och == geo.nob  # each task all of its band's blocks of output channels
-    else:  # then chunks of blocks of output channels
-        assert geo.och < geo.nob and geo.tasks() > plan.batch * geo.nbands
+    else:
+        assert geo.och < geo.nob and plan.batch * geo.nbands < geo.tasks() < 2 * chunked
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
