@@ -1,7 +1,9 @@
 """Direct convolution as implicit GEMM on the micro-kernel (real dtypes).
 
 A task owns one (sample, group, output plane, band of output rows) and a
-chunk of the group's blocks of output channels. It copies the input its band
+chunk of the group's blocks of output channels (a call's tasks come from
+samples, groups and planes, then bands of rows, and chunks of blocks last:
+:meth:`Geometry._split`). It copies the input its band
 reads into a tile (:func:`_fill`): per input channel and kernel plane, the
 padded rows and columns split by the H and W strides into the phases the taps
 use (``rq x wq`` values each). Padding modes enter only here, through index
