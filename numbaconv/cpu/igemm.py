@@ -65,9 +65,9 @@ def _fill(x, xf, tile, n, c0, nc, od, h0, md, mh, mw, runs, geo, cst, pst, spec,
     # Unsigned indices in the copies: no wraparound test, so they vectorize;
     # x read through xf (x flat) at computed offsets: a view per row would
     # cost two atomic reference-count updates. edges=False: the zero rows and
-    # columns are in the tile already (zero padding: a task's later fills of
-    # the same positions; 5x5 depthwise on 14x14 planes copied more zeros
-    # than input)
+    # columns are in the tile already (zero padding: the task zeroed its tile
+    # before its first fill, _zero_tile; 5x5 depthwise on 14x14 planes
+    # copied more zeros than input)
     kd_n, nph, npw, rq, wq, hq, sw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
     C, D, H, W = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
     z = tile.dtype.type(0)
@@ -362,6 +362,23 @@ def _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
                     _put(of, _offset(geo, n, g, od, h0 + oh, p0), geo[36], cb, r * px, cnt, bv, c0 > 0, spec)
 
 
+@njit(inline="always")
+def _zero_tile(tile, used, geo):
+    # A task's tile before its fills: zeros past the ``used`` elements (the
+    # slack junk pixels read), and with zero padding (geo[25] == 2:
+    # Geometry.zeros) everywhere, once: the fills then copy only the input
+    # (no edges: a position they do not write is padding, a zero; other
+    # modes write the edge values on every fill, no padding the rows past
+    # the maps on a task's first, as _conv_task's edges say). Writing
+    # the zero columns and rows value by value took a third of a 3x3
+    # stride-2 layer's fill (16 channels, 56-value rows) and half of a
+    # stride-1 one's.
+    if geo[25] == 2:
+        tile[:] = 0
+    else:
+        tile[used:] = 0
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc, tc):
     # the phase of task tc (see _phase); the arguments below are its slices
@@ -381,8 +398,9 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     npb = (noh * wq + pw - 1) // pw
     tile = np.empty(tsize, dtype=out.dtype)
     # the slack that junk pixels read: zeros, not whatever the allocator left
-    # (denormals there cost microcode assists: a 4x slower 5x5 float64 filter)
-    tile[cchunk * cs :] = 0
+    # (denormals there cost microcode assists: a 4x slower 5x5 float64 filter);
+    # zero padding: the whole tile once (see _zero_tile)
+    _zero_tile(tile, cchunk * cs, geo)
     ob0, ob1 = oc * och, min(nob, (oc + 1) * och)
     sp = span * pw  # pixels a store: span pixel blocks (Geometry.span)
     blk = rows * sp
@@ -390,7 +408,7 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cchunk):
             nc = min(cchunk, cg - c0)
-            edges = g == gc * gpt and c0 == 0 or geo[25] == 0  # see _fill
+            edges = geo[25] == 0 or geo[25] == 1 and g == gc * gpt and c0 == 0  # see _zero_tile
             _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec, edges)
             # per pixel block, K chunks of kc channels outer, the o-blocks
             # inner: the chunk's tile lines stay in L1 over the o-blocks (a
@@ -433,12 +451,12 @@ def _band_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     h0 = hb * band
     noh = min(band, OH - h0)
     tile = np.empty(tsize, dtype=out.dtype)
-    tile[cchunk * cs :] = 0  # the slack junk pixels read (see _conv_task)
+    _zero_tile(tile, cchunk * cs, geo)  # the slack junk pixels read (see _conv_task)
     cb = np.empty(geo[21] * pw, dtype=out.dtype)
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cchunk):
             nc = min(cchunk, cg - c0)
-            edges = g == gc * gpt and c0 == 0 or geo[25] == 0  # see _fill
+            edges = geo[25] == 0 or geo[25] == 1 and g == gc * gpt and c0 == 0  # see _zero_tile
             _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec, edges)
             _band_pass(wp, tile, cb, tb, spec, geo, bias, of, n, g, od, h0, noh, c0, nc)
 
@@ -996,9 +1014,19 @@ class Geometry:
             [p.kernel[0], len(self.ph), len(self.pw_), self.rq, self.wq, self.hq, self.sw, p.groups, self.cg,
              self.og, self.vectors, self.nob, self.band, self.nbands, self.cc, self.px, self.och, self.tile,
              self.block, self.ps, self.cs, self.band_rows, p.kernel[1], p.dilation[1], self.gpt,
-             int(p.padding_mode == "zeros")],
+             self.zeros()],
             dtype=np.int64,
         )  # fmt: skip
+
+    def zeros(self) -> int:
+        """``geo[25]``: 0 for a padding mode other than zeros (the fills write
+        the edges each time), 1 for zeros with no padding, 2 for zero padding
+        (a task zeroes its tile once and the fills copy only the input:
+        :func:`_zero_tile`)."""
+        p = self.plan
+        if p.padding_mode != "zeros":
+            return 0
+        return 2 if any(lo > 0 or hi > 0 for lo, hi in p.padding) else 1
 
     def workspace(self, threads):
         """Bytes: one tile and accumulator block per thread, the packed weights."""
