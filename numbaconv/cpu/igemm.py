@@ -849,11 +849,9 @@ class Geometry:
             # least the kernel's halo rows and of 4 pixel blocks (a 28-wide
             # plane in bands of one row filled 45% of a block's lanes)
             top = oh
-            if base < want:
+            if base < want and not (self.nob > 1 and self.channels_last):
                 top = max(1, oh * base // want)
-                if self.nob > 1 and self.channels_last:
-                    top = oh
-                elif self.nob > 1:
+                if self.nob > 1:
                     halo = plan.dilation[1] * (plan.kernel[1] - 1) // self.sh
                     top = min(oh, max(top, halo, -(-4 * self.px // self.wq)))
             band = self._pixel_band(oh, top, limit)
@@ -1181,7 +1179,9 @@ def run_phases(x5, bias, phases: tuple, wp, base) -> None:
     if bias is None:
         bias = np.zeros(base.shape[1], dtype=base.dtype)
     xf, basef = x5.reshape(-1), base.reshape(-1)
-    for task, tasks, args, address in _bound(phases, setting(base.dtype), x5, xf, wp, bias, base, basef):
+    for task, tasks, args, address in _bound(
+        phases, setting(base.dtype), spec, x5, xf, wp, bias, base, basef
+    ):
         run_at(address, task, tasks, x5, xf, wp, bias, base, basef, *args[:5], spec, args[5])
 
 
@@ -1189,15 +1189,15 @@ _BOUND: dict = {}
 _BOUND_MAX = 256
 
 
-def _bound(phases, setting_, *arrays) -> list:
+def _bound(phases, setting_, spec, *arrays) -> list:
     """``(task function, task count, (tb, md, mh, mw, runs, geo), address)``
     per region of :func:`_regions`, the address compiled for ``arrays`` (the
-    first six arguments of a task) and the region's own: kept per phases,
+    first six arguments of a task), the region's own and ``spec`` (the
+    target's, which ``setting_`` determines): kept per phases,
     :func:`setting` and what the arrays' Numba types depend on."""
     key = (phases, setting_) + tuple((a.dtype, a.ndim, a.flags.num) for a in arrays)
     bound = _BOUND.get(key)
     if bound is None:
-        spec = spec_for(arrays[4].dtype)
         bound = [
             (task, tasks, args, task_address(task, arrays + tuple(args[:5]) + (spec, args[5])))
             for task, tasks, args in _regions(phases, *setting_)
