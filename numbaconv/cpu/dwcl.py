@@ -26,7 +26,7 @@ from ..runtime import njit
 from ..runtime import num_threads as threads_now
 from ..shapes import fold_index
 from .igemm import _task as _task_of
-from .microkernel import fma_taps_vv, spec_for, transpose_block
+from .microkernel import fma_taps_vv, spec_for, transpose_block, vector_run
 from .tasks import parallel_tasks
 
 _FASTMATH = {"reassoc", "contract"}  # equals numbaconv.config.FASTMATH (see igemm)
@@ -137,7 +137,7 @@ def workspace_bytes(plan) -> int:
 
     geo = geometry(plan)[0]
     item = plan.dtype.itemsize
-    per = (geo.tile + PIXELS * geo.lanes) * item
+    per = (geo.tile + max(PIXELS, geo.lanes) * geo.lanes) * item  # a tile, a span of register blocks
     return threads_now() * per + geo.ncb * len(geo.taps(plan)) * geo.lanes * item
 
 
@@ -160,11 +160,11 @@ def packed_weights(w5, lanes: int) -> np.ndarray:
 
 
 @njit(inline="always")
-def _fill(xf, tile, n, c0, od, h0, md, mh, mw, geo, C, D, H, W, bias, spec):
+def _fill(xf, tile, n, c0, od, h0, md, mh, mw, geo, C, D, H, W, bias, zv, spec):
     # tile[((kd * rq + r) * wq + q) * L + l] = x[n, c0 + l, md[od, kd], mh[h0 * sh + r], mw[q]]
     # (0 past the channels and where a map says -1): the columns [qa, qb)
     # that read the input in place (iw0 + q - qa) by transposes of up to L
-    # channels x L columns, the padding columns one value at a time
+    # channels x L columns, the padding columns by _edges
     kd_n, rq, wq, sh, qa, qb, iw0 = geo[0], geo[1], geo[2], geo[8], geo[14], geo[15], geo[16]
     L = tile.shape[0] // (kd_n * rq * wq)
     z = tile.dtype.type(0)
@@ -177,7 +177,8 @@ def _fill(xf, tile, n, c0, od, h0, md, mh, mw, geo, C, D, H, W, bias, spec):
             ih = mh[row] if row < mh.shape[0] else -1
             o = (kd * rq + r) * wq * L
             if idd < 0 or ih < 0:
-                tile[o : o + wq * L] = z
+                for i in range(np.uint64(o), np.uint64(o + wq * L)):  # a loop, not a view (refcounts)
+                    tile[i] = z
                 continue
             src = (((n * C + c0) * D + idd) * H + ih) * W
             for q0 in range(qa, qb, L):
@@ -185,11 +186,25 @@ def _fill(xf, tile, n, c0, od, h0, md, mh, mw, geo, C, D, H, W, bias, spec):
                 transpose_block(
                     tile, o + q0 * L, L, cnt, L, xf, src + iw0 + q0 - qa, plane, nl, cnt, bias, 0, 0, spec
                 )
-            for part in range(2):  # the padding columns, left and right
-                for q in range(0 if part == 0 else qb, qa if part == 0 else wq):
-                    iw = mw[q]
-                    for l in range(L):
-                        tile[o + q * L + l] = xf[src + l * plane + iw] if iw >= 0 and l < nl else z
+            _edges(xf, tile, o, src, plane, nl, L, 0, qa, mw, zv, spec)
+            _edges(xf, tile, o, src, plane, nl, L, qb, wq, mw, zv, spec)
+
+
+@njit(inline="always")
+def _edges(xf, tile, o, src, plane, nl, L, q0, q1, mw, zv, spec):
+    # the padding columns [q0, q1) of a tile row at o: a zero column (map -1)
+    # a vector copied from zv (L zeros; a loop of L stores became a memset
+    # call), another mode's column gathered from the L planes (value by
+    # value, every column, these were as long as the transposes of a
+    # 14-wide plane's interior)
+    z = tile.dtype.type(0)
+    for q in range(q0, q1):
+        iw = mw[q]
+        if iw < 0:
+            vector_run(tile, o + q * L, zv, 0, L, z, 0, spec)
+        else:
+            for l in range(L):
+                tile[o + q * L + l] = xf[src + l * plane + iw] if l < nl else z
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -206,17 +221,28 @@ def _task(x, xf, wp, bias, out, of, tab, md, mh, mw, geo, spec, a12, t):
     noh = min(band, OH - h0)
     nt = tab.shape[0]
     tile = np.empty(tsize, dtype=out.dtype)
-    acc = np.empty(8 * L, dtype=out.dtype)
-    _fill(xf, tile, n, c0, od, h0, md, mh, mw, geo, C, D, H, W, bias, spec)
+    # the blocks of a span of pixels gather in acc, stored by transposes of
+    # up to L pixels (16 lanes: two blocks a transpose; one a block, half of
+    # its rows empty, made the stores a fifth of a 14x14 plane's time)
+    span = PIXELS * max(1, L // PIXELS)
+    acc = np.empty(span * L, dtype=out.dtype)
+    zv = np.zeros(L, dtype=out.dtype)
+    _fill(xf, tile, n, c0, od, h0, md, mh, mw, geo, C, D, H, W, bias, zv, spec)
     nl = min(L, C - c0)
     plane = OH * OW
     for r in range(noh):
         for pb in range(npx):
-            a0 = ((r * sh) * wq + pb * 8 * sw) * L
-            fma_taps_vv(tile, wp, acc, tab, nt, L, a0, cb * nt * L, 1, 0, sw * L, 0, 0, L, spec, 8, 1, 1, 0)
-            base = ((n * C + c0) * OD + od) * plane + (h0 + r) * OW + pb * 8
-            for p0 in range(0, 8, L):  # up to L pixels a transpose (4 lanes: two)
-                cnt = min(L, 8 - p0, OW - pb * 8 - p0)  # source rows: pixels of acc, none past it
+            p = pb * PIXELS
+            a0 = ((r * sh) * wq + p * sw) * L
+            fma_taps_vv(
+                tile, wp, acc, tab, nt, L, a0, cb * nt * L, 1, 0, sw * L, 0, (p % span) * L, L, spec, 8, 1, 1, 0
+            )
+            if (p + PIXELS) % span != 0 and pb < npx - 1:
+                continue
+            s = p - p % span  # the span's first pixel
+            base = ((n * C + c0) * OD + od) * plane + (h0 + r) * OW + s
+            for p0 in range(0, span, L):  # up to L pixels a transpose (4 lanes: two a block)
+                cnt = min(L, span - p0, OW - s - p0)  # source rows: pixels of acc, none past the row
                 if cnt > 0:
                     transpose_block(
                         of, base + p0, OD * plane, nl, cnt, acc, p0 * L, L, cnt, L, bias, c0, 1, spec
