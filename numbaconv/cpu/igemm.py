@@ -46,7 +46,7 @@ from ..runtime import njit
 from ..runtime import num_threads as _threads
 from ..shapes import fold_index
 from .microkernel import fma_band, fma_taps, rows_for, spec_for, transpose_block, vector_run, vectors_for
-from .tasks import run_at, task_address
+from .tasks import aligned_empty, run_at, task_address
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH (tested).
@@ -396,7 +396,7 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     h0 = hb * band
     noh = min(band, OH - h0)
     npb = (noh * wq + pw - 1) // pw
-    tile = np.empty(tsize, dtype=out.dtype)
+    tile = aligned_empty(tsize, out)
     # the slack that junk pixels read: zeros, not whatever the allocator left
     # (denormals there cost microcode assists: a 4x slower 5x5 float64 filter);
     # zero padding: the whole tile once (see _zero_tile)
@@ -404,7 +404,7 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     ob0, ob1 = oc * och, min(nob, (oc + 1) * och)
     sp = span * pw  # pixels a store: span pixel blocks (Geometry.span)
     blk = rows * sp
-    cb = np.empty((ob1 - ob0) * blk, dtype=out.dtype)
+    cb = aligned_empty((ob1 - ob0) * blk, out)
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cchunk):
             nc = min(cchunk, cg - c0)
@@ -450,9 +450,9 @@ def _band_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     n, gc, od, hb, _ = _task(t, nbands, 1, OD, (G + gpt - 1) // gpt)
     h0 = hb * band
     noh = min(band, OH - h0)
-    tile = np.empty(tsize, dtype=out.dtype)
+    tile = aligned_empty(tsize, out)
     _zero_tile(tile, cchunk * cs, geo)  # the slack junk pixels read (see _conv_task)
-    cb = np.empty(geo[21] * pw, dtype=out.dtype)
+    cb = aligned_empty(geo[21] * pw, out)
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cchunk):
             nc = min(cchunk, cg - c0)
@@ -516,9 +516,9 @@ def _conv_cl_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, ge
     npb = (m * noh * OW + px - 1) // px
     ppad = (ipt * band * OW + px - 1) // px * px
     ob0, ob1 = oc * och, min(nob, (oc + 1) * och)
-    tile = np.empty(tsize, dtype=out.dtype)
+    tile = aligned_empty(tsize, out)
     tile[ipt * S :] = 0  # the slack past the pixels (see _conv_task)
-    acc = np.empty((ob1 - ob0) * ppad * vl, dtype=out.dtype)
+    acc = aligned_empty((ob1 - ob0) * ppad * vl, out)
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         acc[:] = 0
         for c0 in range(0, cg, cc):

@@ -52,12 +52,12 @@ import functools
 import numpy as np
 
 from .. import costs
-from ..common import WeightCache
+from ..common import WeightCache, aligned_copy
 from ..runtime import njit
 from ..runtime import num_threads as threads_now
 from ..shapes import fold_index
 from .microkernel import fma_taps, spec_for, vectors_for
-from .tasks import parallel_tasks
+from .tasks import aligned_empty, parallel_tasks
 from .winotile import Tile, matrices, tile_in, tile_out
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
@@ -285,7 +285,7 @@ def _transformed_weight(w5, plan, geo) -> tuple[np.ndarray, bool]:
     packed = np.zeros((plan.groups, geo.points, geo.cig, geo.cop), dtype=plan.dtype)
     packed[..., : geo.cog] = u
     packed = packed.reshape(plan.groups, geo.points, geo.cig, geo.nob, geo.rows).transpose(0, 1, 3, 2, 4)
-    return np.ascontiguousarray(packed).ravel(), True
+    return aligned_copy(packed).ravel(), True
 
 
 _PACKED = WeightCache("weight_cache_bytes")
@@ -375,8 +375,8 @@ def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
     oo = np.empty(ms[0] * ms[1] * ms[2] * R, dtype=np.int64)
     _offsets(x, out, inm, outm, geo, (t - g * nblk) * R, xo, oo)
     lanes = geo[18]
-    V = np.empty(T * kc * R, dtype=xf.dtype)
-    M = np.empty(T * cop * R, dtype=xf.dtype)
+    V = aligned_empty(T * kc * R, xf)
+    M = aligned_empty(T * cop * R, xf)
     plane = x.shape[2] * x.shape[3] * x.shape[4]
     for c0 in range(0, cig, kc):
         nc = min(kc, cig - c0)
