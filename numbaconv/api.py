@@ -312,7 +312,7 @@ def _finish_cuda(op, plan, method, x, w, b, out, resident: bool):
 
 
 def _warn_over_budget(row, plan: ConvPlan) -> None:
-    need = row.workspace_bytes(plan)
+    need = dispatch.workspace_need(row, plan)
     if need > config.workspace_bytes:
         warnings.warn(
             f"numbaconv: method={row.name!r} needs {need} bytes of working memory for this case, more "

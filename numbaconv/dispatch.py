@@ -197,6 +197,17 @@ def _settings_key():
     )
 
 
+def workspace_need(r: MethodRow, plan) -> int:
+    """``r.workspace_bytes(plan)`` under the current settings, kept (each
+    call checks it against the budget: ~5 us of tile geometry a call)."""
+    return _workspace_need(r, plan, _settings_key())
+
+
+@functools.lru_cache(maxsize=1024)
+def _workspace_need(r, plan, settings):
+    return r.workspace_bytes(plan)
+
+
 def estimate_all(
     op: str, plan, device: str = "cpu", candidates: tuple[str, ...] | None = None
 ) -> tuple[dict[str, float], dict[str, str]]:

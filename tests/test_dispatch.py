@@ -358,3 +358,35 @@ def test_kept_estimates_follow_layout_and_threads():
     finally:
         numba.set_num_threads(before)
     assert key != dispatch._settings_key() or before == 1
+
+
+def test_kept_workspace_needs_follow_the_settings(monkeypatch):
+    """dispatch.workspace_need (read on every call, for the over-budget
+    warning) and igemm.fits keep their answers per plan and setting: a
+    repeat asks the method's module nothing, another budget or thread count
+    asks again, and every answer equals the one computed afresh."""
+    import numba
+
+    from numbaconv.cpu import direct, igemm
+
+    plan = shapes.make_plan("conv", (1, 16, 40, 40), (32, 16, 3, 3), padding=1)
+    r = dispatch.row("conv", "direct")
+    asked = []
+    real = direct.workspace_bytes
+    monkeypatch.setattr(direct, "workspace_bytes", lambda p: asked.append(p) or real(p))
+    first = dispatch.workspace_need(r, plan)
+    assert first == real(plan) and len(asked) == 1
+    assert dispatch.workspace_need(r, plan) == first and len(asked) == 1  # kept
+    for budget in (first + 1, first - 1, 10**9):
+        with config.override(workspace_bytes=budget):
+            assert dispatch.workspace_need(r, plan) == real(plan)
+            assert igemm.fits(plan) == (igemm.workspace_bytes(plan) <= budget)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        asked.clear()
+        assert dispatch.workspace_need(r, plan) == real(plan)
+        assert len(asked) == 1 or before == 1  # a new thread count: asked again
+        assert igemm.fits(plan) == (igemm.workspace_bytes(plan) <= config.workspace_bytes)
+    finally:
+        numba.set_num_threads(before)

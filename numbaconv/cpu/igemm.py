@@ -1125,8 +1125,18 @@ def workspace_bytes(plan, share: int = 1) -> int:
 
 
 def fits(plan, share: int = 1) -> bool:
-    """Whether :func:`workspace_bytes` is within ``config.workspace_bytes``."""
-    return workspace_bytes(plan, share) <= config.workspace_bytes
+    """Whether :func:`workspace_bytes` is within ``config.workspace_bytes``
+    (kept per plan and settings: the direct path asks on every call)."""
+    spec = spec_for(plan.dtype)
+    return _fits(
+        plan, spec.lanes, spec.registers, _threads(), config.direct_layout, config.workspace_bytes, share
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _fits(plan, lanes, registers, threads, layout, budget, share) -> bool:
+    geo = _geometry(plan, lanes, registers, threads, layout, budget, share)[0]
+    return geo.workspace(threads) <= budget
 
 
 def target_desc(base: np.ndarray, view: np.ndarray) -> tuple:
@@ -1212,6 +1222,7 @@ def clear_caches() -> None:
     """Forget the kept geometries and task regions (after changing a module
     constant they read: tests)."""
     _geometry.cache_clear()
+    _fits.cache_clear()
     _regions.cache_clear()
     _BOUND.clear()
 
