@@ -32,6 +32,10 @@ CASES = {
     "1d": ((3, 19, 11), (19, 1, 4), (1,), [(2, 1)], (1,), "reflect"),
     "s2-wide": ((1, 17, 40, 70), (17, 1, 3, 3), (2, 2), [(1, 1), (1, 1)], (1, 1), "zeros"),
     "3d": ((2, 18, 4, 6, 5), (18, 1, 2, 3, 3), (1, 2, 1), [(1, 0), (1, 1), (1, 1)], (1, 1, 1), "replicate"),
+    # 3-wide rows in bands of a few rows (one sample, one channel block: the
+    # tasks split the rows): a block's junk pixels spill over two rows
+    "narrow-bands": ((1, 16, 40, 3), (16, 1, 3, 3), (1, 1), [(1, 1), (1, 1)], (1, 1), "zeros"),
+    "tall-s2-bands": ((1, 20, 45, 9), (20, 1, 3, 3), (2, 1), [(1, 1), (2, 0)], (1, 1), "reflect"),
 }
 
 LANES = {"lanes4": 4, "lanes8": 8, "lanes16": 16}

@@ -10,8 +10,9 @@ l]``, the padded input through index maps: every padding mode, zeros where
 a map says -1 or past the channels) and computes blocks of :data:`PIXELS`
 output pixels of a row x one vector of channels with
 :func:`numbaconv.cpu.microkernel.fma_taps_vv` (the input a vector per
-pixel and tap, the weights a vector per tap), then writes them into the
-NCHW output with the bias. Weights are packed ``[channel block][tap][lane]``
+pixel and tap, the weights a vector per tap) into a buffer holding the
+band's pixels in the plane's order, and writes them into the NCHW output
+with the bias by transposes of ``lanes`` consecutive pixels. Weights are packed ``[channel block][tap][lane]``
 once per weight (kept between calls, compared by content).
 """
 
@@ -137,7 +138,7 @@ def workspace_bytes(plan) -> int:
 
     geo = geometry(plan)[0]
     item = plan.dtype.itemsize
-    per = (geo.tile + max(PIXELS, geo.lanes) * geo.lanes) * item  # a tile, a span of register blocks
+    per = (geo.tile + (geo.band * plan.out_size[2] + PIXELS) * geo.lanes) * item  # a tile, a band's pixels
     return threads_now() * per + geo.ncb * len(geo.taps(plan)) * geo.lanes * item
 
 
@@ -221,50 +222,31 @@ def _task(x, xf, wp, bias, out, of, tab, md, mh, mw, geo, spec, a12, t):
     noh = min(band, OH - h0)
     nt = tab.shape[0]
     tile = aligned_empty(tsize, out)  # whole-vector loads: on 64 bytes
-    # the blocks of a span of pixels gather in acc, stored by transposes of
-    # up to L pixels (16 lanes: two blocks a transpose; one a block, half of
-    # its rows empty, made the stores a fifth of a 14x14 plane's time)
-    span = PIXELS * max(1, L // PIXELS)
-    acc = aligned_empty(span * L, out)
+    # acc: the band's output pixels in the plane's order (row r's pixel q at
+    # r * OW + q; a row's last block spills its junk pixels onto the next
+    # row's first, which that row's blocks overwrite), stored by transposes
+    # of L consecutive pixels of the plane as soon as they are complete
+    # (the band's rows are one run of the NCHW output): a 7-wide plane's 49
+    # pixels in 4 transposes, not 7 of 7 pixels, and whole ones (per row, a
+    # 14-wide row's transpose was 14 of 16 rows, masked)
+    acc = aligned_empty((band * OW + PIXELS) * L, out)
     zv = np.zeros(L, dtype=out.dtype)
     _fill(xf, tile, n, c0, od, h0, md, mh, mw, geo, C, D, H, W, bias, zv, spec)
     nl = min(L, C - c0)
     plane = OH * OW
+    base = ((n * C + c0) * OD + od) * plane + h0 * OW
+    done = 0  # pixels stored
     for r in range(noh):
         for pb in range(npx):
             p = pb * PIXELS
             a0 = ((r * sh) * wq + p * sw) * L
-            fma_taps_vv(
-                tile,
-                wp,
-                acc,
-                tab,
-                nt,
-                L,
-                a0,
-                cb * nt * L,
-                1,
-                0,
-                sw * L,
-                0,
-                (p % span) * L,
-                L,
-                spec,
-                8,
-                1,
-                1,
-                0,
-            )
-            if (p + PIXELS) % span != 0 and pb < npx - 1:
-                continue
-            s = p - p % span  # the span's first pixel
-            base = ((n * C + c0) * OD + od) * plane + (h0 + r) * OW + s
-            for p0 in range(0, span, L):  # up to L pixels a transpose (4 lanes: two a block)
-                cnt = min(L, span - p0, OW - s - p0)  # source rows: pixels of acc, none past the row
-                if cnt > 0:
-                    transpose_block(
-                        of, base + p0, OD * plane, nl, cnt, acc, p0 * L, L, cnt, L, bias, c0, 1, spec
-                    )
+            c = (r * OW + p) * L
+            fma_taps_vv(tile, wp, acc, tab, nt, L, a0, cb * nt * L, 1, 0, sw * L, 0, c, L, spec, 8, 1, 1, 0)
+        ready = noh * OW if r == noh - 1 else (r + 1) * OW // L * L  # complete, in whole transposes
+        for q0 in range(done, ready, L):
+            cnt = min(L, ready - q0)
+            transpose_block(of, base + q0, OD * plane, nl, cnt, acc, q0 * L, L, cnt, L, bias, c0, 1, spec)
+        done = max(done, ready)
 
 
 def run(x5, w5, bias, plan, out5):
