@@ -138,8 +138,7 @@ def calibration_path() -> str:
 
 
 _LOCK = threading.Lock()
-_LOADED: dict = {}  # calibration path -> the constants
-_BY_DIR: dict = {}  # cache_dir -> the constants: read each call (dispatch), no path join or lock
+_LOADED: dict = {}  # cache_dir -> the constants (read each call: no path join or lock when kept)
 
 
 def constants() -> dict[str, dict[str, float]]:
@@ -148,14 +147,14 @@ def constants() -> dict[str, dict[str, float]]:
     in this machine's units (:func:`numbaconv.rates.scales`: each feature's
     constant times the development machine's rate over this one's, for its
     kind of work)."""
-    table = _BY_DIR.get(config.cache_dir)
+    where = config.cache_dir
+    table = _LOADED.get(where)
     if table is not None:
         return table
     path = calibration_path()
     with _LOCK:
-        cached = _LOADED.get(path)
+        cached = _LOADED.get(where)
         if cached is not None:
-            _BY_DIR[config.cache_dir] = cached
             return cached
         table = {k: dict(v) for k, v in SHIPPED.items()}
         calibrated: set = set()
@@ -182,8 +181,7 @@ def constants() -> dict[str, dict[str, float]]:
                 if key not in calibrated:
                     for name in consts:
                         consts[name] *= scale[rates.UNIT_OF[name]]
-        _LOADED[path] = table
-        _BY_DIR[config.cache_dir] = table
+        _LOADED[where] = table
         return table
 
 
@@ -207,7 +205,6 @@ def forget_loaded() -> None:
     """Drop the loaded constants (after a calibration, or in tests)."""
     with _LOCK:
         _LOADED.clear()
-        _BY_DIR.clear()
 
 
 def row_constants(key: str, device: str = "cpu") -> dict[str, float]:
