@@ -225,6 +225,106 @@ def test_fma_taps_against_numpy(table, lanes, dtype):
 
 
 @njit
+def _call_taps_out(
+    a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend, nrows, spec
+):
+    mk.fma_taps_out(
+        a,
+        b,
+        c,
+        tab,
+        nt,
+        at,
+        a0,
+        b0,
+        k,
+        ak,
+        ar,
+        bk,
+        c0,
+        ldc,
+        bias,
+        bo,
+        p0,
+        wq,
+        ow_n,
+        ldh,
+        pend,
+        nrows,
+        spec,
+        4,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_fma_taps_out_stores_into_the_output_rows(lanes, dtype):
+    """The block from the bias, stored straight into an output: each pixel
+    of the flat run (rows ``wq`` apart) at its row and column of the output
+    (rows ``ldh`` apart), nothing for the junk columns past ``ow_n``, the
+    pixels from ``pend`` or the rows from ``nrows``; vectors inside one row,
+    across a row's end, starting in the junk columns, past the last row;
+    k = 0 stores the bias alone. Every other value of C is left as it was."""
+    rng = np.random.default_rng(5)
+    spec = mk.Spec(lanes, 32)
+    rows, vectors = 4, mk.vectors_for(4, 32)
+    width = vectors * lanes
+    for wq, ow_n, p0, pend, nrows, nt, k in [
+        (lanes + 3, lanes + 1, 0, 9 * (lanes + 3), 4, 3, 5),
+        (lanes + 3, lanes, 2, 3 * (lanes + 3), 2, 2, 3),
+        (2 * lanes, 2 * lanes, lanes, 4 * lanes * 2, 4, 1, 1),
+        (lanes, lanes - 1, 0, 3 * lanes, 3, 2, 0),
+        (3 * lanes + 5, 3 * lanes + 2, 3 * lanes + 3, 2 * (3 * lanes + 5), 1, 4, 2),
+    ]:
+        tab = rng.integers(0, 30, size=nt).astype(np.int64)
+        at, a0, b0, ak, ar, bk = 5, 1, 2, nt * 5 + 1, 3, width + 7
+        ldh, ldc, c0, bo = ow_n + 2, (pend // wq + 2) * (ow_n + 2), 3, 2
+        a = rng.standard_normal(a0 + nt * at + k * ak + rows * ar + 1).astype(dtype)
+        b = rng.standard_normal(b0 + 30 + k * bk + width).astype(dtype)
+        c = rng.standard_normal(c0 + rows * ldc + 2).astype(dtype)
+        bias = rng.standard_normal(bo + nrows).astype(dtype)
+        ref = c.astype(np.float64)
+        for r in range(nrows):
+            for j in range(width):
+                p = p0 + j
+                h, w = divmod(p, wq)
+                if p >= pend or w >= ow_n:
+                    continue
+                acc = float(bias[bo + r])
+                for i in range(k):
+                    for t in range(nt):
+                        acc += float(a[a0 + t * at + i * ak + r * ar]) * float(b[b0 + tab[t] + i * bk + j])
+                ref[c0 + r * ldc + h * ldh + w] = acc
+        args = (
+            a,
+            b,
+            c,
+            tab,
+            nt,
+            at,
+            a0,
+            b0,
+            k,
+            ak,
+            ar,
+            bk,
+            c0,
+            ldc,
+            bias,
+            bo,
+            p0,
+            wq,
+            ow_n,
+            ldh,
+            pend,
+            nrows,
+        )
+        _call_taps_out(*args, spec)
+        scale = float(np.abs(a).max() * np.abs(b).max() * max(nt * k, 1) + np.abs(bias).max())
+        np.testing.assert_allclose(c, ref, rtol=0, atol=_tol(dtype, nt * k, scale) + 8 * np.finfo(dtype).eps)
+
+
+@njit
 def _call_taps_rows(a, b, c, tab, nt, at, a0, b0, k, ak, rows_at, bk, c0, ldc, spec):
     mk.fma_taps(a, b, c, tab, nt, at, a0, b0, k, ak, rows_at, bk, c0, ldc, spec, 5, 0, 1, 0)
 

@@ -31,6 +31,7 @@ CASES = {
 def store_pixels(request, monkeypatch):
     monkeypatch.setattr(config, "direct_layout", "pixels")
     monkeypatch.setattr(igemm, "STORE_PIXELS", request.param)
+    monkeypatch.setattr(igemm, "DIRECT_STORES", False)  # the spans' copies (tests/test_direct_stores.py)
     igemm.clear_caches()
     yield request.param
     igemm.clear_caches()

@@ -45,7 +45,16 @@ from ..common import WeightCache, aligned_copy
 from ..runtime import njit
 from ..runtime import num_threads as _threads
 from ..shapes import fold_index
-from .microkernel import fma_band, fma_taps, rows_for, spec_for, transpose_block, vector_run, vectors_for
+from .microkernel import (
+    fma_band,
+    fma_taps,
+    fma_taps_out,
+    rows_for,
+    spec_for,
+    transpose_block,
+    vector_run,
+    vectors_for,
+)
 from .tasks import aligned_empty, run_at, task_address
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
@@ -258,6 +267,26 @@ def _block(wp, src, cb, tb, spec, rows, k, a0, b0, cs, pw, c0, add):
 
 
 @njit(inline="always")
+def _block_out(wp, src, of, tb, spec, rows, k, a0, p0, cs, bias, bo, c0, geo, pend, nrows):
+    # _block over every channel of the group, from the bias, stored straight
+    # into the target (fma_taps_out: pixel p0 of the band at c0, its rows
+    # geo[35] apart, the channels geo[33]); rows 4 to 6 or TALL_ROWS (Geometry.direct)
+    nt, ldc, wq, ow_n, ldh = tb.shape[0], geo[33], geo[4], geo[30], geo[35]
+    if rows == 6:
+        fma_taps_out(wp, src, of, tb, nt, 6, a0, p0, k, nt * 6, 1, cs, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend,
+                     nrows, spec, 6)  # fmt: skip
+    elif rows == TALL_ROWS:
+        fma_taps_out(wp, src, of, tb, nt, TALL_ROWS, a0, p0, k, nt * TALL_ROWS, 1, cs, c0, ldc, bias, bo, p0, wq,
+                     ow_n, ldh, pend, nrows, spec, TALL_ROWS)  # fmt: skip
+    elif rows == 5:
+        fma_taps_out(wp, src, of, tb, nt, 5, a0, p0, k, nt * 5, 1, cs, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend,
+                     nrows, spec, 5)  # fmt: skip
+    else:
+        fma_taps_out(wp, src, of, tb, nt, 4, a0, p0, k, nt * 4, 1, cs, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend,
+                     nrows, spec, 4)  # fmt: skip
+
+
+@njit(inline="always")
 def _block_cl(tile, wp, cb, tab, spec, vectors, k, a0, b0, rows_at, at, vl, c0):
     # rows_for(vectors) pixels (tile offsets rows_at[r]) x vectors * lanes
     # output channels, added into cb from c0 (rows vl apart)
@@ -404,12 +433,22 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     ob0, ob1 = oc * och, min(nob, (oc + 1) * och)
     sp = span * pw  # pixels a store: span pixel blocks (Geometry.span)
     blk = rows * sp
-    cb = aligned_empty((ob1 - ob0) * blk, out)
+    direct = geo[41] == 1 and geo[36] == 1  # blocks stored by the micro-kernel (Geometry.direct)
+    cb = aligned_empty(1 if direct else (ob1 - ob0) * blk, out)
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cchunk):
             nc = min(cchunk, cg - c0)
             edges = geo[25] == 0 or geo[25] == 1 and g == gc * gpt and c0 == 0  # see _zero_tile
             _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec, edges)
+            if direct:  # every channel in one chunk: each block from the bias into the target
+                for pb in range(npb):
+                    for ob in range(ob0, ob1):
+                        o = g * og + ob * rows
+                        u = _offset(geo, n, o, od, h0, 0)
+                        a0 = (g * nob + ob) * cg * nt * rows
+                        _block_out(wp, tile, of, tb, spec, rows, nc, a0, pb * pw, cs, bias, o, u, geo, noh * wq,
+                                   min(rows, og - ob * rows))  # fmt: skip
+                continue
             # per pixel block, K chunks of kc channels outer, the o-blocks
             # inner: the chunk's tile lines stay in L1 over the o-blocks (a
             # whole K's lines did not: each block streamed them from L2)
@@ -691,6 +730,7 @@ def uses_channels_last(plan, lanes: int, registers: int = 32) -> bool:
 
 
 CL_MIN_CHANNELS = 16
+DIRECT_STORES = True  # Geometry.direct (a switch for comparisons)
 STORE_PIXELS = 128  # pixels of the pixel layout's stores (Geometry.span)
 STORE_BYTES = 16 * 1024  # and the most accumulators they hold
 CL_MARGIN = 1.1  # the channels-last blocks ran 5-8% below the pixel blocks on planes where both were full
@@ -786,6 +826,7 @@ class Geometry:
 
     def __init__(self, plan, lanes, registers, threads, band=True, share=1):
         self.plan = plan
+        self.lanes = lanes
         self.share = share  # plans whose tasks run in one region (phases): each wants that much fewer
         kd, kh, kw = plan.kernel
         _, dh, dw = plan.dilation
@@ -901,6 +942,18 @@ class Geometry:
         if not (self.channels_last or self.band_rows):
             per = self.och * self.block * self.px * item
             self.span = max(1, min(-(-STORE_PIXELS // self.px), STORE_BYTES // per))
+        # pixel layout, every channel of a group in one K pass: the
+        # micro-kernel stores its blocks into the output (fma_taps_out; a
+        # target with unit W stride, which the task checks), the stores
+        # between the FMAs instead of a copy after them
+        self.direct = (
+            DIRECT_STORES
+            and not (self.channels_last or self.band_rows)
+            and self.cc >= self.cg
+            and self.kc >= self.cg
+            and self.wq >= self.lanes
+            and self.block in (4, 5, 6, TALL_ROWS)
+        )
 
     def _block_span(self):
         """Tile elements of one input channel that a pixel block reads: the
@@ -1043,8 +1096,9 @@ class Geometry:
     def tail(self):
         """What the kernels take after the target's description (``geo[37:]``):
         the taps, the channels-last layout's channels per weight chunk and
-        samples per task, the pixel layout's pixel blocks per store."""
-        return [len(self.taps), self.kc, self.ipt, self.span]
+        samples per task, the pixel layout's pixel blocks per store and
+        whether its micro-kernel stores the blocks (:attr:`direct`)."""
+        return [len(self.taps), self.kc, self.ipt, self.span, int(self.direct)]
 
     def block_values(self) -> int:
         """Accumulator values of one register block (rows x pixels, or
