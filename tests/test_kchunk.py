@@ -25,8 +25,15 @@ CASES = {
 }
 
 
+@pytest.fixture(params=[True, False], ids=["direct-stores", "copied-stores"])
+def stores(request, monkeypatch):
+    """The last K chunk storing each block (igemm.Geometry.direct), or the copies after them."""
+    monkeypatch.setattr(igemm, "DIRECT_STORES", request.param)
+    return request.param
+
+
 @pytest.fixture(params=[1, 3, 7], ids=lambda b: f"l1_{b}")
-def chunk(request, monkeypatch):
+def chunk(request, stores, monkeypatch):
     """Chunks of (about) ``request.param`` channels: the L1 budget scaled to it."""
     monkeypatch.setattr(config, "direct_layout", "pixels")
     monkeypatch.setattr(config, "simd_lanes", 8)
@@ -48,6 +55,7 @@ def test_k_chunks_vs_reference_and_torch(name, dtype, chunk, monkeypatch):
     cg = xs[1] // groups
     assert not geo.channels_last and not geo.band_rows
     assert geo.kc == chunk < cg  # the case is chunked (ragged where kc does not divide cg)
+    assert geo.direct == (igemm.DIRECT_STORES and geo.wq >= 8)
     rng = np.random.default_rng(chunk)
     x, w, b = random_array(rng, xs, dtype), random_array(rng, ws, dtype), random_array(rng, (ws[0],), dtype)
     got = nc.conv2d(x, w, b, stride, pads, dil, groups, padding_mode=mode, method="direct")

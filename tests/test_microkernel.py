@@ -225,64 +225,41 @@ def test_fma_taps_against_numpy(table, lanes, dtype):
 
 
 @njit
-def _call_taps_out(
-    a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend, nrows, spec
-):
-    mk.fma_taps_out(
-        a,
-        b,
-        c,
-        tab,
-        nt,
-        at,
-        a0,
-        b0,
-        k,
-        ak,
-        ar,
-        bk,
-        c0,
-        ldc,
-        bias,
-        bo,
-        p0,
-        wq,
-        ow_n,
-        ldh,
-        pend,
-        nrows,
-        spec,
-        4,
-    )
+def _call_taps_out(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, bias, store, acc, acc0, lda, spec):
+    bo, p0, wq, ow_n, ldh, pend, nrows = store[0], store[1], store[2], store[3], store[4], store[5], store[6]
+    mk.fma_taps_out(a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend,
+                    nrows, acc, acc0, lda, spec, 4)  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lanes", LANES)
 def test_fma_taps_out_stores_into_the_output_rows(lanes, dtype):
-    """The block from the bias, stored straight into an output: each pixel
-    of the flat run (rows ``wq`` apart) at its row and column of the output
-    (rows ``ldh`` apart), nothing for the junk columns past ``ow_n``, the
-    pixels from ``pend`` or the rows from ``nrows``; vectors inside one row,
-    across a row's end, starting in the junk columns, past the last row;
-    k = 0 stores the bias alone. Every other value of C is left as it was."""
+    """The block from the bias (and, with ``lda > 0``, from earlier partial
+    sums in ``acc``), stored straight into an output: each pixel of the flat
+    run (rows ``wq`` apart) at its row and column of the output (rows
+    ``ldh`` apart), nothing for the junk columns past ``ow_n``, the pixels
+    from ``pend`` or the rows from ``nrows``; vectors inside one row, across
+    a row's end, starting in the junk columns, past the last row; k = 0
+    stores the start alone. Every other value of C is left as it was."""
     rng = np.random.default_rng(5)
     spec = mk.Spec(lanes, 32)
     rows, vectors = 4, mk.vectors_for(4, 32)
     width = vectors * lanes
-    for wq, ow_n, p0, pend, nrows, nt, k in [
-        (lanes + 3, lanes + 1, 0, 9 * (lanes + 3), 4, 3, 5),
-        (lanes + 3, lanes, 2, 3 * (lanes + 3), 2, 2, 3),
-        (2 * lanes, 2 * lanes, lanes, 4 * lanes * 2, 4, 1, 1),
-        (lanes, lanes - 1, 0, 3 * lanes, 3, 2, 0),
-        (3 * lanes + 5, 3 * lanes + 2, 3 * lanes + 3, 2 * (3 * lanes + 5), 1, 4, 2),
+    for wq, ow_n, p0, pend, nrows, nt, k, lda in [
+        (lanes + 3, lanes + 1, 0, 9 * (lanes + 3), 4, 3, 5, 0),
+        (lanes + 3, lanes, 2, 3 * (lanes + 3), 2, 2, 3, width + 1),
+        (2 * lanes, 2 * lanes, lanes, 4 * lanes * 2, 4, 1, 1, 0),
+        (lanes, lanes - 1, 0, 3 * lanes, 3, 2, 0, width),
+        (3 * lanes + 5, 3 * lanes + 2, 3 * lanes + 3, 2 * (3 * lanes + 5), 1, 4, 2, 0),
     ]:
         tab = rng.integers(0, 30, size=nt).astype(np.int64)
-        at, a0, b0, ak, ar, bk = 5, 1, 2, nt * 5 + 1, 3, width + 7
+        at, a0, b0, ak, ar, bk, acc0 = 5, 1, 2, nt * 5 + 1, 3, width + 7, 3
         ldh, ldc, c0, bo = ow_n + 2, (pend // wq + 2) * (ow_n + 2), 3, 2
         a = rng.standard_normal(a0 + nt * at + k * ak + rows * ar + 1).astype(dtype)
         b = rng.standard_normal(b0 + 30 + k * bk + width).astype(dtype)
         c = rng.standard_normal(c0 + rows * ldc + 2).astype(dtype)
         bias = rng.standard_normal(bo + nrows).astype(dtype)
+        acc = rng.standard_normal(acc0 + rows * max(lda, width)).astype(dtype)
         ref = c.astype(np.float64)
         for r in range(nrows):
             for j in range(width):
@@ -290,37 +267,18 @@ def test_fma_taps_out_stores_into_the_output_rows(lanes, dtype):
                 h, w = divmod(p, wq)
                 if p >= pend or w >= ow_n:
                     continue
-                acc = float(bias[bo + r])
+                total = float(bias[bo + r]) + (float(acc[acc0 + r * lda + j]) if lda else 0.0)
                 for i in range(k):
                     for t in range(nt):
-                        acc += float(a[a0 + t * at + i * ak + r * ar]) * float(b[b0 + tab[t] + i * bk + j])
-                ref[c0 + r * ldc + h * ldh + w] = acc
-        args = (
-            a,
-            b,
-            c,
-            tab,
-            nt,
-            at,
-            a0,
-            b0,
-            k,
-            ak,
-            ar,
-            bk,
-            c0,
-            ldc,
-            bias,
-            bo,
-            p0,
-            wq,
-            ow_n,
-            ldh,
-            pend,
-            nrows,
+                        total += float(a[a0 + t * at + i * ak + r * ar]) * float(b[b0 + tab[t] + i * bk + j])
+                ref[c0 + r * ldc + h * ldh + w] = total
+        store = np.array([bo, p0, wq, ow_n, ldh, pend, nrows], dtype=np.int64)
+        _call_taps_out(
+            a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, bias, store, acc, acc0, lda, spec
         )
-        _call_taps_out(*args, spec)
-        scale = float(np.abs(a).max() * np.abs(b).max() * max(nt * k, 1) + np.abs(bias).max())
+        scale = float(
+            np.abs(a).max() * np.abs(b).max() * max(nt * k, 1) + np.abs(bias).max() + np.abs(acc).max()
+        )
         np.testing.assert_allclose(c, ref, rtol=0, atol=_tol(dtype, nt * k, scale) + 8 * np.finfo(dtype).eps)
 
 

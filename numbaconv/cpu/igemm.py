@@ -267,23 +267,26 @@ def _block(wp, src, cb, tb, spec, rows, k, a0, b0, cs, pw, c0, add):
 
 
 @njit(inline="always")
-def _block_out(wp, src, of, tb, spec, rows, k, a0, p0, cs, bias, bo, c0, geo, pend, nrows):
-    # _block over every channel of the group, from the bias, stored straight
-    # into the target (fma_taps_out: pixel p0 of the band at c0, its rows
-    # geo[35] apart, the channels geo[33]); rows 4 to 6 or TALL_ROWS (Geometry.direct)
+def _block_out(wp, src, of, tb, spec, rows, k, a0, b0, p0, cs, bias, bo, c0, geo, pend, nrows, acc, at, lda):
+    # _block's last K chunk, from the bias (and acc's rows lda apart from at,
+    # the earlier chunks, where lda > 0), stored straight into the target
+    # (fma_taps_out: pixel p0 of the band at c0, its rows geo[35] apart, the
+    # channels geo[33]); rows 4 to 6 or TALL_ROWS (Geometry.direct)
     nt, ldc, wq, ow_n, ldh = tb.shape[0], geo[33], geo[4], geo[30], geo[35]
+    if wq == ow_n and ldh == ow_n:  # no junk columns, the target's rows one run: the band is one row
+        wq = ow_n = ldh = pend
     if rows == 6:
-        fma_taps_out(wp, src, of, tb, nt, 6, a0, p0, k, nt * 6, 1, cs, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend,
-                     nrows, spec, 6)  # fmt: skip
+        fma_taps_out(wp, src, of, tb, nt, 6, a0, b0, k, nt * 6, 1, cs, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend,
+                     nrows, acc, at, lda, spec, 6)  # fmt: skip
     elif rows == TALL_ROWS:
-        fma_taps_out(wp, src, of, tb, nt, TALL_ROWS, a0, p0, k, nt * TALL_ROWS, 1, cs, c0, ldc, bias, bo, p0, wq,
-                     ow_n, ldh, pend, nrows, spec, TALL_ROWS)  # fmt: skip
+        fma_taps_out(wp, src, of, tb, nt, TALL_ROWS, a0, b0, k, nt * TALL_ROWS, 1, cs, c0, ldc, bias, bo, p0, wq,
+                     ow_n, ldh, pend, nrows, acc, at, lda, spec, TALL_ROWS)  # fmt: skip
     elif rows == 5:
-        fma_taps_out(wp, src, of, tb, nt, 5, a0, p0, k, nt * 5, 1, cs, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend,
-                     nrows, spec, 5)  # fmt: skip
+        fma_taps_out(wp, src, of, tb, nt, 5, a0, b0, k, nt * 5, 1, cs, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend,
+                     nrows, acc, at, lda, spec, 5)  # fmt: skip
     else:
-        fma_taps_out(wp, src, of, tb, nt, 4, a0, p0, k, nt * 4, 1, cs, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend,
-                     nrows, spec, 4)  # fmt: skip
+        fma_taps_out(wp, src, of, tb, nt, 4, a0, b0, k, nt * 4, 1, cs, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend,
+                     nrows, acc, at, lda, spec, 4)  # fmt: skip
 
 
 @njit(inline="always")
@@ -433,21 +436,29 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
     ob0, ob1 = oc * och, min(nob, (oc + 1) * och)
     sp = span * pw  # pixels a store: span pixel blocks (Geometry.span)
     blk = rows * sp
-    direct = geo[41] == 1 and geo[36] == 1  # blocks stored by the micro-kernel (Geometry.direct)
-    cb = aligned_empty(1 if direct else (ob1 - ob0) * blk, out)
+    # blocks stored by the micro-kernel (Geometry.direct; 2: where the band is one run of the target)
+    direct = geo[36] == 1 and (geo[41] == 1 or geo[41] == 2 and geo[35] == geo[30])
+    cb = aligned_empty(((ob1 - ob0) * rows * pw if kc < cg else 1) if direct else (ob1 - ob0) * blk, out)
     for g in range(gc * gpt, min(G, gc * gpt + gpt)):  # the task's groups, one tile
         for c0 in range(0, cg, cchunk):
             nc = min(cchunk, cg - c0)
             edges = geo[25] == 0 or geo[25] == 1 and g == gc * gpt and c0 == 0  # see _zero_tile
             _fill(x, xf, tile, n, g * cg + c0, nc, od, h0, md, mh, mw, runs, geo, cs, 1, spec, edges)
-            if direct:  # every channel in one chunk: each block from the bias into the target
+            if direct:  # every channel in one chunk: the last K chunk of each block stores it
                 for pb in range(npb):
-                    for ob in range(ob0, ob1):
-                        o = g * og + ob * rows
-                        u = _offset(geo, n, o, od, h0, 0)
-                        a0 = (g * nob + ob) * cg * nt * rows
-                        _block_out(wp, tile, of, tb, spec, rows, nc, a0, pb * pw, cs, bias, o, u, geo, noh * wq,
-                                   min(rows, og - ob * rows))  # fmt: skip
+                    p0 = pb * pw
+                    for k0 in range(0, nc, kc):
+                        nk = min(kc, nc - k0)
+                        for ob in range(ob0, ob1):
+                            a0 = ((g * nob + ob) * cg + k0) * nt * rows
+                            c = (ob - ob0) * rows * pw
+                            if k0 + nk < nc:
+                                _block(wp, tile, cb, tb, spec, rows, nk, a0, p0 + k0 * cs, cs, pw, c, k0 > 0)
+                                continue
+                            o = g * og + ob * rows
+                            u = _offset(geo, n, o, od, h0, 0)
+                            _block_out(wp, tile, of, tb, spec, rows, nk, a0, p0 + k0 * cs, p0, cs, bias, o, u, geo,
+                                       noh * wq, min(rows, og - ob * rows), cb, c, pw if k0 > 0 else 0)  # fmt: skip
                 continue
             # per pixel block, K chunks of kc channels outer, the o-blocks
             # inner: the chunk's tile lines stay in L1 over the o-blocks (a
@@ -942,16 +953,17 @@ class Geometry:
         if not (self.channels_last or self.band_rows):
             per = self.och * self.block * self.px * item
             self.span = max(1, min(-(-STORE_PIXELS // self.px), STORE_BYTES // per))
-        # pixel layout, every channel of a group in one K pass: the
-        # micro-kernel stores its blocks into the output (fma_taps_out; a
-        # target with unit W stride, which the task checks), the stores
-        # between the FMAs instead of a copy after them
+        # pixel layout, every channel of a group in one tile: the
+        # micro-kernel's last K chunk stores each block into the output
+        # (fma_taps_out; a target with unit W stride, which the task
+        # checks), the stores between the FMAs instead of a copy after them.
+        # Tile rows narrower than a vector only without junk columns, into
+        # a target whose rows are one run (the task checks): one long row
         self.direct = (
             DIRECT_STORES
             and not (self.channels_last or self.band_rows)
             and self.cc >= self.cg
-            and self.kc >= self.cg
-            and self.wq >= self.lanes
+            and (self.wq >= self.lanes or self.wq == plan.out_size[2])
             and self.block in (4, 5, 6, TALL_ROWS)
         )
 
@@ -1098,7 +1110,8 @@ class Geometry:
         the taps, the channels-last layout's channels per weight chunk and
         samples per task, the pixel layout's pixel blocks per store and
         whether its micro-kernel stores the blocks (:attr:`direct`)."""
-        return [len(self.taps), self.kc, self.ipt, self.span, int(self.direct)]
+        direct = 0 if not self.direct else 1 if self.wq >= self.lanes else 2
+        return [len(self.taps), self.kc, self.ipt, self.span, direct]
 
     def block_values(self) -> int:
         """Accumulator values of one register block (rows x pixels, or

@@ -526,17 +526,35 @@ class _TapOutBlock(_TapBlock):
         super().__init__(dtype, context, builder, signature, args)
         self.pbias = context.make_array(signature.args[14])(context, builder, args[14]).data
         self.bo, self.p0, self.wq, self.ow_n, self.ldh, self.pend, self.nrows = args[15:22]
+        self.pacc = context.make_array(signature.args[22])(context, builder, args[22]).data
+        self.acc0, self.lda = args[23], args[24]
 
     def initial(self, cells, accumulate=True):
         """Each row's bias (the last valid row's for the rows past ``nrows``:
-        never read past the bias array)."""
+        never read past the bias array), plus the block's earlier K chunks
+        where ``lda > 0`` (on two branches, as :class:`_BandBlock`'s)."""
         b = self.builder
         starts = []
         for r in range(self.rows):
-            row = b.select(b.icmp_signed("<", self.const(r), self.nrows), self.const(r), b.sub(self.nrows, self.const(1)))
+            last = b.sub(self.nrows, self.const(1))
+            row = b.select(b.icmp_signed("<", self.const(r), self.nrows), self.const(r), last)
             value = b.load(b.gep(self.pbias, [b.add(self.bo, row)]), align=self.align)
             starts.append(_splat(b, self.vt, value))
-        return [starts[r] for r, _ in cells]
+        with b.if_else(b.icmp_signed(">", self.lda, self.const(0)), likely=False) as (then, otherwise):
+            with then:
+                added = []
+                for r, v in cells:
+                    off = b.add(self.acc0, b.add(b.mul(self.const(r), self.lda), self.const(v * self.lanes)))
+                    ptr = b.bitcast(b.gep(self.pacc, [off]), self.vt.as_pointer())
+                    added.append(b.fadd(b.load(ptr, align=self.align), starts[r]))
+                from_acc = b.block
+            with otherwise:
+                from_bias = b.block
+        out = [b.phi(self.vt) for _ in cells]
+        for phi, value, (r, _) in zip(out, added, cells):
+            phi.add_incoming(value, from_acc)
+            phi.add_incoming(starts[r], from_bias)
+        return out
 
     def _at(self, off, r):
         b = self.builder
@@ -595,7 +613,7 @@ class _TapOutBlock(_TapBlock):
 @intrinsic
 def fma_taps_out(
     typingctx, a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, bias, bo, p0, wq, ow_n, ldh, pend, nrows,
-    spec, rows,
+    acc, acc0, lda, spec, rows,
 ):
     # fmt: on
     """:func:`fma_taps` (``table=0``: lanes over output pixels, the weight
@@ -606,6 +624,8 @@ def fma_taps_out(
         C[c0 + r*ldc + h*ldh + w] = bias[bo + r] + sum_{i<k} sum_{t<nt}
             A[a0 + t*at + i*ak + r*ar] * B[b0 + tab[t] + i*bk + v*lanes + l]
 
+    plus ``acc[acc0 + r*lda + v*lanes + l]`` where ``lda > 0`` (the block's
+    earlier K chunks, summed by :func:`fma_taps`),
     for rows ``r < nrows``, columns ``w < ow_n`` and pixels ``p < pend``;
     the block's other cells (the junk columns of a tile's rows, the rows
     past the output channels) are computed and not stored. Needs ``wq >=
@@ -614,10 +634,10 @@ def fma_taps_out(
     ``spec`` and ``rows`` (a non-zero literal) as in :func:`fma_taps`."""
     literals = (rows, types.IntegerLiteral(0), types.IntegerLiteral(0), types.IntegerLiteral(0))
     codegen = _block_codegen(_TapOutBlock, a, b, c, spec, literals)
-    if codegen is None or rows.literal_value < 1 or bias.dtype != c.dtype:
+    if codegen is None or rows.literal_value < 1 or bias.dtype != c.dtype or acc.dtype != c.dtype:
         return None
     i64 = types.int64
-    args = (a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, bias, i64, i64, i64, i64, i64, i64, i64, spec)
+    args = (a, b, c, tab, nt, at, a0, b0, k, ak, ar, bk, c0, ldc, bias) + (i64,) * 7 + (acc, i64, i64, spec)
     sig = types.void(*args, rows)
     return sig, codegen
 
