@@ -1,14 +1,14 @@
 """Blocks stored by the micro-kernel (numbaconv/cpu/igemm.py,
-``Geometry.direct``, ``microkernel.fma_taps_out``): where a group's input
-channels are one K pass, each pixel block starts from the bias and is stored
-straight into the output, its vectors split at the ends of the tile's rows
-(junk columns and the pixels past the band not stored) and its rows past the
-group's output channels dropped; with K chunks the last one starts from the
-others' sums. Widths just above a vector, narrower planes
-without junk columns (the band one run of the output), rows 4 to 6 and the
-tall blocks with ragged last blocks, every padding mode, groups, stride, dilation and a
-stride-1 transposed op, at 4, 8 and 16 lanes, against the reference and
-PyTorch; and the same results with the stores off."""
+``Geometry.direct``, ``microkernel.fma_taps_out``): where a tile holds every
+input channel of a group, the last K chunk of each pixel block starts from
+the bias (and the earlier chunks' sums) and stores the block straight into
+the output, its vectors split at the ends of the tile's rows (junk columns
+and the pixels past the band not stored), its rows past the group's output
+channels dropped. Widths just above a vector, narrower planes without junk
+columns (the band one run of the output), rows 4 to 6 and the tall blocks
+with ragged last blocks, every padding mode, groups, stride, dilation, K
+chunks and a stride-1 transposed op, at 4, 8 and 16 lanes, against the
+reference and PyTorch; and the same results with the stores off."""
 
 from __future__ import annotations
 
