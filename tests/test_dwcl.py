@@ -169,3 +169,17 @@ def test_dwcl_bands_split_by_the_tile_budget(monkeypatch):
         assert_close(got, ref, tol)
     finally:
         dwcl._geometry.cache_clear()
+
+
+def test_dwcl_tasks_take_several_channel_blocks(lanes):
+    """Many small planes: a task copies and computes several blocks of
+    channels with one tile and buffer (the last chunk of blocks shorter,
+    the last block partly past the channels)."""
+    xs, ws, pads = (2, 333, 6, 5), (333, 1, 3, 3), [(1, 1), (1, 1)]
+    plan = make_conv_plan(xs, ws, (333,), 1, pads, 1, 333, padding_mode="replicate")
+    geo = dwcl.geometry(plan)[0]
+    assert geo.cpt > 1 and geo.tasks == 2 * -(-geo.ncb // geo.cpt)
+    got, ref, tol, args = _run(
+        (xs, ws, (1, 1), pads, (1, 1), "replicate"), np.float64, np.random.default_rng(8)
+    )
+    assert_close_to_both(got, ref, tol, args)
