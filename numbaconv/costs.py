@@ -28,80 +28,82 @@ from .files import read_json
 from .machine import fingerprint
 
 # Seconds per unit of each feature, fitted on the development machine (2 vCPUs
-# of an Intel Xeon, Emerald Rapids, float32) over calibrate.CASES with
-# `numbaconv calibrate --ship` (2026-11-30, fifth session: the Winograd row
-# and the gather's Winograd phases added, calibration cases beside the 3x3
-# workloads; this shared host's speed
-# moves 1.5-2x within minutes, so constants of two runs agree within 10-40%);
-# regenerate after changing a kernel.
+# of an AMD EPYC, Zen 4 `znver4`, float32) over calibrate.CASES with
+# `numbaconv calibrate --ship` (2026-12-03, nineteenth session: the mean of two
+# fits, which agreed within 5-15% on the main features; the constants of
+# 2026-11-30, fitted on an Intel Emerald Rapids host before thirteen
+# sessions of kernel work, priced the direct path 1.4-1.7x above its
+# measured times here and Winograd 1.6x below them on 1-D layers, so auto
+# ran Winograd at up to 1.5x direct's time). On other machines they are
+# scaled by the probed rates (numbaconv.rates). Regenerate after changing a kernel.
 SHIPPED: dict[str, dict[str, float]] = {
     "conv/direct": {
-        "call": 0.000195,
+        "call": 9.77e-05,
         "outputs": 0,
         "inputs": 0,
-        "tile": 5.32e-11,
-        "flops_px": 4.96e-12,
-        "flops_px_1tap": 6.57e-12,
-        "flops_cl": 4.96e-12,  # not fitted: the pixel blocks' rate (measured alike on Zen 4, 2026-12-02)
-        "block_values": 2.68e-10,  # fitted per block (1.03e-07) of 384 values, the development host's block
+        "tile": 2.57e-10,
+        "flops_px": 5.2e-12,
+        "flops_px_1tap": 6.8e-12,
+        "flops_cl": 5.56e-12,
+        "block_values": 2.33e-10,
     },
     "conv/gemm": {
-        "call": 0.000338,
-        "outputs": 1.12e-11,
-        "lowered": 7.58e-10,
-        "gemm_flops": 7.2e-12,
-        "gemm_flops_short": 9.41e-12,
-        "gemm_flops_thin": 6e-12,
-        "gemm_calls": 2.6e-05,
+        "call": 0,
+        "outputs": 0,
+        "lowered": 5.91e-10,
+        "gemm_flops": 9.29e-12,
+        "gemm_flops_short": 8.82e-12,
+        "gemm_flops_thin": 2.79e-11,
+        "gemm_calls": 1.72e-05,
     },
     "conv/fft": {
-        "call": 0.000823,
-        "fft_point_logs": 1.07e-10,
-        "cmacs": 3.83e-10,
-        "transforms": 3.96e-06,
-        "points": 0,
+        "call": 0.000632,
+        "fft_point_logs": 6.68e-11,
+        "cmacs": 3.63e-10,
+        "transforms": 2.84e-06,
+        "points": 9.16e-10,
     },
     "conv/winograd": {
-        "call": 0.000166,
-        "point_flops": 2.43e-12,
-        "block_values": 6.41e-10,  # fitted per block (2.46e-07) of 384 values, the development host's block
-        "transformed": 1.02e-11,
-        "gathered": 0,
-        "outputs": 0,
+        "call": 0.00012,
+        "point_flops": 7.52e-12,
+        "block_values": 5.77e-10,
+        "transformed": 1.34e-12,
+        "gathered": 2e-10,
+        "outputs": 5.79e-10,
     },
     "conv_transpose/scatter": {
-        "call": 0.000316,
-        "outputs": 5.56e-10,
-        "flops": 9.24e-11,
+        "call": 0.00044,
+        "outputs": 9.95e-10,
+        "flops": 9.61e-11,
     },
     "conv_transpose/gather": {
-        "call": 0.000208,
-        "phases": 1.23e-05,
-        "winograd_s": 1.06,
-        "outputs": 6.61e-10,
-        "inputs": 0,
+        "call": 5.97e-05,
+        "phases": 2.85e-05,
+        "winograd_s": 1.5,
+        "outputs": 0,
+        "inputs": 3.65e-10,
         "tile": 0,
-        "flops_px": 6.05e-12,
-        "flops_px_1tap": 5.1e-12,
-        "flops_cl": 6.05e-12,  # not fitted: as flops_px
+        "flops_px": 8.43e-12,
+        "flops_px_1tap": 1.14e-11,
+        "flops_cl": 6.8e-12,
         "block_values": 0,
     },
     "conv_transpose/gemm": {
-        "call": 0.00034,
-        "outputs": 8.27e-10,
-        "lowered": 1.81e-09,
-        "gemm_flops": 5.04e-12,
-        "gemm_flops_short": 3.08e-12,
+        "call": 0.000256,
+        "outputs": 7.99e-10,
+        "lowered": 1.78e-09,
+        "gemm_flops": 9.68e-12,
+        "gemm_flops_short": 1.21e-11,
         "gemm_flops_thin": 0,
-        "gemm_calls": 8.49e-05,
+        "gemm_calls": 0,
     },
     "conv_transpose/fft": {
-        "call": 0.00079,
-        "outputs": 7.56e-09,
-        "fft_point_logs": 0,
-        "cmacs": 3.44e-10,
-        "transforms": 3.35e-06,
-        "points": 0,
+        "call": 0.000775,
+        "outputs": 1.95e-09,
+        "fft_point_logs": 4.78e-11,
+        "cmacs": 3.21e-10,
+        "transforms": 3.44e-06,
+        "points": 2.79e-10,
     },
 }
 

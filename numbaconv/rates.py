@@ -53,26 +53,18 @@ UNIT_OF: dict[str, str] = {
     "winograd_s": "none",  # seconds estimated by the (already scaled) Winograd row
 }  # fmt: skip
 
-# probe() on the development machine when the constants were fitted
-# (2 vCPUs of an Intel Xeon, Emerald Rapids; best of several runs). "flop"
-# was not probed there (the probe came later): the micro-kernel's GEMM ran
-# within 5% of NumPy's square GEMM on that machine (297 vs 312 GFLOP/s,
-# `numbaconv info`; 2.5e11 in the probe of the time), so it is taken equal
-# to that. "gemm" (NumPy's GEMM on conv-shaped products, :data:`GEMM_SHAPES`)
-# came later still: it is that machine's fitted rate of the GEMM method's
-# products, 1 / SHIPPED["conv/gemm"]["gemm_flops"] (its resnet_1x1_c256,
-# one such product a sample, ran at 164 GFLOP/s where its square 2048^3 GEMM
-# ran at ~330). The square GEMM (768^3) stood for it until the fourteenth session:
-# on an AMD Zen 3 host conv-shaped products ran at 0.85-1.0 of the square
-# one's rate, on the development machine at ~0.5, so the GEMM method's
-# estimates there came out 1.9x its measured times (1x1 convs: auto chose
-# direct at 2.4x GEMM's time).
+# probe() on the development machine when the constants were fitted (2 vCPUs
+# of an AMD EPYC, Zen 4; the best of six probes around the two fits: this
+# host's readings moved 10-30% between probes). Until the nineteenth session
+# the constants were an Intel Emerald Rapids host's, whose "flop" rate was
+# taken equal to its NumPy GEMM (the probe came later) and whose "gemm" rate
+# was its fitted rate of the GEMM method's products.
 SHIPPED_RATES: dict[str, float] = {
-    "flop": 2.5e11,
-    "gemm": 1.39e11,
-    "mem": 2.4e10,
-    "fft": 7.0e8,
-    "call": 3.2e7,
+    "flop": 2.14e11,
+    "gemm": 1.83e11,
+    "mem": 2.64e10,
+    "fft": 1.36e9,
+    "call": 4.3e7,
 }
 
 # (M, K, N) of the products the "gemm" rate is read off: C_out x C_in * taps
@@ -80,7 +72,8 @@ SHIPPED_RATES: dict[str, float] = {
 # on 14x14, and of a 1x1 layer 256 -> 512 at 28x28 (geometric mean of rates)
 GEMM_SHAPES = ((64, 576, 3136), (256, 2304, 196), (512, 256, 784))
 SHIPPED_FINGERPRINT = {
-    "cpu": "Intel(R) Xeon(R) Processor",
+    "cpu": "AMD EPYC",
+    "arch": "znver4",
     "machine": "x86_64",
     "cpu_count": 2,
     "numba_threads": 2,
