@@ -877,6 +877,7 @@ class Geometry:
         self.nob = -(-self.og // self.block)
         self.taps = [(a, b * dh, c * dw) for a in range(kd) for b in range(kh) for c in range(kw)]
         self._split(plan, threads)
+        self.direct = self._uses_direct(plan)
         if self.band_rows and self.workspace(threads) > config.workspace_bytes:
             self.__init__(plan, lanes, registers, threads, band=False, share=share)  # row blocks need less
 
@@ -953,13 +954,15 @@ class Geometry:
         if not (self.channels_last or self.band_rows):
             per = self.och * self.block * self.px * item
             self.span = max(1, min(-(-STORE_PIXELS // self.px), STORE_BYTES // per))
-        # pixel layout, every channel of a group in one tile: the
-        # micro-kernel's last K chunk stores each block into the output
-        # (fma_taps_out; a target with unit W stride, which the task
-        # checks), the stores between the FMAs instead of a copy after them.
-        # Tile rows narrower than a vector only without junk columns, into
-        # a target whose rows are one run (the task checks): one long row
-        self.direct = (
+
+    def _uses_direct(self, plan):
+        """Pixel layout, every input channel of a group in one tile: the
+        micro-kernel's last K chunk stores each block into the output
+        (fma_taps_out; a target with unit W stride, which the task checks),
+        the stores between the FMAs instead of a copy after them. Tile rows
+        narrower than a vector only without junk columns, into a target
+        whose rows are one run (the task checks): one long row."""
+        return (
             DIRECT_STORES
             and not (self.channels_last or self.band_rows)
             and self.cc >= self.cg
