@@ -207,3 +207,45 @@ def test_band_tail_blocks_move_back(hw, dtype, variant):
     params = dict(stride=[1, 1], pads=pads, dilation=[1, 1], groups=2, mode="zeros")
     ref = conv_reference(x, wt, b, **params)
     assert_close(got, ref, tolerance(dtype, 35, x, wt, b, **params))
+
+
+@pytest.mark.parametrize(
+    "name", ["dw5x5", "dw7x7-dil2x1-reflect", "3d-dw2x5x3", "dw3x3-short", "c2to1-4x3-sw2-circular"]
+)
+def test_band_prefetch_changes_no_value(name, monkeypatch):
+    """Band tasks bring the next fill's input rows into the caches while
+    their blocks compute (llvm.prefetch, a hint): the same values with and
+    without, the prefetches on in the kernels' arguments where band blocks
+    run."""
+    results = []
+    for on in (False, True):
+        monkeypatch.setattr(igemm, "PREFETCH", on)
+        igemm.clear_caches()
+        got, ref, tol, _ = _run(CASES[name], np.float64, np.random.default_rng(3))
+        assert_close(got, ref, tol)
+        results.append(got)
+    xs, ws, stride, pads, dil, groups, mode = CASES[name]
+    plan = make_conv_plan(xs, ws, None, stride, [tuple(p) for p in pads], dil, groups, padding_mode=mode)
+    assert igemm.geometry(plan)[0].tail()[-1] == 1
+    np.testing.assert_array_equal(results[0], results[1])
+    igemm.clear_caches()
+
+
+def test_band_prefetch_with_channel_chunks(monkeypatch):
+    """Channel chunks: the next fill is the next chunk of the same group
+    (the next group's first: test_groups_share_a_task); values as without
+    prefetches."""
+    case = ((1, 800, 20, 21), (2, 400, 5, 5), (1, 1), [(2, 2), (2, 2)], (1, 1), 2, "zeros")
+    plan = make_conv_plan(case[0], case[1], (2,), 1, [(2, 2), (2, 2)], 1, 2, dtype=np.float64)
+    igemm.clear_caches()
+    geo = igemm.geometry(plan)[0]
+    assert geo.band_rows and geo.cc < geo.cg
+    results = []
+    for on in (False, True):
+        monkeypatch.setattr(igemm, "PREFETCH", on)
+        igemm.clear_caches()
+        got, ref, tol, _ = _run(case, np.float64, np.random.default_rng(4))
+        assert_close(got, ref, tol)
+        results.append(got)
+    np.testing.assert_array_equal(results[0], results[1])
+    igemm.clear_caches()

@@ -645,3 +645,25 @@ def test_fma_taps_vv_against_numpy(lanes, dtype):
             scale = float(np.abs(a).max() * np.abs(b).max() * max(nt * k, 1))
             atol = _tol(dtype, nt * k, scale) + 4 * np.finfo(dtype).eps
             np.testing.assert_allclose(c, ref, rtol=0, atol=atol)
+
+
+def test_prefetch_is_a_hint():
+    """microkernel.prefetch compiles to llvm.prefetch and leaves every value
+    as it was (the band tasks' next input rows)."""
+    from numba import njit
+
+    from numbaconv.cpu.microkernel import prefetch
+
+    @njit
+    def touch(a):
+        for i in range(0, a.size, 16):
+            prefetch(a, i)
+        prefetch(a, a.size - 1)
+        return a.sum()
+
+    a = np.arange(100, dtype=np.float32)
+    before = a.copy()
+    assert touch(a) == before.sum()
+    np.testing.assert_array_equal(a, before)
+    ir = next(iter(touch.inspect_llvm().values()))
+    assert "llvm.prefetch" in ir

@@ -1317,3 +1317,25 @@ def peak_rate(seconds: float = 0.1) -> float:
         _peak_loop(a, b, c, nr, threads, tab, reps, spec)
         best = min(best, time.perf_counter() - t0)
     return per_rep * reps / best
+
+
+@intrinsic
+def prefetch(typingctx, arr, at):
+    """A hint: bring the cache line of ``arr[at]`` (a flat array) into the
+    caches (LLVM's ``llvm.prefetch``, a read, kept in all levels); no
+    effect on values, never a fault."""
+    if not isinstance(arr, types.Array) or not isinstance(at, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8"
+        )
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), i8p)
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, at), codegen
