@@ -68,6 +68,7 @@ def variant(request, monkeypatch):
     # at 4 lanes the narrow depthwise cases would take the lanes-over-channels
     # path (numbaconv/cpu/dwcl.py, tests/test_dwcl.py): keep them here
     monkeypatch.setattr(dwcl, "MAX_WIDTH", 0)
+    monkeypatch.setattr(dwcl, "WIDE_PLANES", 1 << 40)
     return request.param
 
 

@@ -36,6 +36,9 @@ CASES = {
     # tasks split the rows): a block's junk pixels spill over two rows
     "narrow-bands": ((1, 16, 40, 3), (16, 1, 3, 3), (1, 1), [(1, 1), (1, 1)], (1, 1), "zeros"),
     "tall-s2-bands": ((1, 20, 45, 9), (20, 1, 3, 3), (2, 1), [(1, 1), (2, 0)], (1, 1), "reflect"),
+    # wider rows, samples x channels enough (WIDE_PLANES)
+    "wide-planes-reflect": ((8, 32, 6, 40), (32, 1, 3, 3), (1, 1), [(1, 1), (1, 1)], (1, 1), "reflect"),
+    "wide-planes-7x7-dil": ((4, 64, 9, 50), (64, 1, 7, 7), (1, 1), [(3, 3), (6, 6)], (1, 2), "zeros"),
 }
 
 LANES = {"lanes4": 4, "lanes8": 8, "lanes16": 16}
@@ -124,6 +127,28 @@ def test_dwcl_only_for_narrow_depthwise_planes():
     strided = make_conv_plan((1, 32, 9, 4 * wide), (32, 1, 3, 3), None, 2, 1, 1, 32, dtype=np.float32)
     assert dwcl.uses(strided, lanes)  # an H stride: any width
     assert not direct._uses_dwcl(plan((1, 32, 7, 7), (32, 1, 3, 3), 32, np.complex64))
+
+
+def test_dwcl_on_wider_rows_with_planes_enough():
+    """Past MAX_WIDTH, up to WIDE_MAX_WIDTH columns: where samples x
+    channels reach WIDE_PLANES, with two vectors of channels or more and a
+    2-D kernel of at most WIDE_MAX_ROWS rows; otherwise the band blocks."""
+    lanes = 16
+
+    def plan(n, c, width, k=3, kd=None):
+        if kd:
+            return make_conv_plan((n, c, 4, 9, width), (c, 1, kd, k, k), None, 1, 1, 1, c, dtype=np.float32)
+        return make_conv_plan((n, c, 9, width), (c, 1, k, k), None, 1, k // 2, 1, c, dtype=np.float32)
+
+    width = dwcl.WIDE_MAX_WIDTH
+    planes = dwcl.WIDE_PLANES
+    assert dwcl.uses(plan(planes // 32, 32, width), lanes)
+    assert dwcl.uses(plan(1, planes, 40, k=dwcl.WIDE_MAX_ROWS), lanes)
+    assert not dwcl.uses(plan(planes // 32, 32, width + 1), lanes)  # wider
+    assert not dwcl.uses(plan(planes // 64, 32, width), lanes)  # planes too few
+    assert not dwcl.uses(plan(planes // 16, 16, width), lanes)  # one vector of channels
+    assert not dwcl.uses(plan(1, planes, 40, k=dwcl.WIDE_MAX_ROWS + 2), lanes)  # a taller kernel
+    assert not dwcl.uses(plan(planes // 32, 32, width, kd=3), lanes)  # 3-D kernel
 
 
 def test_dwcl_within_the_workspace_budget_else_the_other_paths(monkeypatch):

@@ -34,6 +34,11 @@ _FASTMATH = {"reassoc", "contract"}  # equals numbaconv.config.FASTMATH (see ige
 PIXELS = 8  # output pixels of a row per register block (8 accumulators: FMA latency x 2 pipes)
 _TASKS_PER_THREAD = 8
 MAX_WIDTH = 24  # output columns up to which stride-1 planes take this path (docs/performance.md)
+# and up to WIDE_MAX_WIDTH where samples x channels reach WIDE_PLANES and the
+# kernel has at most WIDE_MAX_ROWS rows (docs/performance.md, twentieth session)
+WIDE_PLANES = 256
+WIDE_MAX_ROWS = 7
+WIDE_MAX_WIDTH = 64  # 112-wide planes: either path faster, by run (3x3, 32 channels)
 _TILE_BYTES = 256 * 1024  # a task's tile: bands of fewer rows beyond it
 
 
@@ -41,9 +46,23 @@ def uses(plan, lanes: int) -> bool:
     """Depthwise with multiplier 1 and at least a vector of channels, where
     lanes over output pixels waste the most: output rows of at most
     :data:`MAX_WIDTH` columns, or an H stride above 1 (no band blocks
-    there: one-row pixel blocks, an FMA per load)."""
+    there: one-row pixel blocks, an FMA per load); rows up to
+    :data:`WIDE_MAX_WIDTH` columns too where
+    samples x channels give the tasks enough blocks of channels
+    (:data:`WIDE_PLANES`, two vectors of channels or more) and the kernel is no taller than
+    :data:`WIDE_MAX_ROWS` (the band blocks share each loaded row among
+    more rows), 2-D planes (one kernel plane)."""
     depthwise = plan.c_in == plan.groups == plan.c_out >= lanes
-    return depthwise and (plan.out_size[2] <= MAX_WIDTH or plan.stride[1] > 1)
+    if not depthwise:
+        return False
+    wide = (
+        plan.batch * plan.c_out >= WIDE_PLANES
+        and plan.c_out >= 2 * lanes
+        and plan.out_size[2] <= WIDE_MAX_WIDTH
+        and plan.kernel[1] <= WIDE_MAX_ROWS
+        and plan.kernel[0] == 1
+    )
+    return plan.out_size[2] <= MAX_WIDTH or plan.stride[1] > 1 or wide
 
 
 class Geometry:
