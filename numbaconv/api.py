@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import autotune, config, dispatch, lazy, runtime, separable
+from . import autotune, config, dispatch, firstcall, lazy, runtime, separable
 from .shapes import (
     ConvPlan,
     check_dtype,
@@ -166,8 +166,27 @@ def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", F
             return out
         return result
     row = dispatch.resolve(op, plan, method)
+    if (method == "auto" or firstcall.automatic_choice()) and firstcall.wanted(op, plan, row):
+        return _first_call(op, row, plan, x, w, b, out)
     with runtime.kernel_section():
         return _execute(row, plan, x, w, b, out)
+
+
+def _first_call(op, row, plan, x, w, b, out):
+    """NumPy's result while a thread prepares ``row``'s kernels (:mod:`numbaconv.firstcall`)."""
+    x5 = _kernel_array(x, plan.dtype, plan.input_shape5)
+    w5 = _kernel_array(w, plan.dtype, plan.weight_shape5)
+    b1 = None if b is None else np.ascontiguousarray(b, dtype=plan.dtype)
+    runner = row.runner()
+
+    def prepare():
+        runner(x5, w5, b1, plan, np.empty(plan.output_shape5, dtype=plan.dtype))
+
+    result = firstcall.run(op, plan, row, x5, w5, b1, prepare).reshape(plan.output_shape)
+    if out is not None:
+        out[...] = result
+        return out
+    return result
 
 
 def _conv_impl(
@@ -208,6 +227,8 @@ def filter_conv(x, w, padding, groups, modes, method="auto", plan=None, store=No
         plan = separable.mark(make_filter_plan(x.shape, w.shape, padding, groups, tuple(modes), dtype), w)
     if store is not None and method != "measure":
         row = dispatch.resolve("conv", plan, method)
+        if firstcall.automatic_choice() and firstcall.wanted("conv", plan, row):
+            return _finish("conv", plan, method, x, w, None, x, w, None, None, where)  # a float result
         if getattr(row.module, "stores_integers", lambda plan: False)(plan):
             with runtime.kernel_section():
                 return _execute(row, plan, x, w, None, None, np.dtype(store))

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import api, dispatch, separable
+from . import api, config, dispatch, separable
 from . import ndimage as nndimage
 from . import signal as nsignal
 from .machine import REST_S, block_best
@@ -366,6 +366,12 @@ def bench(
     extra memory, the peer's ratio, and on the ``auto`` row the method it chose
     and its regret: auto's time / the fastest forced method's time, measured
     in alternating blocks of the two (so that the host's drift cancels)."""
+    # every call timed runs its method (no NumPy first calls: numbaconv.firstcall)
+    with config.override(compile_in_background=False):
+        return _bench(quick, case, repeat, custom, progress)
+
+
+def _bench(quick, case, repeat, custom, progress) -> list[dict]:
     cases = _select(quick, case, custom)
     from . import costs, rates
 

@@ -34,6 +34,13 @@ that cannot be used is ignored with a RuntimeWarning naming the variable
 ``measure_time_s``
     Time ``method="measure"`` may spend timing candidates for one new case,
     default 2 s (the first candidate always runs).
+``compile_in_background``
+    A ``method="auto"`` conv whose method has not run yet in this process is
+    answered by NumPy (an im2col and a BLAS product per group) while a
+    thread compiles the method's kernels, or loads them from Numba's cache;
+    the later calls run the method (:mod:`numbaconv.firstcall`). Default
+    True; env ``NUMBACONV_COMPILE_IN_BACKGROUND=0`` turns it off (every
+    call then runs the chosen method, the first one after its compile).
 ``cuda_threads``, ``cuda_max_blocks``, ``cuda_block_2d``, ``cuda_chunk``, ``cuda_tile``
     GPU launch geometry: threads per block of the 1-D grid-stride kernels
     (256) and their most blocks (4096); the (W, H) block of the direct and
@@ -101,6 +108,7 @@ _DEFAULTS = {
     "weight_cache_bytes": 64 * 2**20,
     "measure_cache": True,
     "measure_time_s": 2.0,
+    "compile_in_background": True,
     "cuda_threads": 256,
     "cuda_max_blocks": 4096,
     "cuda_block_2d": (16, 8),
@@ -199,6 +207,9 @@ def _from_environment() -> dict:
         "NUMBACONV_WEIGHT_CACHE_BYTES", _DEFAULTS["weight_cache_bytes"], 0
     )
     values["measure_cache"] = _env_bool("NUMBACONV_MEASURE_CACHE", _DEFAULTS["measure_cache"])
+    values["compile_in_background"] = _env_bool(
+        "NUMBACONV_COMPILE_IN_BACKGROUND", _DEFAULTS["compile_in_background"]
+    )
     values["measure_time_s"] = _env_float("NUMBACONV_MEASURE_TIME_S", _DEFAULTS["measure_time_s"], 0.0)
     values["dask_tune_malloc"] = _env_bool("NUMBACONV_DASK_TUNE_MALLOC", _DEFAULTS["dask_tune_malloc"])
     threads = os.environ.get("NUMBACONV_DASK_NUMBA_THREADS", "").strip()
@@ -226,6 +237,7 @@ weight_cache_bytes: int
 cache_dir: str
 measure_cache: bool
 measure_time_s: float
+compile_in_background: bool
 cuda_threads: int
 cuda_max_blocks: int
 cuda_block_2d: tuple[int, int]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import api, lazy, separable
+from . import api, firstcall, lazy, separable
 from .dispatch import DEVICES, Choice, UnsupportedMethodError, check_method, choose, estimate_all, rows
 from .machine import block_best
 from .shapes import make_plan
@@ -29,6 +29,7 @@ class Explanation:
     choice: Choice
     measured: dict[str, float] = field(default_factory=dict)
     chunking: object = None  # a dask input's numbaconv.lazy.Layout
+    first_call: bool = False  # a call now would be answered by NumPy while the method compiles
 
     def as_dict(self) -> dict:
         u = self.plan.user
@@ -60,6 +61,13 @@ class Explanation:
             f"  stride {tuple(d['stride'])}, padding {tuple(map(tuple, d['padding']))}, dilation "
             f"{tuple(d['dilation'])}, groups {d['groups']}, padding_mode {d['padding_mode']!r}",
             f"decision: {self.choice.method} ({self.choice.device}): {self.choice.reason}",
+        ]
+        if self.first_call:
+            lines.append(
+                f"  (not yet run in this process: a call now is answered by NumPy while a thread prepares "
+                f"{self.choice.method}'s kernels; config.compile_in_background)"
+            )
+        lines += [
             "",
             f"  {'method':10s} {'estimated ms':>13s} {'measured ms':>12s}",
         ]
@@ -157,7 +165,9 @@ def explain(
         _, unsupported = estimate_all(op, plan, device)
         choice = Choice("none", device, str(exc), {}, unsupported)
     measured = _measure_all(op, plan, device) if measure and choice.estimates else {}
-    return Explanation(op, plan, choice, measured, chunking)
+    first = device == "cpu" and method == "auto" and choice.method in {r.name for r in rows(op, device)}
+    first = first and firstcall.wanted(op, plan, next(r for r in rows(op, device) if r.name == choice.method))
+    return Explanation(op, plan, choice, measured, chunking, first)
 
 
 def _check_device(device) -> None:

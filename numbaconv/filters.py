@@ -24,9 +24,11 @@ axes with taps run as a sum of 3-D correlations over the leading kernel axes
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-from . import api, dispatch, separable
+from . import api, dispatch, firstcall, separable
 from .shapes import fold_index, make_filter_plan
 
 __all__ = ["TRANSFORM_GAIN", "correlate", "choose_method"]
@@ -108,13 +110,16 @@ def _correlate_axes(xb, w, pads, modes, method, store=None):
         x5 = xb.reshape((xb.shape[0], 1) + xb.shape[1:])
         w5 = w.reshape((1, 1) + w.shape)
         plan = None
+        chosen = contextlib.nullcontext()
         if method == "auto":
             dtype = np.result_type(x5, w5)
             plan = separable.mark(
                 make_filter_plan(x5.shape, w5.shape, tuple(pads), 1, tuple(modes), dtype), w5
             )
             method = choose_method(plan)
-        y = api.filter_conv(x5, w5, tuple(pads), 1, tuple(modes), method, plan, store)
+            chosen = firstcall.automatic()  # NumPy's answer while its kernels compile
+        with chosen:
+            y = api.filter_conv(x5, w5, tuple(pads), 1, tuple(modes), method, plan, store)
         return y.reshape((xb.shape[0],) + y.shape[2:])
     n, k = xb.shape[1], w.shape[0]
     (lo, hi), rest = pads[0], pads[1:]

@@ -17,6 +17,7 @@ input dtype as SciPy's direct method does; they never go through the FFT in
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import time
 import warnings
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import api, dispatch, filters, lazy, separable
+from . import api, dispatch, filters, firstcall, lazy, separable
 from .shapes import make_conv_plan
 
 __all__ = [
@@ -236,7 +237,8 @@ def _direct_or_fft(a, b, mode, axes, method, flip_conj):
         method = "direct"
     inner = _choose(a, b, mode, axes) if method == "auto" else method
     cdt = _fft_dtype(a, b) if inner == "fft" else _compute_dtype(result_type)
-    y = _convolve_core(a.astype(cdt, copy=False), b.astype(cdt, copy=False), mode, axes, inner, flip_conj)
+    with firstcall.automatic() if method == "auto" else contextlib.nullcontext():
+        y = _convolve_core(a.astype(cdt, copy=False), b.astype(cdt, copy=False), mode, axes, inner, flip_conj)
     if inner == "fft":
         _warn_nonfinite(y)
     return _finish(y, result_type)

@@ -19,6 +19,11 @@ from .reference import conv_reference
 _CACHE = tempfile.mkdtemp(prefix="numbaconv-tests-")
 os.environ["NUMBACONV_CACHE_DIR"] = _CACHE
 config.cache_dir = _CACHE
+# every auto call runs the method its dispatcher chose, not NumPy while the
+# kernels compile (numbaconv.firstcall: tests/test_firstcall.py turns it on);
+# subprocesses too
+os.environ["NUMBACONV_COMPILE_IN_BACKGROUND"] = "0"
+config.compile_in_background = False
 
 # the simulator tests run in their own process (tests/test_cuda.py)
 collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda_sim"]
