@@ -73,7 +73,7 @@ def wanted(op: str, plan, row) -> bool:
         and plan.dtype.kind == "f"
         and (op == "conv" or all(plan.mode(i) == "zeros" for i in range(3)))
         and key(op, plan, row) not in _READY
-        and patch_bytes(plan) <= config.workspace_bytes
+        and 0 < patch_bytes(plan) <= config.workspace_bytes  # empty results: no kernel runs anyway
     )
 
 
@@ -127,11 +127,12 @@ def numpy_conv(plan, x5: np.ndarray, w5: np.ndarray, b1: np.ndarray | None) -> n
     cg, og = plan.c_in // g, plan.c_out // g
     n, (od, oh, ow) = plan.batch, plan.out_size
     cols = x.reshape(n, g, cg, od, plan.kernel[0], oh, plan.kernel[1], ow, plan.kernel[2])
-    cols = cols.transpose(1, 2, 4, 6, 8, 0, 3, 5, 7).reshape(g, -1, n * od * oh * ow)
+    taps = int(np.prod(plan.kernel))
+    cols = cols.transpose(1, 2, 4, 6, 8, 0, 3, 5, 7).reshape(g, cg * taps, n * od * oh * ow)
     if plan.op == "conv_transpose":  # (C_in, C_out / groups, taps): per group (og, cg x taps)
-        w = w5.reshape(g, cg, og, -1).transpose(0, 2, 1, 3).reshape(g, og, -1)
+        w = w5.reshape(g, cg, og, taps).transpose(0, 2, 1, 3).reshape(g, og, cg * taps)
     else:
-        w = w5.reshape(g, og, -1)
+        w = w5.reshape(g, og, cg * taps)
     y = np.matmul(w, cols)  # (g, og, n * pixels)
     y = y.reshape(plan.c_out, n, od, oh, ow).transpose(1, 0, 2, 3, 4)
     if b1 is not None:

@@ -134,8 +134,8 @@ def test_auto_first_call_then_the_method(background):
 
 def test_which_calls_come_here(background):
     """Forced methods, "measure", complex dtypes, a transposed op with
-    another padding mode than zeros and patch matrices past
-    config.workspace_bytes run the method itself."""
+    another padding mode than zeros, patch matrices past
+    config.workspace_bytes and empty results run the method itself."""
     rng = np.random.default_rng(2)
     x, w = random_array(rng, (1, 3, 8, 8), np.float64), random_array(rng, (2, 3, 3, 3), np.float64)
     n0 = firstcall.STATS["numpy"]
@@ -145,6 +145,7 @@ def test_which_calls_come_here(background):
     nc.conv_transpose2d(x, w.transpose(1, 0, 2, 3).copy(), padding=1, padding_mode="reflect")
     with config.override(workspace_bytes=1024):
         nc.conv2d(x, w)
+    assert nc.conv2d(x[:0], w).shape == (0, 2, 6, 6)  # an empty result: no kernel runs
     assert firstcall.STATS["numpy"] == n0
     out = np.full((1, 2, 6, 6), 7.0)
     got = nc.conv2d(x, w, out=out)  # this one does, into out
