@@ -16,7 +16,7 @@ answered the same way; the later ones run the method. The thread is not a
 daemon: a script that ends at once waits for it, and the cache is then
 warm for the next process.
 
-Only where that pays and is safe: a float32 or float64 plan on the CPU, a
+Only where that pays and is safe: a real or complex plan on the CPU, a
 conv in any padding mode or a transposed conv with zero padding, with the
 patch matrix (:func:`patch_bytes`) within ``config.workspace_bytes``
 (larger cases compile in the caller, as before). The values are the conv's
@@ -70,7 +70,7 @@ def wanted(op: str, plan, row) -> bool:
     auto, :func:`automatic`) chose is answered here (see the module doc)."""
     return (
         config.compile_in_background
-        and plan.dtype.kind == "f"
+        and plan.dtype.kind in "fc"
         and (op == "conv" or all(plan.mode(i) == "zeros" for i in range(3)))
         and key(op, plan, row) not in _READY
         and 0 < patch_bytes(plan) <= config.workspace_bytes  # empty results: no kernel runs anyway

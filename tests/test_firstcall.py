@@ -51,7 +51,9 @@ def background(monkeypatch):
     firstcall.forget()
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "dtype", [np.float32, np.float64, np.complex64, np.complex128], ids=lambda d: np.dtype(d).name
+)
 @pytest.mark.parametrize("name", list(CASES))
 def test_numpy_conv_vs_reference(name, dtype):
     xs, ws, stride, pads, dil, groups, mode = CASES[name]
@@ -133,14 +135,13 @@ def test_auto_first_call_then_the_method(background):
 
 
 def test_which_calls_come_here(background):
-    """Forced methods, "measure", complex dtypes, a transposed op with
+    """Forced methods, "measure", a transposed op with
     another padding mode than zeros, patch matrices past
     config.workspace_bytes and empty results run the method itself."""
     rng = np.random.default_rng(2)
     x, w = random_array(rng, (1, 3, 8, 8), np.float64), random_array(rng, (2, 3, 3, 3), np.float64)
     n0 = firstcall.STATS["numpy"]
     nc.conv2d(x, w, method="direct")
-    nc.conv2d(x.astype(np.complex128), w)
     nc.conv2d(x, w, method="measure")
     nc.conv_transpose2d(x, w.transpose(1, 0, 2, 3).copy(), padding=1, padding_mode="reflect")
     with config.override(workspace_bytes=1024):
@@ -236,3 +237,15 @@ def test_explain_says_so(background):
     e = nc.explain("conv", x, w, padding=1)
     assert not e.first_call and "answered by NumPy" not in str(e)
     assert not nc.explain("conv", x, w, padding=1, method="direct").first_call
+
+
+def test_complex_first_call(background):
+    """Complex dtypes too (their kernels compile apart from the real ones)."""
+    rng = np.random.default_rng(6)
+    x = random_array(rng, (2, 4, 7, 8), np.complex128)
+    w = random_array(rng, (6, 2, 3, 3), np.complex128)
+    got = _first(lambda: nc.conv2d(x, w, padding=(1, 2), groups=2, padding_mode="circular"))
+    params = dict(stride=[1, 1], pads=[(1, 1), (2, 2)], dilation=[1, 1], groups=2, mode="circular")
+    tol = tolerance(np.complex128, 18, x, w, None, **params)
+    assert_close(got, conv_reference(x, w, None, **params), tol)
+    firstcall.wait(120)
