@@ -146,7 +146,11 @@ def run(op: str, plan, row, x5, w5, b1, prepare) -> np.ndarray:
     k = key(op, plan, row)
     with _LOCK:
         if k not in _RUNNING and k not in _READY:
-            thread = threading.Thread(target=_prepare, args=(k, prepare), name="numbaconv-compile")
+            # in the caller's context: its config.override settings pick the same kernels
+            context = contextvars.copy_context()
+            thread = threading.Thread(
+                target=context.run, args=(_prepare, k, prepare), name="numbaconv-compile"
+            )
             _RUNNING[k] = thread
             STATS["started"] += 1
             thread.start()

@@ -171,6 +171,13 @@ def split_run(kernel, total: int, *args) -> None:
     if pool is None:
         pool = _POOL[nt] = ThreadPoolExecutor(max_workers=nt, thread_name_prefix="numbaconv")
     step = -(-total // nt)
-    futures = [pool.submit(kernel, *args, a, min(a + step, total)) for a in range(0, total, step)]
+    futures, inline = [], []
+    for a in range(0, total, step):
+        try:
+            futures.append(pool.submit(kernel, *args, a, min(a + step, total)))
+        except RuntimeError:  # the interpreter is shutting down (a firstcall thread): here, in turn
+            inline.append(a)
+    for a in inline:
+        kernel(*args, a, min(a + step, total))
     for f in futures:
         f.result()

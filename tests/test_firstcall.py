@@ -249,3 +249,38 @@ def test_complex_first_call(background):
     tol = tolerance(np.complex128, 18, x, w, None, **params)
     assert_close(got, conv_reference(x, w, None, **params), tol)
     firstcall.wait(120)
+
+
+def test_thread_runs_with_the_callers_settings(background, monkeypatch):
+    """The preparing thread sees the caller's config.override settings (the
+    kernels it compiles are the ones the caller's next calls run)."""
+    seen = []
+    real = firstcall._prepare
+
+    def spy(k, prepare):
+        seen.append(config.direct_layout)
+        real(k, prepare)
+
+    monkeypatch.setattr(firstcall, "_prepare", spy)
+    rng = np.random.default_rng(7)
+    x, w = random_array(rng, (1, 32, 6, 6), np.float32), random_array(rng, (32, 32, 3, 3), np.float32)
+    with config.override(direct_layout="channels"):
+        _first(lambda: nc.conv2d(x, w, padding=1))
+    assert firstcall.wait(120) and seen == ["channels"]
+
+
+def test_split_run_after_interpreter_shutdown_began(monkeypatch):
+    """A firstcall thread still running once the main thread has ended finds
+    concurrent.futures refusing new work: runtime.split_run then runs the
+    pieces itself, all of them."""
+    from numbaconv import runtime
+
+    class Closed:
+        def submit(self, *args):
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(runtime, "num_threads", lambda: 3)
+    monkeypatch.setitem(runtime._POOL, 3, Closed())
+    done = []
+    runtime.split_run(lambda tag, a, b: done.append((tag, a, b)), 10, "k")
+    assert sorted(done) == [("k", 0, 4), ("k", 4, 8), ("k", 8, 10)]
