@@ -45,12 +45,22 @@ _LOCK = threading.Lock()
 STATS = {"numpy": 0, "started": 0}  # calls answered here, threads started (tests read them)
 
 
+def _before_fork() -> None:
+    # a fork while a thread compiles would leave the child Numba's compiler
+    # lock held by a thread it does not have (its first compile would hang):
+    # the fork waits for the threads (a minute at most)
+    current = threading.current_thread()
+    for thread in list(_RUNNING.values()):
+        if thread is not current:
+            thread.join(60)
+
+
 def _forget_threads() -> None:
     # a forked child has none of its parent's threads: it prepares its own
     _RUNNING.clear()
 
 
-os.register_at_fork(after_in_child=_forget_threads)
+os.register_at_fork(before=_before_fork, after_in_child=_forget_threads)
 
 
 def patch_bytes(plan) -> int:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -284,3 +285,22 @@ def test_split_run_after_interpreter_shutdown_began(monkeypatch):
     done = []
     runtime.split_run(lambda tag, a, b: done.append((tag, a, b)), 10, "k")
     assert sorted(done) == [("k", 0, 4), ("k", 4, 8), ("k", 8, 10)]
+
+
+def test_fork_waits_for_the_preparing_thread(background):
+    """A fork while a thread compiles waits for it (the child would inherit
+    Numba's compiler lock held by a thread it does not have); the child
+    starts with no thread running."""
+    rng = np.random.default_rng(8)
+    x, w = random_array(rng, (1, 2, 9, 9), np.float64), random_array(rng, (3, 2, 3, 3), np.float64)
+    _first(lambda: nc.conv2d(x, w, padding=1))
+    with warnings.catch_warnings():  # 3.12+: a DeprecationWarning for fork() with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: no thread of its parent's running, the method ready
+        # (no kernel here: after OpenMP kernels in the parent a forked child
+        # cannot run them, runtime.ForkedOpenMPError)
+        os._exit(0 if not firstcall._RUNNING and firstcall._READY else 1)
+    assert not firstcall._RUNNING  # the parent waited for its thread before forking
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
