@@ -14,7 +14,11 @@ on the same arrays (its result dropped) so that its kernels compile, or load
 from the cache, and are kept. Calls made before that thread ends are
 answered the same way; the later ones run the method. The thread is not a
 daemon: a script that ends at once waits for it, and the cache is then
-warm for the next process.
+warm for the next process (``runtime.split_run`` runs its pieces itself
+once the interpreter's shutdown refuses new thread-pool work). It runs in
+the caller's context (its ``config.override`` settings), and a fork waits
+for it: a child forked while it compiled would hold Numba's compiler lock
+with no thread to release it.
 
 Only where that pays and is safe: a real or complex plan on the CPU, a
 conv in any padding mode or a transposed conv with zero padding, with the
