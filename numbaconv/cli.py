@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 
-from . import benchmark, calibrate, costs, shapes, warmup
+from . import __version__, benchmark, calibrate, costs, shapes, warmup
 from .explain import explain
 from .machine import info
 
@@ -118,6 +118,7 @@ def _check_writable_dir(parser, what: str, folder: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="numbaconv", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"numbaconv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="versions, CPU, threads, CUDA status, cache directory")
     p_info.add_argument("--json", action="store_true")
@@ -330,7 +331,14 @@ _COMMANDS = {
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _COMMANDS[args.command](args, parser)
+    try:
+        _COMMANDS[args.command](args, parser)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`numbaconv info | head -1`): no traceback
+        # the rest of the output goes nowhere, as a closed pipe wants (Python's docs, "SIGPIPE")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -53,6 +53,26 @@ def test_info_json():
     assert data["microkernel_gflops"] > 0 and data["numpy_gemm_gflops"] > 0
 
 
+def test_version():
+    import numbaconv
+
+    assert _run("-m", "numbaconv.cli", "--version").stdout.strip() == f"numbaconv {numbaconv.__version__}"
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`numbaconv info | head -1`: the reader has closed the pipe; no
+    BrokenPipeError traceback, exit status 1."""
+    read, write = os.pipe()
+    os.close(read)  # every write now fails with EPIPE
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "numbaconv.cli", "info"], stdout=write, stderr=subprocess.PIPE, timeout=600
+        )
+    finally:
+        os.close(write)
+    assert run.returncode == 1 and b"Traceback" not in run.stderr and b"BrokenPipe" not in run.stderr
+
+
 def test_bench_quick_json():
     rows = json.loads(
         _run("-m", "numbaconv.cli", "bench", "--case", "depthwise_3x3_c32", "--repeat", "1", "--json").stdout
