@@ -105,6 +105,13 @@ def _kernel_array(arr: np.ndarray, dtype: np.dtype, shape5) -> np.ndarray:
     return a.reshape(shape5)
 
 
+def _kernel_arrays(plan: ConvPlan, x, w, b, x_dtype) -> tuple:
+    """The kernels' canonical 5-D input (in ``x_dtype``) and weight and 1-D bias."""
+    x5 = _kernel_array(x, x_dtype, plan.input_shape5)
+    w5 = _kernel_array(w, plan.dtype, plan.weight_shape5)
+    return x5, w5, None if b is None else np.ascontiguousarray(b, dtype=plan.dtype)
+
+
 def _check_out(out, plan: ConvPlan, inputs) -> None:
     if not isinstance(out, np.ndarray) or isinstance(out, np.matrix):
         raise TypeError(f"out must be a numpy.ndarray (not a numpy.matrix), got {type(out).__name__}")
@@ -166,7 +173,7 @@ def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", F
             return out
         return result
     row = dispatch.resolve(op, plan, method)
-    if (method == "auto" or firstcall.automatic_choice()) and firstcall.wanted(op, plan, row):
+    if (method == "auto" or firstcall.automatic_choice()) and firstcall.wanted(op, plan, row.name):
         return _first_call(op, row, plan, x, w, b, out)
     with runtime.kernel_section():
         return _execute(row, plan, x, w, b, out)
@@ -174,15 +181,13 @@ def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", F
 
 def _first_call(op, row, plan, x, w, b, out):
     """NumPy's result while a thread prepares ``row``'s kernels (:mod:`numbaconv.firstcall`)."""
-    x5 = _kernel_array(x, plan.dtype, plan.input_shape5)
-    w5 = _kernel_array(w, plan.dtype, plan.weight_shape5)
-    b1 = None if b is None else np.ascontiguousarray(b, dtype=plan.dtype)
+    x5, w5, b1 = _kernel_arrays(plan, x, w, b, plan.dtype)
     runner = row.runner()
 
     def prepare():
         runner(x5, w5, b1, plan, np.empty(plan.output_shape5, dtype=plan.dtype))
 
-    result = firstcall.run(op, plan, row, x5, w5, b1, prepare).reshape(plan.output_shape)
+    result = firstcall.run(op, plan, row.name, x5, w5, b1, prepare).reshape(plan.output_shape)
     if out is not None:
         out[...] = result
         return out
@@ -227,7 +232,7 @@ def filter_conv(x, w, padding, groups, modes, method="auto", plan=None, store=No
         plan = separable.mark(make_filter_plan(x.shape, w.shape, padding, groups, tuple(modes), dtype), w)
     if store is not None and method != "measure":
         row = dispatch.resolve("conv", plan, method)
-        if firstcall.automatic_choice() and firstcall.wanted("conv", plan, row):
+        if firstcall.automatic_choice() and firstcall.wanted("conv", plan, row.name):
             return _finish("conv", plan, method, x, w, None, x, w, None, None, where)  # a float result
         if getattr(row.module, "stores_integers", lambda plan: False)(plan):
             with runtime.kernel_section():
@@ -366,10 +371,11 @@ def _execute(row, plan: ConvPlan, x, w, b, out, result_dtype=None):
     else:
         result = np.empty(plan.output_shape, dtype=result_dtype or plan.dtype)
     if result.size:
-        x5 = _kernel_array(x, _input_dtype(row, plan, x), plan.input_shape5)
-        w5 = _kernel_array(w, plan.dtype, plan.weight_shape5)
-        b1 = None if b is None else np.ascontiguousarray(b, dtype=plan.dtype)
-        runner(x5, w5, b1, plan, result.reshape(plan.output_shape5))
+        runner(
+            *_kernel_arrays(plan, x, w, b, _input_dtype(row, plan, x)),
+            plan,
+            result.reshape(plan.output_shape5),
+        )
     if out is not None and result is not out:
         out[...] = result
         return out

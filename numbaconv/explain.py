@@ -165,8 +165,8 @@ def explain(
         _, unsupported = estimate_all(op, plan, device)
         choice = Choice("none", device, str(exc), {}, unsupported)
     measured = _measure_all(op, plan, device) if measure and choice.estimates else {}
-    first = device == "cpu" and method == "auto" and choice.method in {r.name for r in rows(op, device)}
-    first = first and firstcall.wanted(op, plan, next(r for r in rows(op, device) if r.name == choice.method))
+    first = device == "cpu" and method == "auto" and choice.method != "none"
+    first = first and firstcall.wanted(op, plan, choice.method)
     return Explanation(op, plan, choice, measured, chunking, first)
 
 

@@ -74,19 +74,19 @@ def patch_bytes(plan) -> int:
     return plan.batch * plan.c_in * taps * int(np.prod(plan.out_size)) * plan.dtype.itemsize
 
 
-def key(op: str, plan, row) -> tuple:
-    """What a prepared method is kept under: the op, the method, the dtype."""
-    return (op, row.name, plan.dtype.str)
+def key(op: str, plan, method: str) -> tuple:
+    """What a prepared method is kept under: the op, the method's name, the dtype."""
+    return (op, method, plan.dtype.str)
 
 
-def wanted(op: str, plan, row) -> bool:
-    """Whether a call of ``row`` that ``method="auto"`` (or a front-end's own
+def wanted(op: str, plan, method: str) -> bool:
+    """Whether a call of the method named ``method`` that ``method="auto"`` (or a front-end's own
     auto, :func:`automatic`) chose is answered here (see the module doc)."""
     return (
         config.compile_in_background
         and plan.dtype.kind in "fc"
         and (op == "conv" or all(plan.mode(i) == "zeros" for i in range(3)))
-        and key(op, plan, row) not in _READY
+        and key(op, plan, method) not in _READY
         and 0 < patch_bytes(plan) <= config.workspace_bytes  # empty results: no kernel runs anyway
     )
 
@@ -154,10 +154,10 @@ def numpy_conv(plan, x5: np.ndarray, w5: np.ndarray, b1: np.ndarray | None) -> n
     return np.ascontiguousarray(y, dtype=plan.dtype)
 
 
-def run(op: str, plan, row, x5, w5, b1, prepare) -> np.ndarray:
+def run(op: str, plan, method: str, x5, w5, b1, prepare) -> np.ndarray:
     """:func:`numpy_conv`'s result, the thread that runs ``prepare()`` (the
     method once, its result dropped) started unless one is running."""
-    k = key(op, plan, row)
+    k = key(op, plan, method)
     with _LOCK:
         if k not in _RUNNING and k not in _READY:
             # in the caller's context: its config.override settings pick the same kernels
