@@ -297,6 +297,23 @@ def test_what_it_does_not_run_says_why(xs, ws, kw, why):
     assert wg.supports(tplan) is not None
 
 
+def test_arrays_past_int32_offsets_are_not_run():
+    """The tiles' offsets are int32: a plan whose input or output has more
+    elements is refused with the reason, and run_into (the transposed op's
+    phases write into a larger target) declines without touching anything,
+    so that its caller's other path answers."""
+    big = shapes.make_plan("conv", (1, 1, 2**16, 2**15 + 8), (1, 1, 3, 3), None, dtype=np.float32, padding=1)
+    assert "32-bit" in wg.supports(big)
+    small = shapes.make_plan("conv", (1, 2, 9, 9), (2, 2, 3, 3), None, dtype=np.float32, padding=1)
+    assert wg.supports(small) is None
+    x5 = np.ones(small.input_shape5, np.float32)
+    w5 = np.ones(small.weight_shape5, np.float32)
+    huge = np.lib.stride_tricks.as_strided(
+        np.zeros(1, np.float32), shape=(1, 2, 1, 2**16, 2**15 + 8), strides=(0,) * 5
+    )
+    assert not wg.run_into(x5, w5, None, small, huge)
+
+
 @njit
 def _tile_in(V, v0, vps, xf, cx, xo, x0, xps, tile, spec):
     tile_in(V, v0, vps, xf, cx, xo, x0, xps, tile, spec)
@@ -320,7 +337,7 @@ def test_tile_transforms_against_numpy(m, r, lanes):
     ats = [wg.matrices(a, b)[0] for a, b in zip(m, r)]
     rng = np.random.default_rng(sum(m) * 7 + lanes)
     xf = rng.standard_normal(500)
-    xo = rng.integers(-1, 480, size=(T, lanes + 3))
+    xo = rng.integers(-1, 480, size=(T, lanes + 3), dtype=np.int32)
     vps, mps = lanes + 2, lanes + 3  # point strides: gaps between the points' lanes
     V = rng.standard_normal(T * vps + 5)
     want = V.copy()
@@ -332,7 +349,7 @@ def test_tile_transforms_against_numpy(m, r, lanes):
     _tile_in(V, 3, vps, xf, 7, xo.ravel(), 2, lanes + 3, tile, spec)
     np.testing.assert_allclose(V, want, rtol=1e-12, atol=1e-12)
     M = rng.standard_normal(T * mps + 4)
-    oo = rng.permutation(1000)[: J * (lanes + 2)].reshape(J, lanes + 2)
+    oo = rng.permutation(1000)[: J * (lanes + 2)].reshape(J, lanes + 2).astype(np.int32)
     oo[:, ::3] = -1
     of = rng.standard_normal(1010)
     want = of.copy()

@@ -65,6 +65,7 @@ from .winotile import Tile, matrices, tile_in, tile_out
 _FASTMATH = {"reassoc", "contract"}
 
 MAX_KERNEL = 5  # largest kernel extent per dim the method takes
+MAX_OFFSET = 2**31 - 1  # the tiles' offsets into the input and output are int32
 # The most outputs per tile and dim, by kernel extent r (measured:
 # docs/winograd.md); fewer where few channels per group leave the
 # transforms' rounding less averaged (tile_sizes).
@@ -108,6 +109,12 @@ def supports(plan) -> str | None:
         return "a 1x1 kernel has no products to save (gemm or direct run it)"
     if 0 in plan.out_size or plan.batch == 0:
         return "empty output"
+    big = max(
+        plan.batch * plan.c_in * int(np.prod(plan.in_size)),
+        plan.batch * plan.c_out * int(np.prod(plan.out_size)),
+    )
+    if big > MAX_OFFSET:
+        return f"winograd's tile offsets are 32-bit: {big} elements in the input or output, over {MAX_OFFSET}"
     return None
 
 
@@ -187,6 +194,11 @@ class Geometry:
         self.tasks = base * self.ocs
         kc = max(1, _CHUNK_BYTES // (self.points * self.R * plan.dtype.itemsize))
         self.kc = -(-self.cig // -(-self.cig // kc))  # balanced channel chunks
+        # the transformed inputs' stride between points: a cache line past
+        # kc * R, which is a multiple of 4 KiB for 16 or more channels, so
+        # that one call's stores to its points do not all fall into one set
+        # of the L1 cache
+        self.vstride = self.kc * self.R + 64 // plan.dtype.itemsize
 
     def maps(self, plan) -> tuple[np.ndarray, np.ndarray]:
         return tile_maps(plan, self.m)
@@ -194,14 +206,14 @@ class Geometry:
     def args(self) -> np.ndarray:
         return np.array(
             [self.cig, self.cog, self.cop, self.R, self.nblk, self.kc, *self.alpha, *self.m, *self.ntiles,
-             self.total, self.rows, self.vectors * self.lanes, self.lanes, self.ocs, self.obc],
+             self.total, self.rows, self.vectors * self.lanes, self.lanes, self.ocs, self.obc, self.vstride],
             dtype=np.int64,
         )  # fmt: skip
 
     def workspace_bytes(self, itemsize: int, threads: int) -> int:
         """Per-task buffers on every thread (transformed inputs, products, the
         tiles' input and output offsets)."""
-        per_task = (self.kc + self.cop) * self.points * self.R * itemsize
+        per_task = (self.vstride + self.cop * self.R) * self.points * itemsize
         return (per_task + (self.points + self.outs) * self.R * 8) * min(threads, self.tasks)
 
 
@@ -300,13 +312,13 @@ def packed_weight(w5, plan, geo) -> tuple[np.ndarray, bool]:
 def _gemm(U, V, M, tab, g, p, nc, c0, ob0, ob1, spec, geo, acc):
     # M[p][o][tile] (+)= sum_{c < nc} U[g][p][o // rows][c0 + c][o % rows] * V[p][c][tile]
     # for the o-blocks ob0 <= o // rows < ob1
-    cig, cop, R, kc, rows, vw = geo[0], geo[2], geo[3], geo[5], geo[16], geo[17]
+    cig, cop, R, rows, vw, vs = geo[0], geo[2], geo[3], geo[16], geo[17], geo[21]
     T = geo[6] * geo[7] * geo[8]
     nob = cop // rows
     for vb in range(R // vw):
         for ob in range(ob0, ob1):
             a0 = (((g * T + p) * nob + ob) * cig + c0) * rows
-            b0 = p * kc * R + vb * vw
+            b0 = p * vs + vb * vw
             c_0 = (p * cop + ob * rows) * R + vb * vw
             if acc:
                 fma_taps(U, V, M, tab, 1, 0, a0, b0, nc, rows, 1, R, c_0, R, spec, 6, 0, 0, 1)
@@ -371,11 +383,11 @@ def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
     if chk != 0:
         bad[t * ocs + chunk] = 1
         return
-    xo = np.empty(T * R, dtype=np.int64)
-    oo = np.empty(ms[0] * ms[1] * ms[2] * R, dtype=np.int64)
+    xo = np.empty(T * R, dtype=np.int32)
+    oo = np.empty(ms[0] * ms[1] * ms[2] * R, dtype=np.int32)
     _offsets(x, out, inm, outm, geo, (t - g * nblk) * R, xo, oo)
     lanes = geo[18]
-    V = aligned_empty(T * kc * R, xf)
+    V = aligned_empty(T * geo[21], xf)
     M = aligned_empty(T * cop * R, xf)
     plane = x.shape[2] * x.shape[3] * x.shape[4]
     for c0 in range(0, cig, kc):
@@ -383,7 +395,7 @@ def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
         for ci in range(nc):
             cx = (g * cig + c0 + ci) * plane
             for l0 in range(0, R, lanes):
-                tile_in(V, ci * R + l0, kc * R, xf, cx, xo, l0, R, tile, spec)
+                tile_in(V, ci * R + l0, geo[21], xf, cx, xo, l0, R, tile, spec)
         for p in range(T):
             _gemm(U, V, M, tab, g, p, nc, c0, ob0, ob1, spec, geo, c0 > 0)
     oplane = out.shape[2] * out.shape[3] * out.shape[4]
@@ -408,8 +420,11 @@ def run_into(x5, w5, bias, plan, target, start=(0, 0, 0), step=(1, 1, 1)) -> boo
     """The conv ``plan`` of ``x5`` and ``w5`` written at ``start + step * o``
     of ``target`` (C-contiguous, 5-D; every other element untouched): the
     conv's own output, or a phase of a transposed op's. False where an input
-    or weight is not finite: the caller's other path then writes those
-    outputs (what this one wrote of them is overwritten)."""
+    or weight is not finite, or where the input or ``target`` has more
+    elements than int32 offsets reach: the caller's other path then writes
+    those outputs (what this one wrote of them is overwritten)."""
+    if max(x5.size, target.size) > MAX_OFFSET:
+        return False
     spec = spec_for(plan.dtype)
     threads = _threads()
     geo = _geometry(plan, spec.lanes, spec.registers, threads)

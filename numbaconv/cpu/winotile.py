@@ -2,7 +2,7 @@
 
 One call transforms one vector of tiles (``spec.lanes`` tiles, one channel):
 :func:`tile_in` gathers the tiles' ``alpha_D x alpha_H x alpha_W`` inputs
-through int64 offsets (``llvm.masked.gather``; a negative offset is a zero)
+through int32 offsets (``llvm.masked.gather``; a negative offset is a zero)
 and applies ``B^T`` along W, H and D; :func:`tile_out` loads the products
 of every transform point, applies ``A^T`` along W, H and D, adds the bias and
 scatters the ``m_D x m_H x m_W`` outputs through their offsets
@@ -131,7 +131,11 @@ class _Gen:
         self.et = _LLVM_TYPES[dtype]
         self.vt = ir.VectorType(self.et, lanes)
         self.i64 = ir.IntType(64)
-        self.it = ir.VectorType(self.i64, lanes)
+        # offsets as int32: one vector of them per vector of values, one
+        # compare for the mask, and a GEP that the gather's addressing takes
+        # as is (int64 offsets doubled the integer and mask work: on AMD Zen 4
+        # it, not the gathers, bounded the input transform)
+        self.it = ir.VectorType(ir.IntType(32), lanes)
         self.ptrs_t = ir.VectorType(self.et.as_pointer(), lanes)
         self.align = np.dtype(dtype).itemsize
         self.fma = cgutils.get_or_insert_function(
@@ -147,10 +151,8 @@ class _Gen:
     def addresses(self, base_ptr, base_off, offs):
         """Pointers ``base_ptr + base_off + offs`` (a vector) and the mask ``offs >= 0``."""
         b = self.b
-        base = b.ptrtoint(b.gep(base_ptr, [base_off]), self.i64)
-        addr = b.add(_splat(b, self.it, base), b.mul(offs, ir.Constant(self.it, [self.align] * self.lanes)))
         mask = b.icmp_signed(">=", offs, ir.Constant(self.it, [0] * self.lanes))
-        return b.inttoptr(addr, self.ptrs_t), mask
+        return _vector_gep(b, b.gep(base_ptr, [base_off]), offs, self.et, self.ptrs_t), mask
 
     def combine(self, terms):
         """sum of coefficient * vector over ``terms`` (zero coefficients left out)."""
@@ -194,6 +196,15 @@ class _Gen:
         return values, tuple(shape)
 
 
+def _vector_gep(builder, ptr, offs, etype, ptrs_t):
+    """``ptr + offs`` as a vector of pointers (a GEP with a vector index,
+    which llvmlite's builder does not type: the instruction made here)."""
+    instr = ir.instructions.GEPInstr(builder.block, ptr, [offs], inbounds=False, name="", source_etype=etype)
+    instr.type = ptrs_t
+    builder._insert(instr)
+    return instr
+
+
 def _matrices(tile, side):
     # per dim: B^T (side 0) or A^T (side 1), None for r == 1 (identity)
     out = []
@@ -227,7 +238,7 @@ def tile_in(typingctx, V, v0, vps, xf, cx, xo, x0, xps, tile, spec):
     if not isinstance(spec, SpecType) or not isinstance(tile, TileType):
         return None
     dtype = V.dtype.name
-    if dtype not in _LLVM_TYPES or xf.dtype != V.dtype or xo.dtype != types.int64:
+    if dtype not in _LLVM_TYPES or xf.dtype != V.dtype or xo.dtype != types.int32:
         return None
     sig = types.void(V, v0, vps, xf, cx, xo, x0, xps, tile, spec)
 
@@ -250,7 +261,7 @@ def tile_in(typingctx, V, v0, vps, xf, cx, xo, x0, xps, tile, spec):
         zero = ir.Constant(g.vt, [0.0] * g.lanes)
         values = {}
         for p, pos in enumerate(_positions(shape)):
-            offs = b.load(g.vec_ptr(pO, b.add(x0_, b.mul(g.const(p), xps_)), g.it), align=8)
+            offs = b.load(g.vec_ptr(pO, b.add(x0_, b.mul(g.const(p), xps_)), g.it), align=4)
             ptrs, mask = g.addresses(pX, cx_, offs)
             values[pos] = b.call(gather, [ptrs, ir.Constant(ir.IntType(32), g.align), mask, zero])
         values, shape = g.transform(values, shape, _matrices(tile, 0))
@@ -274,7 +285,7 @@ def tile_out(typingctx, of, oc, bias, oo, o0, ops, M, m0, mps, tile, spec):
     if not isinstance(spec, SpecType) or not isinstance(tile, TileType):
         return None
     dtype = of.dtype.name
-    if dtype not in _LLVM_TYPES or M.dtype != of.dtype or oo.dtype != types.int64:
+    if dtype not in _LLVM_TYPES or M.dtype != of.dtype or oo.dtype != types.int32:
         return None
     sig = types.void(of, oc, bias, oo, o0, ops, M, m0, mps, tile, spec)
 
@@ -305,7 +316,7 @@ def tile_out(typingctx, of, oc, bias, oo, o0, ops, M, m0, mps, tile, spec):
         align = ir.Constant(ir.IntType(32), g.align)
         outs, live = [], None
         for j, pos in enumerate(_positions(shape)):
-            offs = b.load(g.vec_ptr(pO, b.add(o0_, b.mul(g.const(j), ops_)), g.it), align=8)
+            offs = b.load(g.vec_ptr(pO, b.add(o0_, b.mul(g.const(j), ops_)), g.it), align=4)
             ptrs, mask = g.addresses(pF, oc_, offs)
             outs.append((b.fadd(values[pos], bv), ptrs, mask))
             live = mask if live is None else b.and_(live, mask)
