@@ -362,6 +362,38 @@ def test_tile_transforms_against_numpy(m, r, lanes):
     np.testing.assert_allclose(of, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+@pytest.mark.parametrize("m, r", [((1, 4, 4), (1, 3, 3)), ((1, 1, 3), (1, 1, 4)), ((2, 2, 2), (3, 3, 3))])
+@pytest.mark.parametrize("edge", ["inside", "past the end", "a dead lane"])
+def test_tile_out_rows_stored_whole(m, r, lanes, dtype, edge):
+    """tile_out with each tile's outputs along W next to each other in
+    memory (the usual case: its short-vector stores): every row written
+    whole; rows running past the plane (their last outputs -1: masked
+    stores); a lane with no outputs (past the last tile: the scatters)."""
+    tile, spec = Tile(m, r), mk.Spec(lanes, 32)
+    alpha = tuple(a + b - 1 for a, b in zip(m, r))
+    T, J, mw = int(np.prod(alpha)), int(np.prod(m)), m[2]
+    ats = [wg.matrices(a, b)[0] for a, b in zip(m, r)]
+    rng = np.random.default_rng(lanes + mw)
+    M = rng.standard_normal(T * lanes).astype(dtype)
+    # lane l's row q starts at 1000 * q + 10 * l (rows and lanes apart)
+    starts = 1000 * np.arange(J // mw)[:, None] + 10 * np.arange(lanes)[None, :]
+    oo = (starts[:, None, :] + np.arange(mw)[None, :, None]).reshape(J, lanes)
+    if edge == "past the end":
+        oo.reshape(J // mw, mw, lanes)[:, mw - 1, 1::2] = -1
+    elif edge == "a dead lane":
+        oo[:, lanes - 1] = -1
+    oo = oo.astype(np.int32)
+    of = rng.standard_normal(1000 * (J // mw) + 10 * lanes + mw).astype(dtype)
+    want = of.copy()
+    y = np.einsum("ai,bj,ck,ijkl->abcl", *ats, M.astype(np.float64).reshape(*alpha, lanes)).reshape(J, lanes)
+    want[oo[oo >= 0] + 3] = y[oo >= 0] + 0.5
+    _tile_out(of, 3, 0.5, oo.ravel(), 0, lanes, M, 0, lanes, tile, spec)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(of, want, rtol=tol, atol=tol * 10)
+
+
 def test_transposed_phases_on_winograd_need_two_taps_along_each_dim():
     """auto's gather sends a phase to Winograd only when its sub-kernel has
     2+ taps along every dim the input spans: a 3x3 stride-2 op's 2x1 and 1x2
