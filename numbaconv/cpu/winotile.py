@@ -6,7 +6,9 @@ through int32 offsets (``llvm.masked.gather``; a negative offset is a zero)
 and applies ``B^T`` along W, H and D; :func:`tile_out` loads the products
 of every transform point, applies ``A^T`` along W, H and D, adds the bias and
 scatters the ``m_D x m_H x m_W`` outputs through their offsets
-(``llvm.masked.scatter``; a negative offset is not written). The matrices
+(``llvm.masked.scatter``; a negative offset is not written), or, where each
+lane's outputs along W follow one another in memory, as one short vector
+store per lane and row (:func:`_store_rows`). Offsets are int32. The matrices
 (:func:`matrices`) are constants of the generated
 code: zero coefficients cost nothing, +-1 is an add or a subtract, the rest
 one FMA; all values stay in registers (or LLVM's spills) between the passes.
