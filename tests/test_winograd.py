@@ -16,7 +16,7 @@ import numbaconv as nc
 from numbaconv import config, dispatch, shapes
 from numbaconv.cpu import microkernel as mk
 from numbaconv.cpu import winograd as wg
-from numbaconv.cpu.winotile import Tile, tile_in, tile_out
+from numbaconv.cpu.winotile import Tile, tile_in, tile_in_rows, tile_out
 
 from .conftest import assert_close, tolerance, torch, torch_conv
 from .reference import conv_reference
@@ -360,6 +360,46 @@ def test_tile_transforms_against_numpy(m, r, lanes):
     want[sel[sel >= 0] + 5] = y[sel >= 0]
     _tile_out(of, 5, 0.25, oo.ravel(), 1, lanes + 2, M, 2, mps, tile, spec)
     np.testing.assert_allclose(of, want, rtol=1e-12, atol=1e-12)
+
+
+@njit
+def _tile_in_rows(V, v0, vps, xf, cx, xs, x0, xps, tile, spec):
+    tile_in_rows(V, v0, vps, xf, cx, xs, x0, xps, tile, spec)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+@pytest.mark.parametrize("m, r", [((1, 4, 4), (1, 3, 3)), ((1, 1, 4), (1, 1, 5)), ((2, 2, 2), (3, 3, 3))])
+def test_tile_in_rows_against_numpy(m, r, lanes, dtype):
+    """tile_in_rows = per row and lane a start and a mask of the positions
+    read (the others zero), then B^T per dim: the same values as tile_in
+    through the equivalent offsets; rows at the array's first and last
+    elements (masked lanes outside it are not read), empty rows."""
+    tile, spec = Tile(m, r), mk.Spec(lanes, 32)
+    alpha = tuple(a + b - 1 for a, b in zip(m, r))
+    T, nrows, aw = int(np.prod(alpha)), alpha[0] * alpha[1], alpha[2]
+    rng = np.random.default_rng(lanes * 3 + aw)
+    xf = rng.standard_normal(400).astype(dtype)
+    cx = 0  # offsets from the array's start: a row can begin just before it
+    starts = rng.integers(0, 400 - aw, size=(nrows, lanes))
+    bits = rng.integers(0, 1 << aw, size=(nrows, lanes))
+    bits[0, 0] = (1 << aw) - 1
+    starts[0, 0] = 400 - aw  # the row ending at the array's last element
+    starts[1 % nrows, 1] = -1  # first position before the array, masked
+    bits[1 % nrows, 1] = ((1 << aw) - 1) & ~1
+    bits[-1, -1] = 0  # an empty row
+    xo = np.where(
+        (bits[:, None, :] >> np.arange(aw)[None, :, None]) & 1,
+        starts[:, None, :] + np.arange(aw)[None, :, None],
+        -1,
+    ).reshape(T, lanes)
+    xs = np.concatenate([starts, bits]).astype(np.int32)
+    want = np.zeros(T * lanes, dtype)
+    got = np.zeros(T * lanes, dtype)
+    _tile_in(want, 0, lanes, xf, cx, xo.astype(np.int32).ravel(), 0, lanes, tile, spec)
+    _tile_in_rows(got, 0, lanes, xf, cx, xs.ravel(), 0, lanes, tile, spec)
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(want).max() > 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -58,7 +58,7 @@ from ..runtime import num_threads as threads_now
 from ..shapes import fold_index
 from .microkernel import fma_taps, spec_for, vectors_for
 from .tasks import aligned_empty, parallel_tasks
-from .winotile import Tile, matrices, tile_in, tile_out
+from .winotile import Tile, matrices, tile_in, tile_in_rows, tile_out
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH (tested).
@@ -206,15 +206,17 @@ class Geometry:
     def args(self) -> np.ndarray:
         return np.array(
             [self.cig, self.cog, self.cop, self.R, self.nblk, self.kc, *self.alpha, *self.m, *self.ntiles,
-             self.total, self.rows, self.vectors * self.lanes, self.lanes, self.ocs, self.obc, self.vstride],
+             self.total, self.rows, self.vectors * self.lanes, self.lanes, self.ocs, self.obc, self.vstride,
+             sum(n * a for n, a in zip(self.ntiles, self.alpha))],
             dtype=np.int64,
         )  # fmt: skip
 
     def workspace_bytes(self, itemsize: int, threads: int) -> int:
         """Per-task buffers on every thread (transformed inputs, products, the
-        tiles' input and output offsets)."""
+        tiles' input and output offsets, their rows' starts and masks)."""
         per_task = (self.vstride + self.cop * self.R) * self.points * itemsize
-        return (per_task + (self.points + self.outs) * self.R * 8) * min(threads, self.tasks)
+        rows = self.alpha[0] * self.alpha[1]  # the row table: a start and a mask per row and tile
+        return (per_task + (self.points + self.outs + 2 * rows) * self.R * 4) * min(threads, self.tasks)
 
 
 def _threads() -> int:
@@ -238,6 +240,7 @@ def _maps(plan, lanes, registers, threads, start=(0, 0, 0), step=(1, 1, 1)):
     # transposed op's output: numbaconv.cpu.gather)
     geo = _geometry(plan, lanes, registers, threads)
     inm, outm = geo.maps(plan)
+    inm = np.concatenate([inm, row_maps(inm, geo)])  # at geo.args()[22]
     if start != (0, 0, 0) or step != (1, 1, 1):
         outm = outm.copy()
         at = 0
@@ -361,6 +364,59 @@ def _offsets(x, out, inm, outm, geo, tau0, xo, oo):
                     )
 
 
+def row_maps(inm, geo) -> np.ndarray:
+    """Per tile along W (from the W part of ``inm``): the offset of its
+    position 0 where its positions follow one another (a zero before the
+    plane, or past it, breaks nothing), the bits of the positions that read
+    the input, and 1 where they follow one another (0: a padding mode's fold,
+    a dilation grid), concatenated."""
+    nD, nH, nW = geo.ntiles
+    aD, aH, aW = geo.alpha
+    seg = inm[nD * aD + nH * aH :][: nW * aW].reshape(nW, aW)
+    valid = seg >= 0
+    c = np.arange(aW)
+    first = np.where(valid.any(axis=1), valid.argmax(axis=1), 0)
+    start = np.where(valid.any(axis=1), seg[np.arange(nW), first] - first, 0)
+    follow = np.where(valid, seg == start[:, None] + c, True).all(axis=1) & (aW > 1)
+    bits = (valid << c).sum(axis=1)
+    return np.concatenate([start, bits, follow.astype(np.int64)])
+
+
+@njit(inline="always")
+def _row_table(x, inm, geo, tau0, xs, rows_ok):
+    # per row r of the tiles' (D, H) positions and lane l: xs[r*R + l] the
+    # offset of the row's position 0, xs[(nrows + r)*R + l] the bits of the
+    # positions that read the input (the others are zeros); rows_ok[g] = 0
+    # where a lane of lane group g has positions along W that do not follow
+    # one another (row_maps, after the maps in inm at geo[22]): tile_in
+    # gathers those
+    R, al, lanes = geo[3], (geo[6], geo[7], geo[8]), geo[18]
+    nD, nH, nW, total, wt = geo[12], geo[13], geo[14], geo[15], geo[22]
+    C, D, H, W = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+    NT = nD * nH * nW
+    nrows = al[0] * al[1]
+    for lg in range(R // lanes):
+        rows_ok[lg] = 1
+    for l in range(R):
+        tau = tau0 + l
+        n = tau // NT
+        r = tau - n * NT
+        tw, th, td = r % nW, (r // nW) % nH, r // (nW * nH)
+        ws, wb, wok = inm[wt + tw], inm[wt + nW + tw], inm[wt + 2 * nW + tw]
+        for a in range(al[0]):
+            for b in range(al[1]):
+                idd, ih = inm[td * al[0] + a], inm[nD * al[0] + th * al[1] + b]
+                row = a * al[1] + b
+                if tau < total and idd >= 0 and ih >= 0 and wb != 0:
+                    xs[row * R + l] = ((n * C * D + idd) * H + ih) * W + ws
+                    xs[(nrows + row) * R + l] = wb
+                    if wok == 0:
+                        rows_ok[l // lanes] = 0
+                else:
+                    xs[row * R + l] = 0
+                    xs[(nrows + row) * R + l] = 0
+
+
 @njit(nogil=True, cache=True, fastmath=_FASTMATH)
 def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
     # one group x one block of R tiles x one chunk of output channels (see
@@ -387,6 +443,9 @@ def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
     oo = np.empty(ms[0] * ms[1] * ms[2] * R, dtype=np.int32)
     _offsets(x, out, inm, outm, geo, (t - g * nblk) * R, xo, oo)
     lanes = geo[18]
+    xs = np.empty(2 * al[0] * al[1] * R, dtype=np.int32)
+    rows_ok = np.empty(R // lanes, dtype=np.int64)
+    _row_table(x, inm, geo, (t - g * nblk) * R, xs, rows_ok)
     V = aligned_empty(T * geo[21], xf)
     M = aligned_empty(T * cop * R, xf)
     plane = x.shape[2] * x.shape[3] * x.shape[4]
@@ -395,7 +454,10 @@ def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
         for ci in range(nc):
             cx = (g * cig + c0 + ci) * plane
             for l0 in range(0, R, lanes):
-                tile_in(V, ci * R + l0, geo[21], xf, cx, xo, l0, R, tile, spec)
+                if rows_ok[l0 // lanes]:
+                    tile_in_rows(V, ci * R + l0, geo[21], xf, cx, xs, l0, R, tile, spec)
+                else:
+                    tile_in(V, ci * R + l0, geo[21], xf, cx, xo, l0, R, tile, spec)
         for p in range(T):
             _gemm(U, V, M, tab, g, p, nc, c0, ob0, ob1, spec, geo, c0 > 0)
     oplane = out.shape[2] * out.shape[3] * out.shape[4]
