@@ -29,81 +29,81 @@ from .machine import fingerprint
 
 # Seconds per unit of each feature, fitted on the development machine (2 vCPUs
 # of an AMD EPYC, Zen 4 `znver4`, float32) over calibrate.CASES with
-# `numbaconv calibrate --ship` (2026-12-03, nineteenth session: the mean of two
-# fits, which agreed within 5-15% on the main features; the constants of
-# 2026-11-30, fitted on an Intel Emerald Rapids host before thirteen
-# sessions of kernel work, priced the direct path 1.4-1.7x above its
-# measured times here and Winograd 1.6x below them on 1-D layers, so auto
-# ran Winograd at up to 1.5x direct's time). On other machines they are
-# scaled by the probed rates (numbaconv.rates). Regenerate after changing a kernel.
+# calibrate.calibrate() run twice, the mean shipped (2026-12-04,
+# twenty-first session, after Winograd's transforms got 10-25% faster: the
+# constants of the nineteenth session priced Winograd 2.4x above its measured
+# products, so auto ran direct at up to 1.7x Winograd's time on 3x3 layers
+# of 32 channels and on 1-D k3 layers; the two fits agreed within 1-25% on
+# the main features). On other machines they are scaled by the probed rates
+# (numbaconv.rates). Regenerate after changing a kernel.
 SHIPPED: dict[str, dict[str, float]] = {
     "conv/direct": {
-        "call": 9.77e-05,
-        "outputs": 0,
-        "inputs": 0,
-        "tile": 2.57e-10,
-        "flops_px": 5.2e-12,
-        "flops_px_1tap": 6.8e-12,
-        "flops_cl": 5.56e-12,
-        "block_values": 2.33e-10,
+        "call": 9.1e-05,
+        "outputs": 4.7e-11,
+        "inputs": 9.64e-12,
+        "tile": 1.98e-10,
+        "flops_px": 4.23e-12,
+        "flops_px_1tap": 5.57e-12,
+        "flops_cl": 4.63e-12,
+        "block_values": 1.98e-11,
     },
     "conv/gemm": {
-        "call": 0,
+        "call": 1.89e-05,
         "outputs": 0,
-        "lowered": 5.91e-10,
-        "gemm_flops": 9.29e-12,
-        "gemm_flops_short": 8.82e-12,
-        "gemm_flops_thin": 2.79e-11,
-        "gemm_calls": 1.72e-05,
+        "lowered": 4e-10,
+        "gemm_flops": 7.05e-12,
+        "gemm_flops_short": 7.92e-12,
+        "gemm_flops_thin": 1.29e-11,
+        "gemm_calls": 1.63e-05,
     },
     "conv/fft": {
-        "call": 0.000632,
-        "fft_point_logs": 6.68e-11,
-        "cmacs": 3.63e-10,
-        "transforms": 2.84e-06,
-        "points": 9.16e-10,
+        "call": 0.000352,
+        "fft_point_logs": 9.08e-11,
+        "cmacs": 2.26e-10,
+        "transforms": 2.79e-06,
+        "points": 0,
     },
     "conv/winograd": {
-        "call": 0.00012,
-        "point_flops": 7.52e-12,
-        "block_values": 5.77e-10,
-        "transformed": 1.34e-12,
-        "gathered": 2e-10,
-        "outputs": 5.79e-10,
+        "call": 0.000121,
+        "point_flops": 3.14e-12,
+        "block_values": 5.09e-10,
+        "transformed": 0,
+        "gathered": 0,
+        "outputs": 0,
     },
     "conv_transpose/scatter": {
-        "call": 0.00044,
-        "outputs": 9.95e-10,
-        "flops": 9.61e-11,
+        "call": 0.000198,
+        "outputs": 9.69e-10,
+        "flops": 7.87e-11,
     },
     "conv_transpose/gather": {
-        "call": 5.97e-05,
-        "phases": 2.85e-05,
-        "winograd_s": 1.5,
+        "call": 4.92e-05,
+        "phases": 3.02e-05,
+        "winograd_s": 0.631,
         "outputs": 0,
-        "inputs": 3.65e-10,
-        "tile": 0,
-        "flops_px": 8.43e-12,
-        "flops_px_1tap": 1.14e-11,
-        "flops_cl": 6.8e-12,
+        "inputs": 0,
+        "tile": 2.41e-11,
+        "flops_px": 6.49e-12,
+        "flops_px_1tap": 1.27e-11,
+        "flops_cl": 7.56e-12,
         "block_values": 0,
     },
     "conv_transpose/gemm": {
-        "call": 0.000256,
-        "outputs": 7.99e-10,
-        "lowered": 1.78e-09,
-        "gemm_flops": 9.68e-12,
-        "gemm_flops_short": 1.21e-11,
-        "gemm_flops_thin": 0,
+        "call": 0.000306,
+        "outputs": 5.29e-10,
+        "lowered": 1.1e-09,
+        "gemm_flops": 7.47e-12,
+        "gemm_flops_short": 8.36e-12,
+        "gemm_flops_thin": 6.55e-13,
         "gemm_calls": 0,
     },
     "conv_transpose/fft": {
-        "call": 0.000775,
-        "outputs": 1.95e-09,
-        "fft_point_logs": 4.78e-11,
-        "cmacs": 3.21e-10,
-        "transforms": 3.44e-06,
-        "points": 2.79e-10,
+        "call": 0.000429,
+        "outputs": 2.35e-09,
+        "fft_point_logs": 3.34e-11,
+        "cmacs": 2.13e-10,
+        "transforms": 1.89e-06,
+        "points": 0,
     },
 }
 

@@ -54,17 +54,17 @@ UNIT_OF: dict[str, str] = {
 }  # fmt: skip
 
 # probe() on the development machine when the constants were fitted (2 vCPUs
-# of an AMD EPYC, Zen 4; the best of six probes around the two fits: this
-# host's readings moved 10-30% between probes). Until the nineteenth session
+# of an AMD EPYC, Zen 4; the best of three probes around the two fits of the
+# twenty-first session: this host's readings moved 10-30% between probes). Until the nineteenth session
 # the constants were an Intel Emerald Rapids host's, whose "flop" rate was
 # taken equal to its NumPy GEMM (the probe came later) and whose "gemm" rate
 # was its fitted rate of the GEMM method's products.
 SHIPPED_RATES: dict[str, float] = {
-    "flop": 2.14e11,
-    "gemm": 1.83e11,
-    "mem": 2.64e10,
-    "fft": 1.36e9,
-    "call": 4.3e7,
+    "flop": 2.32e11,
+    "gemm": 2e11,
+    "mem": 3.98e10,
+    "fft": 1.47e09,
+    "call": 4.2e07,
 }
 
 # (M, K, N) of the products the "gemm" rate is read off: C_out x C_in * taps
