@@ -314,14 +314,7 @@ def tile_in(typingctx, V, v0, vps, xf, cx, xo, x0, xps, tile, spec):
 
     for the tile's ``alpha`` positions ``p`` and transform points ``q`` (both
     in (D, H, W) order, row-major), ``l < spec.lanes``."""
-    if not isinstance(spec, SpecType) or not isinstance(tile, TileType):
-        return None
-    dtype = V.dtype.name
-    if dtype not in _LLVM_TYPES or xf.dtype != V.dtype or xo.dtype != types.int32:
-        return None
-    sig = types.void(V, v0, vps, xf, cx, xo, x0, xps, tile, spec)
-
-    return sig, _tile_in_codegen(dtype, tile, spec, _gathered)
+    return _tile_in_typed((V, v0, vps, xf, cx, xo, x0, xps, tile, spec), _gathered)
 
 
 @intrinsic
@@ -338,13 +331,19 @@ def tile_in_rows(typingctx, V, v0, vps, xf, cx, xs, x0, xps, tile, spec):
     not read) and the rows of a vector of tiles become its positions by
     shuffles: no gathers, which cost about a cycle per element on AMD Zen 4
     and bounded :func:`tile_in` there."""
+    return _tile_in_typed((V, v0, vps, xf, cx, xs, x0, xps, tile, spec), _loaded_rows)
+
+
+def _tile_in_typed(args, inputs):
+    """The signature and codegen of tile_in / tile_in_rows for their argument
+    types (an int32 table), or None when they do not type."""
+    V, xf, table, tile, spec = args[0], args[3], args[5], args[8], args[9]
     if not isinstance(spec, SpecType) or not isinstance(tile, TileType):
         return None
     dtype = V.dtype.name
-    if dtype not in _LLVM_TYPES or xf.dtype != V.dtype or xs.dtype != types.int32:
+    if dtype not in _LLVM_TYPES or xf.dtype != V.dtype or table.dtype != types.int32:
         return None
-    sig = types.void(V, v0, vps, xf, cx, xs, x0, xps, tile, spec)
-    return sig, _tile_in_codegen(dtype, tile, spec, _loaded_rows)
+    return types.void(*args), _tile_in_codegen(dtype, tile, spec, inputs)
 
 
 def _gathered(g, pX, cx, pO, x0, xps, shape):
