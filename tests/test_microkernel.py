@@ -563,6 +563,41 @@ def test_vector_run_stride_two(lanes, dtype, src_dtype):
 
 
 @njit
+def _run_spread(d, d0, s, s0, n, bias, spec):
+    mk.vector_run(d, d0, s, s0, n, bias, 5, spec)
+
+
+@njit
+def _run_spread_add(d, d0, s, s0, n, spec):
+    mk.vector_run(d, d0, s, s0, n, 0.0, 6, spec)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lanes", LANES)
+def test_vector_run_stores_every_other(lanes, dtype):
+    """Modes 5 and 6, a stride-2 phase of a transposed op's output row:
+    ``dst[d0 + 2 i] = src[s0 + i] + bias`` (and ``+=``) for every length;
+    the odd positions and everything past the run keep their values (the
+    other phase's, written by another thread), NaN and Inf pass through.
+    With 512-bit vectors masked stores of every other lane, else scalars:
+    both are run here (lanes 4 to 16, float32 and float64)."""
+    rng = np.random.default_rng(5)
+    spec = mk.Spec(lanes, 32)
+    for n in range(3 * lanes + 2):
+        for d0, s0 in [(0, 0), (3, 5)]:
+            src = rng.standard_normal(s0 + n + 3).astype(dtype)
+            src[s0 + 1 :: 5] = np.nan if n % 2 else np.inf
+            dst = rng.standard_normal(d0 + 2 * n + 2 * lanes).astype(dtype)
+            want = dst.copy()
+            want[d0 : d0 + 2 * n : 2] = src[s0 : s0 + n] + np.dtype(dtype).type(0.25)
+            _run_spread(dst, d0, src, s0, n, 0.25, spec)
+            np.testing.assert_array_equal(dst, want)
+            want[d0 : d0 + 2 * n : 2] += src[s0 : s0 + n]
+            _run_spread_add(dst, d0, src, s0, n, spec)
+            np.testing.assert_array_equal(dst, want)
+
+
+@njit
 def _transpose0(dst, d0, ds, dn, dl, src, s0, ss, sn, sl, bias, b0, spec):
     mk.transpose_block(dst, d0, ds, dn, dl, src, s0, ss, sn, sl, bias, b0, 0, spec)
 

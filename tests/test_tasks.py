@@ -156,3 +156,32 @@ def test_aligned_empty_starts_on_64_bytes():
             assert all(a.size == n and a.dtype == dtype for a in got)
             assert all(a.ctypes.data % 64 == 0 for a in got)
             assert all((a == 1).all() for a in got)
+
+
+@numba.njit
+def _borrowed_sum(a, lo):
+    b = tasks.borrow(a)
+    s = b[lo:]  # a slice of the borrowed view: the same memory
+    s[0] += 1.0  # writes reach the caller's array
+    return s.sum()
+
+
+def test_borrow_is_a_view_without_a_reference():
+    # tasks.borrow: the same data, shape and strides, and no reference
+    # taken or dropped (the caller's array keeps one owner, its contents
+    # and its writes)
+    a = np.arange(12.0).reshape(3, 4)[:, 1:]  # non-contiguous: strides kept
+    flat = np.arange(10.0)
+    import sys
+
+    before = sys.getrefcount(flat)
+    assert _borrowed_sum(flat, 3) == np.arange(3.0, 10.0).sum() + 1.0
+    assert flat[3] == 4.0 and sys.getrefcount(flat) == before
+
+    @numba.njit
+    def twice(x):
+        y = tasks.borrow(x)
+        return y[1, 2] + y[2, 0], y.shape, y.strides
+
+    got, shape, strides = twice(a)
+    assert got == a[1, 2] + a[2, 0] and shape == a.shape and strides == a.strides

@@ -56,7 +56,7 @@ from .microkernel import (
     vector_run,
     vectors_for,
 )
-from .tasks import aligned_empty, run_at, task_address
+from .tasks import aligned_empty, borrow, run_at, task_address
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
 # file's contents; must equal numbaconv.config.FASTMATH (tested).
@@ -450,6 +450,7 @@ def _zero_tile(tile, used, geo):
 def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc, tc):
     # the phase of task tc (see _phase); the arguments below are its slices
     wp, tb, md, mh, mw, runs, geo, t = _phase(wpc, tbc, mdc, mhc, mwc, runsc, geoc, tc)
+    x, xf, bias, out, of = borrow(x), borrow(xf), borrow(bias), borrow(out), borrow(of)  # see _phase
     # One task: the tile channel chunk by channel chunk (channel stride cs),
     # each chunk's blocks (the later chunks add into the output). The tile
     # is copied even where it would equal the input (a pointwise conv):
@@ -519,6 +520,7 @@ def _conv_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc,
 def _band_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc, tc):
     # the phase of task tc (see _phase); the arguments below are its slices
     wp, tb, md, mh, mw, runs, geo, t = _phase(wpc, tbc, mdc, mhc, mwc, runsc, geoc, tc)
+    x, xf, bias, out, of = borrow(x), borrow(xf), borrow(bias), borrow(out), borrow(of)  # see _phase
     # One task of band blocks: the tile channel chunk by chunk, each chunk's
     # blocks of rows (the later chunks add into the output)
     G, cg, band, nbands, cchunk, pw, tsize, cs = (
@@ -568,7 +570,13 @@ _HEADER = 9  # per phase: tb offset, length; md, mh, mw offsets; runs offset, ro
 
 @njit(inline="always")
 def _phase(wp, tb, md, mh, mw, runs, geo, t):
-    # geo = [phases P, tasks T, P headers, T (phase, task in phase) pairs, each phase's geo]
+    # geo = [phases P, tasks T, P headers, T (phase, task in phase) pairs, each phase's geo].
+    # The slices are of borrowed views (tasks.borrow: no reference counts):
+    # the task's arrays are shared by the threads, and every inlined call
+    # taking one updated its count atomically (the line bouncing between
+    # the cores: 3-9% of a pointwise layer's samples in one decrement)
+    wp, tb, md, mh, mw = borrow(wp), borrow(tb), borrow(md), borrow(mh), borrow(mw)
+    runs, geo = borrow(runs), borrow(geo)
     h = 2 + geo[2 + geo[0] * _HEADER + 2 * t] * _HEADER
     return (
         wp[geo[h + 7] :],
@@ -598,6 +606,7 @@ def _task(t, nbands, noc, OD, G):
 def _conv_cl_task(x, xf, wpc, bias, out, of, tbc, mdc, mhc, mwc, runsc, spec, geoc, tc):
     # the phase of task tc (see _phase); the arguments below are its slices
     wp, tabs, md, mh, mw, runs, geo, t = _phase(wpc, tbc, mdc, mhc, mwc, runsc, geoc, tc)
+    x, xf, bias, out, of = borrow(x), borrow(xf), borrow(bias), borrow(out), borrow(of)  # see _phase
     # One task: the tile channels-last (pixel stride ps), its output pixels
     # (the band's, in order: no junk columns) in blocks of px gathered rows
     # (tile offsets: tabs after the nt tap offsets) x vl output channels,
@@ -660,6 +669,12 @@ def _put(of, uo, sw, cb, k, cnt, bv, add, spec):
             vector_run(of, uo, cb, k, cnt, bv, 2, spec)
         else:
             vector_run(of, uo, cb, k, cnt, bv, 1, spec)
+        return
+    if sw == 2:  # a transposed op's stride-2 phase: the even lanes of vectors, masked
+        if add:
+            vector_run(of, uo, cb, k, cnt, bv, 6, spec)
+        else:
+            vector_run(of, uo, cb, k, cnt, bv, 5, spec)
         return
     u, uk, un, us = np.uint64(uo), np.uint64(k), np.uint64(cnt), np.uint64(sw)
     if add:

@@ -946,11 +946,61 @@ class _Run:
             return self._pair(i, (_lane_mask(b, L, 0, reach), _lane_mask(b, L, L, reach)))
         return self._convert(self._src_vector(i, None if rest is None else _lane_mask(b, L, 0, rest)))
 
+    def _spread(self, i, rest):
+        """Modes 5 and 6: the source vector at ``src[s0 + i:]`` (plus the
+        bias) into the even lanes of ``dst[d0 + 2 i:]``, two vectors, masked
+        stores (``rest``: values left, None for a whole vector). The odd
+        lanes are neither read nor written: another thread may be writing
+        them (the other phase of a transposed op)."""
+        b, L = self.builder, self.lanes
+        load, store = _masked(b, self.vt, self.name)
+        align = ir.Constant(ir.IntType(32), self.align)
+        mask = None if rest is None else _lane_mask(b, L, 0, rest)
+        v = self._convert(self._src_vector(i, mask))
+        if self.mode == 5:
+            v = b.fadd(v, _splat(b, self.vt, self.bias))
+        i32 = ir.IntType(32)
+        undef = ir.Constant(self.vt, ir.Undefined)
+        count = ir.Constant(self.i64, 2 * L) if rest is None else b.mul(rest, ir.Constant(self.i64, 2))
+        for h in range(2):
+            idx = ir.Constant(ir.VectorType(i32, L), [h * L // 2 + lane // 2 if lane % 2 == 0 else L for lane in range(L)])
+            part = b.shuffle_vector(v, undef, idx)
+            even = ir.Constant(ir.VectorType(ir.IntType(1), L), [lane % 2 == 0 for lane in range(L)])
+            live = b.and_(even, _lane_mask(b, L, h * L, count))
+            ptr = self._ptr(self.pd, self.d0, b.add(b.mul(i, ir.Constant(self.i64, 2)), ir.Constant(self.i64, h * L)))
+            if self.mode == 6:
+                part = b.fadd(part, b.call(load, [ptr, align, live, ir.Constant(self.vt, [0.0] * L)]))
+            b.call(store, [part, ptr, align, live])
+
+    def _spread_scalar(self):
+        """Modes 5 and 6 one value at a time."""
+        b = self.builder
+        zero, one, two = (ir.Constant(self.i64, v) for v in (0, 1, 2))
+        entry = b.block
+        loop = b.append_basic_block("spread.loop")
+        done = b.append_basic_block("spread.done")
+        b.cbranch(b.icmp_signed(">", self.n, zero), loop, done)
+        b.position_at_end(loop)
+        i = b.phi(self.i64)
+        i.add_incoming(zero, entry)
+        v = b.load(b.gep(self.ps, [b.add(self.s0, i)]), align=self.align)
+        dptr = b.gep(self.pd, [b.add(self.d0, b.mul(i, two))])
+        v = b.fadd(v, self.bias if self.mode == 5 else b.load(dptr, align=self.align))
+        b.store(v, dptr, align=self.align)
+        nxt = b.add(i, one)
+        i.add_incoming(nxt, loop)
+        b.cbranch(b.icmp_signed("<", nxt, self.n), loop, done)
+        b.position_at_end(done)
+
     def emit(self):
         b, L = self.builder, self.lanes
         load, store = _masked(b, self.vt, self.name)
         align = ir.Constant(ir.IntType(32), self.align)
         zero, one = ir.Constant(self.i64, 0), ir.Constant(self.i64, 1)
+        spread = self.mode in (5, 6)
+        if spread and L * self.align < 64:
+            self._spread_scalar()  # no AVX-512: masked stores were microcoded (AMD Zen 3)
+            return
         if self.mode == 4:  # whole vectors while they read no further than src[s0 + 2 * (n - 1)]
             last = b.and_(b.sub(self.n, one), ir.Constant(self.i64, -L))
             full = b.select(b.icmp_signed(">", self.n, zero), last, zero)
@@ -965,8 +1015,11 @@ class _Run:
         b.position_at_end(loop)
         i = b.phi(self.i64)
         i.add_incoming(zero, entry)
-        value = self._value(self._source(i), lambda: b.load(self._ptr(self.pd, self.d0, i), align=self.align))
-        b.store(value, self._ptr(self.pd, self.d0, i), align=self.align)
+        if spread:
+            self._spread(i, None)
+        else:
+            value = self._value(self._source(i), lambda: b.load(self._ptr(self.pd, self.d0, i), align=self.align))
+            b.store(value, self._ptr(self.pd, self.d0, i), align=self.align)
         nxt = b.add(i, ir.Constant(self.i64, L))
         i.add_incoming(nxt, loop)
         b.cbranch(b.icmp_signed("<", nxt, full), loop, tail)
@@ -974,6 +1027,11 @@ class _Run:
         b.cbranch(b.icmp_signed("<", full, self.n), masked, done)
         b.position_at_end(masked)
         rest = b.sub(self.n, full)
+        if spread:
+            self._spread(full, rest)
+            b.branch(done)
+            b.position_at_end(done)
+            return
         mask = _lane_mask(b, L, 0, rest)
         none = ir.Constant(self.vt, [0.0] * L)
         dptr = self._ptr(self.pd, self.d0, full)
@@ -991,6 +1049,8 @@ def vector_run(typingctx, dst, d0, src, s0, n, bias, mode, spec):
         dst[d0 + i] = src[s0 + i] + bias     (mode 1)
         dst[d0 + i] += src[s0 + i]           (mode 2)
         dst[d0 + i] = src[s0 + 2 * i]        (mode 4: a stride-2 gather)
+        dst[d0 + 2 * i] = src[s0 + i] + bias (mode 5: a stride-2 store)
+        dst[d0 + 2 * i] += src[s0 + i]       (mode 6)
 
     for ``i < n``, as whole vectors of ``spec.lanes`` and one masked vector
     (``llvm.masked.load/store``: no scalar remainder loop; a compiled loop of

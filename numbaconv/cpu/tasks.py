@@ -23,6 +23,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..runtime import njit, num_threads
@@ -49,6 +50,26 @@ def call_task(typingctx, addr, args, err):
         return context.get_dummy_value()
 
     return types.void(addr, args, err), codegen
+
+
+@intrinsic
+def borrow(typingctx, arr):
+    """``arr`` as a view that holds no reference (no meminfo): passing it to
+    inlined functions and slicing it then costs no atomic reference-count
+    updates. For a task's arguments, which the caller holds for the whole
+    call: both threads updating the count of a shared array (the packed
+    weight, the input, the output) bounced its cache line between the cores
+    at every micro-kernel block."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        view = context.make_array(arr)(context, builder, llargs[0])
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        view.parent = cgutils.get_null_value(view.parent.type)
+        return view._getvalue()
+
+    return arr(arr), codegen
 
 
 @intrinsic

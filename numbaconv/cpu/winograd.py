@@ -57,7 +57,7 @@ from ..runtime import njit
 from ..runtime import num_threads as threads_now
 from ..shapes import fold_index
 from .microkernel import fma_taps, spec_for, vectors_for
-from .tasks import aligned_empty, parallel_tasks
+from .tasks import aligned_empty, borrow, parallel_tasks
 from .winotile import Tile, matrices, tile_in, tile_in_rows, tile_out
 
 # Kept literal here (not imported) because numba's on-disk cache keys on this
@@ -420,7 +420,10 @@ def _row_table(x, inm, geo, tau0, xs, rows_ok):
 @njit(nogil=True, cache=True, fastmath=_FASTMATH)
 def _task(x, xf, U, bias, out, of, inm, outm, tile, geo, bad, tab, spec, t):
     # one group x one block of R tiles x one chunk of output channels (see
-    # the module doc); xf, of: x and out flat
+    # the module doc); xf, of: x and out flat. The shared arrays as borrowed
+    # views (tasks.borrow): no atomic reference counts at each inlined call
+    x, xf, U, bias, out, of = borrow(x), borrow(xf), borrow(U), borrow(bias), borrow(out), borrow(of)
+    inm, outm, geo, bad, tab = borrow(inm), borrow(outm), borrow(geo), borrow(bad), borrow(tab)
     cig, cog, cop, R, nblk, kc = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
     al, ms = (geo[6], geo[7], geo[8]), (geo[9], geo[10], geo[11])
     rows, ocs, obc = geo[16], geo[19], geo[20]

@@ -207,11 +207,12 @@ def _vector_gep(builder, ptr, offs, etype, ptrs_t):
     return instr
 
 
-def _rows_contiguous(g, rows):
+def _rows_contiguous(g, rows, step=1):
     """i1: in every lane, each row's first output is written (offset >= 0)
-    and its others follow it in memory (offset ``first + c``) or are not
-    written: a tile's outputs along W, where they do not run past the plane
-    (or the dilation's grids space them apart)."""
+    and its others follow it in memory ``step`` apart (offset ``first + c
+    step``) or are not written: a tile's outputs along W, where they do not
+    run past the plane (or the dilation's grids space them apart); step 2:
+    a phase of a stride-2 transposed op."""
     b = g.b
     zero = ir.Constant(g.it, [0] * g.lanes)
     ok = None
@@ -219,24 +220,25 @@ def _rows_contiguous(g, rows):
         first = row[0][3]
         term = b.icmp_signed(">=", first, zero)
         for c, (_, _, mask, offs) in enumerate(row[1:], 1):
-            at = b.icmp_signed("==", offs, b.add(first, ir.Constant(g.it, [c] * g.lanes)))
+            at = b.icmp_signed("==", offs, b.add(first, ir.Constant(g.it, [c * step] * g.lanes)))
             term = b.and_(term, b.or_(at, b.not_(mask)))
         ok = term if ok is None else b.and_(ok, term)
     mask_t = ir.IntType(g.lanes)
     return b.icmp_unsigned("==", b.bitcast(ok, mask_t), ir.Constant(mask_t, (1 << g.lanes) - 1))
 
 
-def _store_rows(g, base_ptr, base_off, rows, full):
-    """Each lane's outputs of a row (``mw`` values along W, next to each other
-    in memory: :func:`_rows_contiguous`) as one short vector store: the row's
+def _store_rows(g, base_ptr, base_off, rows, full, step=1):
+    """Each lane's outputs of a row (``mw`` values along W, ``step`` apart in
+    memory: :func:`_rows_contiguous`) as one short vector store: the row's
     vectors interleaved by shuffles, then a plain store per lane where every
-    output is written (``full``), else a masked one. On AMD Zen 4 a 16-lane
-    scatter costs about a cycle per element; these are a shuffle or two and a
-    store per lane."""
+    output is written (``full``, step 1), else a masked one (step 2: every
+    other lane, the others neither read nor written: another phase's
+    outputs, maybe another thread's). On AMD Zen 4 a 16-lane scatter costs
+    about a cycle per element; these are a shuffle or two and a store per lane."""
     b, lanes = g.b, g.lanes
     mw = len(rows[0])
-    short = ir.VectorType(g.et, mw)
-    bits = ir.VectorType(ir.IntType(1), mw)
+    short = ir.VectorType(g.et, mw * step)
+    bits = ir.VectorType(ir.IntType(1), mw * step)
     _, masked_store = _masked(b, short, _FMA_NAMES[g.dtype])
     align = ir.Constant(ir.IntType(32), g.align)
     i32 = ir.IntType(32)
@@ -266,22 +268,27 @@ def _store_rows(g, base_ptr, base_off, rows, full):
             masks = [m for _, _, m, _ in row]
             for l in range(lanes):
                 lane = ir.Constant(i32, l)
+                gap = both.type.count  # a lane of the undefined operand
+                picks = [l * mw + p // step if p % step == 0 else gap for p in range(mw * step)]
                 value = b.shuffle_vector(
                     both,
                     ir.Constant(both.type, ir.Undefined),
-                    ir.Constant(ir.VectorType(i32, mw), list(range(l * mw, l * mw + mw))),
+                    ir.Constant(ir.VectorType(i32, mw * step), picks),
                 )
                 at = b.gep(base, [b.sext(b.extract_element(first, lane), g.i64)])
                 ptr = b.bitcast(at, short.as_pointer())
-                if with_masks:
-                    m = ir.Constant(bits, ir.Undefined)
-                    for c in range(mw):
-                        m = b.insert_element(m, b.extract_element(masks[c], lane), ir.Constant(i32, c))
+                if with_masks or step > 1:
+                    m = ir.Constant(bits, [p % step == 0 for p in range(mw * step)])
+                    for c in range(mw if with_masks else 0):
+                        m = b.insert_element(m, b.extract_element(masks[c], lane), ir.Constant(i32, c * step))
                     b.call(masked_store, [value, ptr, align, m])
                 else:
                     b.store(value, ptr, align=g.align)
 
-    _guarded(b, full, lambda: store(False), lambda: store(True))
+    if step > 1:
+        store(True)
+    else:
+        _guarded(b, full, lambda: store(False), lambda: store(True))
 
 
 def _matrices(tile, side):
@@ -489,7 +496,16 @@ def tile_out(typingctx, of, oc, bias, oo, o0, ops, M, m0, mps, tile, spec):
             scattered()
             return context.get_dummy_value()
         rows = [outs[i : i + mw] for i in range(0, len(outs), mw)]
-        _guarded(b, _rows_contiguous(g, rows), lambda: _store_rows(g, pF, oc_, rows, full), scattered)
+
+        def strided():  # a stride-2 transposed op's phase; AVX2: masked stores microcoded, scatters kept
+            if g.lanes * g.align < 64:
+                scattered()
+                return
+            _guarded(
+                b, _rows_contiguous(g, rows, 2), lambda: _store_rows(g, pF, oc_, rows, full, 2), scattered
+            )
+
+        _guarded(b, _rows_contiguous(g, rows), lambda: _store_rows(g, pF, oc_, rows, full), strided)
         return context.get_dummy_value()
 
     return sig, codegen
