@@ -219,3 +219,38 @@ def test_a_plan_keeps_its_hash_but_does_not_pickle_it():
     assert copy == plan and hash(copy) == h and {plan: 1}[copy] == 1
     other = gather.phase_plans(plan, 2, plan.padding_lo, plan.out_size)[0][1]
     assert other != plan and hash(other) != h
+
+
+@pytest.mark.parametrize(
+    "xs, ws, kw",
+    [
+        ((2, 8, 9, 10), (8, 4, 2, 2), dict(stride=2)),
+        ((1, 6, 7, 9), (6, 4, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+        ((1, 4, 4, 5, 6), (4, 2, 2, 2, 2), dict(stride=2)),
+    ],
+)
+def test_w_major_order_same_result(monkeypatch, xs, ws, kw):
+    """The stride-2 phases run W-major (gather._w_major: phases differing
+    only along W not side by side on two cores); the order changes which
+    thread writes what, never a value: bit-equal to the product order, and
+    to the reference within the test bound."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    fn = FUNCS[len(xs) - 2]
+    got = fn(x, w, method="gather", **kw)
+    plan = shapes.make_plan("conv_transpose", x, w, **kw)
+    phases = gather.phase_plans(plan, plan.batch, plan.padding_lo, plan.out_size)
+    starts = [p[0] for p in gather._w_major(phases)]
+    assert starts == sorted(starts, key=lambda s: (s[2], s[1], s[0])) and len(starts) == len(phases)
+    monkeypatch.setattr(gather, "W_MAJOR", False)
+    gather._w_major.cache_clear()
+    try:
+        np.testing.assert_array_equal(fn(x, w, method="gather", **kw), got)
+    finally:
+        gather._w_major.cache_clear()
+    nd = len(xs) - 2
+    p, op = kw.get("padding", 0), kw.get("output_padding", 0)
+    params = dict(stride=[2] * nd, pads=[(p, p)] * nd, output_padding=[op] * nd)
+    want = conv_transpose_reference(x.astype(np.float64), w.astype(np.float64), None, **params)
+    assert_close(got, want, transpose_tolerance(np.float32, x, w, None, **params))
