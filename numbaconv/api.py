@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import autotune, config, dispatch, firstcall, lazy, runtime, separable
+from . import autotune, config, costs, dispatch, firstcall, lazy, runtime, separable
 from .shapes import (
     ConvPlan,
     check_dtype,
@@ -160,7 +160,97 @@ def _prepare(op, input, weight, bias, method, device):
     return x, w, b, method, dtype, (target, resident)
 
 
-def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", False)):
+# Calls kept by what their plan and method depend on (the arrays' types,
+# shapes and dtypes, the parameters, the settings): a later call with the
+# same ones skips the checks, the plan, the dispatcher and the first-call
+# test (~35 us of a call; a 1x1 layer on 14x14 planes takes ~200 us)
+_KEPT: dict = {}
+_KEPT_MAX = 512
+
+
+def _exact_key(value):
+    """``value`` when it is an int, a str, None or a tuple of those (equal
+    keys then mean equal arguments: no ``True == 1`` or ``1.0 == 1`` across
+    types), else TypeError."""
+    t = type(value)
+    if t is int or t is str or value is None:
+        return value
+    if t is tuple:
+        return tuple(_exact_key(v) for v in value)
+    raise TypeError(t)
+
+
+def _call_key(op, input, weight, bias, params) -> tuple | None:
+    """The key a host call is kept under (``params``: the other arguments
+    but ``out``), or None where it is not kept: other array types (dask,
+    device arrays, subclasses), arguments other than ints, strings, None and
+    tuples of them, ``device='cuda'``, ``method='measure'``."""
+    if type(input) is not np.ndarray or type(weight) is not np.ndarray:
+        return None
+    if bias is not None and type(bias) is not np.ndarray:
+        return None
+    try:
+        params = _exact_key(params)
+    except TypeError:
+        return None
+    if "cuda" in params or "measure" in params:
+        return None
+    return (
+        op,
+        input.shape,
+        input.dtype,
+        weight.shape,
+        weight.dtype,
+        None if bias is None else (bias.shape, bias.dtype),
+        params,
+        config.state(),
+        runtime.num_threads(),
+        costs._FORGOTTEN[0],
+        firstcall.FORGOTTEN[0],
+    )
+
+
+def _run_kept(key, input, weight, bias, out):
+    """The kept call ``key`` on these arrays, or None where it was kept for
+    another kind of weight (a rank-one kernel where this one is not, or the
+    reverse): :func:`_remember`."""
+    kept = _KEPT.get(key)
+    if kept is None:
+        return None
+    plan0, eligible, variants = kept
+    hit = variants.get(eligible and separable.rank_one(plan0, weight))
+    if hit is None:
+        return None
+    plan, row, over = hit
+    if out is not None:
+        _check_out(out, plan, (("input", input), ("weight", weight), ("bias", bias)))
+    with runtime.kernel_section():
+        return _execute(row, plan, input, weight, bias, out, over=over)
+
+
+def _remember(key, plan0):
+    """What :func:`_finish` calls with the plan and row it runs (the method's
+    kernels have run before: not a first call), kept under ``key`` for the
+    unmarked plan ``plan0``."""
+    if key is None:
+        return None
+
+    def remember(plan, row):
+        if len(_KEPT) >= _KEPT_MAX:
+            _KEPT.clear()
+        kept = _KEPT.setdefault(key, (plan0, separable.eligible(plan0), {}))
+        kept[2][plan.separable] = (plan, row, dispatch.workspace_need(row, plan) > config.workspace_bytes)
+
+    return remember
+
+
+def clear_kept_calls() -> None:
+    """Forget the kept calls (tests that change the dispatcher's inputs by
+    other means than the settings)."""
+    _KEPT.clear()
+
+
+def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", False), remember=None):
     if where[0] == "cuda":
         return _finish_cuda(op, plan, method, x, w, b, out, resident=where[1])
     if out is not None:
@@ -175,6 +265,8 @@ def _finish(op, plan, method, input, weight, bias, x, w, b, out, where=("cpu", F
     row = dispatch.resolve(op, plan, method)
     if (method == "auto" or firstcall.automatic_choice()) and firstcall.wanted(op, plan, row.name):
         return _first_call(op, row, plan, x, w, b, out)
+    if remember is not None:
+        remember(plan, row)
     with runtime.kernel_section():
         return _execute(row, plan, x, w, b, out)
 
@@ -197,6 +289,12 @@ def _first_call(op, row, plan, x, w, b, out):
 def _conv_impl(
     ndim, input, weight, bias, stride, padding, dilation, groups, padding_mode, method, device, out
 ):
+    params = (ndim, stride, padding, dilation, groups, padding_mode, method, device)
+    key = _call_key("conv", input, weight, bias, params)
+    if key is not None:
+        result = _run_kept(key, input, weight, bias, out)
+        if result is not None:
+            return result
     if lazy.is_dask(input):  # checked alike; the blocks run lazily (numbaconv.lazy)
         x, w, b, method, dtype = lazy.prepare("conv", input, weight, bias, method, device, out, _check_device)
     else:
@@ -215,8 +313,8 @@ def _conv_impl(
     )
     if lazy.is_dask(x):
         return lazy.conv(x, plan, w, b, method, conv)
-    plan = separable.mark(plan, w)
-    return _finish("conv", plan, method, input, weight, bias, x, w, b, out, where)
+    marked = separable.mark(plan, w)
+    return _finish("conv", marked, method, input, weight, bias, x, w, b, out, where, _remember(key, plan))
 
 
 def filter_conv(x, w, padding, groups, modes, method="auto", plan=None, store=None) -> np.ndarray:
@@ -256,6 +354,12 @@ def _conv_transpose_impl(
     device,
     out,
 ):
+    params = (ndim, stride, padding, output_padding, groups, dilation, output_size, padding_mode)
+    key = _call_key("conv_transpose", input, weight, bias, params + (method, device))
+    if key is not None:
+        result = _run_kept(key, input, weight, bias, out)
+        if result is not None:
+            return result
     if lazy.is_dask(input):  # checked alike; the blocks run lazily (numbaconv.lazy)
         x, w, b, method, dtype = lazy.prepare(
             "conv_transpose", input, weight, bias, method, device, out, _check_device
@@ -278,7 +382,8 @@ def _conv_transpose_impl(
     )
     if lazy.is_dask(x):
         return lazy.conv_transpose(x, plan, w, b, method, conv_transpose)
-    return _finish("conv_transpose", plan, method, input, weight, bias, x, w, b, out, where)
+    remember = _remember(key, plan)
+    return _finish("conv_transpose", plan, method, input, weight, bias, x, w, b, out, where, remember)
 
 
 def _finish_cuda(op, plan, method, x, w, b, out, resident: bool):
@@ -360,11 +465,13 @@ def _input_dtype(row, plan: ConvPlan, x) -> np.dtype:
     return plan.dtype
 
 
-def _execute(row, plan: ConvPlan, x, w, b, out, result_dtype=None):
+def _execute(row, plan: ConvPlan, x, w, b, out, result_dtype=None, over=None):
     """Run ``row`` on host arrays (saying so when it needs more than the
-    budget); ``result_dtype``: an integer dtype the row stores itself
-    (its module's ``stores_integers(plan)``), without ``out``."""
-    _warn_over_budget(row, plan)
+    budget; ``over``: whether it does, when known); ``result_dtype``: an
+    integer dtype the row stores itself (its module's
+    ``stores_integers(plan)``), without ``out``."""
+    if over is None or over:
+        _warn_over_budget(row, plan)
     runner = row.runner()
     if out is not None and out.flags.c_contiguous:
         result = out

@@ -207,6 +207,10 @@ def forget_loaded() -> None:
     """Drop the loaded constants (after a calibration, or in tests)."""
     with _LOCK:
         _LOADED.clear()
+        _FORGOTTEN[0] += 1
+
+
+_FORGOTTEN = [0]  # forget_loaded() calls so far: part of api's kept-call key
 
 
 def row_constants(key: str, device: str = "cpu") -> dict[str, float]:

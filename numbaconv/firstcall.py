@@ -195,3 +195,7 @@ def forget() -> None:
     """Forget which methods ran (tests: the next auto calls come here again)."""
     wait()
     _READY.clear()
+    FORGOTTEN[0] += 1
+
+
+FORGOTTEN = [0]  # forget() calls so far: part of the key numbaconv.api keeps calls under

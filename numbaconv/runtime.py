@@ -153,10 +153,20 @@ _POOL: dict[int, ThreadPoolExecutor] = {}
 os.register_at_fork(after_in_child=_POOL.clear)
 
 
-def split_run(kernel, total: int, *args) -> None:
+# below this many elements of work a split_run runs in the calling thread:
+# handing pieces to the pool's threads and waiting for them took ~55 us a
+# call on a 2-vCPU host (AMD Zen 4), about what 1e5 elements of a copy take
+# on one core (a 3x3 layer on 7x7 planes went through the GEMM path in 450
+# us, 3x its estimate, most of it waiting for the pool)
+SPLIT_MIN_WORK = 1 << 17
+
+
+def split_run(kernel, total: int, *args, work: int | None = None) -> None:
     """Run ``kernel(*args, start, stop)`` over ``[0, total)`` split across
     :func:`num_threads` Python threads (the kernels are ``nogil`` njit
-    functions), one contiguous piece per thread.
+    functions), one contiguous piece per thread; in the calling thread where
+    ``work`` (the elements the whole run reads or writes) is below
+    :data:`SPLIT_MIN_WORK`.
 
     Not a prange: numba's OpenMP workers spin for milliseconds after a
     parallel region and starve the BLAS threads of a GEMM that follows (a
@@ -164,7 +174,7 @@ def split_run(kernel, total: int, *args) -> None:
     parallel region compiles in seconds more than the same loop here.
     """
     nt = max(1, min(num_threads(), total))
-    if nt == 1:
+    if nt == 1 or (work is not None and work < SPLIT_MIN_WORK):
         kernel(*args, 0, total)
         return
     pool = _POOL.get(nt)

@@ -98,13 +98,17 @@ def _surely_not(w: np.ndarray, kernel, eps: float) -> bool:
 def mark(plan: ConvPlan, w) -> ConvPlan:
     """``plan`` with ``separable`` set when :func:`factors` finds ``w``
     (host or device array) rank one per channel."""
-    if not eligible(plan):
-        return plan
-    host = w.copy_to_host() if hasattr(w, "copy_to_host") else np.asarray(w)
-    key = ("rank one", plan.kernel, plan.dtype.str)
-    if not _RANK_ONE.get(host, key, lambda: factors(host, plan) is not None):
+    if not eligible(plan) or not rank_one(plan, w):
         return plan
     return dataclasses.replace(plan, separable=True)
+
+
+def rank_one(plan: ConvPlan, w) -> bool:
+    """Whether ``w`` (host or device array) of an :func:`eligible` plan is
+    rank one per channel (kept per weight's content)."""
+    host = w.copy_to_host() if hasattr(w, "copy_to_host") else np.asarray(w)
+    key = ("rank one", plan.kernel, plan.dtype.str)
+    return _RANK_ONE.get(host, key, lambda: factors(host, plan) is not None)
 
 
 # whether a weight is rank one per channel, kept per weight (compared by

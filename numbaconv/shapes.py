@@ -1008,9 +1008,13 @@ def expand(f, geo):
     return f[o * a + k * b + c]
 
 
+@functools.lru_cache(maxsize=256)
 def conv_tap_maps(plan: ConvPlan) -> tuple:
     """The conv's compact tap maps of the three dims, ``(fd, gd, fh, gh, fw, gw)``
-    (:func:`conv_tap_map`: output position x tap -> input index, -1 for a zero)."""
+    (:func:`conv_tap_map`: output position x tap -> input index, -1 for a zero).
+    Kept per plan (making them took ~20 us of each GEMM-path call); the
+    kernels only read them (writeable: a read-only array is another Numba
+    type, another compile)."""
     maps = []
     for i in range(3):
         maps += conv_tap_map(

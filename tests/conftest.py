@@ -100,6 +100,18 @@ def torch_conv(x, w, bias, stride, pads, dilation, groups, mode):
     return fn(tx, tw, tb, stride=tuple(stride), dilation=tuple(dilation), groups=groups).numpy()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_kept_calls():
+    """Each test starts without numbaconv.api's kept calls: tests replace
+    module functions and constants the dispatcher reads (which a kept call
+    would skip) by other means than the settings that key them."""
+    from numbaconv import api
+
+    api.clear_kept_calls()
+    yield
+    api.clear_kept_calls()
+
+
 @pytest.fixture(params=KERNELS)
 def direct_kernel(request, monkeypatch):
     """Run the direct path's pixel layout or its channels-last layout (at 4

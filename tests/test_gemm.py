@@ -164,3 +164,40 @@ def test_complex_and_float32_gemm():
         ref = conv_transpose_reference(x, w, stride=[2, 2])
         tol = 16 * np.finfo(dtype).eps * np.sqrt(36) * float(np.abs(ref).max() + 1)
         assert_close(nc.conv_transpose2d(x, w, stride=2, method="gemm"), ref, tol)
+
+
+def test_split_run_small_work_runs_in_the_caller(monkeypatch):
+    """runtime.split_run hands pieces to its threads only where the work
+    pays for the hand-over (runtime.SPLIT_MIN_WORK elements): below it one
+    piece in the calling thread, above it one piece a thread; without a
+    ``work`` hint it splits as before."""
+    import threading
+
+    from numbaconv import runtime
+
+    monkeypatch.setattr(runtime, "num_threads", lambda: 2)
+    for work, pieces in ((None, 2), (runtime.SPLIT_MIN_WORK - 1, 1), (runtime.SPLIT_MIN_WORK, 2)):
+        done = []
+
+        def piece(tag, a, b, done=done):
+            done.append((tag, a, b, threading.get_ident()))
+
+        runtime.split_run(piece, 10, "k", work=work)
+        assert sorted(d[:3] for d in done) == ([("k", 0, 10)] if pieces == 1 else [("k", 0, 5), ("k", 5, 10)])
+        if pieces == 1:
+            assert done[0][3] == threading.get_ident()
+
+
+@pytest.mark.parametrize(
+    "xs, ws, params",
+    [
+        ((1, 5, 7, 7), (6, 5, 3, 3), dict(padding=1)),  # small: every piece in the caller
+        ((2, 16, 40, 40), (8, 16, 3, 3), dict(padding=(2, 1), stride=(1, 2))),  # split
+    ],
+)
+def test_gemm_small_and_split_work_agree(xs, ws, params):
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    got = nc.conv2d(x, w, method="gemm", **params)
+    ref = nc.conv2d(x, w, method="direct", **params)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())

@@ -329,7 +329,7 @@ def run(x5, w5, bias, plan, out5):
         for i in range(g):
             _lower(x5, cols, r0, r1, i * cg, maps, plan)
             _matmul(wmat[i], cols, res)
-            split_run(_store, og * (r1 - r0), res, out5, bias, r0, r1, i * og)
+            split_run(_store, og * (r1 - r0), res, out5, bias, r0, r1, i * og, work=res.size)
     return out5
 
 
@@ -337,7 +337,7 @@ def _lower(x5, cols, r0, r1, c0, maps, plan) -> None:
     """The patch matrix rows ``[0, len(cols))`` of output rows ``[r0, r1)``
     and the group whose first input channel is ``c0``."""
     split_run(_im2col, cols.shape[0], x5, cols, r0, r1, c0, *maps, plan.stride[2], plan.dilation[2],
-              plan.padding[2][0])  # fmt: skip
+              plan.padding[2][0], work=cols.size)  # fmt: skip
 
 
 def _run_in_place(x5, w5, bias, plan, out5):
@@ -418,9 +418,9 @@ def run_transpose(x5, w5, bias, plan, out5):
             xm = xm_buf[: cg * m].reshape(cg, m)
             cols = cols_buf[: og * taps * m].reshape(og * taps, m)
             for i in range(g):
-                split_run(_gather_rows, cg * (r1 - r0), x, xm, r0, r1, i * cg)
+                split_run(_gather_rows, cg * (r1 - r0), x, xm, r0, r1, i * cg, work=xm.size)
                 _matmul(wmat[i], xm, cols)
                 geo = (kd, kh, kw, d, h, w, fd, gd, fh, gh, plan.stride[2], plan.dilation[2], lo[2])
-                split_run(_col2im, og, cols, target, r0, r1, i * og, *geo)
+                split_run(_col2im, og, cols, target, r0, r1, i * og, *geo, work=cols.size)
 
     return with_fold(plan, x5, bias, out5, body)
