@@ -73,6 +73,15 @@ CASES: tuple = (
     ("conv_transpose", (8, 96, 32, 32), (96, 48, 4, 4), dict(stride=2, padding=1)),
     ("conv_transpose", (4, 128, 32, 32), (128, 64, 4, 4), dict(stride=2, padding=1)),
     ("conv_transpose", (4, 64, 64, 64), (64, 32, 2, 2), dict(stride=2)),
+    # batch 1 on small planes (late layers of a network at inference): the
+    # fixed and per-row costs (GEMM path's lowering of 7-wide rows)
+    ("conv", (1, 96, 7, 7), (160, 96, 3, 3), dict(padding=1)),
+    ("conv", (1, 96, 14, 14), (192, 96, 3, 3), dict(stride=2, padding=1)),
+    ("conv", (1, 48, 384), (48, 48, 3), dict(padding=1)),
+    ("conv", (1, 48, 28, 28), (48, 48, 3, 3), dict(padding=1)),
+    ("conv", (1, 256, 7, 7), (512, 256, 1, 1), dict()),
+    ("conv_transpose", (1, 48, 14, 14), (48, 24, 2, 2), dict(stride=2)),
+    ("conv_transpose", (1, 96, 10, 10), (96, 48, 3, 3), dict(stride=2, padding=1, output_padding=1)),
 )
 
 

@@ -29,80 +29,84 @@ from .machine import fingerprint
 
 # Seconds per unit of each feature, fitted on the development machine (2 vCPUs
 # of an AMD EPYC, Zen 4 `znver4`, float32) over calibrate.CASES with
-# calibrate.calibrate() run twice, the mean shipped (2026-12-04,
-# twenty-first session, after Winograd's transforms got 10-25% faster: the
-# constants of the nineteenth session priced Winograd 2.4x above its measured
-# products, so auto ran direct at up to 1.7x Winograd's time on 3x3 layers
-# of 32 channels and on 1-D k3 layers; the two fits agreed within 1-25% on
-# the main features). On other machines they are scaled by the probed rates
-# (numbaconv.rates). Regenerate after changing a kernel.
+# calibrate.calibrate() run twice, the mean shipped (2026-12-05,
+# twenty-third session, after kept calls took ~35 us off every call and
+# the GEMM path's small pieces stopped waiting for its thread pool; with
+# seven batch-1 cases on small planes added and the GEMM path's lowered
+# rows as a feature: auto took the GEMM path at 2x the direct path's time
+# on a 3x3 layer on 7x7 planes, whose 7-wide rows the lowering copied at
+# ~16 ns a row; the two fits agreed within 1-30% on the main features.
+# Before: twenty-first session, after Winograd's transforms got faster).
+# On other machines they are scaled by the probed rates (numbaconv.rates). Regenerate after changing a kernel.
 SHIPPED: dict[str, dict[str, float]] = {
     "conv/direct": {
-        "call": 9.1e-05,
-        "outputs": 4.7e-11,
-        "inputs": 9.64e-12,
-        "tile": 1.98e-10,
-        "flops_px": 4.23e-12,
-        "flops_px_1tap": 5.57e-12,
-        "flops_cl": 4.63e-12,
-        "block_values": 1.98e-11,
+        "call": 8.61e-05,
+        "outputs": 0,
+        "inputs": 0,
+        "tile": 1.47e-10,
+        "flops_px": 4.31e-12,
+        "flops_px_1tap": 5.66e-12,
+        "flops_cl": 4.97e-12,
+        "block_values": 0,
     },
     "conv/gemm": {
-        "call": 1.89e-05,
-        "outputs": 0,
-        "lowered": 4e-10,
-        "gemm_flops": 7.05e-12,
-        "gemm_flops_short": 7.92e-12,
-        "gemm_flops_thin": 1.29e-11,
-        "gemm_calls": 1.63e-05,
+        "call": 5.05e-05,
+        "outputs": 2.1e-10,
+        "lowered": 2.7e-10,
+        "lowered_rows": 1.47e-08,
+        "gemm_flops": 5.33e-12,
+        "gemm_flops_short": 7.17e-12,
+        "gemm_flops_thin": 5.93e-12,
+        "gemm_calls": 0,
     },
     "conv/fft": {
-        "call": 0.000352,
-        "fft_point_logs": 9.08e-11,
-        "cmacs": 2.26e-10,
-        "transforms": 2.79e-06,
+        "call": 0.000333,
+        "fft_point_logs": 8.48e-11,
+        "cmacs": 2.69e-10,
+        "transforms": 2.34e-06,
         "points": 0,
     },
     "conv/winograd": {
-        "call": 0.000121,
-        "point_flops": 3.14e-12,
-        "block_values": 5.09e-10,
+        "call": 6.35e-05,
+        "point_flops": 3.32e-12,
+        "block_values": 5.6e-10,
         "transformed": 0,
-        "gathered": 0,
+        "gathered": 7.62e-12,
         "outputs": 0,
     },
     "conv_transpose/scatter": {
-        "call": 0.000198,
-        "outputs": 9.69e-10,
-        "flops": 7.87e-11,
+        "call": 0.000122,
+        "outputs": 1.52e-09,
+        "flops": 7.81e-11,
     },
     "conv_transpose/gather": {
-        "call": 4.92e-05,
-        "phases": 3.02e-05,
-        "winograd_s": 0.631,
+        "call": 4.04e-05,
+        "phases": 1.33e-05,
+        "winograd_s": 1.23,
         "outputs": 0,
         "inputs": 0,
-        "tile": 2.41e-11,
-        "flops_px": 6.49e-12,
-        "flops_px_1tap": 1.27e-11,
-        "flops_cl": 7.56e-12,
-        "block_values": 0,
+        "tile": 2.12e-12,
+        "flops_px": 6.69e-12,
+        "flops_px_1tap": 5.99e-12,
+        "flops_cl": 5.71e-12,
+        "block_values": 3.29e-10,
     },
     "conv_transpose/gemm": {
-        "call": 0.000306,
-        "outputs": 5.29e-10,
-        "lowered": 1.1e-09,
-        "gemm_flops": 7.47e-12,
-        "gemm_flops_short": 8.36e-12,
-        "gemm_flops_thin": 6.55e-13,
-        "gemm_calls": 0,
+        "call": 9.32e-05,
+        "outputs": 9.37e-11,
+        "lowered": 1.31e-09,
+        "lowered_rows": 7.68e-09,
+        "gemm_flops": 6.34e-12,
+        "gemm_flops_short": 1.05e-11,
+        "gemm_flops_thin": 2.56e-12,
+        "gemm_calls": 1.28e-05,
     },
     "conv_transpose/fft": {
-        "call": 0.000429,
-        "outputs": 2.35e-09,
-        "fft_point_logs": 3.34e-11,
-        "cmacs": 2.13e-10,
-        "transforms": 1.89e-06,
+        "call": 0.000445,
+        "outputs": 1.44e-09,
+        "fft_point_logs": 1.01e-11,
+        "cmacs": 2.85e-10,
+        "transforms": 1.55e-06,
         "points": 0,
     },
 }

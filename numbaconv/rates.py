@@ -47,7 +47,7 @@ UNIT_OF: dict[str, str] = {
         "flop",
     ),
     **dict.fromkeys(("gemm_flops", "gemm_flops_short", "gemm_flops_thin"), "gemm"),
-    **dict.fromkeys(("outputs", "inputs", "tile", "lowered", "points", "gathered"), "mem"),
+    **dict.fromkeys(("outputs", "inputs", "tile", "lowered", "lowered_rows", "points", "gathered"), "mem"),
     "fft_point_logs": "fft",
     **dict.fromkeys(("call", "phases", "gemm_calls", "transforms"), "call"),
     "winograd_s": "none",  # seconds estimated by the (already scaled) Winograd row

@@ -201,3 +201,18 @@ def test_gemm_small_and_split_work_agree(xs, ws, params):
     got = nc.conv2d(x, w, method="gemm", **params)
     ref = nc.conv2d(x, w, method="direct", **params)
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_cost_features_count_lowered_rows():
+    """The lowering copies one output row (conv) or input row (col2im) at a
+    time, with a set-up each: its rows are a feature of their own."""
+    f32 = np.dtype(np.float32)  # the counts are in float32 units
+    plan = shapes.make_conv_plan((2, 4, 7, 9), (6, 4, 3, 3), None, 1, 1, 1, 1, dtype=f32)
+    f = gemm.cost_features(plan)
+    assert f["lowered"] == 2 * 7 * 9 * 4 * 9
+    assert f["lowered_rows"] == 2 * 7 * 4 * 9  # (sample, output row) x (channel, tap)
+    t = shapes.make_plan("conv_transpose", (2, 4, 5, 6), (4, 3, 2, 2), stride=2, dtype=f32)
+    ft = gemm.cost_features(t)
+    assert ft["lowered"] == 2 * 5 * 6 * 3 * 4 and ft["lowered_rows"] == 2 * 5 * 3 * 4
+    pointwise = shapes.make_conv_plan((2, 4, 7, 9), (6, 4, 1, 1), None, 1, 0, 1, 1, dtype=f32)
+    assert gemm.cost_features(pointwise)["lowered_rows"] == 0

@@ -266,7 +266,7 @@ _SHORT_K = 96  # and one with a reduction shorter than this below it
 
 def cost_features(plan) -> dict[str, float]:
     """Operation counts of one call (float32 units): elements lowered into the
-    patch matrix, GEMM FLOPs by how close to the BLAS peak they run (a
+    patch matrix and the rows they are copied in, GEMM FLOPs by how close to the BLAS peak they run (a
     dimension below 16 "thin", a reduction below 96 "short", else full
     speed) and GEMM calls."""
     cg = plan.c_in // plan.groups
@@ -275,9 +275,11 @@ def cost_features(plan) -> dict[str, float]:
     if plan.op == "conv":
         positions = plan.batch * int(np.prod(plan.out_size))
         lowered = 0.0 if _is_pointwise(plan) else float(positions * plan.c_in * taps)
+        rows = lowered / plan.out_size[2]
         m, k = og, cg * taps
     else:  # the patch matrix is (Og * taps) x positions of the input, then col2im
         lowered = float(plan.batch * int(np.prod(plan.in_size)) * plan.c_out * taps)
+        rows = lowered / plan.in_size[2]
         m, k = og * taps, cg
     flops = float(plan.flops)
     thin = min(m, k) < _THIN
@@ -286,6 +288,9 @@ def cost_features(plan) -> dict[str, float]:
         "call": 1.0,
         "outputs": float(plan.batch * plan.c_out * int(np.prod(plan.out_size))),
         "lowered": lowered,
+        # rows of the lowering's copies (a set-up each: on 7-wide rows the
+        # lowering ran ~6x its per-element rate)
+        "lowered_rows": rows,
         "gemm_flops": flops if not (thin or short) else 0.0,
         "gemm_flops_short": flops if short else 0.0,
         "gemm_flops_thin": flops if thin else 0.0,
