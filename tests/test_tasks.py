@@ -89,6 +89,26 @@ def test_weight_cache_compares_every_byte(count):
     assert len(made) == 3 if count > 1 else len(made) == 2
 
 
+@pytest.mark.parametrize("memcmp", [True, False])
+@pytest.mark.parametrize("nbytes", [(1 << 16) + 1, 1 << 18, 70001])
+def test_large_weights_compare_every_byte(monkeypatch, memcmp, nbytes):
+    """Past 64 KiB the bytes are compared by the C library's memcmp (or,
+    without one, by NumPy): equal bytes are the same, one bit changed
+    anywhere is not."""
+    from numbaconv import common
+
+    if not memcmp:
+        monkeypatch.setattr(common, "_MEMCMP", None)
+    elif common._MEMCMP is None:
+        pytest.skip("no C library memcmp found by ctypes here")
+    a = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    assert common._same_bytes(a, a.copy())
+    for index in (0, nbytes // 2, nbytes - 1):
+        b = a.copy()
+        b[index] ^= 0x10
+        assert not common._same_bytes(a, b) and not common._same_bytes(b, a)
+
+
 def test_thread_count_follows_numba():
     """runtime.num_threads (Numba's C getter once its layer is up) reads what
     numba.set_num_threads set, as numba.get_num_threads does."""
