@@ -32,8 +32,9 @@ that cannot be used is ignored with a RuntimeWarning naming the variable
     ``NUMBACONV_MEASURE_CACHE=0`` turns it off: winners are then kept for
     the process only).
 ``measure_time_s``
-    Time ``method="measure"`` may spend timing candidates for one new case,
-    default 2 s (the first candidate always runs).
+    Time ``method="measure"``'s timed calls may take for one new case,
+    default 2 s (the first candidate always runs; each candidate's untimed
+    first call, which may compile it, is not counted).
 ``compile_in_background``
     A ``method="auto"`` conv whose method has not run yet in this process is
     answered by NumPy (an im2col and a BLAS product per group) while a

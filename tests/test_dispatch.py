@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -393,3 +394,29 @@ def test_kept_workspace_needs_follow_the_settings(monkeypatch):
         assert igemm.fits(plan) == (igemm.workspace_bytes(plan) <= config.workspace_bytes)
     finally:
         numba.set_num_threads(before)
+
+
+def test_measure_budget_does_not_count_compilation(cache_dir, monkeypatch):
+    """A first candidate whose untimed call is slow (compiling, from a cold
+    cache) does not use up config.measure_time_s: the others are timed too,
+    and the winner is the fastest of them."""
+    from numbaconv import api, autotune
+
+    monkeypatch.setattr(autotune, "REST_S", 0.0)
+    monkeypatch.setattr(config, "measure_time_s", 0.3)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 4, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((4, 4, 5, 5)).astype(np.float32)
+    plan = shapes.make_plan("conv", x, w, padding=2)
+    calls: list[str] = []
+
+    def execute(row):
+        if row.name not in calls:
+            time.sleep(0.4)  # as a first call compiling would
+        calls.append(row.name)
+        return api._execute(row, plan, x, w, None, None)
+
+    result, choice = autotune.measure("conv", plan, execute)
+    assert len(choice.measured) >= 2, choice.measured
+    assert choice.method == min(choice.measured, key=choice.measured.get)
+    np.testing.assert_allclose(result, nc.conv2d(x, w, padding=2, method="direct"), rtol=1e-4, atol=1e-4)
