@@ -90,6 +90,36 @@ def test_several_samples_a_task_and_a_short_last_task(lanes):
     assert_close_to_both(got, ref, tol, args)
 
 
+BAND_CASES = {
+    "s2-28": ((1, 24, 28, 28), (136, 24, 3, 3), (2, 2), [(1, 1), (1, 1)], (1, 1), 1, "zeros"),
+    "5x5-reflect": ((1, 20, 15, 16), (136, 20, 5, 5), (1, 1), [(2, 2), (2, 2)], (1, 1), 1, "reflect"),
+    "dil-groups-circ": ((1, 24, 16, 14), (272, 12, 3, 3), (1, 1), [(2, 2), (2, 2)], (2, 2), 2, "circular"),
+    "asym-replicate": ((1, 16, 20, 9), (136, 16, 4, 2), (1, 1), [(0, 3), (1, 0)], (1, 1), 1, "replicate"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAND_CASES))
+def test_bands_of_few_planes(name, lanes):
+    """Few planes (batch 1-2) of 14+ rows: channels-last tasks take bands of
+    output rows, each with its chunk of output channel blocks; every band
+    edge, halo and padding mode against the references; the geometry
+    without bands gives the same values."""
+    case = BAND_CASES[name]
+    geo = igemm.geometry(_plan(case, np.float64))[0]
+    assert geo.channels_last and geo.nob > 1 and geo.nbands > 1
+    got, ref, tol, args = _run(case, np.float64, np.random.default_rng(3))
+    assert_close_to_both(got, ref, tol, args)
+    try:
+        igemm.CL_BANDS = False
+        igemm.clear_caches()
+        assert igemm.geometry(_plan(case, np.float64))[0].nbands == 1
+        whole = _run(case, np.float64, np.random.default_rng(3))[0]
+    finally:
+        igemm.CL_BANDS = True
+        igemm.clear_caches()
+    np.testing.assert_allclose(got, whole, rtol=1e-12, atol=1e-12 * np.abs(whole).max())
+
+
 def test_pixel_table_is_every_output_pixel_once():
     """The row table holds each of a task's output pixels' tile offsets once
     (samples a tile part apart), then zeros (the last block's junk rows)."""

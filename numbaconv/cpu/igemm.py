@@ -64,6 +64,19 @@ _FASTMATH = {"reassoc", "contract"}
 _TASKS_PER_THREAD = 8
 PREFETCH = True
 _CHUNK_TASKS_PER_THREAD = 4  # tasks a thread gets from chunks of output-channel blocks (Geometry._split)
+# channels-last tasks of few planes (no more than threads) split into bands
+# of output rows, not only into chunks of output channels (each chunk fills
+# the plane's whole tile again), on planes of CL_BAND_MIN rows or more, the
+# band chosen among those up to CL_HALO_RATIO times the kernel's halo rows
+# (or 4 pixel blocks, if more; bands of 2 rows and 2 of halo measured 1.06x
+# on a 3x3 layer on 28^2). A/B, Zen 4,
+# batch 1-2 on 14-28 rows: 0.79-1.02x the time (3x3 s2 64 -> 128 on 28^2
+# 0.86, 5x5 96 ch 14^2 0.79, 1x1 160 -> 320 0.84, 3x3 48 -> 96 28^2 0.81);
+# 7-row planes measured 1.06-1.13x (bands of 3 rows, 2 of halo) and batch 8
+# 1.03x, so not there. CL_BANDS: a switch for comparisons.
+CL_BANDS = True
+CL_BAND_MIN = 14
+CL_HALO_RATIO = 2
 
 
 @njit(inline="always")
@@ -964,13 +977,17 @@ class Geometry:
             # batch-1 7x7 stride-2 stem in 6 chunks of 2 blocks: 1.3x the
             # time of 23 bands of 5 rows); pixel layout only, bands of at
             # least the kernel's halo rows and of 4 pixel blocks (a 28-wide
-            # plane in bands of one row filled 45% of a block's lanes)
+            # plane in bands of one row filled 45% of a block's lanes);
+            # channels-last where the planes are few (CL_BANDS)
             top = oh
-            if base < want and not (self.nob > 1 and self.channels_last):
+            cl_bands = CL_BANDS and oh >= CL_BAND_MIN and base <= threads
+            if base < want and not (self.nob > 1 and self.channels_last and not cl_bands):
                 top = max(1, oh * base // want)
                 if self.nob > 1:
                     halo = plan.dilation[1] * (plan.kernel[1] - 1) // self.sh
                     top = min(oh, max(top, halo, -(-4 * self.px // self.wq)))
+                    if self.channels_last:
+                        top = min(oh, max(top, CL_HALO_RATIO * halo))
             band = self._pixel_band(oh, top, limit)
         self.band, self.nbands = band, -(-oh // band)
         self.rq = band + plan.dilation[1] * (plan.kernel[1] - 1) // self.sh
