@@ -195,6 +195,11 @@ def _call_key(op, input, weight, bias, params) -> tuple | None:
         return None
     if "cuda" in params or "measure" in params:
         return None
+    state = config.state()
+    try:
+        hash(state)
+    except TypeError:  # an override holding a list: such calls are not kept
+        return None
     return (
         op,
         input.shape,
@@ -203,7 +208,7 @@ def _call_key(op, input, weight, bias, params) -> tuple | None:
         weight.dtype,
         None if bias is None else (bias.shape, bias.dtype),
         params,
-        config.state(),
+        state,
         runtime.num_threads(),
         costs._FORGOTTEN[0],
         firstcall.FORGOTTEN[0],

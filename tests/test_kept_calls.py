@@ -202,3 +202,12 @@ def test_kept_calls_are_bounded():
     for n in range(api._KEPT_MAX + 20):
         nc.conv2d(np.ones((1, 2, 1, n + 1), np.float32), w)
     assert 0 < len(api._KEPT) <= api._KEPT_MAX
+
+
+def test_unhashable_override_is_not_kept():
+    rng = np.random.default_rng(9)
+    x, w = _arrays(rng, (1, 2, 6, 6), (2, 2, 3, 3))
+    with config.override(cuda_block_2d=[16, 16]):  # a list: the settings cannot key a call
+        a = nc.conv2d(x, w, padding=1)
+        b = nc.conv2d(x, w, padding=1)
+    assert np.array_equal(a, b) and not api._KEPT
